@@ -1,0 +1,35 @@
+# The two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test proto lint clean-demo help
+
+help:
+	@echo "make demo   install into .venv, start an embedded Redis, run the fraud flow end to end"
+	@echo "make test   run the test suite (what CI runs)"
+	@echo "make proto  regenerate the gRPC stubs from proto/augur/v1/*.proto"
+	@echo "make lint   ruff"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/augur demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+proto: $(STAMP)
+	$(BIN)/python -m proto.generate
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean-demo:
+	rm -rf .augur

@@ -1,0 +1,1 @@
+"""Example scenarios that `augur demo` and the tests run end to end."""

@@ -1,0 +1,1 @@
+"""Card-fraud scoring: a seeded data generator and a Feast feature repo over its output."""

@@ -1,0 +1,96 @@
+"""Read plans: which Redis keys and hash fields a model's features live in, as plain data.
+
+A plan is compiled from the Feast registry (see `featurestore.repo`) and holds no Feast
+objects, so serving a request needs no Feast import. Views keyed by the same join keys
+share one Redis hash per entity, so they form one `KeyGroup` read with one HMGET.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from featurestore.keys import feature_field, timestamp_field
+
+ENTITY_TYPES = ("int64", "string")
+
+
+@dataclass(frozen=True)
+class FeatureColumn:
+    view: str
+    name: str
+    dtype: str  # Feast type name: Int64, Float32, Float64, Bool, ...
+    default: float = math.nan  # served when the value is missing or past TTL
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.view}__{self.name}"
+
+
+@dataclass(frozen=True)
+class ViewRead:
+    name: str
+    join_keys: tuple[str, ...]
+    ttl_seconds: float  # 0: values never expire
+    features: tuple[FeatureColumn, ...]
+
+
+@dataclass(frozen=True)
+class KeyGroup:
+    """Views stored under the same entity key: one HMGET fetches them all."""
+
+    join_keys: tuple[str, ...]
+    views: tuple[ViewRead, ...]
+    columns: tuple[int, ...]  # plan column of each feature, views in order
+    fields: tuple[bytes, ...] = field(init=False)  # all feature fields, then one _ts per view
+
+    def __post_init__(self) -> None:
+        fields = [feature_field(v.name, f.name) for v in self.views for f in v.features]
+        fields += [timestamp_field(v.name) for v in self.views]
+        object.__setattr__(self, "fields", tuple(fields))
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    service: str
+    project: str
+    entity_types: dict[str, str]  # join key -> "int64" | "string"
+    views: tuple[ViewRead, ...]
+    groups: tuple[KeyGroup, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        by_keys: dict[tuple[str, ...], list[ViewRead]] = {}
+        for view in self.views:
+            by_keys.setdefault(tuple(sorted(view.join_keys)), []).append(view)
+        starts, col = {}, 0
+        for view in self.views:
+            starts[view.name] = col
+            col += len(view.features)
+        groups = []
+        for keys, views in by_keys.items():
+            cols = tuple(starts[v.name] + i for v in views for i in range(len(v.features)))
+            groups.append(KeyGroup(keys, tuple(views), cols))
+        object.__setattr__(self, "groups", tuple(groups))
+
+    @property
+    def columns(self) -> tuple[FeatureColumn, ...]:
+        return tuple(f for v in self.views for f in v.features)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.full_name for f in self.columns)
+
+    def to_json(self) -> str:
+        return json.dumps({"service": self.service, "project": self.project,
+                           "entity_types": self.entity_types,
+                           "views": [asdict(v) for v in self.views]}, allow_nan=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ReadPlan:
+        raw = json.loads(text)
+        views = tuple(
+            ViewRead(v["name"], tuple(v["join_keys"]), v["ttl_seconds"],
+                     tuple(FeatureColumn(**f) for f in v["features"]))
+            for v in raw["views"])
+        return cls(raw["service"], raw["project"], raw["entity_types"], views)

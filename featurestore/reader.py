@@ -1,0 +1,134 @@
+"""The online read path: entity columns -> one pipelined Redis round trip -> float32 matrix.
+
+For each key group of the plan the request's entities are deduplicated (request-level
+cache), each distinct entity costs one HMGET, and every group goes into one pipeline.
+Values are decoded straight from Feast's bytes into numpy; missing or expired values
+become NaN or the feature's declared default, and are counted per row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from featurestore.keys import KeyEncoder
+from featurestore.plan import KeyGroup, ReadPlan
+from featurestore.values import decode_number, decode_timestamp
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """Features for n request rows in the plan's column order."""
+
+    values: np.ndarray  # float32 (n, features)
+    missing: np.ndarray  # int32 (n,): features with no value (absent, null, or past TTL)
+    stale: np.ndarray  # int32 (n,): of those, how many had a value older than its view's TTL
+    event_ts: np.ndarray  # float64 (n, views): the view's event time, NaN when absent
+    distinct_keys: int  # Redis keys read, after deduplication
+
+
+class EntityError(ValueError):
+    """Entity columns that do not fit the plan; `field` names the offending column."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class OnlineReader:
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time):
+        self._client = client
+        self._clock = clock
+        self._encoders: dict[tuple, KeyEncoder] = {}
+
+    def read(self, plan: ReadPlan, entities: Mapping[str, Sequence], *,
+             enforce_ttl: bool = True) -> FeatureRows:
+        n = _row_count(plan, entities)
+        work = [self._keys(plan, g, entities, n) for g in plan.groups]
+        with self._client.pipeline(transaction=False) as pipe:
+            for group, (keys, _) in zip(plan.groups, work, strict=True):
+                for key in keys:
+                    pipe.hmget(key, group.fields)
+            replies = pipe.execute()
+
+        now = self._clock()
+        columns = plan.columns
+        values = np.empty((n, len(columns)), np.float32)
+        stale_mask = np.zeros((n, len(columns)), bool)
+        event_ts = np.full((n, len(plan.views)), np.nan)
+        view_index = {v.name: i for i, v in enumerate(plan.views)}
+        offset = 0
+        for group, (keys, inverse) in zip(plan.groups, work, strict=True):
+            group_replies = replies[offset:offset + len(keys)]
+            offset += len(keys)
+            vals, ts, stale = _decode_group(group, group_replies, now, enforce_ttl)
+            cols = np.asarray(group.columns)
+            values[:, cols] = vals[inverse]
+            stale_mask[:, cols] = stale[inverse]
+            for j, view in enumerate(group.views):
+                event_ts[:, view_index[view.name]] = ts[inverse, j]
+
+        absent = np.isnan(values)
+        defaults = np.array([c.default for c in columns], np.float32)
+        if not np.isnan(defaults).all():
+            values = np.where(absent, defaults, values)
+        return FeatureRows(values, absent.sum(1, dtype=np.int32),
+                           stale_mask.sum(1, dtype=np.int32), event_ts,
+                           sum(len(k) for k, _ in work))
+
+    def _keys(self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence],
+              n: int) -> tuple[list[bytes], np.ndarray]:
+        """Distinct Redis keys of the group and, per request row, its index among them."""
+        encoder = self._encoders.get((plan.project, group.join_keys))
+        if encoder is None:
+            types = [plan.entity_types[k] for k in group.join_keys]
+            encoder = KeyEncoder(group.join_keys, types, plan.project)
+            self._encoders[(plan.project, group.join_keys)] = encoder
+        columns = [entities[k] for k in group.join_keys]
+        index: dict[tuple, int] = {}
+        inverse = np.empty(n, np.intp)
+        for row, key in enumerate(zip(*columns, strict=True)):
+            inverse[row] = index.setdefault(key, len(index))
+        return [encoder.key(k) for k in index], inverse
+
+
+def _decode_group(group: KeyGroup, replies: list, now: float,
+                  enforce_ttl: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_views = len(group.views)
+    n_feat = len(group.fields) - n_views
+    vals = np.array([[decode_number(raw) for raw in reply[:n_feat]] for reply in replies],
+                    np.float32).reshape(len(replies), n_feat)
+    ts = np.array([[decode_timestamp(raw) for raw in reply[n_feat:]] for reply in replies],
+                  np.float64).reshape(len(replies), n_views)
+    stale = np.zeros(vals.shape, bool)
+    if enforce_ttl:
+        start = 0
+        for j, view in enumerate(group.views):
+            width = len(view.features)
+            if view.ttl_seconds > 0:
+                expired = (now - ts[:, j]) > view.ttl_seconds
+                block = vals[:, start:start + width]
+                stale[:, start:start + width] = expired[:, None] & ~np.isnan(block)
+                block[expired] = np.nan
+            start += width
+    return vals, ts, stale
+
+
+def _row_count(plan: ReadPlan, entities: Mapping[str, Sequence]) -> int:
+    n = None
+    for key, kind in plan.entity_types.items():
+        if key not in entities:
+            raise EntityError(key, f"entity column {key!r} is required by feature service "
+                                   f"{plan.service!r}")
+        length = len(entities[key])
+        if n is None:
+            n = length
+        elif length != n:
+            raise EntityError(key, f"entity column {key!r} has {length} values; other "
+                                   f"columns have {n}")
+        del kind
+    return n or 0

