@@ -6,6 +6,7 @@ user x merchant pair that never transacted has a history of zero transactions.
 """
 
 from datetime import timedelta
+from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Bool, Float32, Float64, Int64
@@ -16,8 +17,12 @@ merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueTy
                   description="A merchant accepting card payments.")
 
 
+DATA = Path(__file__).resolve().parent / "data"
+
+
 def _source(name: str) -> FileSource:
-    return FileSource(name=f"{name}_source", path=f"data/{name}.parquet",
+    # Absolute: Feast's duckdb offline store resolves relative paths against the cwd.
+    return FileSource(name=f"{name}_source", path=str(DATA / f"{name}.parquet"),
                       timestamp_field="event_timestamp")
 
 

@@ -1,0 +1,1 @@
+"""Augur's application shell: the `augur` command and its configuration file."""

@@ -1,0 +1,106 @@
+"""The Augur configuration file: one YAML document, typed, with environment overrides.
+
+Every option has a default that works locally. An environment variable
+AUGUR_<SECTION>__<OPTION> overrides one option, e.g. AUGUR_SERVER__PORT=7000.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ENV_PREFIX = "AUGUR_"
+
+
+@dataclass
+class RedisConfig:
+    # "embedded" starts a private server; otherwise "host:port[,password=...]" or redis://
+    address: str = "embedded"
+    connect_timeout_ms: int = 250
+    read_timeout_ms: int = 500
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # 0 turns the metrics endpoint off
+    workers: int = 8  # gRPC handler threads
+    max_rows: int = 10_000  # entity rows per request; more is INVALID_ARGUMENT
+    max_message_bytes: int = 16 * 1024 * 1024
+    grace_seconds: float = 10.0  # in-flight requests get this long after SIGTERM
+    model_threads: int = 1  # LightGBM / torch threads per call; gRPC threads give parallelism
+
+
+@dataclass
+class LoggingConfig:
+    level: str = "INFO"
+    json: bool = False
+
+
+@dataclass
+class Config:
+    feature_repo: Path = Path("examples/fraud/feature_repo")
+    model_repo: Path = Path("models")
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(path: Path | str | None = None, environ: typing.Mapping[str, str] = os.environ) -> Config:
+    """Read `path` (or only defaults), then apply AUGUR_* environment overrides."""
+    raw: dict = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        base = path.resolve().parent
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            section, option = key[len(ENV_PREFIX):].lower().split("__", 1)
+            raw.setdefault(section, {})[option] = yaml.safe_load(value)
+    config = _build(Config, raw, "")
+    # Relative paths in a config file are relative to the file, not to the caller's cwd.
+    config.feature_repo = (base / config.feature_repo).resolve()
+    config.model_repo = (base / config.model_repo).resolve()
+    return config
+
+
+def _build(cls: type, raw: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(where + u for u in unknown))}; "
+                          f"known: {', '.join(sorted(where + n for n in names))}")
+    kwargs = {}
+    for name, value in raw.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{name}: expected a mapping")
+            kwargs[name] = _build(kind, value, f"{where}{name}.")
+        elif kind is Path:
+            kwargs[name] = Path(value)
+        else:
+            try:
+                kwargs[name] = kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}{name}: expected {kind.__name__}, got {value!r}") \
+                    from None
+    return cls(**kwargs)

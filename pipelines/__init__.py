@@ -1,0 +1,1 @@
+"""Batch jobs: materialize features into Redis, build training sets, train and publish models."""

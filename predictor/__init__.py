@@ -1,0 +1,1 @@
+"""The prediction service: model repository, runtimes, the gRPC servicer, metrics, client."""

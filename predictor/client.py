@@ -1,0 +1,89 @@
+"""A small Python client for the Predictor service, used by the demo and the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from predictor.codec import encode_entities
+from proto.augur.v1 import predictor_pb2 as pb
+from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    version: str
+    scores: np.ndarray  # float32 (rows, outputs)
+    present: np.ndarray  # int (rows,), empty unless feature status was asked for
+    missing: np.ndarray
+    stale: np.ndarray
+    feature_names: tuple[str, ...]
+    features: np.ndarray  # float32 (rows, features), empty unless asked for
+
+
+class PredictorClient:
+    def __init__(self, address: str, timeout: float = 2.0):
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.PredictorStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def predict(self, model: str, entities: Mapping[str, Sequence],
+                request_features: Mapping[str, Sequence[float]] | None = None, *,
+                version: str = "", return_features: bool = False,
+                return_feature_status: bool = True, timeout: float | None = None) -> Prediction:
+        request = pb.PredictRequest(
+            model=model, version=version, entities=encode_entities(entities),
+            request_features={k: pb.DoubleList(values=list(map(float, v)))
+                              for k, v in (request_features or {}).items()},
+            options=pb.PredictOptions(return_features=return_features,
+                                      return_feature_status=return_feature_status))
+        reply = self.stub.Predict(request, timeout=timeout or self.timeout)
+        return _prediction(reply)
+
+    def online_features(self, feature_service: str, entities: Mapping[str, Sequence],
+                        timeout: float | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+        reply = self.stub.GetOnlineFeatures(
+            pb.GetOnlineFeaturesRequest(feature_service=feature_service,
+                                        entities=encode_entities(entities)),
+            timeout=timeout or self.timeout)
+        names = tuple(reply.features.names)
+        return names, np.asarray(reply.features.values, np.float32).reshape(-1, len(names))
+
+    def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(),
+                                         timeout=timeout or self.timeout).models)
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                       timeout=timeout or self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> PredictorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _prediction(reply: pb.PredictResponse) -> Prediction:
+    scores = np.asarray(reply.scores, np.float32).reshape(reply.rows, reply.outputs)
+    status = reply.feature_status
+    names = tuple(reply.features.names)
+    features = (np.asarray(reply.features.values, np.float32).reshape(reply.rows, len(names))
+                if names else np.empty((reply.rows, 0), np.float32))
+    return Prediction(reply.model, reply.version, scores,
+                      np.array([s.present for s in status]), np.array([s.missing for s in status]),
+                      np.array([s.stale for s in status]), names, features)

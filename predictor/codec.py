@@ -1,0 +1,93 @@
+"""Request columns -> numpy, checked against what the model or feature service expects.
+
+Every refusal names the field, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from featurestore.plan import ReadPlan
+from predictor.errors import invalid
+from proto.augur.v1 import predictor_pb2 as pb
+
+
+def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple[dict, int]:
+    """Entity columns as lists keyed by join key, and the row count."""
+    expected = plan.entity_types
+    if not columns:
+        raise invalid(f"entities: empty; {owner} expects columns "
+                      f"{', '.join(sorted(expected))}")
+    for name in columns:
+        if name not in expected:
+            raise invalid(f"entities.{name}: not an entity of {owner}; expected "
+                          f"{', '.join(sorted(expected))}")
+    out: dict[str, Sequence] = {}
+    n = None
+    first = None
+    for name in sorted(expected):
+        if name not in columns:
+            raise invalid(f"entities.{name}: missing; {owner} needs it")
+        column = columns[name]
+        which = column.WhichOneof("values")
+        want = "int64s" if expected[name] == "int64" else "strings"
+        if which is None:
+            raise invalid(f"entities.{name}: no values; expected {want}")
+        if which != want:
+            raise invalid(f"entities.{name}: expected {want}, got {which}")
+        values = getattr(column, which).values
+        if n is None:
+            n, first = len(values), name
+        elif len(values) != n:
+            raise invalid(f"entities.{name}: {len(values)} values, but entities.{first} has {n}; "
+                          f"every column needs one value per row")
+        out[name] = list(values)
+    if not n:
+        raise invalid(f"entities.{first}: no rows")
+    if n > max_rows:
+        raise invalid(f"entities.{first}: {n} rows exceeds the limit of {max_rows} per request "
+                      f"(server.max_rows)")
+    return out, n
+
+
+def decode_request_features(columns, wanted: Sequence[str], n: int, owner: str) \
+        -> dict[str, np.ndarray]:
+    for name in columns:
+        if name not in wanted:
+            raise invalid(f"request_features.{name}: not a request feature of {owner}; expected "
+                          f"{', '.join(wanted) or 'none'}")
+    out = {}
+    for name in wanted:
+        if name not in columns:
+            raise invalid(f"request_features.{name}: missing; {owner} needs it for every row")
+        values = np.asarray(columns[name].values, np.float64)
+        if len(values) != n:
+            raise invalid(f"request_features.{name}: {len(values)} values for {n} entity rows")
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise invalid(f"request_features.{name}[{bad[0]}]: {values[bad[0]]} is not a finite "
+                          f"number")
+        out[name] = values.astype(np.float32)
+    return out
+
+
+def feature_status(present: np.ndarray, missing: np.ndarray, stale: np.ndarray) \
+        -> list[pb.FeatureStatus]:
+    return [pb.FeatureStatus(present=int(p), missing=int(m), stale=int(s))
+            for p, m, s in zip(present, missing, stale, strict=True)]
+
+
+def encode_entities(entities) -> dict[str, pb.EntityColumn]:
+    """Client side: Python or numpy columns -> EntityColumn messages."""
+    out = {}
+    for name, values in entities.items():
+        array = np.asarray(values)
+        if array.dtype.kind in "iu":
+            out[name] = pb.EntityColumn(int64s=pb.Int64List(values=array.tolist()))
+        elif array.dtype.kind in "US" or array.dtype == object:
+            out[name] = pb.EntityColumn(strings=pb.StringList(values=[str(v) for v in values]))
+        else:
+            raise TypeError(f"entities[{name!r}]: expected integers or strings, got {array.dtype}")
+    return out

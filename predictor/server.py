@@ -1,0 +1,112 @@
+"""The prediction server: load plans and models, serve gRPC, drain on SIGTERM.
+
+Health (grpc.health.v1) reports the server as "" and each model by name; reflection lets
+grpcurl discover the API. Metrics are served on their own port.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from augur.config import Config
+from featurestore.connection import RedisTimeouts, connect
+from featurestore.reader import OnlineReader
+from featurestore.repo import build_plans, open_store
+from predictor import metrics
+from predictor.models import ModelLoadError, load_model
+from predictor.repository import ModelRepository
+from predictor.servicer import PredictorServicer
+from proto.augur.v1 import predictor_pb2 as pb
+from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    health: health.HealthServicer
+    servicer: PredictorServicer
+    port: int
+    grace_seconds: float
+
+    def stop(self) -> None:
+        """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.grace_seconds).wait()
+
+
+def start(config: Config) -> RunningServer:
+    store = open_store(config.feature_repo, config.redis.address)
+    plans = build_plans(store)
+    repo = ModelRepository(config.model_repo)
+    models, failed = {}, {}
+    for name in repo.names():
+        try:
+            model = load_model(repo, name, plans, config.server.model_threads)
+            models[name] = model
+            metrics.MODEL_LOADS.labels(name, model.version.version, "loaded").inc()
+        except ModelLoadError as e:
+            failed[name] = str(e)
+            metrics.MODEL_LOADS.labels(name, "", "failed").inc()
+            log.error("not serving model %s: %s", name, e)
+    metrics.MODELS_SERVING.set(len(models))
+    if not models:
+        log.warning("no model is serving; publish one with `augur train` (model repository %s)",
+                    config.model_repo)
+
+    timeouts = RedisTimeouts(config.redis.connect_timeout_ms / 1000,
+                             config.redis.read_timeout_ms / 1000)
+    reader = OnlineReader(connect(config.redis.address, timeouts))
+    versions = {name: repo.versions(name) for name in models}
+    servicer = PredictorServicer(models, plans, reader, config.server.max_rows, versions)
+
+    limit = config.server.max_message_bytes
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.server.workers,
+                                   thread_name_prefix="augur-grpc"),
+        options=[("grpc.max_receive_message_length", limit),
+                 ("grpc.max_send_message_length", limit),
+                 ("grpc.so_reuseport", 0)])
+    pb_grpc.add_PredictorServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer.set("", SERVING)
+    for name in models:
+        health_servicer.set(name, SERVING)
+    for name in failed:
+        health_servicer.set(name, NOT_SERVING)
+    services = (pb.DESCRIPTOR.services_by_name["Predictor"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
+    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    if not port:
+        raise RuntimeError(f"cannot listen on {config.server.host}:{config.server.port}")
+    server.start()
+    log.info("serving %d model(s) on %s:%d: %s", len(models), config.server.host, port,
+             ", ".join(f"{n}@{m.version.version}" for n, m in sorted(models.items())) or "none")
+    return RunningServer(server, health_servicer, servicer, port, config.server.grace_seconds)
+
+
+def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    metrics.start(config.server.metrics_host, config.server.metrics_port)
+    running = start(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping: draining in-flight calls for up to %.1fs", running.grace_seconds)
+    running.stop()
+    log.info("stopped")

@@ -1,0 +1,160 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Int64List(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DoubleList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class EntityColumn(_message.Message):
+    __slots__ = ("int64s", "strings")
+    INT64S_FIELD_NUMBER: _ClassVar[int]
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    int64s: Int64List
+    strings: StringList
+    def __init__(self, int64s: _Optional[_Union[Int64List, _Mapping]] = ..., strings: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
+
+class PredictOptions(_message.Message):
+    __slots__ = ("return_features", "return_feature_status")
+    RETURN_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    RETURN_FEATURE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    return_features: bool
+    return_feature_status: bool
+    def __init__(self, return_features: _Optional[bool] = ..., return_feature_status: _Optional[bool] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("model", "version", "entities", "request_features", "options")
+    class EntitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: EntityColumn
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[EntityColumn, _Mapping]] = ...) -> None: ...
+    class RequestFeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: DoubleList
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[DoubleList, _Mapping]] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    entities: _containers.MessageMap[str, EntityColumn]
+    request_features: _containers.MessageMap[str, DoubleList]
+    options: PredictOptions
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., entities: _Optional[_Mapping[str, EntityColumn]] = ..., request_features: _Optional[_Mapping[str, DoubleList]] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ...) -> None: ...
+
+class FeatureStatus(_message.Message):
+    __slots__ = ("present", "missing", "stale")
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    present: int
+    missing: int
+    stale: int
+    def __init__(self, present: _Optional[int] = ..., missing: _Optional[int] = ..., stale: _Optional[int] = ...) -> None: ...
+
+class FeatureMatrix(_message.Message):
+    __slots__ = ("names", "values")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("model", "version", "rows", "outputs", "scores", "feature_status", "features")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    rows: int
+    outputs: int
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    feature_status: _containers.RepeatedCompositeFieldContainer[FeatureStatus]
+    features: FeatureMatrix
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., rows: _Optional[int] = ..., outputs: _Optional[int] = ..., scores: _Optional[_Iterable[float]] = ..., feature_status: _Optional[_Iterable[_Union[FeatureStatus, _Mapping]]] = ..., features: _Optional[_Union[FeatureMatrix, _Mapping]] = ...) -> None: ...
+
+class GetOnlineFeaturesRequest(_message.Message):
+    __slots__ = ("feature_service", "entities")
+    class EntitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: EntityColumn
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[EntityColumn, _Mapping]] = ...) -> None: ...
+    FEATURE_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    feature_service: str
+    entities: _containers.MessageMap[str, EntityColumn]
+    def __init__(self, feature_service: _Optional[str] = ..., entities: _Optional[_Mapping[str, EntityColumn]] = ...) -> None: ...
+
+class GetOnlineFeaturesResponse(_message.Message):
+    __slots__ = ("features", "feature_status")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    features: FeatureMatrix
+    feature_status: _containers.RepeatedCompositeFieldContainer[FeatureStatus]
+    def __init__(self, features: _Optional[_Union[FeatureMatrix, _Mapping]] = ..., feature_status: _Optional[_Iterable[_Union[FeatureStatus, _Mapping]]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "kind", "feature_service", "features", "request_features", "entities", "device", "versions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    kind: str
+    feature_service: str
+    features: _containers.RepeatedScalarFieldContainer[str]
+    request_features: _containers.RepeatedScalarFieldContainer[str]
+    entities: _containers.RepeatedScalarFieldContainer[str]
+    device: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., feature_service: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., request_features: _Optional[_Iterable[str]] = ..., entities: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
