@@ -19,8 +19,8 @@ ENV_PREFIX = "AUGUR_"
 
 @dataclass
 class RedisConfig:
-    # "embedded" starts a private server; otherwise "host:port[,password=...]" or redis://
-    address: str = "embedded"
+    # "host:port[,password=...,ssl=true]" or a redis:// URL; `augur redis` runs one locally
+    address: str = "127.0.0.1:6379"
     connect_timeout_ms: int = 250
     read_timeout_ms: int = 500
 

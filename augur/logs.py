@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
+
+# Libraries whose INFO lines and deprecation notices say nothing a user can act on.
+_QUIET = ("feast", "ibis", "duckdb", "urllib3")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -23,3 +27,7 @@ def configure(level: str = "INFO", as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)

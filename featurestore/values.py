@@ -85,8 +85,10 @@ def encode_number(value: float | int | bool | None, dtype: str) -> bytes:
 
 
 def decode_timestamp(raw: bytes | None) -> float:
-    """A serialized google.protobuf.Timestamp as epoch seconds; NaN when absent."""
-    if not raw:
+    """A serialized google.protobuf.Timestamp as epoch seconds; NaN when absent (None).
+
+    b"" is a present timestamp of 0: protobuf writes no bytes for default fields."""
+    if raw is None:
         return math.nan
     seconds = nanos = 0
     pos = 0

@@ -52,6 +52,8 @@ def generate(out_dir: Path, scale: Scale = Scale(), seed: int = 7,
         "user_merchant_stats": _pair_snapshots(txns, start_s),
     }
     for name, frame in frames.items():
+        # Microseconds: duckdb (Feast's offline store here) cannot cast TIMESTAMPTZ_NS.
+        frame["event_timestamp"] = frame["event_timestamp"].astype("datetime64[us, UTC]")
         frame.to_parquet(out_dir / f"{name}.parquet", index=False)
     return {name: len(frame) for name, frame in frames.items()}
 

@@ -1,0 +1,43 @@
+"""The config file: defaults, file values, environment overrides and clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from augur.config import ConfigError, load
+
+
+def test_defaults_work_without_a_file():
+    config = load(None, environ={})
+    assert config.server.port == 50051
+    assert config.redis.address == "127.0.0.1:6379"
+    assert config.model_repo == (Path.cwd() / "models").resolve()
+
+
+def test_file_then_environment(tmp_path):
+    path = tmp_path / "augur.yaml"
+    path.write_text("model_repo: m\nserver: {port: 7000, workers: 4}\n")
+    config = load(path, environ={"AUGUR_SERVER__PORT": "7100", "AUGUR_LOGGING__JSON": "true"})
+    assert config.server.port == 7100  # environment wins
+    assert config.server.workers == 4
+    assert config.logging.json is True
+    assert config.model_repo == tmp_path / "m"  # relative to the file
+
+
+def test_unknown_option_is_named(tmp_path):
+    path = tmp_path / "augur.yaml"
+    path.write_text("server: {prot: 1}\n")
+    with pytest.raises(ConfigError, match=r"server\.prot"):
+        load(path, environ={})
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "augur.yaml"
+    path.write_text("server: {port: many}\n")
+    with pytest.raises(ConfigError, match=r"server\.port: expected int"):
+        load(path, environ={})
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.yaml", environ={})

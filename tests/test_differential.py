@@ -1,0 +1,120 @@
+"""Augur's online reader returns exactly what Feast's `get_online_features` returns.
+
+Same Redis, same random entities (known, unknown, composite user x merchant keys). Where
+Feast finds nothing Augur serves the feature's declared default (else NaN). Past-TTL
+values differ by design: Feast's online read ignores TTL and returns them; Augur treats
+them as missing and counts them as stale, and returns Feast's values when TTL is off.
+"""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from featurestore.connection import connect
+from featurestore.reader import EntityError, OnlineReader
+from featurestore.repo import build_plan
+
+STALE_USERS = [900_001, 900_002, 900_003]  # ids the generator never makes
+
+
+def _feast_matrix(store, plan, users, merchants) -> np.ndarray:
+    rows = [{"user_id": int(u), "merchant_id": int(m)} for u, m in zip(users, merchants)]
+    got = store.get_online_features(features=store.get_feature_service(plan.service),
+                                    entity_rows=rows, full_feature_names=True).to_dict()
+    return np.array([[np.nan if got[n][i] is None else float(got[n][i])
+                      for n in plan.feature_names] for i in range(len(rows))], np.float32)
+
+
+def _entities(fraud_repo, n=300, seed=1):
+    rng = np.random.default_rng(seed)
+    pairs = pd.read_parquet(fraud_repo.data / "user_merchant_stats.parquet")
+    known = pairs.sample(n // 2, random_state=seed)
+    users = np.concatenate([known["user_id"], rng.integers(0, 450, n - n // 2)])
+    merchants = np.concatenate([known["merchant_id"], rng.integers(0, 90, n - n // 2)])
+    users[::17] = users[0]  # repeated entities within one request
+    merchants[::17] = merchants[0]
+    return users.astype(np.int64), merchants.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def plan(fraud_repo):
+    return build_plan(fraud_repo.store, "fraud_lgbm")
+
+
+@pytest.fixture(scope="module")
+def reader(fraud_repo):
+    return OnlineReader(connect(fraud_repo.address))
+
+
+@pytest.fixture(scope="module")
+def stale_rows(fraud_repo):
+    """Rows Feast itself writes for new users, with an event time past user_stats' 2-day TTL."""
+    old = pd.Timestamp(dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    users = pd.read_parquet(fraud_repo.data / "user_stats.parquet").tail(len(STALE_USERS))
+    frame = users.assign(user_id=STALE_USERS, event_timestamp=old).reset_index(drop=True)
+    fraud_repo.store.write_to_online_store("user_stats", frame)
+    return frame
+
+
+def test_equal_to_feast_on_materialized_data(fraud_repo, plan, reader):
+    users, merchants = _entities(fraud_repo)
+    expected = _feast_matrix(fraud_repo.store, plan, users, merchants)
+    defaults = np.array([c.default for c in plan.columns], np.float32)
+    expected = np.where(np.isnan(expected), defaults, expected)
+
+    rows = reader.read(plan, {"user_id": users.tolist(), "merchant_id": merchants.tolist()})
+
+    np.testing.assert_array_equal(rows.values, expected)
+    assert rows.values.shape == (len(users), len(plan.columns))
+    # The sample has unknown users and never-seen pairs, so both paths are exercised.
+    assert (rows.missing > 0).any() and (rows.missing == 0).any()
+    assert rows.stale.sum() == 0
+    assert rows.distinct_keys < 3 * len(users)  # repeated entities were read once
+
+
+def test_missing_values_are_counted_per_row(fraud_repo, plan, reader):
+    rows = reader.read(plan, {"user_id": [999_999], "merchant_id": [999_999]})
+    assert rows.missing.tolist() == [len(plan.columns)]
+    served = dict(zip(plan.feature_names, rows.values[0], strict=True))
+    assert served["user_merchant_stats__txn_count_total"] == 0.0  # declared default
+    assert np.isnan(served["user_stats__txn_count_7d"])  # no default declared
+    assert np.isnan(rows.event_ts).all()
+
+
+def test_past_ttl_values_are_stale_and_missing(fraud_repo, plan, reader, stale_rows):
+    users = [*STALE_USERS, 1]
+    merchants = [1, 2, 3, 1]
+    feast = _feast_matrix(fraud_repo.store, plan, users, merchants)
+    user_cols = [i for i, c in enumerate(plan.columns) if c.view == "user_stats"]
+    # Feast still serves the expired rows...
+    assert not np.isnan(feast[:3, user_cols]).all()
+
+    strict = reader.read(plan, {"user_id": users, "merchant_id": merchants})
+    assert np.isnan(strict.values[:3][:, user_cols]).all()
+    expected_stale = (~np.isnan(feast[:3, user_cols])).sum(1)
+    assert strict.stale[:3].tolist() == expected_stale.tolist()
+    assert strict.stale[3] == 0
+
+    # ...and with TTL enforcement off, Augur returns exactly Feast's values.
+    loose = reader.read(plan, {"user_id": users, "merchant_id": merchants}, enforce_ttl=False)
+    defaults = np.array([c.default for c in plan.columns], np.float32)
+    np.testing.assert_array_equal(loose.values, np.where(np.isnan(feast), defaults, feast))
+    assert loose.stale.sum() == 0
+
+
+def test_event_timestamps_are_the_views_event_times(fraud_repo, plan, reader, stale_rows):
+    rows = reader.read(plan, {"user_id": [STALE_USERS[0]], "merchant_id": [0]})
+    user_view = [v.name for v in plan.views].index("user_stats")
+    expected = stale_rows["event_timestamp"].iloc[0].timestamp()
+    assert rows.event_ts[0, user_view] == pytest.approx(expected, abs=1e-6)
+
+
+def test_string_and_missing_entity_columns_are_refused(plan, reader):
+    with pytest.raises(EntityError) as missing:
+        reader.read(plan, {"user_id": [1]})
+    assert missing.value.field == "merchant_id"
+    with pytest.raises(EntityError) as ragged:
+        reader.read(plan, {"user_id": [1, 2], "merchant_id": [1]})
+    assert "2" in str(ragged.value) or "1" in str(ragged.value)

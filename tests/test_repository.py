@@ -1,0 +1,72 @@
+"""The model repository: immutable numbered versions, aliases, and refusal of bad artifacts."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from featurestore.repo import build_plans
+from predictor.models import ModelLoadError, load_model
+from predictor.repository import ModelRepository, RepositoryError
+
+
+@pytest.fixture
+def repo_copy(model_repo, tmp_path):
+    target = tmp_path / "models"
+    shutil.copytree(model_repo, target)
+    return ModelRepository(target)
+
+
+@pytest.fixture(scope="module")
+def plans(fraud_repo):
+    return build_plans(fraud_repo.store)
+
+
+def test_metadata_of_a_published_version(model_repo):
+    version = ModelRepository(model_repo).resolve("fraud_lgbm")
+    meta = version.metadata
+    assert meta["version"] == "v1" and meta["kind"] == "lightgbm"
+    assert meta["features"][-1] == "amount" and len(meta["features"]) == 38
+    assert meta["training_window"]["end"] == meta["holdout_window"]["start"]
+    assert 0.5 < meta["metrics"]["auc_holdout"] <= 1.0
+    version.verify()  # sha256 matches the file
+
+
+def test_publish_adds_the_next_version_and_keeps_aliases(repo_copy):
+    v1 = repo_copy.resolve("fraud_lgbm")
+    (repo_copy.root / "fraud_lgbm" / "model.yaml").write_text(
+        (repo_copy.root / "fraud_lgbm" / "model.yaml").read_text() + "aliases: {stable: v1}\n")
+    v2 = repo_copy.publish(v1.spec, v1.artifact, {"features": list(v1.features)})
+    assert v2.version == "v2"
+    assert repo_copy.versions("fraud_lgbm") == ["v1", "v2"]
+    assert repo_copy.resolve("fraud_lgbm").version == "v1"  # stable alias wins over newest
+    assert repo_copy.resolve("fraud_lgbm", "v2").version == "v2"
+    assert repo_copy.spec("fraud_lgbm").aliases == {"stable": "v1"}
+
+
+def test_unknown_version_is_an_error(repo_copy):
+    with pytest.raises(RepositoryError, match="v7"):
+        repo_copy.resolve("fraud_lgbm", "v7")
+
+
+def test_tampered_artifact_is_refused(repo_copy, plans):
+    artifact = repo_copy.resolve("fraud_lgbm").artifact
+    artifact.write_text(artifact.read_text().replace("tree", "tree ", 1))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_model(repo_copy, "fraud_lgbm", plans)
+
+
+def test_model_input_missing_from_registry_is_refused(repo_copy, plans):
+    version = repo_copy.resolve("fraud_lgbm")
+    features = list(version.features)
+    features[0] = "user_stats__no_such_feature"
+    republished = repo_copy.publish(version.spec, version.artifact, {"features": features})
+    with pytest.raises(ModelLoadError, match="no_such_feature"):
+        load_model(repo_copy, "fraud_lgbm", plans, version=republished.version)
+
+
+def test_loaded_model_assembles_in_feature_order(repo_copy, plans):
+    model = load_model(repo_copy, "fraud_mlp", plans)
+    assert model.n_inputs == 38
+    assert model.request_inputs == (("amount", 37),)
+    assert np.array_equal(model.store_inputs, np.arange(37))

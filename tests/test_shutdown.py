@@ -1,0 +1,73 @@
+"""`augur serve` as its own process: SIGTERM lets in-flight calls finish, then it exits."""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import yaml
+
+from featurestore.redis_server import free_port
+from predictor.client import PredictorClient
+
+
+def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
+    port = free_port()
+    config = tmp_path / "augur.yaml"
+    config.write_text(yaml.safe_dump({
+        "feature_repo": str(fraud_repo.path), "model_repo": str(model_repo),
+        "redis": {"address": fraud_repo.address},
+        "server": {"port": port, "metrics_port": 0, "grace_seconds": 10, "max_rows": 10_000}}))
+    process = subprocess.Popen([sys.executable, "-m", "augur.cli", "serve", "--config",
+                                str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with PredictorClient(f"127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    if client.health("fraud_mlp", timeout=1) == "SERVING":
+                        break
+                except Exception:
+                    assert process.poll() is None, process.stdout.read().decode()
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+
+            rng = np.random.default_rng(0)
+            n = 10_000
+            entities = {"user_id": rng.integers(0, 400, n), "merchant_id": rng.integers(0, 80, n)}
+            results: list[tuple[float, float, str]] = []  # (sent, answered, outcome)
+
+            def call() -> None:
+                while len(results) < 20:  # large calls back to back until the server refuses
+                    sent = time.monotonic()
+                    try:
+                        shape = client.predict("fraud_mlp", entities, {"amount": np.ones(n)},
+                                               timeout=30).scores.shape
+                        outcome = "OK" if shape == (n, 1) else f"shape {shape}"
+                    except grpc.RpcError as e:
+                        outcome = e.code().name
+                    results.append((sent, time.monotonic(), outcome))
+                    if outcome != "OK":
+                        return
+
+            worker = threading.Thread(target=call)
+            worker.start()
+            while not results:  # one full call first, so the next is surely mid-flight
+                time.sleep(0.01)
+            time.sleep(0.05)
+            sigterm_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            worker.join(60)
+            code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read().decode()
+    assert code == 0, output
+    assert "draining in-flight calls" in output
+    in_flight = [r for r in results if r[0] < sigterm_at < r[1]]
+    assert in_flight and all(outcome == "OK" for _, _, outcome in in_flight), results
+    assert results[-1][2] == "UNAVAILABLE", results  # later calls are refused, not hung

@@ -1,0 +1,61 @@
+"""The value codec reads and writes exactly Feast's ValueProto and Timestamp bytes."""
+
+import math
+
+import pytest
+from feast.protos.feast.types.Value_pb2 import Null, Value
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from featurestore.values import decode_number, decode_timestamp, encode_number, encode_timestamp
+
+CASES = [
+    ("Int64", "int64_val", [0, 1, 127, 128, 300, -1, -(2**63), 2**63 - 1, 1_700_000_000]),
+    ("Int32", "int32_val", [0, 5, -5, 2**31 - 1, -(2**31)]),
+    ("Float64", "double_val", [0.0, -0.0, 1.5, -2.25e300, 3.141592653589793, math.inf]),
+    ("Float32", "float_val", [0.0, 1.5, -7.25, 2.0**100]),  # exactly representable
+    ("Bool", "bool_val", [True, False]),
+    ("UnixTimestamp", "unix_timestamp_val", [0, 1_700_000_000]),
+]
+
+
+@pytest.mark.parametrize(("dtype", "field", "values"), CASES)
+def test_decodes_what_feast_serializes(dtype, field, values):
+    for v in values:
+        raw = Value(**{field: v}).SerializeToString()
+        assert decode_number(raw) == float(v)
+
+
+@pytest.mark.parametrize(("dtype", "field", "values"), CASES)
+def test_encodes_what_feast_parses(dtype, field, values):
+    for v in values:
+        parsed = Value()
+        parsed.ParseFromString(encode_number(v, dtype))
+        assert parsed.WhichOneof("val") == field
+        assert getattr(parsed, field) == v
+
+
+def test_absent_and_null_values_are_nan():
+    assert math.isnan(decode_number(None))
+    assert math.isnan(decode_number(b""))
+    assert math.isnan(decode_number(Value().SerializeToString()))
+    assert math.isnan(decode_number(Value(null_val=Null.NULL).SerializeToString()))
+    assert math.isnan(decode_number(Value(string_val="x").SerializeToString()))
+    assert encode_number(None, "Float64") == b""
+    assert encode_number(math.nan, "Float32") == b""
+
+
+def test_nan_stored_as_double_decodes_to_nan():
+    assert math.isnan(decode_number(Value(double_val=math.nan).SerializeToString()))
+
+
+@pytest.mark.parametrize("seconds", [0, 1, 1_763_000_000, 1_763_000_000.25, 1_763_000_000.999999])
+def test_timestamps_match_protobuf(seconds):
+    ts = Timestamp(seconds=int(seconds), nanos=round((seconds - int(seconds)) * 1e9))
+    assert decode_timestamp(ts.SerializeToString()) == pytest.approx(seconds, abs=1e-9)
+    parsed = Timestamp()
+    parsed.ParseFromString(encode_timestamp(seconds))
+    assert (parsed.seconds, parsed.nanos) == (ts.seconds, ts.nanos)
+
+
+def test_missing_timestamp_is_nan():
+    assert math.isnan(decode_timestamp(None))
