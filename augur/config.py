@@ -72,7 +72,7 @@ def load(path: Path | str | None = None, environ: typing.Mapping[str, str] = os.
             raise ConfigError(f"{path}: expected a mapping at the top level")
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX) and "__" in key:
-            section, option = key[len(ENV_PREFIX):].lower().split("__", 1)
+            section, option = key[len(ENV_PREFIX) :].lower().split("__", 1)
             raw.setdefault(section, {})[option] = yaml.safe_load(value)
     config = _build(Config, raw, "")
     # Relative paths in a config file are relative to the file, not to the caller's cwd.
@@ -86,8 +86,10 @@ def _build(cls: type, raw: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - names
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(sorted(where + u for u in unknown))}; "
-                          f"known: {', '.join(sorted(where + n for n in names))}")
+        raise ConfigError(
+            f"unknown option(s) {', '.join(sorted(where + u for u in unknown))}; "
+            f"known: {', '.join(sorted(where + n for n in names))}"
+        )
     kwargs = {}
     for name, value in raw.items():
         kind = hints[name]
@@ -101,6 +103,7 @@ def _build(cls: type, raw: dict, where: str):
             try:
                 kwargs[name] = kind(value)
             except (TypeError, ValueError):
-                raise ConfigError(f"{where}{name}: expected {kind.__name__}, got {value!r}") \
-                    from None
+                raise ConfigError(
+                    f"{where}{name}: expected {kind.__name__}, got {value!r}"
+                ) from None
     return cls(**kwargs)

@@ -82,15 +82,26 @@ class ReadPlan:
         return tuple(f.full_name for f in self.columns)
 
     def to_json(self) -> str:
-        return json.dumps({"service": self.service, "project": self.project,
-                           "entity_types": self.entity_types,
-                           "views": [asdict(v) for v in self.views]}, allow_nan=True)
+        return json.dumps(
+            {
+                "service": self.service,
+                "project": self.project,
+                "entity_types": self.entity_types,
+                "views": [asdict(v) for v in self.views],
+            },
+            allow_nan=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ReadPlan:
         raw = json.loads(text)
         views = tuple(
-            ViewRead(v["name"], tuple(v["join_keys"]), v["ttl_seconds"],
-                     tuple(FeatureColumn(**f) for f in v["features"]))
-            for v in raw["views"])
+            ViewRead(
+                v["name"],
+                tuple(v["join_keys"]),
+                v["ttl_seconds"],
+                tuple(FeatureColumn(**f) for f in v["features"]),
+            )
+            for v in raw["views"]
+        )
         return cls(raw["service"], raw["project"], raw["entity_types"], views)

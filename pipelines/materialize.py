@@ -13,8 +13,14 @@ from pathlib import Path
 from featurestore.repo import open_store
 
 
-def materialize(repo_path: Path, redis_address: str, *, start: dt.datetime | None = None,
-                end: dt.datetime | None = None, views: Sequence[str] | None = None) -> None:
+def materialize(
+    repo_path: Path,
+    redis_address: str,
+    *,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    views: Sequence[str] | None = None,
+) -> None:
     store = open_store(repo_path, redis_address)
     end = end or dt.datetime.now(dt.UTC)
     selected = list(views) if views else None

@@ -15,8 +15,9 @@ from tqdm import tqdm
 
 
 class TabularMLP(nn.Module):
-    def __init__(self, fill: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
-                 hidden: Sequence[int]):
+    def __init__(
+        self, fill: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, hidden: Sequence[int]
+    ):
         super().__init__()
         self.register_buffer("fill", fill)
         self.register_buffer("center", center)
@@ -38,9 +39,17 @@ class TabularMLP(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
-def fit_mlp(x: np.ndarray, y: np.ndarray, *, hidden: Sequence[int] = (64, 64), epochs: int = 8,
-            batch_size: int = 512, lr: float = 2e-3, seed: int = 0,
-            progress: bool = True) -> TabularMLP:
+def fit_mlp(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    hidden: Sequence[int] = (64, 64),
+    epochs: int = 8,
+    batch_size: int = 512,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> TabularMLP:
     torch.manual_seed(seed)
     fill = np.nanmedian(x, axis=0)
     fill = np.where(np.isnan(fill), 0.0, fill).astype(np.float32)
@@ -49,8 +58,9 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, *, hidden: Sequence[int] = (64, 64), e
     center = logged.mean(0).astype(np.float32)
     scale = logged.std(0).astype(np.float32)
     scale[scale < 1e-6] = 1.0
-    model = TabularMLP(torch.from_numpy(fill), torch.from_numpy(center),
-                       torch.from_numpy(scale), hidden)
+    model = TabularMLP(
+        torch.from_numpy(fill), torch.from_numpy(center), torch.from_numpy(scale), hidden
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).reshape(-1, 1)
@@ -59,7 +69,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, *, hidden: Sequence[int] = (64, 64), e
     for _ in tqdm(range(epochs), desc="torch mlp", unit="epoch", disable=not progress):
         order = torch.randperm(len(xt), generator=generator)
         for start in range(0, len(xt), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model.logits(xt[idx]), yt[idx])
             loss.backward()

@@ -25,33 +25,53 @@ class TrainingSet:
     timestamps: np.ndarray  # datetime64[ns] (rows,)
 
 
-def build_training_set(store, plan: ReadPlan, labels: pd.DataFrame, label_column: str,
-                       request_features: Sequence[str] = (),
-                       timestamp_column: str = "event_timestamp") -> TrainingSet:
+def build_training_set(
+    store,
+    plan: ReadPlan,
+    labels: pd.DataFrame,
+    label_column: str,
+    request_features: Sequence[str] = (),
+    timestamp_column: str = "event_timestamp",
+) -> TrainingSet:
     join_keys = sorted(plan.entity_types)
     columns = [*join_keys, timestamp_column, label_column, *request_features]
     missing = [c for c in columns if c not in labels.columns]
     if missing:
-        raise ValueError(f"label data lacks column(s) {', '.join(missing)} needed by feature "
-                         f"service {plan.service!r}")
+        raise ValueError(
+            f"label data lacks column(s) {', '.join(missing)} needed by feature "
+            f"service {plan.service!r}"
+        )
     entity_df = labels[columns].rename(columns={timestamp_column: "event_timestamp"})
     entity_df = entity_df.reset_index(drop=True).assign(_row=np.arange(len(entity_df)))
     joined = store.get_historical_features(
-        entity_df=entity_df, features=store.get_feature_service(plan.service),
-        full_feature_names=True).to_df()
+        entity_df=entity_df,
+        features=store.get_feature_service(plan.service),
+        full_feature_names=True,
+    ).to_df()
     joined = joined.sort_values("_row").reset_index(drop=True)
     if len(joined) != len(entity_df):
-        raise RuntimeError(f"the offline store returned {len(joined)} rows for "
-                           f"{len(entity_df)} label rows; use an offline store that keeps "
-                           f"every entity row (the example repo uses duckdb)")
-    store_part = np.column_stack([
-        pd.to_numeric(joined[c.full_name], errors="coerce").astype(np.float64)
-        .fillna(c.default).to_numpy(np.float32) for c in plan.columns])
+        raise RuntimeError(
+            f"the offline store returned {len(joined)} rows for "
+            f"{len(entity_df)} label rows; use an offline store that keeps "
+            f"every entity row (the example repo uses duckdb)"
+        )
+    store_part = np.column_stack(
+        [
+            pd.to_numeric(joined[c.full_name], errors="coerce")
+            .astype(np.float64)
+            .fillna(c.default)
+            .to_numpy(np.float32)
+            for c in plan.columns
+        ]
+    )
     request_part = joined[list(request_features)].to_numpy(np.float32)
     x = np.hstack([store_part, request_part]).astype(np.float32)
-    return TrainingSet((*plan.feature_names, *request_features), x,
-                       joined[label_column].to_numpy(np.float32),
-                       pd.to_datetime(joined["event_timestamp"], utc=True).to_numpy())
+    return TrainingSet(
+        (*plan.feature_names, *request_features),
+        x,
+        joined[label_column].to_numpy(np.float32),
+        pd.to_datetime(joined["event_timestamp"], utc=True).to_numpy(),
+    )
 
 
 def auc(y: np.ndarray, scores: np.ndarray) -> float:

@@ -34,35 +34,53 @@ class PredictorClient:
         self.stub = pb_grpc.PredictorStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
-    def predict(self, model: str, entities: Mapping[str, Sequence],
-                request_features: Mapping[str, Sequence[float]] | None = None, *,
-                version: str = "", return_features: bool = False,
-                return_feature_status: bool = True, timeout: float | None = None) -> Prediction:
+    def predict(
+        self,
+        model: str,
+        entities: Mapping[str, Sequence],
+        request_features: Mapping[str, Sequence[float]] | None = None,
+        *,
+        version: str = "",
+        return_features: bool = False,
+        return_feature_status: bool = True,
+        timeout: float | None = None,
+    ) -> Prediction:
         request = pb.PredictRequest(
-            model=model, version=version, entities=encode_entities(entities),
-            request_features={k: pb.DoubleList(values=list(map(float, v)))
-                              for k, v in (request_features or {}).items()},
-            options=pb.PredictOptions(return_features=return_features,
-                                      return_feature_status=return_feature_status))
+            model=model,
+            version=version,
+            entities=encode_entities(entities),
+            request_features={
+                k: pb.DoubleList(values=list(map(float, v)))
+                for k, v in (request_features or {}).items()
+            },
+            options=pb.PredictOptions(
+                return_features=return_features, return_feature_status=return_feature_status
+            ),
+        )
         reply = self.stub.Predict(request, timeout=timeout or self.timeout)
         return _prediction(reply)
 
-    def online_features(self, feature_service: str, entities: Mapping[str, Sequence],
-                        timeout: float | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+    def online_features(
+        self, feature_service: str, entities: Mapping[str, Sequence], timeout: float | None = None
+    ) -> tuple[tuple[str, ...], np.ndarray]:
         reply = self.stub.GetOnlineFeatures(
-            pb.GetOnlineFeaturesRequest(feature_service=feature_service,
-                                        entities=encode_entities(entities)),
-            timeout=timeout or self.timeout)
+            pb.GetOnlineFeaturesRequest(
+                feature_service=feature_service, entities=encode_entities(entities)
+            ),
+            timeout=timeout or self.timeout,
+        )
         names = tuple(reply.features.names)
         return names, np.asarray(reply.features.values, np.float32).reshape(-1, len(names))
 
     def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
-        return list(self.stub.ListModels(pb.ListModelsRequest(),
-                                         timeout=timeout or self.timeout).models)
+        return list(
+            self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self.timeout).models
+        )
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
-        reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service),
-                                       timeout=timeout or self.timeout)
+        reply = self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -82,8 +100,18 @@ def _prediction(reply: pb.PredictResponse) -> Prediction:
     scores = np.asarray(reply.scores, np.float32).reshape(reply.rows, reply.outputs)
     status = reply.feature_status
     names = tuple(reply.features.names)
-    features = (np.asarray(reply.features.values, np.float32).reshape(reply.rows, len(names))
-                if names else np.empty((reply.rows, 0), np.float32))
-    return Prediction(reply.model, reply.version, scores,
-                      np.array([s.present for s in status]), np.array([s.missing for s in status]),
-                      np.array([s.stale for s in status]), names, features)
+    features = (
+        np.asarray(reply.features.values, np.float32).reshape(reply.rows, len(names))
+        if names
+        else np.empty((reply.rows, 0), np.float32)
+    )
+    return Prediction(
+        reply.model,
+        reply.version,
+        scores,
+        np.array([s.present for s in status]),
+        np.array([s.missing for s in status]),
+        np.array([s.stale for s in status]),
+        names,
+        features,
+    )

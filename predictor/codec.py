@@ -18,12 +18,12 @@ def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple
     """Entity columns as lists keyed by join key, and the row count."""
     expected = plan.entity_types
     if not columns:
-        raise invalid(f"entities: empty; {owner} expects columns "
-                      f"{', '.join(sorted(expected))}")
+        raise invalid(f"entities: empty; {owner} expects columns {', '.join(sorted(expected))}")
     for name in columns:
         if name not in expected:
-            raise invalid(f"entities.{name}: not an entity of {owner}; expected "
-                          f"{', '.join(sorted(expected))}")
+            raise invalid(
+                f"entities.{name}: not an entity of {owner}; expected {', '.join(sorted(expected))}"
+            )
     out: dict[str, Sequence] = {}
     n = None
     first = None
@@ -41,23 +41,30 @@ def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple
         if n is None:
             n, first = len(values), name
         elif len(values) != n:
-            raise invalid(f"entities.{name}: {len(values)} values, but entities.{first} has {n}; "
-                          f"every column needs one value per row")
+            raise invalid(
+                f"entities.{name}: {len(values)} values, but entities.{first} has {n}; "
+                f"every column needs one value per row"
+            )
         out[name] = list(values)
     if not n:
         raise invalid(f"entities.{first}: no rows")
     if n > max_rows:
-        raise invalid(f"entities.{first}: {n} rows exceeds the limit of {max_rows} per request "
-                      f"(server.max_rows)")
+        raise invalid(
+            f"entities.{first}: {n} rows exceeds the limit of {max_rows} per request "
+            f"(server.max_rows)"
+        )
     return out, n
 
 
-def decode_request_features(columns, wanted: Sequence[str], n: int, owner: str) \
-        -> dict[str, np.ndarray]:
+def decode_request_features(
+    columns, wanted: Sequence[str], n: int, owner: str
+) -> dict[str, np.ndarray]:
     for name in columns:
         if name not in wanted:
-            raise invalid(f"request_features.{name}: not a request feature of {owner}; expected "
-                          f"{', '.join(wanted) or 'none'}")
+            raise invalid(
+                f"request_features.{name}: not a request feature of {owner}; expected "
+                f"{', '.join(wanted) or 'none'}"
+            )
     out = {}
     for name in wanted:
         if name not in columns:
@@ -67,16 +74,20 @@ def decode_request_features(columns, wanted: Sequence[str], n: int, owner: str) 
             raise invalid(f"request_features.{name}: {len(values)} values for {n} entity rows")
         bad = np.flatnonzero(~np.isfinite(values))
         if len(bad):
-            raise invalid(f"request_features.{name}[{bad[0]}]: {values[bad[0]]} is not a finite "
-                          f"number")
+            raise invalid(
+                f"request_features.{name}[{bad[0]}]: {values[bad[0]]} is not a finite number"
+            )
         out[name] = values.astype(np.float32)
     return out
 
 
-def feature_status(present: np.ndarray, missing: np.ndarray, stale: np.ndarray) \
-        -> list[pb.FeatureStatus]:
-    return [pb.FeatureStatus(present=int(p), missing=int(m), stale=int(s))
-            for p, m, s in zip(present, missing, stale, strict=True)]
+def feature_status(
+    present: np.ndarray, missing: np.ndarray, stale: np.ndarray
+) -> list[pb.FeatureStatus]:
+    return [
+        pb.FeatureStatus(present=int(p), missing=int(m), stale=int(s))
+        for p, m, s in zip(present, missing, stale, strict=True)
+    ]
 
 
 def encode_entities(entities) -> dict[str, pb.EntityColumn]:

@@ -8,30 +8,77 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-_LATENCY = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
-            0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
-REQUESTS = Counter("augur_requests_total", "Predict calls by model, version and status code",
-                   ["method", "model", "version", "code"])
-LATENCY = Histogram("augur_request_latency_seconds", "Server-side latency of a call",
-                    ["method", "model", "version", "code"], buckets=_LATENCY)
-STAGE = Histogram("augur_stage_latency_seconds",
-                  "Latency of one stage of a call: features, assemble, inference",
-                  ["model", "stage"], buckets=_LATENCY)
+REQUESTS = Counter(
+    "augur_requests_total",
+    "Predict calls by model, version and status code",
+    ["method", "model", "version", "code"],
+)
+LATENCY = Histogram(
+    "augur_request_latency_seconds",
+    "Server-side latency of a call",
+    ["method", "model", "version", "code"],
+    buckets=_LATENCY,
+)
+STAGE = Histogram(
+    "augur_stage_latency_seconds",
+    "Latency of one stage of a call: features, assemble, inference",
+    ["model", "stage"],
+    buckets=_LATENCY,
+)
 ROWS = Counter("augur_rows_total", "Entity rows scored or read", ["method", "model"])
-FEATURES_MISSING = Counter("augur_features_missing_total",
-                           "Feature values absent from the online store (default or NaN served)",
-                           ["model"])
-FEATURES_STALE = Counter("augur_features_stale_total",
-                         "Feature values older than their view's TTL (treated as missing)",
-                         ["model"])
-FEATURE_AGE = Histogram("augur_feature_age_seconds",
-                        "Now minus the event time of the feature view row that was served",
-                        ["feature_view"],
-                        buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400,
-                                 2 * 86400, 7 * 86400, 30 * 86400))
-MODEL_LOADS = Counter("augur_model_loads_total", "Model load attempts by outcome",
-                      ["model", "version", "outcome"])
+FEATURES_MISSING = Counter(
+    "augur_features_missing_total",
+    "Feature values absent from the online store (default or NaN served)",
+    ["model"],
+)
+FEATURES_STALE = Counter(
+    "augur_features_stale_total",
+    "Feature values older than their view's TTL (treated as missing)",
+    ["model"],
+)
+FEATURE_AGE = Histogram(
+    "augur_feature_age_seconds",
+    "Now minus the event time of the feature view row that was served",
+    ["feature_view"],
+    buckets=(
+        1,
+        10,
+        60,
+        300,
+        900,
+        3600,
+        4 * 3600,
+        12 * 3600,
+        86400,
+        2 * 86400,
+        7 * 86400,
+        30 * 86400,
+    ),
+)
+MODEL_LOADS = Counter(
+    "augur_model_loads_total", "Model load attempts by outcome", ["model", "version", "outcome"]
+)
 MODELS_SERVING = Gauge("augur_models_serving", "Models loaded and taking traffic")
 
 

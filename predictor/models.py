@@ -50,8 +50,13 @@ class ServingModel:
         return batch
 
 
-def load_model(repo: ModelRepository, name: str, plans: Mapping[str, ReadPlan],
-               threads: int = 1, version: str = "") -> ServingModel:
+def load_model(
+    repo: ModelRepository,
+    name: str,
+    plans: Mapping[str, ReadPlan],
+    threads: int = 1,
+    version: str = "",
+) -> ServingModel:
     try:
         resolved = repo.resolve(name, version)
     except RepositoryError as e:
@@ -59,8 +64,10 @@ def load_model(repo: ModelRepository, name: str, plans: Mapping[str, ReadPlan],
     spec = resolved.spec
     plan = plans.get(spec.feature_service)
     if plan is None:
-        raise ModelLoadError(f"model {name}: feature service {spec.feature_service!r} is not "
-                             f"in the Feast registry (have: {', '.join(sorted(plans))})")
+        raise ModelLoadError(
+            f"model {name}: feature service {spec.feature_service!r} is not "
+            f"in the Feast registry (have: {', '.join(sorted(plans))})"
+        )
     columns = {n: i for i, n in enumerate(plan.feature_names)}
     store_cols, store_pos, request_pos = [], [], []
     for position, feature in enumerate(resolved.features):
@@ -70,18 +77,32 @@ def load_model(repo: ModelRepository, name: str, plans: Mapping[str, ReadPlan],
         elif feature in spec.request_features:
             request_pos.append((feature, position))
         else:
-            raise ModelLoadError(f"model {name}@{resolved.version}: input {feature!r} is neither "
-                                 f"in feature service {spec.feature_service!r} nor a request "
-                                 f"feature of model.yaml")
+            raise ModelLoadError(
+                f"model {name}@{resolved.version}: input {feature!r} is neither "
+                f"in feature service {spec.feature_service!r} nor a request "
+                f"feature of model.yaml"
+            )
     try:
         runtime = load_runtime(resolved, threads)
     except Exception as e:
         raise ModelLoadError(f"model {name}@{resolved.version}: {e}") from e
-    model = ServingModel(resolved, plan, runtime, np.array(store_cols, np.intp),
-                         np.array(store_pos, np.intp), tuple(request_pos))
+    model = ServingModel(
+        resolved,
+        plan,
+        runtime,
+        np.array(store_cols, np.intp),
+        np.array(store_pos, np.intp),
+        tuple(request_pos),
+    )
     _warm_up(model)
-    log.info("loaded model %s@%s (%s, %d inputs, device %s)", name, resolved.version,
-             spec.kind, model.n_inputs, runtime.device)
+    log.info(
+        "loaded model %s@%s (%s, %d inputs, device %s)",
+        name,
+        resolved.version,
+        spec.kind,
+        model.n_inputs,
+        runtime.device,
+    )
     return model
 
 
@@ -91,9 +112,12 @@ def _warm_up(model: ServingModel) -> None:
     try:
         out = model.runtime.predict(batch)
     except Exception as e:
-        raise ModelLoadError(f"model {model.name}@{model.version.version}: warm-up failed: {e}") \
-            from e
+        raise ModelLoadError(
+            f"model {model.name}@{model.version.version}: warm-up failed: {e}"
+        ) from e
     expected = (8, len(model.version.spec.outputs))
     if out.shape != expected or not np.isfinite(out).all():
-        raise ModelLoadError(f"model {model.name}@{model.version.version}: warm-up gave shape "
-                             f"{out.shape} (expected {expected}) or non-finite scores")
+        raise ModelLoadError(
+            f"model {model.name}@{model.version.version}: warm-up gave shape "
+            f"{out.shape} (expected {expected}) or non-finite scores"
+        )

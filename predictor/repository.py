@@ -61,8 +61,10 @@ class ModelVersion:
         expected = self.metadata.get("sha256")
         actual = sha256_of(self.artifact)
         if expected != actual:
-            raise RepositoryError(f"{self.artifact}: sha256 {actual} does not match "
-                                  f"metadata.json ({expected}); refusing to load it")
+            raise RepositoryError(
+                f"{self.artifact}: sha256 {actual} does not match "
+                f"metadata.json ({expected}); refusing to load it"
+            )
 
 
 def sha256_of(path: Path) -> str:
@@ -92,15 +94,23 @@ class ModelRepository:
             raise RepositoryError(f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r}")
         if not raw.get("feature_service"):
             raise RepositoryError(f"{path}: feature_service is required")
-        return ModelSpec(name, kind, raw["feature_service"],
-                         tuple(raw.get("request_features") or ()),
-                         tuple(raw.get("outputs") or ("score",)),
-                         raw.get("device", "cpu"), dict(raw.get("aliases") or {}))
+        return ModelSpec(
+            name,
+            kind,
+            raw["feature_service"],
+            tuple(raw.get("request_features") or ()),
+            tuple(raw.get("outputs") or ("score",)),
+            raw.get("device", "cpu"),
+            dict(raw.get("aliases") or {}),
+        )
 
     def versions(self, name: str) -> list[str]:
         model_dir = self.root / name
-        found = [p.name for p in model_dir.iterdir() if _VERSION.match(p.name)] \
-            if model_dir.is_dir() else []
+        found = (
+            [p.name for p in model_dir.iterdir() if _VERSION.match(p.name)]
+            if model_dir.is_dir()
+            else []
+        )
         return sorted(found, key=lambda v: int(v[1:]))
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
@@ -112,8 +122,10 @@ class ModelRepository:
         wanted = version or spec.aliases.get("stable") or versions[-1]
         wanted = spec.aliases.get(wanted, wanted)
         if wanted not in versions:
-            raise RepositoryError(f"model {name!r} has no version or alias {version!r}; "
-                                  f"versions: {', '.join(versions)}")
+            raise RepositoryError(
+                f"model {name!r} has no version or alias {version!r}; "
+                f"versions: {', '.join(versions)}"
+            )
         path = self.root / name / wanted
         metadata = json.loads((path / "metadata.json").read_text())
         return ModelVersion(spec, wanted, path, metadata)
@@ -127,8 +139,13 @@ class ModelRepository:
         try:
             target = staging / KINDS[spec.kind]
             shutil.copyfile(artifact, target)
-            metadata = {**metadata, "name": spec.name, "kind": spec.kind,
-                        "feature_service": spec.feature_service, "sha256": sha256_of(target)}
+            metadata = {
+                **metadata,
+                "name": spec.name,
+                "kind": spec.kind,
+                "feature_service": spec.feature_service,
+                "sha256": sha256_of(target),
+            }
             while True:
                 existing = self.versions(spec.name)
                 version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
@@ -149,9 +166,13 @@ class ModelRepository:
         aliases = spec.aliases
         if path.is_file():  # aliases belong to the operator; publishing keeps them
             aliases = (yaml.safe_load(path.read_text()) or {}).get("aliases") or aliases
-        body = {"kind": spec.kind, "feature_service": spec.feature_service,
-                "request_features": list(spec.request_features),
-                "outputs": list(spec.outputs), "device": spec.device}
+        body = {
+            "kind": spec.kind,
+            "feature_service": spec.feature_service,
+            "request_features": list(spec.request_features),
+            "outputs": list(spec.outputs),
+            "device": spec.device,
+        }
         if aliases:
             body["aliases"] = dict(aliases)
         tmp = path.with_suffix(".yaml.tmp")

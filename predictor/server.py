@@ -62,22 +62,29 @@ def start(config: Config) -> RunningServer:
             log.error("not serving model %s: %s", name, e)
     metrics.MODELS_SERVING.set(len(models))
     if not models:
-        log.warning("no model is serving; publish one with `augur train` (model repository %s)",
-                    config.model_repo)
+        log.warning(
+            "no model is serving; publish one with `augur train` (model repository %s)",
+            config.model_repo,
+        )
 
-    timeouts = RedisTimeouts(config.redis.connect_timeout_ms / 1000,
-                             config.redis.read_timeout_ms / 1000)
+    timeouts = RedisTimeouts(
+        config.redis.connect_timeout_ms / 1000, config.redis.read_timeout_ms / 1000
+    )
     reader = OnlineReader(connect(config.redis.address, timeouts))
     versions = {name: repo.versions(name) for name in models}
     servicer = PredictorServicer(models, plans, reader, config.server.max_rows, versions)
 
     limit = config.server.max_message_bytes
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.server.workers,
-                                   thread_name_prefix="augur-grpc"),
-        options=[("grpc.max_receive_message_length", limit),
-                 ("grpc.max_send_message_length", limit),
-                 ("grpc.so_reuseport", 0)])
+        futures.ThreadPoolExecutor(
+            max_workers=config.server.workers, thread_name_prefix="augur-grpc"
+        ),
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
     pb_grpc.add_PredictorServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -86,16 +93,23 @@ def start(config: Config) -> RunningServer:
         health_servicer.set(name, SERVING)
     for name in failed:
         health_servicer.set(name, NOT_SERVING)
-    services = (pb.DESCRIPTOR.services_by_name["Predictor"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME)
+    services = (
+        pb.DESCRIPTOR.services_by_name["Predictor"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
     reflection.enable_server_reflection(services, server)
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     if not port:
         raise RuntimeError(f"cannot listen on {config.server.host}:{config.server.port}")
     server.start()
-    log.info("serving %d model(s) on %s:%d: %s", len(models), config.server.host, port,
-             ", ".join(f"{n}@{m.version.version}" for n, m in sorted(models.items())) or "none")
+    log.info(
+        "serving %d model(s) on %s:%d: %s",
+        len(models),
+        config.server.host,
+        port,
+        ", ".join(f"{n}@{m.version.version}" for n, m in sorted(models.items())) or "none",
+    )
     return RunningServer(server, health_servicer, servicer, port, config.server.grace_seconds)
 
 

@@ -23,8 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class PredictorServicer(pb_grpc.PredictorServicer):
-    def __init__(self, models: Mapping[str, ServingModel], plans: Mapping[str, ReadPlan],
-                 reader: OnlineReader, max_rows: int, versions: Mapping[str, list[str]]):
+    def __init__(
+        self,
+        models: Mapping[str, ServingModel],
+        plans: Mapping[str, ReadPlan],
+        reader: OnlineReader,
+        max_rows: int,
+        versions: Mapping[str, list[str]],
+    ):
         self.models = dict(models)
         self.plans = dict(plans)
         self.reader = reader
@@ -34,8 +40,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
         start = time.perf_counter()
         model = self.models.get(request.model)
-        labels = [request.model if model else "unknown",
-                  model.version.version if model else ""]
+        labels = [request.model if model else "unknown", model.version.version if model else ""]
         code = grpc.StatusCode.OK
         try:
             return self._predict(request, context, model)
@@ -54,22 +59,27 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             metrics.REQUESTS.labels("Predict", *labels, code.name).inc()
             metrics.LATENCY.labels("Predict", *labels, code.name).observe(elapsed)
 
-    def _predict(self, request: pb.PredictRequest, context: grpc.ServicerContext,
-                 model: ServingModel | None) -> pb.PredictResponse:
+    def _predict(
+        self, request: pb.PredictRequest, context: grpc.ServicerContext, model: ServingModel | None
+    ) -> pb.PredictResponse:
         if not request.model:
             raise invalid("model: required; ListModels shows what this server serves")
         if model is None:
-            raise not_found(f"model {request.model!r} is not served here; serving: "
-                            f"{', '.join(sorted(self.models)) or 'none'}")
+            raise not_found(
+                f"model {request.model!r} is not served here; serving: "
+                f"{', '.join(sorted(self.models)) or 'none'}"
+            )
         version = model.version
-        if request.version and request.version not in (version.version,
-                                                       *version.spec.aliases):
-            raise not_found(f"model {model.name} version {request.version!r} is not loaded; "
-                            f"serving {version.version}")
+        if request.version and request.version not in (version.version, *version.spec.aliases):
+            raise not_found(
+                f"model {model.name} version {request.version!r} is not loaded; "
+                f"serving {version.version}"
+            )
         owner = f"model {model.name}"
         entities, n = decode_entities(request.entities, model.plan, self.max_rows, owner)
-        extra = decode_request_features(request.request_features,
-                                        version.spec.request_features, n, owner)
+        extra = decode_request_features(
+            request.request_features, version.spec.request_features, n, owner
+        )
         _check_deadline(context)
 
         t0 = time.perf_counter()
@@ -87,8 +97,13 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         metrics.ROWS.labels("Predict", name).inc(n)
         _count_features(name, model.plan, rows)
 
-        response = pb.PredictResponse(model=name, version=version.version, rows=n,
-                                      outputs=scores.shape[1], scores=scores.ravel().tolist())
+        response = pb.PredictResponse(
+            model=name,
+            version=version.version,
+            rows=n,
+            outputs=scores.shape[1],
+            scores=scores.ravel().tolist(),
+        )
         options = request.options
         if options.return_feature_status:
             present = len(model.plan.columns) - rows.missing
@@ -98,26 +113,32 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             response.features.values.extend(batch.ravel().tolist())
         return response
 
-    def GetOnlineFeatures(self, request: pb.GetOnlineFeaturesRequest,
-                          context: grpc.ServicerContext):
+    def GetOnlineFeatures(
+        self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
+    ):
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         label = request.feature_service if request.feature_service in self.plans else "unknown"
         try:
             plan = self.plans.get(request.feature_service)
             if plan is None:
-                raise not_found(f"feature service {request.feature_service!r} is not in the "
-                                f"registry; have: {', '.join(sorted(self.plans))}")
-            entities, n = decode_entities(request.entities, plan, self.max_rows,
-                                          f"feature service {plan.service}")
+                raise not_found(
+                    f"feature service {request.feature_service!r} is not in the "
+                    f"registry; have: {', '.join(sorted(self.plans))}"
+                )
+            entities, n = decode_entities(
+                request.entities, plan, self.max_rows, f"feature service {plan.service}"
+            )
             _check_deadline(context)
             rows = self.reader.read(plan, entities)
             metrics.ROWS.labels("GetOnlineFeatures", label).inc(n)
             present = len(plan.columns) - rows.missing
             return pb.GetOnlineFeaturesResponse(
-                features=pb.FeatureMatrix(names=plan.feature_names,
-                                          values=rows.values.ravel().tolist()),
-                feature_status=feature_status(present, rows.missing, rows.stale))
+                features=pb.FeatureMatrix(
+                    names=plan.feature_names, values=rows.values.ravel().tolist()
+                ),
+                feature_status=feature_status(present, rows.missing, rows.stale),
+            )
         except RequestError as e:
             code = e.code
             context.abort(e.code, e.message)
@@ -137,12 +158,19 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         models = []
         for name, model in sorted(self.models.items()):
             spec = model.version.spec
-            models.append(pb.ModelInfo(
-                name=name, version=model.version.version, kind=spec.kind,
-                feature_service=spec.feature_service, features=model.version.features,
-                request_features=spec.request_features,
-                entities=sorted(model.plan.entity_types), device=model.runtime.device,
-                versions=self.versions.get(name, [])))
+            models.append(
+                pb.ModelInfo(
+                    name=name,
+                    version=model.version.version,
+                    kind=spec.kind,
+                    feature_service=spec.feature_service,
+                    features=model.version.features,
+                    request_features=spec.request_features,
+                    entities=sorted(model.plan.entity_types),
+                    device=model.runtime.device,
+                    versions=self.versions.get(name, []),
+                )
+            )
         return pb.ListModelsResponse(models=models)
 
 

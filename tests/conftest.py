@@ -41,8 +41,13 @@ def make_repo(dest: Path, address: str, scale: Scale = SMALL) -> Path:
         shutil.copy(TEMPLATE / name, dest / name)
     generate(dest / "data", scale)
     feast = Path(sys.executable).with_name("feast")
-    subprocess.run([str(feast), "apply"], cwd=dest, check=True, capture_output=True,
-                   env={**_env(), REDIS_ENV: address})
+    subprocess.run(
+        [str(feast), "apply"],
+        cwd=dest,
+        check=True,
+        capture_output=True,
+        env={**_env(), REDIS_ENV: address},
+    )
     return dest
 
 
@@ -78,10 +83,12 @@ def model_repo(fraud_repo: FraudRepo, tmp_path_factory) -> Path:
 
 
 def server_config(repo: FraudRepo, models: Path, address: str | None = None) -> Config:
-    return Config(feature_repo=repo.path, model_repo=models,
-                  redis=RedisConfig(address=address or repo.address),
-                  server=ServerConfig(port=free_port(), metrics_port=0, max_rows=MAX_ROWS,
-                                      grace_seconds=2.0))
+    return Config(
+        feature_repo=repo.path,
+        model_repo=models,
+        redis=RedisConfig(address=address or repo.address),
+        server=ServerConfig(port=free_port(), metrics_port=0, max_rows=MAX_ROWS, grace_seconds=2.0),
+    )
 
 
 @pytest.fixture(scope="session")

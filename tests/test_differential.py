@@ -20,11 +20,19 @@ STALE_USERS = [900_001, 900_002, 900_003]  # ids the generator never makes
 
 
 def _feast_matrix(store, plan, users, merchants) -> np.ndarray:
-    rows = [{"user_id": int(u), "merchant_id": int(m)} for u, m in zip(users, merchants)]
-    got = store.get_online_features(features=store.get_feature_service(plan.service),
-                                    entity_rows=rows, full_feature_names=True).to_dict()
-    return np.array([[np.nan if got[n][i] is None else float(got[n][i])
-                      for n in plan.feature_names] for i in range(len(rows))], np.float32)
+    rows = [
+        {"user_id": int(u), "merchant_id": int(m)} for u, m in zip(users, merchants, strict=True)
+    ]
+    got = store.get_online_features(
+        features=store.get_feature_service(plan.service), entity_rows=rows, full_feature_names=True
+    ).to_dict()
+    return np.array(
+        [
+            [np.nan if got[n][i] is None else float(got[n][i]) for n in plan.feature_names]
+            for i in range(len(rows))
+        ],
+        np.float32,
+    )
 
 
 def _entities(fraud_repo, n=300, seed=1):

@@ -12,9 +12,11 @@ def _ints(*values):
 
 
 def _call(client, **fields) -> grpc.RpcError:
-    defaults = {"model": "fraud_lgbm",
-                "entities": {"user_id": _ints(1, 2), "merchant_id": _ints(3, 4)},
-                "request_features": {"amount": pb.DoubleList(values=[1.0, 2.0])}}
+    defaults = {
+        "model": "fraud_lgbm",
+        "entities": {"user_id": _ints(1, 2), "merchant_id": _ints(3, 4)},
+        "request_features": {"amount": pb.DoubleList(values=[1.0, 2.0])},
+    }
     request = pb.PredictRequest(**{**defaults, **fields})
     with pytest.raises(grpc.RpcError) as caught:
         client.stub.Predict(request, timeout=5)
@@ -22,9 +24,11 @@ def _call(client, **fields) -> grpc.RpcError:
 
 
 def test_valid_request_is_answered(client):
-    request = pb.PredictRequest(model="fraud_lgbm",
-                                entities={"user_id": _ints(1), "merchant_id": _ints(3)},
-                                request_features={"amount": pb.DoubleList(values=[5.0])})
+    request = pb.PredictRequest(
+        model="fraud_lgbm",
+        entities={"user_id": _ints(1), "merchant_id": _ints(3)},
+        request_features={"amount": pb.DoubleList(values=[5.0])},
+    )
     assert client.stub.Predict(request, timeout=5).rows == 1
 
 
@@ -59,8 +63,9 @@ def test_missing_entity_column(client):
 
 
 def test_unknown_entity_column(client):
-    error = _call(client, entities={"user_id": _ints(1), "merchant_id": _ints(1),
-                                    "usr_id": _ints(1)})
+    error = _call(
+        client, entities={"user_id": _ints(1), "merchant_id": _ints(1), "usr_id": _ints(1)}
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith("entities.usr_id:")
 
@@ -85,16 +90,22 @@ def test_ragged_columns(client):
 
 
 def test_zero_rows(client):
-    error = _call(client, entities={"user_id": _ints(), "merchant_id": _ints()},
-                  request_features={"amount": pb.DoubleList(values=[])})
+    error = _call(
+        client,
+        entities={"user_id": _ints(), "merchant_id": _ints()},
+        request_features={"amount": pb.DoubleList(values=[])},
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "no rows" in error.details()
 
 
 def test_too_many_rows(client):
     n = MAX_ROWS + 1
-    error = _call(client, entities={"user_id": _ints(*range(n)), "merchant_id": _ints(*[1] * n)},
-                  request_features={"amount": pb.DoubleList(values=[1.0] * n)})
+    error = _call(
+        client,
+        entities={"user_id": _ints(*range(n)), "merchant_id": _ints(*[1] * n)},
+        request_features={"amount": pb.DoubleList(values=[1.0] * n)},
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"{n} rows exceeds the limit of {MAX_ROWS}" in error.details()
 
@@ -119,16 +130,22 @@ def test_non_finite_request_feature(client, bad):
 
 
 def test_unknown_request_feature(client):
-    error = _call(client, request_features={"amount": pb.DoubleList(values=[1.0, 2.0]),
-                                            "tip": pb.DoubleList(values=[1.0, 2.0])})
+    error = _call(
+        client,
+        request_features={
+            "amount": pb.DoubleList(values=[1.0, 2.0]),
+            "tip": pb.DoubleList(values=[1.0, 2.0]),
+        },
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith("request_features.tip:")
 
 
 def test_unknown_feature_service(client):
     with pytest.raises(grpc.RpcError) as caught:
-        client.stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(feature_service="nope"),
-                                      timeout=5)
+        client.stub.GetOnlineFeatures(
+            pb.GetOnlineFeaturesRequest(feature_service="nope"), timeout=5
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 

@@ -10,20 +10,25 @@ from featurestore.keys import KeyEncoder, feature_field, timestamp_field
 
 def _feast_key(names, values, project="fraud"):
     protos = [Value(int64_val=v) if isinstance(v, int) else Value(string_val=v) for v in values]
-    return _redis_key(project, EntityKey(join_keys=names, entity_values=protos),
-                      entity_key_serialization_version=3)
+    return _redis_key(
+        project,
+        EntityKey(join_keys=names, entity_values=protos),
+        entity_key_serialization_version=3,
+    )
 
 
 @pytest.mark.parametrize("value", [0, 1, -1, 42, 2**62, -(2**63)])
 def test_int64_key(value):
-    assert KeyEncoder(["user_id"], ["int64"], "fraud").key([value]) == \
-        _feast_key(["user_id"], [value])
+    assert KeyEncoder(["user_id"], ["int64"], "fraud").key([value]) == _feast_key(
+        ["user_id"], [value]
+    )
 
 
 @pytest.mark.parametrize("value", ["", "a", "driver-7", "ünïcødé"])
 def test_string_key(value):
-    assert KeyEncoder(["device"], ["string"], "p").key([value]) == \
-        _feast_key(["device"], [value], "p")
+    assert KeyEncoder(["device"], ["string"], "p").key([value]) == _feast_key(
+        ["device"], [value], "p"
+    )
 
 
 def test_composite_key_sorts_join_keys_like_feast():
@@ -38,8 +43,10 @@ def test_mixed_composite_key():
     assert encoder.key([5, "NL"]) == _feast_key(["user_id", "country"], [5, "NL"])
 
 
-@pytest.mark.parametrize(("view", "feature"), [("user_stats", "txn_count_7d"), ("v", "f"),
-                                               ("user_merchant_stats", "is_repeat")])
+@pytest.mark.parametrize(
+    ("view", "feature"),
+    [("user_stats", "txn_count_7d"), ("v", "f"), ("user_merchant_stats", "is_repeat")],
+)
 def test_fields(view, feature):
     assert feature_field(view, feature) == _mmh3(f"{view}:{feature}")
     assert timestamp_field(view) == f"_ts:{view}".encode()

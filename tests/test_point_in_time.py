@@ -15,15 +15,27 @@ def test_future_value_does_not_leak(redis_server, tmp_path):
     users = pd.read_parquet(repo / "data" / "user_stats.parquet")
     user = 7
     planted_at = users["event_timestamp"].max() - pd.Timedelta("10D") + pd.Timedelta("6h")
-    future = users[users["user_id"] == user].tail(1).assign(
-        event_timestamp=planted_at, amount_sum_7d=SENTINEL)
+    future = (
+        users[users["user_id"] == user]
+        .tail(1)
+        .assign(event_timestamp=planted_at, amount_sum_7d=SENTINEL)
+    )
     pd.concat([users, future]).to_parquet(repo / "data" / "user_stats.parquet", index=False)
 
-    labels = pd.DataFrame({
-        "user_id": [user] * 4, "merchant_id": [1] * 4, "is_fraud": [0, 1, 0, 1],
-        "amount": [1.0, 2.0, 3.0, 4.0],
-        "event_timestamp": [planted_at - pd.Timedelta("1s"), planted_at - pd.Timedelta("1h"),
-                            planted_at, planted_at + pd.Timedelta("1h")]})
+    labels = pd.DataFrame(
+        {
+            "user_id": [user] * 4,
+            "merchant_id": [1] * 4,
+            "is_fraud": [0, 1, 0, 1],
+            "amount": [1.0, 2.0, 3.0, 4.0],
+            "event_timestamp": [
+                planted_at - pd.Timedelta("1s"),
+                planted_at - pd.Timedelta("1h"),
+                planted_at,
+                planted_at + pd.Timedelta("1h"),
+            ],
+        }
+    )
     store = open_store(repo, redis_server.address)
     plan = build_plan(store, "fraud_lgbm")
     data = build_training_set(store, plan, labels, "is_fraud", ["amount"])
@@ -40,21 +52,30 @@ def test_rows_without_history_are_kept_with_defaults(redis_server, tmp_path):
     repo = make_repo(tmp_path / "feature_repo", redis_server.address)
     store = open_store(repo, redis_server.address)
     plan = build_plan(store, "fraud_lgbm")
-    labels = pd.DataFrame({"user_id": [3], "merchant_id": [79_999], "is_fraud": [1],
-                           "amount": [10.0],
-                           "event_timestamp": [pd.Timestamp.now(tz="UTC").floor("D")]})
+    labels = pd.DataFrame(
+        {
+            "user_id": [3],
+            "merchant_id": [79_999],
+            "is_fraud": [1],
+            "amount": [10.0],
+            "event_timestamp": [pd.Timestamp.now(tz="UTC").floor("D")],
+        }
+    )
     data = build_training_set(store, plan, labels, "is_fraud", ["amount"])
     assert data.x.shape == (1, 38)
     column = data.features.index("user_merchant_stats__txn_count_total")
     assert data.x[0, column] == 0.0  # the declared default, as served online
 
 
-@pytest.mark.parametrize(("y", "scores", "expected"), [
-    ([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 1.0),
-    ([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1], 0.0),
-    ([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], 0.5),
-    ([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], 0.75),
-])
+@pytest.mark.parametrize(
+    ("y", "scores", "expected"),
+    [
+        ([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 1.0),
+        ([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1], 0.0),
+        ([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], 0.5),
+        ([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], 0.75),
+    ],
+)
 def test_auc(y, scores, expected):
     import numpy as np
 

@@ -20,16 +20,23 @@ def _offline_rows(fraud_repo, version, users, merchants, amounts) -> np.ndarray:
     store = fraud_repo.store
     plan = build_plan(store, version.spec.feature_service)
     got = store.get_online_features(
-        features=store.get_feature_service(plan.service), full_feature_names=True,
-        entity_rows=[{"user_id": u, "merchant_id": m} for u, m in zip(users, merchants)]).to_dict()
+        features=store.get_feature_service(plan.service),
+        full_feature_names=True,
+        entity_rows=[
+            {"user_id": u, "merchant_id": m} for u, m in zip(users, merchants, strict=True)
+        ],
+    ).to_dict()
     defaults = {c.full_name: c.default for c in plan.columns}
     columns = []
     for name in version.features:
         if name == "amount":
             columns.append(np.asarray(amounts, np.float32))
         else:
-            columns.append(np.array([defaults[name] if v is None else v for v in got[name]],
-                                    np.float64).astype(np.float32))
+            columns.append(
+                np.array(
+                    [defaults[name] if v is None else v for v in got[name]], np.float64
+                ).astype(np.float32)
+            )
     return np.column_stack(columns)
 
 
@@ -53,8 +60,12 @@ def test_scores_equal_offline_predictions(client, fraud_repo, model_repo, sample
         with torch.inference_mode():
             offline = torch.jit.load(str(version.artifact))(torch.from_numpy(rows)).numpy()
 
-    answer = client.predict(model, {"user_id": users, "merchant_id": merchants},
-                            {"amount": amounts}, return_features=True)
+    answer = client.predict(
+        model,
+        {"user_id": users, "merchant_id": merchants},
+        {"amount": amounts},
+        return_features=True,
+    )
 
     assert answer.model == model and answer.version == version.version == "v1"
     np.testing.assert_array_equal(answer.features, rows)
@@ -65,8 +76,9 @@ def test_scores_equal_offline_predictions(client, fraud_repo, model_repo, sample
 
 def test_feature_status_counts(client, sample):
     users, merchants, amounts = sample
-    answer = client.predict("fraud_lgbm", {"user_id": users, "merchant_id": merchants},
-                            {"amount": amounts})
+    answer = client.predict(
+        "fraud_lgbm", {"user_id": users, "merchant_id": merchants}, {"amount": amounts}
+    )
     total = answer.present + answer.missing
     assert (total == 37).all()
     assert answer.missing[-1] == 18 + 7  # unknown user, unknown pair: only merchant features
@@ -83,13 +95,19 @@ def test_explicit_version_and_alias(client, sample):
 
 def test_get_online_features_matches_predict_inputs(client, sample):
     users, merchants, amounts = sample
-    names, values = client.online_features("fraud_lgbm", {"user_id": users,
-                                                          "merchant_id": merchants})
-    answer = client.predict("fraud_lgbm", {"user_id": users, "merchant_id": merchants},
-                            {"amount": amounts}, return_features=True)
+    names, values = client.online_features(
+        "fraud_lgbm", {"user_id": users, "merchant_id": merchants}
+    )
+    answer = client.predict(
+        "fraud_lgbm",
+        {"user_id": users, "merchant_id": merchants},
+        {"amount": amounts},
+        return_features=True,
+    )
     for i, name in enumerate(names):
-        np.testing.assert_array_equal(values[:, i],
-                                      answer.features[:, answer.feature_names.index(name)])
+        np.testing.assert_array_equal(
+            values[:, i], answer.features[:, answer.feature_names.index(name)]
+        )
 
 
 def test_list_models(client, model_repo):
@@ -127,13 +145,11 @@ def test_metrics_endpoint(client, sample):
     from featurestore.redis_server import free_port
 
     users, merchants, amounts = sample
-    client.predict("fraud_mlp", {"user_id": users, "merchant_id": merchants},
-                   {"amount": amounts})
+    client.predict("fraud_mlp", {"user_id": users, "merchant_id": merchants}, {"amount": amounts})
     port = free_port()
     start_http_server(port, addr="127.0.0.1")
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'augur_requests_total{code="OK",method="Predict",model="fraud_mlp",version="v1"}' \
-        in text
+    assert 'augur_requests_total{code="OK",method="Predict",model="fraud_mlp",version="v1"}' in text
     for stage in ("features", "assemble", "inference"):
         assert f'augur_stage_latency_seconds_count{{model="fraud_mlp",stage="{stage}"}}' in text
     assert 'augur_features_missing_total{model="fraud_mlp"}' in text

@@ -9,5 +9,6 @@ def test_stubs_are_not_stale(tmp_path):
     for path in fresh:
         committed = ROOT / path.relative_to(tmp_path)
         assert committed.exists(), f"{committed.name} is not committed; run `make proto`"
-        assert committed.read_bytes() == path.read_bytes(), \
+        assert committed.read_bytes() == path.read_bytes(), (
             f"{committed.name} is stale; run `make proto` and commit the result"
+        )

@@ -18,8 +18,7 @@ def test_unavailable_then_recovers(fraud_repo, model_repo, tmp_path):
     try:
         with PredictorClient(f"127.0.0.1:{running.port}") as client:
             client.wait_ready(10)
-            assert client.predict("fraud_lgbm", entities, {"amount": [1, 2]}).scores.shape \
-                == (2, 1)
+            assert client.predict("fraud_lgbm", entities, {"amount": [1, 2]}).scores.shape == (2, 1)
 
             redis_server.stop()
             began = time.monotonic()

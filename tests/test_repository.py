@@ -35,7 +35,8 @@ def test_metadata_of_a_published_version(model_repo):
 def test_publish_adds_the_next_version_and_keeps_aliases(repo_copy):
     v1 = repo_copy.resolve("fraud_lgbm")
     (repo_copy.root / "fraud_lgbm" / "model.yaml").write_text(
-        (repo_copy.root / "fraud_lgbm" / "model.yaml").read_text() + "aliases: {stable: v1}\n")
+        (repo_copy.root / "fraud_lgbm" / "model.yaml").read_text() + "aliases: {stable: v1}\n"
+    )
     v2 = repo_copy.publish(v1.spec, v1.artifact, {"features": list(v1.features)})
     assert v2.version == "v2"
     assert repo_copy.versions("fraud_lgbm") == ["v1", "v2"]

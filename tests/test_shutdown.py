@@ -17,12 +17,26 @@ from predictor.client import PredictorClient
 def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
     port = free_port()
     config = tmp_path / "augur.yaml"
-    config.write_text(yaml.safe_dump({
-        "feature_repo": str(fraud_repo.path), "model_repo": str(model_repo),
-        "redis": {"address": fraud_repo.address},
-        "server": {"port": port, "metrics_port": 0, "grace_seconds": 10, "max_rows": 10_000}}))
-    process = subprocess.Popen([sys.executable, "-m", "augur.cli", "serve", "--config",
-                                str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "feature_repo": str(fraud_repo.path),
+                "model_repo": str(model_repo),
+                "redis": {"address": fraud_repo.address},
+                "server": {
+                    "port": port,
+                    "metrics_port": 0,
+                    "grace_seconds": 10,
+                    "max_rows": 10_000,
+                },
+            }
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         with PredictorClient(f"127.0.0.1:{port}", timeout=30) as client:
             deadline = time.monotonic() + 90
@@ -44,8 +58,9 @@ def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
                 while len(results) < 20:  # large calls back to back until the server refuses
                     sent = time.monotonic()
                     try:
-                        shape = client.predict("fraud_mlp", entities, {"amount": np.ones(n)},
-                                               timeout=30).scores.shape
+                        shape = client.predict(
+                            "fraud_mlp", entities, {"amount": np.ones(n)}, timeout=30
+                        ).scores.shape
                         outcome = "OK" if shape == (n, 1) else f"shape {shape}"
                     except grpc.RpcError as e:
                         outcome = e.code().name

@@ -33,8 +33,9 @@ def default_end() -> dt.datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def generate(out_dir: Path, scale: Scale = Scale(), seed: int = 7,
-             end: dt.datetime | None = None) -> dict[str, int]:
+def generate(
+    out_dir: Path, scale: Scale = Scale(), seed: int = 7, end: dt.datetime | None = None
+) -> dict[str, int]:
     """Write the four parquet files into `out_dir`; return their row counts."""
     end = end or default_end()
     rng = np.random.default_rng(seed)
@@ -64,8 +65,9 @@ def _users(rng: np.random.Generator, s: Scale) -> dict[str, np.ndarray]:
         "fraudster": fraudster,
         "activity": rng.gamma(0.8, 1.0, s.users),  # a few users make most transactions
         "spend": rng.lognormal(3.3, 0.9, s.users),  # typical ticket, heavily skewed
-        "account_age": np.where(fraudster, rng.integers(1, 60, s.users),
-                                rng.integers(30, 3_000, s.users)),
+        "account_age": np.where(
+            fraudster, rng.integers(1, 60, s.users), rng.integers(30, 3_000, s.users)
+        ),
         "verified": rng.random(s.users) < np.where(fraudster, 0.3, 0.85),
         "country_risk": np.clip(rng.beta(2, 8, s.users) + 0.25 * fraudster, 0, 1),
         "favorites": rng.integers(0, s.merchants, (s.users, 5)),
@@ -85,13 +87,17 @@ def _merchants(rng: np.random.Generator, s: Scale) -> dict[str, np.ndarray]:
     }
 
 
-def _transactions(rng: np.random.Generator, s: Scale, u: dict, m: dict,
-                  start_s: int) -> pd.DataFrame:
+def _transactions(
+    rng: np.random.Generator, s: Scale, u: dict, m: dict, start_s: int
+) -> pd.DataFrame:
     n = s.transactions
     user = rng.choice(s.users, n, p=u["activity"] / u["activity"].sum())
     from_favorite = rng.random(n) < 0.7
-    merchant = np.where(from_favorite, u["favorites"][user, rng.integers(0, 5, n)],
-                        rng.choice(s.merchants, n, p=m["popularity"]))
+    merchant = np.where(
+        from_favorite,
+        u["favorites"][user, rng.integers(0, 5, n)],
+        rng.choice(s.merchants, n, p=m["popularity"]),
+    )
     ts = start_s + rng.integers(0, s.days * DAY, n)
     # Bursts: some transactions land minutes after the user's previous one.
     burst = rng.random(n) < 0.06
@@ -100,8 +106,12 @@ def _transactions(rng: np.random.Generator, s: Scale, u: dict, m: dict,
     user = np.where(burst, np.roll(user, 1), user)
 
     fraud_user = u["fraudster"][user]
-    amount = (u["spend"][user] * m["ticket"][merchant] * rng.lognormal(0, 0.6, n)
-              * np.where(fraud_user & (rng.random(n) < 0.5), 4.0, 1.0))
+    amount = (
+        u["spend"][user]
+        * m["ticket"][merchant]
+        * rng.lognormal(0, 0.6, n)
+        * np.where(fraud_user & (rng.random(n) < 0.5), 4.0, 1.0)
+    )
     amount = np.round(amount, 2) + 0.5
 
     order = np.lexsort((ts, user))
@@ -112,26 +122,36 @@ def _transactions(rng: np.random.Generator, s: Scale, u: dict, m: dict,
     pair_seen[order[first_idx]] = False
     new_pair = ~pair_seen
 
-    logit = (-5.6 + 3.2 * fraud_user + 2.4 * m["risky"][merchant]
-             + 1.1 * np.log(amount / u["spend"][user]) + 1.2 * burst + 0.7 * new_pair
-             + 0.9 * u["country_risk"][user] - 0.6 * u["verified"][user]
-             + rng.normal(0, 1.0, n))
+    logit = (
+        -5.6
+        + 3.2 * fraud_user
+        + 2.4 * m["risky"][merchant]
+        + 1.1 * np.log(amount / u["spend"][user])
+        + 1.2 * burst
+        + 0.7 * new_pair
+        + 0.9 * u["country_risk"][user]
+        - 0.6 * u["verified"][user]
+        + rng.normal(0, 1.0, n)
+    )
     label = rng.random(n) < 1 / (1 + np.exp(-logit))
 
-    frame = pd.DataFrame({
-        "transaction_id": np.arange(n, dtype=np.int64),
-        "user_id": user.astype(np.int64),
-        "merchant_id": merchant.astype(np.int64),
-        "event_timestamp": pd.to_datetime(ts, unit="s", utc=True),
-        "amount": amount.astype(np.float64),
-        "declined": rng.random(n) < np.where(fraud_user, 0.25, 0.03),
-        "is_fraud": label.astype(np.int64),
-    })
+    frame = pd.DataFrame(
+        {
+            "transaction_id": np.arange(n, dtype=np.int64),
+            "user_id": user.astype(np.int64),
+            "merchant_id": merchant.astype(np.int64),
+            "event_timestamp": pd.to_datetime(ts, unit="s", utc=True),
+            "amount": amount.astype(np.float64),
+            "declined": rng.random(n) < np.where(fraud_user, 0.25, 0.03),
+            "is_fraud": label.astype(np.int64),
+        }
+    )
     return frame.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
 
 
-def _grid(ids: np.ndarray, days: np.ndarray, n_ids: int, n_days: int,
-          weights: np.ndarray | None = None) -> np.ndarray:
+def _grid(
+    ids: np.ndarray, days: np.ndarray, n_ids: int, n_days: int, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Per (id, day) sums of `weights` (counts when None)."""
     flat = np.bincount(ids * n_days + days, weights=weights, minlength=n_ids * n_days)
     return flat.reshape(n_ids, n_days)
@@ -151,16 +171,22 @@ def _snapshot_times(days: int, start_s: int) -> pd.DatetimeIndex:
     return pd.to_datetime(start_s + np.arange(days + 1) * DAY, unit="s", utc=True)
 
 
-def _long(ids: np.ndarray, id_col: str, times: pd.DatetimeIndex,
-          columns: dict[str, np.ndarray]) -> pd.DataFrame:
+def _long(
+    ids: np.ndarray, id_col: str, times: pd.DatetimeIndex, columns: dict[str, np.ndarray]
+) -> pd.DataFrame:
     """Turn (id, snapshot) grids into one row per id per snapshot."""
     n_ids, n_snap = len(ids), len(times)
-    frame = pd.DataFrame({
-        id_col: np.repeat(ids, n_snap).astype(np.int64),
-        "event_timestamp": np.tile(times.values, n_ids),
-    })
-    frame["event_timestamp"] = frame["event_timestamp"].dt.tz_localize("UTC") \
-        if frame["event_timestamp"].dt.tz is None else frame["event_timestamp"]
+    frame = pd.DataFrame(
+        {
+            id_col: np.repeat(ids, n_snap).astype(np.int64),
+            "event_timestamp": np.tile(times.values, n_ids),
+        }
+    )
+    frame["event_timestamp"] = (
+        frame["event_timestamp"].dt.tz_localize("UTC")
+        if frame["event_timestamp"].dt.tz is None
+        else frame["event_timestamp"]
+    )
     for name, grid in columns.items():
         frame[name] = grid.reshape(-1)
     return frame
@@ -191,7 +217,7 @@ def _user_snapshots(t: pd.DataFrame, u: dict, s: Scale, start_s: int) -> pd.Data
     max30 = np.concatenate([np.zeros((s.users, 1)), np.maximum.accumulate(daily_max, 1)], 1)
 
     pair_first = t.groupby(["user_id", "merchant_id"])["event_timestamp"].min()
-    first_day = ((pair_first.astype("int64").to_numpy() // 10**9 - start_s) // DAY)
+    first_day = (pair_first.astype("int64").to_numpy() // 10**9 - start_s) // DAY
     pair_user = pair_first.index.get_level_values(0).to_numpy()
     distinct = _window(_grid(pair_user, first_day.astype(np.int64), s.users, nd), nd + 1)
 
@@ -240,7 +266,7 @@ def _merchant_snapshots(t: pd.DataFrame, m: dict, s: Scale, start_s: int) -> pd.
         reports = np.where(c30 > 0, 0.5 * fraud30 / np.maximum(c30, 1), np.nan)
 
     pair_first = t.groupby(["merchant_id", "user_id"])["event_timestamp"].min()
-    first_day = ((pair_first.astype("int64").to_numpy() // 10**9 - start_s) // DAY)
+    first_day = (pair_first.astype("int64").to_numpy() // 10**9 - start_s) // DAY
     pair_m = pair_first.index.get_level_values(0).to_numpy()
     distinct = _window(_grid(pair_m, first_day.astype(np.int64), s.merchants, nd), nd + 1)
 
@@ -260,7 +286,8 @@ def _merchant_snapshots(t: pd.DataFrame, m: dict, s: Scale, start_s: int) -> pd.
         "is_online": np.repeat(m["online"][:, None], nd + 1, 1),
         "days_since_onboarding": (m["onboarded"][:, None] - (nd - snaps)[None, :]).astype(np.int64),
         "chargeback_rate_90d": np.clip(
-            rng.normal(0.002 + 0.02 * m["risky"], 0.003)[:, None].repeat(nd + 1, 1), 0, 1),
+            rng.normal(0.002 + 0.02 * m["risky"], 0.003)[:, None].repeat(nd + 1, 1), 0, 1
+        ),
     }
     return _long(np.arange(s.merchants), "merchant_id", _snapshot_times(nd, start_s), cols)
 
@@ -268,40 +295,48 @@ def _merchant_snapshots(t: pd.DataFrame, m: dict, s: Scale, start_s: int) -> pd.
 def _pair_snapshots(t: pd.DataFrame, start_s: int) -> pd.DataFrame:
     """One row per pair per day after a day with activity: the pair's running history."""
     secs = t["event_timestamp"].astype("int64").to_numpy() // 10**9 - start_s
-    frame = pd.DataFrame({
-        "user_id": t["user_id"].to_numpy(),
-        "merchant_id": t["merchant_id"].to_numpy(),
-        "day": secs // DAY,
-        "amount": t["amount"].to_numpy(),
-        "declined": t["declined"].to_numpy().astype(np.int64),
-    })
-    daily = frame.groupby(["user_id", "merchant_id", "day"], sort=True).agg(
-        n=("amount", "size"), amt=("amount", "sum"), dec=("declined", "sum")).reset_index()
+    frame = pd.DataFrame(
+        {
+            "user_id": t["user_id"].to_numpy(),
+            "merchant_id": t["merchant_id"].to_numpy(),
+            "day": secs // DAY,
+            "amount": t["amount"].to_numpy(),
+            "declined": t["declined"].to_numpy().astype(np.int64),
+        }
+    )
+    daily = (
+        frame.groupby(["user_id", "merchant_id", "day"], sort=True)
+        .agg(n=("amount", "size"), amt=("amount", "sum"), dec=("declined", "sum"))
+        .reset_index()
+    )
     g = daily.groupby(["user_id", "merchant_id"], sort=False)
     daily["txn_count_total"] = g["n"].cumsum().astype(np.int64)
     daily["amount_sum_total"] = g["amt"].cumsum()
     daily["declined_count_total"] = g["dec"].cumsum().astype(np.int64)
     daily["first_day"] = g["day"].transform("min")
     snap_day = daily["day"] + 1
-    out = pd.DataFrame({
-        "user_id": daily["user_id"].astype(np.int64),
-        "merchant_id": daily["merchant_id"].astype(np.int64),
-        "event_timestamp": pd.to_datetime(start_s + snap_day * DAY, unit="s", utc=True),
-        "txn_count_total": daily["txn_count_total"],
-        "amount_sum_total": daily["amount_sum_total"],
-        "amount_avg": (daily["amount_sum_total"] / daily["txn_count_total"]).astype(np.float32),
-        "declined_count_total": daily["declined_count_total"],
-        "days_known": (snap_day - daily["first_day"]).astype(np.int64),
-        "active_days": g.cumcount().astype(np.int64) + 1,
-        "is_repeat": daily["txn_count_total"] > 1,
-    })
+    out = pd.DataFrame(
+        {
+            "user_id": daily["user_id"].astype(np.int64),
+            "merchant_id": daily["merchant_id"].astype(np.int64),
+            "event_timestamp": pd.to_datetime(start_s + snap_day * DAY, unit="s", utc=True),
+            "txn_count_total": daily["txn_count_total"],
+            "amount_sum_total": daily["amount_sum_total"],
+            "amount_avg": (daily["amount_sum_total"] / daily["txn_count_total"]).astype(np.float32),
+            "declined_count_total": daily["declined_count_total"],
+            "days_known": (snap_day - daily["first_day"]).astype(np.int64),
+            "active_days": g.cumcount().astype(np.int64) + 1,
+            "is_repeat": daily["txn_count_total"] > 1,
+        }
+    )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Generate the fraud scenario's parquet sources (deterministic for a seed "
-                    "and end date).")
+        "and end date)."
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "feature_repo" / "data")
     parser.add_argument("--users", type=int, default=Scale.users)
     parser.add_argument("--merchants", type=int, default=Scale.merchants)
@@ -309,8 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=Scale.days)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    counts = generate(args.out, Scale(args.users, args.merchants, args.transactions, args.days),
-                      args.seed)
+    counts = generate(
+        args.out, Scale(args.users, args.merchants, args.transactions, args.days), args.seed
+    )
     for name, rows in counts.items():
         print(f"{name:22s} {rows:>9,d} rows")
 

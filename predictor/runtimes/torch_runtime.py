@@ -11,8 +11,10 @@ import torch
 class TorchRuntime:
     def __init__(self, path: Path, device: str = "cpu", threads: int = 1):
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"{path}: device {device!r} requested but no CUDA device is "
-                               f"available; set device: cpu in model.yaml")
+            raise RuntimeError(
+                f"{path}: device {device!r} requested but no CUDA device is "
+                f"available; set device: cpu in model.yaml"
+            )
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         self.device = device

@@ -11,10 +11,15 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Bool, Float32, Float64, Int64
 
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
-              description="A card holder.")
-merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.INT64,
-                  description="A merchant accepting card payments.")
+user = Entity(
+    name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="A card holder."
+)
+merchant = Entity(
+    name="merchant",
+    join_keys=["merchant_id"],
+    value_type=ValueType.INT64,
+    description="A merchant accepting card payments.",
+)
 
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -22,8 +27,9 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def _source(name: str) -> FileSource:
     # Absolute: Feast's duckdb offline store resolves relative paths against the cwd.
-    return FileSource(name=f"{name}_source", path=str(DATA / f"{name}.parquet"),
-                      timestamp_field="event_timestamp")
+    return FileSource(
+        name=f"{name}_source", path=str(DATA / f"{name}.parquet"), timestamp_field="event_timestamp"
+    )
 
 
 user_stats = FeatureView(

@@ -1,0 +1,1 @@
+"""Benchmarks: measured against baselines in the same run, reported as ratios."""

@@ -1,0 +1,148 @@
+"""Read-path benchmark: Augur's reader vs Feast's get_online_features vs the raw Redis floor.
+
+Builds the fraud scenario on a private Redis, then times, in one run and on the same
+random entities: Feast `get_online_features(...).to_dict()`, Augur `OnlineReader.read`,
+and the floor, which is the same pipelined HMGETs without decoding. Prints medians and
+p99 and the ratios, and writes bench/results/read_path.json.
+
+    python -m bench.read_path [--users 10000] [--repeats 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import examples.fraud
+from examples.fraud.generate import Scale, generate
+from featurestore.connection import connect
+from featurestore.reader import OnlineReader
+from featurestore.redis_server import EmbeddedRedis
+from featurestore.repo import REDIS_ENV, build_plan, open_store
+from pipelines.materialize import materialize
+
+TEMPLATE = Path(examples.fraud.__file__).parent / "feature_repo"
+RESULTS = Path(__file__).parent / "results"
+
+
+def _timed(fn, repeats: int) -> np.ndarray:
+    for _ in range(max(3, repeats // 20)):
+        fn()
+    out = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - start
+    return out * 1e3
+
+
+def _stats(ms: np.ndarray) -> dict:
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+    }
+
+
+def run(users: int, repeats: int, sizes=(1, 100, 1000)) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="augur-bench-"))
+    try:
+        repo = workdir / "feature_repo"
+        repo.mkdir()
+        for name in ("feature_store.yaml", "features.py"):
+            shutil.copy(TEMPLATE / name, repo / name)
+        merchants = max(users // 5, 10)
+        with EmbeddedRedis(data_dir=workdir / "redis") as server:
+            generate(repo / "data", Scale(users, merchants, users * 20, 30))
+            feast = Path(sys.executable).with_name("feast")
+            subprocess.run(
+                [str(feast), "apply"],
+                cwd=repo,
+                check=True,
+                capture_output=True,
+                env={**__import__("os").environ, REDIS_ENV: server.address},
+            )
+            materialize(repo, server.address)
+            store = open_store(repo, server.address)
+            plan = build_plan(store, "fraud_lgbm")
+            service = store.get_feature_service("fraud_lgbm")
+            client = connect(server.address)
+            reader = OnlineReader(client)
+            rng = np.random.default_rng(0)
+            results = {
+                "scenario": "fraud",
+                "users": users,
+                "features": len(plan.columns),
+                "sizes": {},
+            }
+            for n in sizes:
+                reps = repeats if n < 1000 else max(repeats // 10, 10)
+                u = rng.integers(0, users, n).tolist()
+                m = rng.integers(0, merchants, n).tolist()
+                entities = {"user_id": u, "merchant_id": m}
+                rows = [{"user_id": a, "merchant_id": b} for a, b in zip(u, m, strict=True)]
+                keys = [(reader._keys(plan, g, entities, n)[0], g.fields) for g in plan.groups]
+
+                def floor(keys=keys):
+                    with client.pipeline(transaction=False) as pipe:
+                        for group_keys, fields in keys:
+                            for key in group_keys:
+                                pipe.hmget(key, fields)
+                        pipe.execute()
+
+                feast_ms = _timed(
+                    lambda rows=rows: store.get_online_features(
+                        features=service, entity_rows=rows, full_feature_names=True
+                    ).to_dict(),
+                    max(reps // 4, 5),
+                )
+                augur_ms = _timed(lambda e=entities: reader.read(plan, e), reps)
+                floor_ms = _timed(floor, reps)
+                results["sizes"][n] = {
+                    "feast": _stats(feast_ms),
+                    "augur": _stats(augur_ms),
+                    "redis_floor": _stats(floor_ms),
+                    "speedup_vs_feast_p50": round(
+                        float(np.median(feast_ms) / np.median(augur_ms)), 2
+                    ),
+                    "vs_floor_p50": round(float(np.median(augur_ms) / np.median(floor_ms)), 2),
+                }
+            return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args(argv)
+    results = run(args.users, args.repeats)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "read_path.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(
+        f"fraud plan, {results['features']} features, {results['users']:,} users "
+        f"(times in ms, p50 / p99)"
+    )
+    print(
+        f"{'entities':>8}  {'Feast':>15}  {'Augur':>15}  {'Redis floor':>15}  "
+        f"{'Augur vs Feast':>14}  {'Augur / floor':>13}"
+    )
+    for n, r in results["sizes"].items():
+        cell = lambda s: f"{s['p50_ms']:.3f} / {s['p99_ms']:.3f}"  # noqa: E731
+        print(
+            f"{n:>8}  {cell(r['feast']):>15}  {cell(r['augur']):>15}  "
+            f"{cell(r['redis_floor']):>15}  {r['speedup_vs_feast_p50']:>13}x  "
+            f"{r['vs_floor_p50']:>12}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
