@@ -6,6 +6,7 @@ grpcurl discover the API. Metrics are served on their own port.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -102,6 +103,10 @@ def start(config: Config) -> RunningServer:
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     if not port:
         raise RuntimeError(f"cannot listen on {config.server.host}:{config.server.port}")
+    # Everything alive now (Feast, torch, models, plans) lives as long as the process: move
+    # it out of the collector's reach, or each full collection walks it mid-request.
+    gc.collect()
+    gc.freeze()
     server.start()
     log.info(
         "serving %d model(s) on %s:%d: %s",
