@@ -176,9 +176,11 @@ def _serve(args, cfg) -> None:
 def _materialize(args, cfg) -> None:
     from pipelines.materialize import materialize
 
-    materialize(
+    spent = materialize(
         cfg.feature_repo, cfg.redis.address, start=args.start, end=args.end, views=args.views
     )
+    for view, seconds in spent.items():
+        print(f"{view:28} {seconds:6.1f}s")
 
 
 def _train(args, cfg) -> None:
@@ -234,12 +236,19 @@ def _redis(args, _cfg) -> None:
 
 
 def run() -> None:
-    """Console entry point. Exits without interpreter teardown, where duckdb's bindings
-    (loaded by Feast's offline store) print spurious leak reports."""
+    """Console entry point. Always leaves through os._exit, skipping interpreter teardown,
+    where duckdb's bindings (loaded by Feast's offline store) print spurious leak reports."""
     import logging
     import os
+    import traceback
 
-    code = main()
+    try:
+        code = main()
+    except SystemExit as e:  # argparse: --help, usage errors
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
