@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import warnings
 
 # Libraries whose INFO lines and deprecation notices say nothing a user can act on.
 _QUIET = ("feast", "ibis", "duckdb", "urllib3")
@@ -36,5 +35,7 @@ def configure(level: str = "INFO", as_json: bool = False) -> None:
     root.setLevel(level.upper())
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    # Libraries' deprecation notices are not actionable for a user of the CLI. Routing
+    # warnings through logging holds even where Feast's import puts its own filters first.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
