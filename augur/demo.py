@@ -21,13 +21,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-import examples.fraud
 from examples.fraud.generate import Scale, generate
+from examples.fraud.scaffold import copy_definitions, feast_apply
 from featurestore.redis_server import EmbeddedRedis, free_port
 from featurestore.repo import REDIS_ENV
 
-TEMPLATE = Path(examples.fraud.__file__).parent / "feature_repo"
-REPO_FILES = ("feature_store.yaml", "features.py", "models.yaml")
 MODELS = ("fraud_lgbm", "fraud_mlp")
 
 
@@ -54,9 +52,7 @@ def run_demo(workdir: Path, scale: DemoScale = DemoScale()) -> int:
     workdir = workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     repo = workdir / "feature_repo"
-    repo.mkdir(parents=True)
-    for name in REPO_FILES:
-        shutil.copy(TEMPLATE / name, repo / name)
+    copy_definitions(repo)
     total = time.perf_counter()
 
     with ExitStack() as stack:
@@ -70,8 +66,7 @@ def run_demo(workdir: Path, scale: DemoScale = DemoScale()) -> int:
         _done(t, ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
         t = _step("feast apply")
-        feast = Path(sys.executable).with_name("feast")
-        subprocess.run([str(feast), "apply"], cwd=repo, check=True, stdout=subprocess.DEVNULL)
+        feast_apply(repo, redis_server.address)
         _done(t)
 
         t = _step("Materializing features into Redis (augur materialize)")

@@ -13,23 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-import examples.fraud
-from examples.fraud.generate import Scale, generate
+from examples.fraud.generate import Scale
+from examples.fraud.scaffold import scaffold
 from featurestore.connection import connect
 from featurestore.reader import OnlineReader
 from featurestore.redis_server import EmbeddedRedis
-from featurestore.repo import REDIS_ENV, build_plan, open_store
+from featurestore.repo import build_plan, open_store
 from pipelines.materialize import materialize
 
-TEMPLATE = Path(examples.fraud.__file__).parent / "feature_repo"
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -55,20 +52,9 @@ def run(users: int, repeats: int, sizes=(1, 100, 1000)) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="augur-bench-"))
     try:
         repo = workdir / "feature_repo"
-        repo.mkdir()
-        for name in ("feature_store.yaml", "features.py"):
-            shutil.copy(TEMPLATE / name, repo / name)
         merchants = max(users // 5, 10)
         with EmbeddedRedis(data_dir=workdir / "redis") as server:
-            generate(repo / "data", Scale(users, merchants, users * 20, 30))
-            feast = Path(sys.executable).with_name("feast")
-            subprocess.run(
-                [str(feast), "apply"],
-                cwd=repo,
-                check=True,
-                capture_output=True,
-                env={**__import__("os").environ, REDIS_ENV: server.address},
-            )
+            scaffold(repo, server.address, Scale(users, merchants, users * 20, 30))
             materialize(repo, server.address)
             store = open_store(repo, server.address)
             plan = build_plan(store, "fraud_lgbm")

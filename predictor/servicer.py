@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from featurestore.connection import UNAVAILABLE_ERRORS
 from featurestore.plan import ReadPlan
@@ -38,26 +39,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self.versions = versions
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
-        start = time.perf_counter()
         model = self.models.get(request.model)
-        labels = [request.model if model else "unknown", model.version.version if model else ""]
-        code = grpc.StatusCode.OK
-        try:
-            return self._predict(request, context, model)
-        except RequestError as e:
-            code = e.code
-            context.abort(e.code, e.message)
-        except UNAVAILABLE_ERRORS as e:
-            code = grpc.StatusCode.UNAVAILABLE
-            context.abort(code, f"online store unreachable: {e}")
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("Predict failed for model %s", request.model)
-            context.abort(code, "internal error while scoring; the server log has the details")
-        finally:
-            elapsed = time.perf_counter() - start
-            metrics.REQUESTS.labels("Predict", *labels, code.name).inc()
-            metrics.LATENCY.labels("Predict", *labels, code.name).observe(elapsed)
+        return _answer(
+            "Predict",
+            request.model if model else "unknown",
+            model.version.version if model else "",
+            context,
+            lambda: self._predict(request, context, model),
+        )
 
     def _predict(
         self, request: pb.PredictRequest, context: grpc.ServicerContext, model: ServingModel | None
@@ -116,43 +105,33 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     def GetOnlineFeatures(
         self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
     ):
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
         label = request.feature_service if request.feature_service in self.plans else "unknown"
-        try:
-            plan = self.plans.get(request.feature_service)
-            if plan is None:
-                raise not_found(
-                    f"feature service {request.feature_service!r} is not in the "
-                    f"registry; have: {', '.join(sorted(self.plans))}"
-                )
-            entities, n = decode_entities(
-                request.entities, plan, self.max_rows, f"feature service {plan.service}"
+        return _answer(
+            "GetOnlineFeatures", label, "", context, lambda: self._online(request, context)
+        )
+
+    def _online(
+        self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
+    ) -> pb.GetOnlineFeaturesResponse:
+        plan = self.plans.get(request.feature_service)
+        if plan is None:
+            raise not_found(
+                f"feature service {request.feature_service!r} is not in the "
+                f"registry; have: {', '.join(sorted(self.plans))}"
             )
-            _check_deadline(context)
-            rows = self.reader.read(plan, entities)
-            metrics.ROWS.labels("GetOnlineFeatures", label).inc(n)
-            present = len(plan.columns) - rows.missing
-            return pb.GetOnlineFeaturesResponse(
-                features=pb.FeatureMatrix(
-                    names=plan.feature_names, values=rows.values.ravel().tolist()
-                ),
-                feature_status=feature_status(present, rows.missing, rows.stale),
-            )
-        except RequestError as e:
-            code = e.code
-            context.abort(e.code, e.message)
-        except UNAVAILABLE_ERRORS as e:
-            code = grpc.StatusCode.UNAVAILABLE
-            context.abort(code, f"online store unreachable: {e}")
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("GetOnlineFeatures failed for %s", request.feature_service)
-            context.abort(code, "internal error while reading features; see the server log")
-        finally:
-            elapsed = time.perf_counter() - start
-            metrics.REQUESTS.labels("GetOnlineFeatures", label, "", code.name).inc()
-            metrics.LATENCY.labels("GetOnlineFeatures", label, "", code.name).observe(elapsed)
+        entities, n = decode_entities(
+            request.entities, plan, self.max_rows, f"feature service {plan.service}"
+        )
+        _check_deadline(context)
+        rows = self.reader.read(plan, entities)
+        metrics.ROWS.labels("GetOnlineFeatures", plan.service).inc(n)
+        present = len(plan.columns) - rows.missing
+        return pb.GetOnlineFeaturesResponse(
+            features=pb.FeatureMatrix(
+                names=plan.feature_names, values=rows.values.ravel().tolist()
+            ),
+            feature_status=feature_status(present, rows.missing, rows.stale),
+        )
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext):
         models = []
@@ -172,6 +151,34 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 )
             )
         return pb.ListModelsResponse(models=models)
+
+
+def _answer(
+    method: str,
+    model: str,
+    version: str,
+    context: grpc.ServicerContext,
+    work: Callable[[], Message],
+) -> Message:
+    """Run one call: turn failures into status codes, and count and time it by outcome."""
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        return work()
+    except RequestError as e:
+        code = e.code
+        context.abort(code, e.message)
+    except UNAVAILABLE_ERRORS as e:
+        code = grpc.StatusCode.UNAVAILABLE
+        context.abort(code, f"online store unreachable: {e}")
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("%s failed for %s", method, model)
+        context.abort(code, f"internal error in {method}; the server log has the details")
+    finally:
+        elapsed = time.perf_counter() - start
+        metrics.REQUESTS.labels(method, model, version, code.name).inc()
+        metrics.LATENCY.labels(method, model, version, code.name).observe(elapsed)
 
 
 def _check_deadline(context: grpc.ServicerContext) -> None:

@@ -3,8 +3,6 @@ real Feast, models trained from it, and a real gRPC server on loopback."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from augur.config import Config, RedisConfig, ServerConfig
-from examples.fraud.generate import Scale, generate
+from examples.fraud.generate import Scale
+from examples.fraud.scaffold import scaffold
 from featurestore.redis_server import EmbeddedRedis, free_port
-from featurestore.repo import REDIS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "examples" / "fraud" / "feature_repo"
 SMALL = Scale(users=400, merchants=80, transactions=8_000, days=30)
 MAX_ROWS = 1_000
 
@@ -35,26 +32,9 @@ class FraudRepo:
 
 
 def make_repo(dest: Path, address: str, scale: Scale = SMALL) -> Path:
-    """Copy the example repo's definitions, generate data and `feast apply` it, as a user would."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("feature_store.yaml", "features.py", "models.yaml"):
-        shutil.copy(TEMPLATE / name, dest / name)
-    generate(dest / "data", scale)
-    feast = Path(sys.executable).with_name("feast")
-    subprocess.run(
-        [str(feast), "apply"],
-        cwd=dest,
-        check=True,
-        capture_output=True,
-        env={**_env(), REDIS_ENV: address},
-    )
+    """The example repo's definitions, generated data and `feast apply`, as a user would."""
+    scaffold(dest, address, scale)
     return dest
-
-
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)
 
 
 @pytest.fixture(scope="session")
