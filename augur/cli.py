@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from augur import config as config_mod
-from augur import logs
+from augur import logs, models_cmd
 
 _CONFIG_HELP = (
     "Augur config file (YAML); options can be overridden by AUGUR_<SECTION>__<OPTION> "
@@ -130,13 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="parquet or CSV file of rows")
     p.set_defaults(handler=_push)
 
-    p = sub.add_parser(
-        "models",
-        help="list the model repository",
-        description="Every model with its versions, aliases and holdout metrics.",
-    )
-    p.add_argument("--config", type=Path, help=_CONFIG_HELP)
-    p.set_defaults(handler=_models)
+    models_cmd.add_parser(sub)
 
     p = sub.add_parser(
         "redis",
@@ -185,12 +179,21 @@ def _materialize(args, cfg) -> None:
 
 def _train(args, cfg) -> None:
     from pipelines.train import train
+    from predictor.repository import ModelRepository
 
+    repo = ModelRepository(cfg.model_repo)
     for r in train(cfg.feature_repo, cfg.model_repo, cfg.redis.address, args.models):
+        name, version = r.version.spec.name, r.version.version
+        stable = repo.resolve(name).version
         print(
-            f"{r.version.spec.name}@{r.version.version}  holdout AUC {r.auc_holdout:.4f}  "
+            f"{name}@{version}  holdout AUC {r.auc_holdout:.4f}  "
             f"(train {r.auc_train:.4f}, {r.rows_train:,} / {r.rows_holdout:,} rows)"
         )
+        if stable != version:
+            print(
+                f"  serving stays on {name}@{stable}; try the new version with "
+                f"`augur models canary {name} {version} --weight 0.1`, then `promote`"
+            )
 
 
 def _push(args, cfg) -> None:
@@ -198,27 +201,6 @@ def _push(args, cfg) -> None:
 
     rows = push(cfg.feature_repo, cfg.redis.address, args.view, args.file)
     print(f"pushed {rows:,} rows to {args.view}")
-
-
-def _models(args, cfg) -> None:
-    from predictor.repository import ModelRepository
-
-    repo = ModelRepository(cfg.model_repo)
-    names = repo.names()
-    if not names:
-        print(f"no models in {cfg.model_repo}; `augur train` publishes them")
-        return
-    print(f"{'model':16} {'version':8} {'kind':9} {'default':8} {'holdout AUC':>11}  created")
-    for name in names:
-        default = repo.resolve(name).version
-        for version in repo.versions(name):
-            meta = repo.resolve(name, version).metadata
-            auc = meta.get("metrics", {}).get("auc_holdout", float("nan"))
-            mark = "*" if version == default else ""
-            print(
-                f"{name:16} {version:8} {meta.get('kind', ''):9} {mark:8} {auc:>11.4f}  "
-                f"{meta.get('created_at', '')}"
-            )
 
 
 def _redis(args, _cfg) -> None:

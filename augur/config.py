@@ -36,6 +36,8 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 10.0  # in-flight requests get this long after SIGTERM
     model_threads: int = 1  # LightGBM / torch threads per call; gRPC threads give parallelism
+    watch_interval_s: float = 2.0  # poll the model repository for changes; 0 turns it off
+    admin: bool = True  # serve the Admin service (routing, promote, rollback) on this port
 
 
 @dataclass

@@ -30,6 +30,16 @@ class FeatureRows:
     event_ts: np.ndarray  # float64 (n, views): the view's event time, NaN when absent
     distinct_keys: int  # Redis keys read, after deduplication
 
+    def take(self, rows: np.ndarray) -> FeatureRows:
+        """The subset of rows selected by an index or boolean mask."""
+        return FeatureRows(
+            self.values[rows],
+            self.missing[rows],
+            self.stale[rows],
+            self.event_ts[rows],
+            self.distinct_keys,
+        )
+
 
 class EntityError(ValueError):
     """Entity columns that do not fit the plan; `field` names the offending column."""

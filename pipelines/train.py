@@ -135,6 +135,7 @@ def _train_one(
         auc_fit, auc_hold = auc(y_fit, predict(x_fit)), auc(y_hold, predict(x_hold))
         metadata = {
             "features": list(data.features),
+            "feature_dtypes": data.dtypes,
             "request_features": list(model.request_features),
             "outputs": list(model.outputs),
             "training_window": {"start": _iso(data.timestamps.min()), "end": _iso(cutoff)},

@@ -23,6 +23,7 @@ class TrainingSet:
     x: np.ndarray  # float32 (rows, features)
     y: np.ndarray  # float32 (rows,)
     timestamps: np.ndarray  # datetime64[ns] (rows,)
+    dtypes: dict[str, str]  # Feast dtype of each store feature, as trained
 
 
 def build_training_set(
@@ -71,6 +72,7 @@ def build_training_set(
         x,
         joined[label_column].to_numpy(np.float32),
         pd.to_datetime(joined["event_timestamp"], utc=True).to_numpy(),
+        {c.full_name: c.dtype for c in plan.columns},
     )
 
 

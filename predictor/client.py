@@ -10,6 +10,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from predictor.codec import encode_entities
+from proto.augur.v1 import admin_pb2, admin_pb2_grpc
 from proto.augur.v1 import predictor_pb2 as pb
 from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 
@@ -24,6 +25,10 @@ class Prediction:
     stale: np.ndarray
     feature_names: tuple[str, ...]
     features: np.ndarray  # float32 (rows, features), empty unless asked for
+    row_versions: tuple[str, ...] = ()  # per row, when a canary split the rows
+
+    def version_of(self, row: int) -> str:
+        return self.row_versions[row] if self.row_versions else self.version
 
 
 class PredictorClient:
@@ -114,4 +119,52 @@ def _prediction(reply: pb.PredictResponse) -> Prediction:
         np.array([s.stale for s in status]),
         names,
         features,
+        tuple(reply.row_versions),
     )
+
+
+class AdminClient:
+    """The operator API of a running server (Admin service)."""
+
+    def __init__(self, address: str, timeout: float = 60.0):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = admin_pb2_grpc.AdminStub(self.channel)
+        self.timeout = timeout
+
+    def status(self, model: str = "") -> list[admin_pb2.ModelState]:
+        return list(
+            self.stub.ModelStatus(
+                admin_pb2.ModelStatusRequest(model=model), timeout=self.timeout
+            ).models
+        )
+
+    def promote(self, model: str, version: str) -> list[admin_pb2.ModelState]:
+        return list(
+            self.stub.Promote(
+                admin_pb2.PromoteRequest(model=model, version=version), timeout=self.timeout
+            ).models
+        )
+
+    def canary(self, model: str, version: str, weight: float) -> list[admin_pb2.ModelState]:
+        request = admin_pb2.SetCanaryRequest(model=model, version=version, weight=weight)
+        return list(self.stub.SetCanary(request, timeout=self.timeout).models)
+
+    def shadow(self, model: str, version: str) -> list[admin_pb2.ModelState]:
+        request = admin_pb2.SetShadowRequest(model=model, version=version)
+        return list(self.stub.SetShadow(request, timeout=self.timeout).models)
+
+    def rollback(self, model: str, reason: str = "") -> list[admin_pb2.ModelState]:
+        request = admin_pb2.RollbackRequest(model=model, reason=reason)
+        return list(self.stub.Rollback(request, timeout=self.timeout).models)
+
+    def reload(self) -> list[admin_pb2.ModelState]:
+        return list(self.stub.Reload(admin_pb2.ReloadRequest(), timeout=self.timeout).models)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

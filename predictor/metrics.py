@@ -85,3 +85,41 @@ MODELS_SERVING = Gauge("augur_models_serving", "Models loaded and taking traffic
 def start(host: str, port: int) -> None:
     if port:
         start_http_server(port, addr=host)
+
+
+SHADOW_DIFF = Histogram(
+    "augur_shadow_score_diff",
+    "Absolute difference between a shadow version's score and the served score, per row",
+    ["model", "version"],
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+SHADOW_ROWS = Counter(
+    "augur_shadow_rows_total",
+    "Rows scored by a shadow version, by agreement with the served score at its threshold",
+    ["model", "version", "outcome"],
+)
+SHADOW_ERRORS = Counter(
+    "augur_shadow_errors_total",
+    "Shadow scoring failures (never seen by callers)",
+    ["model", "version"],
+)
+SHADOW_DROPPED = Counter(
+    "augur_shadow_dropped_total",
+    "Traffic copies dropped because the shadow queue was full",
+    ["model"],
+)
+CANARY_FALLBACKS = Counter(
+    "augur_canary_fallbacks_total",
+    "Canary calls that failed and were answered by the stable version instead",
+    ["model", "version"],
+)
+ROLLBACKS = Counter(
+    "augur_rollbacks_total",
+    "Automatic canary rollbacks by guardrail",
+    ["model", "version", "guardrail"],
+)
+SWAPS = Counter(
+    "augur_model_swaps_total",
+    "Routing changes applied (new stable, canary or shadow)",
+    ["model"],
+)

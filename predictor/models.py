@@ -24,6 +24,18 @@ class ModelLoadError(RuntimeError):
     pass
 
 
+# Widening within a family (Int32 -> Int64, Float32 -> Float64) keeps a model's meaning;
+# crossing families (a count that became a float ratio, a flag that became a count) does not.
+DTYPE_FAMILY = {
+    "Int32": "integer",
+    "Int64": "integer",
+    "UnixTimestamp": "integer",
+    "Float32": "float",
+    "Float64": "float",
+    "Bool": "bool",
+}
+
+
 @dataclass(frozen=True)
 class ServingModel:
     version: ModelVersion
@@ -69,9 +81,17 @@ def load_model(
             f"in the Feast registry (have: {', '.join(sorted(plans))})"
         )
     columns = {n: i for i, n in enumerate(plan.feature_names)}
+    trained_types = resolved.metadata.get("feature_dtypes", {})
     store_cols, store_pos, request_pos = [], [], []
     for position, feature in enumerate(resolved.features):
         if feature in columns:
+            served = plan.columns[columns[feature]].dtype
+            trained = trained_types.get(feature, served)
+            if DTYPE_FAMILY.get(trained) != DTYPE_FAMILY.get(served):
+                raise ModelLoadError(
+                    f"model {name}@{resolved.version}: input {feature!r} was trained as "
+                    f"{trained} but the registry now declares {served}"
+                )
             store_cols.append(columns[feature])
             store_pos.append(position)
         elif feature in spec.request_features:

@@ -1,22 +1,29 @@
 """The model repository on disk: models/<name>/model.yaml and immutable versions beside it.
 
-    models/<name>/model.yaml         kind, feature service, request features, outputs, device,
-                                     aliases (e.g. stable: v2)
-    models/<name>/<version>/         model.txt (LightGBM) or model.pt (TorchScript),
-                                     metadata.json (feature order, window, metrics, sha256)
+    models/<name>/model.yaml    what the model is (kind, feature service, request features,
+                                outputs, device) and how it is served: aliases (stable: v2),
+                                canary (version, weight, guardrails), shadow, last rollback
+    models/<name>/<version>/    model.txt (LightGBM) or model.pt (TorchScript), metadata.json
+                                (feature order and dtypes, window, metrics, sha256)
 
 Publishing writes a version into a temporary folder and renames it into place, so a reader
-never sees half a version. Versions are named v1, v2, ... in publishing order.
+never sees half a version; versions are v1, v2, ... in publishing order and never change.
+The first version becomes `stable`; later ones take traffic only once promoted or canaried.
+model.yaml is the one source of truth for serving: operators and the server's guardrails
+change it with small read-modify-write operations, each an atomic file replace.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +31,36 @@ import yaml
 
 KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
 _VERSION = re.compile(r"^v(\d+)$")
+_WRITE_LOCK = threading.Lock()
 
 
 class RepositoryError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """Limits a canary must stay within over its most recent `window` calls."""
+
+    max_error_rate: float | None = None
+    max_p99_ms: float | None = None
+    max_psi: float | None = None  # population stability index of scores vs stable
+    window: int = 500
+    min_requests: int = 50
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    version: str
+    weight: float  # share of entities (by sticky key hash) routed to the canary
+    sticky_key: str = ""  # entity column to hash; default: the first view's first join key
+    guardrails: Guardrails = field(default_factory=Guardrails)
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    version: str
+    threshold: float = 0.5  # scores on the same side of it count as agreeing
 
 
 @dataclass(frozen=True)
@@ -39,6 +72,9 @@ class ModelSpec:
     outputs: tuple[str, ...] = ("score",)
     device: str = "cpu"
     aliases: dict[str, str] = field(default_factory=dict)
+    canary: CanarySpec | None = None
+    shadow: ShadowSpec | None = None
+    last_rollback: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -85,24 +121,7 @@ class ModelRepository:
         return sorted(p.name for p in self.root.iterdir() if (p / "model.yaml").is_file())
 
     def spec(self, name: str) -> ModelSpec:
-        path = self.root / name / "model.yaml"
-        if not path.is_file():
-            raise RepositoryError(f"no model {name!r} in {self.root}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        kind = raw.get("kind")
-        if kind not in KINDS:
-            raise RepositoryError(f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r}")
-        if not raw.get("feature_service"):
-            raise RepositoryError(f"{path}: feature_service is required")
-        return ModelSpec(
-            name,
-            kind,
-            raw["feature_service"],
-            tuple(raw.get("request_features") or ()),
-            tuple(raw.get("outputs") or ("score",)),
-            raw.get("device", "cpu"),
-            dict(raw.get("aliases") or {}),
-        )
+        return _parse_spec(name, self._raw(name), self.root / name / "model.yaml")
 
     def versions(self, name: str) -> list[str]:
         model_dir = self.root / name
@@ -113,18 +132,23 @@ class ModelRepository:
         )
         return sorted(found, key=lambda v: int(v[1:]))
 
+    def default_version(self, spec: ModelSpec) -> str:
+        """The `stable` alias, else the newest version."""
+        versions = self.versions(spec.name)
+        if not versions:
+            raise RepositoryError(f"model {spec.name!r} has no published version")
+        return spec.aliases.get("stable") or versions[-1]
+
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         """A version by id or alias; the default is the `stable` alias, else the newest."""
         spec = self.spec(name)
         versions = self.versions(name)
-        if not versions:
-            raise RepositoryError(f"model {name!r} has no published version")
-        wanted = version or spec.aliases.get("stable") or versions[-1]
+        wanted = version or self.default_version(spec)
         wanted = spec.aliases.get(wanted, wanted)
         if wanted not in versions:
             raise RepositoryError(
-                f"model {name!r} has no version or alias {version!r}; "
-                f"versions: {', '.join(versions)}"
+                f"model {name!r} has no version or alias {version or wanted!r}; "
+                f"versions: {', '.join(versions) or 'none'}"
             )
         path = self.root / name / wanted
         metadata = json.loads((path / "metadata.json").read_text())
@@ -134,7 +158,7 @@ class ModelRepository:
         """Copy `artifact` in as the next version of `spec.name`, with its metadata."""
         model_dir = self.root / spec.name
         model_dir.mkdir(parents=True, exist_ok=True)
-        self._write_spec(spec)
+        self._write_identity(spec)
         staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=model_dir))
         try:
             target = staging / KINDS[spec.kind]
@@ -159,22 +183,153 @@ class ModelRepository:
                         raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        # A model's first version serves at once; later ones wait for promote or a canary,
+        # so publishing never changes what callers get.
+        if "stable" not in self.spec(spec.name).aliases:
+            self.set_alias(spec.name, "stable", version)
         return self.resolve(spec.name, version)
 
-    def _write_spec(self, spec: ModelSpec) -> None:
-        path = self.root / spec.name / "model.yaml"
-        aliases = spec.aliases
-        if path.is_file():  # aliases belong to the operator; publishing keeps them
-            aliases = (yaml.safe_load(path.read_text()) or {}).get("aliases") or aliases
-        body = {
-            "kind": spec.kind,
-            "feature_service": spec.feature_service,
-            "request_features": list(spec.request_features),
-            "outputs": list(spec.outputs),
-            "device": spec.device,
-        }
-        if aliases:
-            body["aliases"] = dict(aliases)
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(body, sort_keys=False))
+    # Serving policy: each operation is one read-modify-write of model.yaml.
+
+    def promote(self, name: str, version: str) -> ModelSpec:
+        """Make `version` stable; a canary of that version has done its job and ends."""
+
+        def change(raw: dict) -> None:
+            raw.setdefault("aliases", {})["stable"] = self._existing(name, version)
+            if (raw.get("canary") or {}).get("version") == raw["aliases"]["stable"]:
+                raw.pop("canary")
+
+        return self._update(name, change)
+
+    def set_alias(self, name: str, alias: str, version: str) -> ModelSpec:
+        def change(raw: dict) -> None:
+            raw.setdefault("aliases", {})[alias] = self._existing(name, version)
+
+        return self._update(name, change)
+
+    def set_canary(
+        self, name: str, version: str, weight: float, guardrails: dict | None = None
+    ) -> ModelSpec:
+        if not 0.0 <= weight <= 1.0:
+            raise RepositoryError(f"canary weight must be within [0, 1], got {weight}")
+
+        def change(raw: dict) -> None:
+            if weight == 0:
+                raw.pop("canary", None)
+                return
+            canary = raw.get("canary") or {}
+            if guardrails is not None:
+                canary["guardrails"] = guardrails
+            canary.update(version=self._existing(name, version), weight=weight)
+            raw["canary"] = canary
+
+        return self._update(name, change)
+
+    def set_shadow(self, name: str, version: str | None, threshold: float = 0.5) -> ModelSpec:
+        def change(raw: dict) -> None:
+            if not version:
+                raw.pop("shadow", None)
+            else:
+                raw["shadow"] = {"version": self._existing(name, version), "threshold": threshold}
+
+        return self._update(name, change)
+
+    def rollback(self, name: str, reason: str) -> ModelSpec:
+        """End the canary, sending all traffic back to stable, and record why."""
+
+        def change(raw: dict) -> None:
+            canary = raw.pop("canary", None)
+            if canary is None:
+                raise RepositoryError(f"model {name} has no canary to roll back")
+            raw["last_rollback"] = {
+                "version": canary["version"],
+                "reason": reason,
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+
+        return self._update(name, change)
+
+    def _existing(self, name: str, version: str) -> str:
+        spec = self.spec(name)
+        resolved = spec.aliases.get(version, version)
+        if resolved not in self.versions(name):
+            raise RepositoryError(
+                f"model {name} has no version {version!r}; "
+                f"versions: {', '.join(self.versions(name)) or 'none'}"
+            )
+        return resolved
+
+    def _raw(self, name: str) -> dict:
+        path = self.root / name / "model.yaml"
+        if not path.is_file():
+            raise RepositoryError(f"no model {name!r} in {self.root}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise RepositoryError(f"{path}: expected a mapping")
+        return raw
+
+    def _update(self, name: str, change: Callable[[dict], None]) -> ModelSpec:
+        with _WRITE_LOCK:
+            raw = self._raw(name)
+            change(raw)
+            spec = _parse_spec(name, raw, self.root / name / "model.yaml")  # validate first
+            self._write(name, raw)
+        return spec
+
+    def _write(self, name: str, raw: dict) -> None:
+        path = self.root / name / "model.yaml"
+        tmp = path.with_suffix(f".yaml.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
         os.replace(tmp, path)
+
+    def _write_identity(self, spec: ModelSpec) -> None:
+        """Write what the model is; what serves (aliases, canary, ...) stays the operator's."""
+        path = self.root / spec.name / "model.yaml"
+        with _WRITE_LOCK:
+            raw = self._raw(spec.name) if path.is_file() else {}
+            raw.update(
+                kind=spec.kind,
+                feature_service=spec.feature_service,
+                request_features=list(spec.request_features),
+                outputs=list(spec.outputs),
+                device=raw.get("device", spec.device),
+            )
+            if spec.aliases and "aliases" not in raw:
+                raw["aliases"] = dict(spec.aliases)
+            self._write(spec.name, raw)
+
+
+def _parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise RepositoryError(f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if not raw.get("feature_service"):
+        raise RepositoryError(f"{path}: feature_service is required")
+    canary = None
+    if raw.get("canary"):
+        c = raw["canary"]
+        try:
+            guard = Guardrails(**(c.get("guardrails") or {}))
+            canary = CanarySpec(
+                str(c["version"]), float(c.get("weight", 0.0)), c.get("sticky_key", ""), guard
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise RepositoryError(f"{path}: canary: {e}") from None
+        if not 0.0 <= canary.weight <= 1.0:
+            raise RepositoryError(f"{path}: canary.weight must be within [0, 1]")
+    shadow = None
+    if raw.get("shadow"):
+        s = raw["shadow"]
+        shadow = ShadowSpec(str(s["version"]), float(s.get("threshold", 0.5)))
+    return ModelSpec(
+        name,
+        kind,
+        raw["feature_service"],
+        tuple(raw.get("request_features") or ()),
+        tuple(raw.get("outputs") or ("score",)),
+        raw.get("device", "cpu"),
+        {str(k): str(v) for k, v in (raw.get("aliases") or {}).items()},
+        canary,
+        shadow,
+        raw.get("last_rollback"),
+    )

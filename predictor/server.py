@@ -1,7 +1,8 @@
 """The prediction server: load plans and models, serve gRPC, drain on SIGTERM.
 
 Health (grpc.health.v1) reports the server as "" and each model by name; reflection lets
-grpcurl discover the API. Metrics are served on their own port.
+grpcurl discover the API; the Admin service changes routing. Metrics have their own port.
+The model manager keeps the served versions in step with the model repository.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from featurestore.connection import RedisTimeouts, connect
 from featurestore.reader import OnlineReader
 from featurestore.repo import build_plans, open_store
 from predictor import metrics
-from predictor.models import ModelLoadError, load_model
+from predictor.admin import AdminServicer
+from predictor.lifecycle import ModelManager
 from predictor.repository import ModelRepository
 from predictor.servicer import PredictorServicer
+from proto.augur.v1 import admin_pb2, admin_pb2_grpc
 from proto.augur.v1 import predictor_pb2 as pb
 from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 
@@ -38,12 +41,14 @@ class RunningServer:
     server: grpc.Server
     health: health.HealthServicer
     servicer: PredictorServicer
+    manager: ModelManager
     port: int
     grace_seconds: float
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
         self.health.enter_graceful_shutdown()
+        self.manager.stop()
         self.server.stop(self.grace_seconds).wait()
 
 
@@ -51,18 +56,17 @@ def start(config: Config) -> RunningServer:
     store = open_store(config.feature_repo, config.redis.address)
     plans = build_plans(store)
     repo = ModelRepository(config.model_repo)
-    models, failed = {}, {}
+    health_servicer = health.HealthServicer()
+
+    def on_health(name: str, serving: bool) -> None:
+        health_servicer.set(name, SERVING if serving else NOT_SERVING)
+
+    manager = ModelManager(repo, plans, config.server.model_threads, on_health)
+    manager.refresh()
     for name in repo.names():
-        try:
-            model = load_model(repo, name, plans, config.server.model_threads)
-            models[name] = model
-            metrics.MODEL_LOADS.labels(name, model.version.version, "loaded").inc()
-        except ModelLoadError as e:
-            failed[name] = str(e)
-            metrics.MODEL_LOADS.labels(name, "", "failed").inc()
-            log.error("not serving model %s: %s", name, e)
-    metrics.MODELS_SERVING.set(len(models))
-    if not models:
+        if manager.route(name) is None:
+            on_health(name, False)
+    if not manager.routes:
         log.warning(
             "no model is serving; publish one with `augur train` (model repository %s)",
             config.model_repo,
@@ -72,8 +76,7 @@ def start(config: Config) -> RunningServer:
         config.redis.connect_timeout_ms / 1000, config.redis.read_timeout_ms / 1000
     )
     reader = OnlineReader(connect(config.redis.address, timeouts))
-    versions = {name: repo.versions(name) for name in models}
-    servicer = PredictorServicer(models, plans, reader, config.server.max_rows, versions)
+    servicer = PredictorServicer(manager, plans, reader, config.server.max_rows)
 
     limit = config.server.max_message_bytes
     server = grpc.server(
@@ -87,18 +90,16 @@ def start(config: Config) -> RunningServer:
         ],
     )
     pb_grpc.add_PredictorServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", SERVING)
-    for name in models:
-        health_servicer.set(name, SERVING)
-    for name in failed:
-        health_servicer.set(name, NOT_SERVING)
-    services = (
+    services = [
         pb.DESCRIPTOR.services_by_name["Predictor"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
-    )
+    ]
+    if config.server.admin:
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(manager), server)
+        services.append(admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
     reflection.enable_server_reflection(services, server)
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     if not port:
@@ -108,14 +109,18 @@ def start(config: Config) -> RunningServer:
     gc.collect()
     gc.freeze()
     server.start()
+    manager.watch(config.server.watch_interval_s)
     log.info(
         "serving %d model(s) on %s:%d: %s",
-        len(models),
+        len(manager.routes),
         config.server.host,
         port,
-        ", ".join(f"{n}@{m.version.version}" for n, m in sorted(models.items())) or "none",
+        ", ".join(f"{n}@{r.stable.version.version}" for n, r in sorted(manager.routes.items()))
+        or "none",
     )
-    return RunningServer(server, health_servicer, servicer, port, config.server.grace_seconds)
+    return RunningServer(
+        server, health_servicer, servicer, manager, port, config.server.grace_seconds
+    )
 
 
 def serve(config: Config) -> None:

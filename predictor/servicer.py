@@ -16,7 +16,9 @@ from featurestore.reader import FeatureRows, OnlineReader
 from predictor import metrics
 from predictor.codec import decode_entities, decode_request_features, feature_status
 from predictor.errors import RequestError, deadline_exceeded, invalid, not_found
-from predictor.models import ServingModel
+from predictor.lifecycle import ModelManager
+from predictor.routing import Route
+from predictor.shadow import ShadowScorer
 from proto.augur.v1 import predictor_pb2 as pb
 from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 
@@ -26,49 +28,58 @@ log = logging.getLogger(__name__)
 class PredictorServicer(pb_grpc.PredictorServicer):
     def __init__(
         self,
-        models: Mapping[str, ServingModel],
+        manager: ModelManager,
         plans: Mapping[str, ReadPlan],
         reader: OnlineReader,
         max_rows: int,
-        versions: Mapping[str, list[str]],
+        shadow: ShadowScorer | None = None,
     ):
-        self.models = dict(models)
+        self.manager = manager
         self.plans = dict(plans)
         self.reader = reader
         self.max_rows = max_rows
-        self.versions = versions
+        self.shadow = shadow or ShadowScorer()
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
-        model = self.models.get(request.model)
+        route = self.manager.route(request.model)
+        answered: list[str] = []  # filled by _predict: the version(s) that answered
         return _answer(
             "Predict",
-            request.model if model else "unknown",
-            model.version.version if model else "",
+            request.model if route else "unknown",
+            answered,
             context,
-            lambda: self._predict(request, context, model),
+            lambda: self._predict(request, context, route, answered),
         )
 
     def _predict(
-        self, request: pb.PredictRequest, context: grpc.ServicerContext, model: ServingModel | None
+        self,
+        request: pb.PredictRequest,
+        context: grpc.ServicerContext,
+        route: Route | None,
+        answered: list[str],
     ) -> pb.PredictResponse:
         if not request.model:
             raise invalid("model: required; ListModels shows what this server serves")
-        if model is None:
+        if route is None:
             raise not_found(
                 f"model {request.model!r} is not served here; serving: "
-                f"{', '.join(sorted(self.models)) or 'none'}"
+                f"{', '.join(sorted(self.manager.routes)) or 'none'}"
             )
-        version = model.version
-        if request.version and request.version not in (version.version, *version.spec.aliases):
-            raise not_found(
-                f"model {model.name} version {request.version!r} is not loaded; "
-                f"serving {version.version}"
-            )
-        owner = f"model {model.name}"
+        model, canary_mask = route.stable, None
+        if request.version:
+            model = route.named(request.version)
+            if model is None:
+                raise not_found(
+                    f"model {route.name} version {request.version!r} is not loaded; loaded: "
+                    f"{', '.join(route.loaded)}; aliases: "
+                    f"{', '.join(f'{k}={v}' for k, v in route.aliases.items()) or 'none'}"
+                )
+        spec = model.version.spec
+        owner = f"model {route.name}"
         entities, n = decode_entities(request.entities, model.plan, self.max_rows, owner)
-        extra = decode_request_features(
-            request.request_features, version.spec.request_features, n, owner
-        )
+        extra = decode_request_features(request.request_features, spec.request_features, n, owner)
+        if not request.version:
+            canary_mask = route.canary_rows(entities)
         _check_deadline(context)
 
         t0 = time.perf_counter()
@@ -76,31 +87,111 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         t1 = time.perf_counter()
         batch = model.assemble(rows, extra)
         t2 = time.perf_counter()
-        scores = model.runtime.predict(batch)
+        if canary_mask is None or not canary_mask.any():
+            scores = model.runtime.predict(batch)
+            row_versions = None
+            answered.append(model.version.version)
+            if canary_mask is not None and route.guard is not None:
+                route.guard.record_stable(scores)  # the reference for the canary's drift
+        else:
+            scores, row_versions = self._split(route, rows, extra, batch, canary_mask)
+            answered.extend(sorted(set(row_versions)))
         t3 = time.perf_counter()
 
-        name = model.name
+        name = route.name
         metrics.STAGE.labels(name, "features").observe(t1 - t0)
         metrics.STAGE.labels(name, "assemble").observe(t2 - t1)
         metrics.STAGE.labels(name, "inference").observe(t3 - t2)
         metrics.ROWS.labels("Predict", name).inc(n)
         _count_features(name, model.plan, rows)
+        if route.shadow is not None and not request.version:
+            self.shadow.submit(
+                name,
+                model.version.version,
+                route.shadow,
+                route.shadow_threshold,
+                rows,
+                extra,
+                scores,
+            )
 
         response = pb.PredictResponse(
             model=name,
-            version=version.version,
+            version=answered[0] if len(answered) == 1 else "",
             rows=n,
             outputs=scores.shape[1],
             scores=scores.ravel().tolist(),
         )
+        if row_versions is not None and len(answered) > 1:
+            response.row_versions.extend(row_versions)
         options = request.options
         if options.return_feature_status:
             present = len(model.plan.columns) - rows.missing
             response.feature_status.extend(feature_status(present, rows.missing, rows.stale))
         if options.return_features:
-            response.features.names.extend(version.features)
+            response.features.names.extend(model.version.features)
             response.features.values.extend(batch.ravel().tolist())
         return response
+
+    def _split(
+        self,
+        route: Route,
+        rows: FeatureRows,
+        extra: Mapping[str, np.ndarray],
+        stable_batch: np.ndarray,
+        canary_mask: np.ndarray,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Score canary rows with the canary and the rest with stable; a failing canary call
+        is answered by stable instead (and counted against the canary's guardrails)."""
+        stable, canary = route.stable, route.canary
+        scores = np.empty((len(canary_mask), len(stable.version.spec.outputs)), np.float32)
+        versions = np.full(len(canary_mask), stable.version.version, dtype=object)
+        keep = ~canary_mask
+        if keep.any():
+            scores[keep] = stable.runtime.predict(stable_batch[keep])
+            if route.guard is not None:
+                route.guard.record_stable(scores[keep])
+        began = time.perf_counter()
+        try:
+            picked = {k: v[canary_mask] for k, v in extra.items()}
+            theirs = canary.runtime.predict(canary.assemble(rows.take(canary_mask), picked))
+            if not np.isfinite(theirs).all():
+                raise ValueError("non-finite canary scores")
+            scores[canary_mask] = theirs
+            versions[canary_mask] = canary.version.version
+            ok, seen = True, theirs
+        except Exception as e:
+            metrics.CANARY_FALLBACKS.labels(route.name, canary.version.version).inc()
+            log.debug(
+                "canary %s@%s failed, stable answers: %s", route.name, canary.version.version, e
+            )
+            scores[canary_mask] = stable.runtime.predict(stable_batch[canary_mask])
+            ok, seen = False, None
+        if route.guard is not None:
+            verdict = route.guard.record_canary(ok, time.perf_counter() - began, seen)
+            if verdict is not None:
+                self.manager.trip(route, *verdict)
+        return scores, versions.tolist()
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext):
+        models = []
+        for name, route in sorted(self.manager.routes.items()):
+            stable = route.stable
+            spec = stable.version.spec
+            models.append(
+                pb.ModelInfo(
+                    name=name,
+                    version=stable.version.version,
+                    kind=spec.kind,
+                    feature_service=spec.feature_service,
+                    features=stable.version.features,
+                    request_features=spec.request_features,
+                    entities=sorted(stable.plan.entity_types),
+                    device=stable.runtime.device,
+                    versions=self.manager.repo.versions(name),
+                )
+            )
+        return pb.ListModelsResponse(models=models)
 
     def GetOnlineFeatures(
         self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
@@ -133,30 +224,11 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             feature_status=feature_status(present, rows.missing, rows.stale),
         )
 
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext):
-        models = []
-        for name, model in sorted(self.models.items()):
-            spec = model.version.spec
-            models.append(
-                pb.ModelInfo(
-                    name=name,
-                    version=model.version.version,
-                    kind=spec.kind,
-                    feature_service=spec.feature_service,
-                    features=model.version.features,
-                    request_features=spec.request_features,
-                    entities=sorted(model.plan.entity_types),
-                    device=model.runtime.device,
-                    versions=self.versions.get(name, []),
-                )
-            )
-        return pb.ListModelsResponse(models=models)
-
 
 def _answer(
     method: str,
     model: str,
-    version: str,
+    version: str | list[str],
     context: grpc.ServicerContext,
     work: Callable[[], Message],
 ) -> Message:
@@ -177,8 +249,10 @@ def _answer(
         context.abort(code, f"internal error in {method}; the server log has the details")
     finally:
         elapsed = time.perf_counter() - start
-        metrics.REQUESTS.labels(method, model, version, code.name).inc()
-        metrics.LATENCY.labels(method, model, version, code.name).observe(elapsed)
+        # A split answer is labelled by both versions ("v1+v2"): still a small, bounded set.
+        label = version if isinstance(version, str) else "+".join(version)
+        metrics.REQUESTS.labels(method, model, label, code.name).inc()
+        metrics.LATENCY.labels(method, model, label, code.name).observe(elapsed)
 
 
 def _check_deadline(context: grpc.ServicerContext) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/augur/v1/predictor.proto\x12\x08\x61ugur.v1\"\x1b\n\tInt64List\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"h\n\x0c\x45ntityColumn\x12%\n\x06int64s\x18\x01 \x01(\x0b\x32\x13.augur.v1.Int64ListH\x00\x12\'\n\x07strings\x18\x02 \x01(\x0b\x32\x14.augur.v1.StringListH\x00\x42\x08\n\x06values\"H\n\x0ePredictOptions\x12\x17\n\x0freturn_features\x18\x01 \x01(\x08\x12\x1d\n\x15return_feature_status\x18\x02 \x01(\x08\"\xf5\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x38\n\x08\x65ntities\x18\x03 \x03(\x0b\x32&.augur.v1.PredictRequest.EntitiesEntry\x12G\n\x10request_features\x18\x04 \x03(\x0b\x32-.augur.v1.PredictRequest.RequestFeaturesEntry\x12)\n\x07options\x18\x05 \x01(\x0b\x32\x18.augur.v1.PredictOptions\x1aG\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.augur.v1.EntityColumn:\x02\x38\x01\x1aL\n\x14RequestFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.augur.v1.DoubleList:\x02\x38\x01\"@\n\rFeatureStatus\x12\x0f\n\x07present\x18\x01 \x01(\x05\x12\x0f\n\x07missing\x18\x02 \x01(\x05\x12\r\n\x05stale\x18\x03 \x01(\x05\".\n\rFeatureMatrix\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\xbc\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x05\x12\x0f\n\x07outputs\x18\x04 \x01(\x05\x12\x0e\n\x06scores\x18\x05 \x03(\x02\x12/\n\x0e\x66\x65\x61ture_status\x18\x06 \x03(\x0b\x32\x17.augur.v1.FeatureStatus\x12)\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0b\x32\x17.augur.v1.FeatureMatrix\"\xc0\x01\n\x18GetOnlineFeaturesRequest\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\t\x12\x42\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x30.augur.v1.GetOnlineFeaturesRequest.EntitiesEntry\x1aG\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.augur.v1.EntityColumn:\x02\x38\x01\"w\n\x19GetOnlineFeaturesResponse\x12)\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x17.augur.v1.FeatureMatrix\x12/\n\x0e\x66\x65\x61ture_status\x18\x02 \x03(\x0b\x32\x17.augur.v1.FeatureStatus\"\x13\n\x11ListModelsRequest\"\xb1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x04 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\x12\x18\n\x10request_features\x18\x06 \x03(\t\x12\x10\n\x08\x65ntities\x18\x07 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x10\n\x08versions\x18\t \x03(\t\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.augur.v1.ModelInfo2\xf2\x01\n\tPredictor\x12>\n\x07Predict\x12\x18.augur.v1.PredictRequest\x1a\x19.augur.v1.PredictResponse\x12\\\n\x11GetOnlineFeatures\x12\".augur.v1.GetOnlineFeaturesRequest\x1a#.augur.v1.GetOnlineFeaturesResponse\x12G\n\nListModels\x12\x1b.augur.v1.ListModelsRequest\x1a\x1c.augur.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/augur/v1/predictor.proto\x12\x08\x61ugur.v1\"\x1b\n\tInt64List\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"h\n\x0c\x45ntityColumn\x12%\n\x06int64s\x18\x01 \x01(\x0b\x32\x13.augur.v1.Int64ListH\x00\x12\'\n\x07strings\x18\x02 \x01(\x0b\x32\x14.augur.v1.StringListH\x00\x42\x08\n\x06values\"H\n\x0ePredictOptions\x12\x17\n\x0freturn_features\x18\x01 \x01(\x08\x12\x1d\n\x15return_feature_status\x18\x02 \x01(\x08\"\xf5\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x38\n\x08\x65ntities\x18\x03 \x03(\x0b\x32&.augur.v1.PredictRequest.EntitiesEntry\x12G\n\x10request_features\x18\x04 \x03(\x0b\x32-.augur.v1.PredictRequest.RequestFeaturesEntry\x12)\n\x07options\x18\x05 \x01(\x0b\x32\x18.augur.v1.PredictOptions\x1aG\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.augur.v1.EntityColumn:\x02\x38\x01\x1aL\n\x14RequestFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.augur.v1.DoubleList:\x02\x38\x01\"@\n\rFeatureStatus\x12\x0f\n\x07present\x18\x01 \x01(\x05\x12\x0f\n\x07missing\x18\x02 \x01(\x05\x12\r\n\x05stale\x18\x03 \x01(\x05\".\n\rFeatureMatrix\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\xd2\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x05\x12\x0f\n\x07outputs\x18\x04 \x01(\x05\x12\x0e\n\x06scores\x18\x05 \x03(\x02\x12/\n\x0e\x66\x65\x61ture_status\x18\x06 \x03(\x0b\x32\x17.augur.v1.FeatureStatus\x12)\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0b\x32\x17.augur.v1.FeatureMatrix\x12\x14\n\x0crow_versions\x18\x08 \x03(\t\"\xc0\x01\n\x18GetOnlineFeaturesRequest\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\t\x12\x42\n\x08\x65ntities\x18\x02 \x03(\x0b\x32\x30.augur.v1.GetOnlineFeaturesRequest.EntitiesEntry\x1aG\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.augur.v1.EntityColumn:\x02\x38\x01\"w\n\x19GetOnlineFeaturesResponse\x12)\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x17.augur.v1.FeatureMatrix\x12/\n\x0e\x66\x65\x61ture_status\x18\x02 \x03(\x0b\x32\x17.augur.v1.FeatureStatus\"\x13\n\x11ListModelsRequest\"\xb1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x04 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\x12\x18\n\x10request_features\x18\x06 \x03(\t\x12\x10\n\x08\x65ntities\x18\x07 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x10\n\x08versions\x18\t \x03(\t\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.augur.v1.ModelInfo2\xf2\x01\n\tPredictor\x12>\n\x07Predict\x12\x18.augur.v1.PredictRequest\x1a\x19.augur.v1.PredictResponse\x12\\\n\x11GetOnlineFeatures\x12\".augur.v1.GetOnlineFeaturesRequest\x1a#.augur.v1.GetOnlineFeaturesResponse\x12G\n\nListModels\x12\x1b.augur.v1.ListModelsRequest\x1a\x1c.augur.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,19 +58,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREMATRIX']._serialized_start=755
   _globals['_FEATUREMATRIX']._serialized_end=801
   _globals['_PREDICTRESPONSE']._serialized_start=804
-  _globals['_PREDICTRESPONSE']._serialized_end=992
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=995
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=1187
+  _globals['_PREDICTRESPONSE']._serialized_end=1014
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=1017
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=1209
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_start=538
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_end=609
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=1189
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1308
-  _globals['_LISTMODELSREQUEST']._serialized_start=1310
-  _globals['_LISTMODELSREQUEST']._serialized_end=1329
-  _globals['_MODELINFO']._serialized_start=1332
-  _globals['_MODELINFO']._serialized_end=1509
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1511
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1568
-  _globals['_PREDICTOR']._serialized_start=1571
-  _globals['_PREDICTOR']._serialized_end=1813
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=1211
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1330
+  _globals['_LISTMODELSREQUEST']._serialized_start=1332
+  _globals['_LISTMODELSREQUEST']._serialized_end=1351
+  _globals['_MODELINFO']._serialized_start=1354
+  _globals['_MODELINFO']._serialized_end=1531
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1533
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1590
+  _globals['_PREDICTOR']._serialized_start=1593
+  _globals['_PREDICTOR']._serialized_end=1835
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,78 @@
+"""Model versions made for lifecycle tests: real LightGBM files and TorchScript modules that
+misbehave on purpose (fail, stall, or drift), published like any other version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import torch
+
+from predictor.repository import ModelRepository, ModelVersion
+
+
+def publish_lightgbm_variant(
+    repo: ModelRepository, name: str, seed: int, tmp: Path
+) -> ModelVersion:
+    """A real LightGBM model over the same inputs whose scores differ from v1's."""
+    base = repo.resolve(name, "v1")
+    n_inputs = len(base.features)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3_000, n_inputs)).astype(np.float32)
+    y = (x[:, seed % n_inputs] + rng.normal(size=3_000) > 0).astype(np.float32)
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "seed": seed, "num_leaves": 7},
+        lgb.Dataset(x, y),
+        num_boost_round=20,
+    )
+    path = tmp / f"variant-{seed}.txt"
+    booster.save_model(str(path))
+    return repo.publish(base.spec, path, _metadata(base))
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 1), self.value)
+
+
+class _FailsOnTraffic(torch.nn.Module):
+    """Passes warm-up (no positive request feature there) and fails on real traffic."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, -1] > 0).any()):
+            raise RuntimeError("deliberately broken version")
+        return torch.zeros((x.shape[0], 1))
+
+
+class _Slow(torch.nn.Module):
+    def __init__(self, width: int = 768, rounds: int = 120):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(width, width) / width**0.5)
+        self.rounds = rounds
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ones((x.shape[0], self.width))
+        for _ in range(self.rounds):
+            y = torch.tanh(y @ self.weight)
+        return torch.sigmoid(y[:, :1]) * 0.0 + 0.01
+
+
+BAD = {"constant": lambda: _Constant(0.9), "failing": _FailsOnTraffic, "slow": _Slow}
+
+
+def publish_torch(repo: ModelRepository, name: str, kind: str, tmp: Path) -> ModelVersion:
+    base = repo.resolve(name, "v1")
+    path = tmp / f"{kind}.pt"
+    torch.jit.script(BAD[kind]()).save(str(path))
+    return repo.publish(base.spec, path, _metadata(base))
+
+
+def _metadata(base: ModelVersion) -> dict:
+    keep = ("features", "feature_dtypes", "request_features", "outputs")
+    return {k: base.metadata[k] for k in keep if k in base.metadata}
