@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import signal
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(cfg.logging.level, cfg.logging.json)
     else:
         logs.configure()
+    # SIGTERM ends a command like Ctrl-C does, so what it started (an embedded Redis, a
+    # predictor process) is stopped on the way out; `serve` installs its own drain handler.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return args.handler(args, cfg) or 0
     except KeyboardInterrupt:

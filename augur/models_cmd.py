@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from augur.config import Config
@@ -219,10 +220,12 @@ def _remote(args) -> int:
             f"{','.join(s.loaded):12} {s.last_rollback or '-'}"
         )
         if s.canary.version:
+            p99 = "-" if math.isnan(s.canary.p99_ms) else f"{s.canary.p99_ms:.1f} ms"
+            drift = "-" if math.isnan(s.canary.psi) else f"{s.canary.psi:.3f}"
             print(
                 f"{'':16} canary window: {s.canary.calls} calls, errors "
-                f"{s.canary.error_rate:.1%}, p99 {s.canary.p99_ms:.1f} ms, "
-                f"PSI {s.canary.psi:.3f}, sticky on {s.canary.sticky_key}"
+                f"{s.canary.error_rate:.1%}, p99 {p99}, PSI {drift}, "
+                f"sticky on {s.canary.sticky_key}"
             )
         if s.error:
             print(f"{'':16} not serving as asked: {s.error}")

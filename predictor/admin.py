@@ -6,6 +6,8 @@ watching the repository), then refreshes this server before answering with the n
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 from predictor.errors import RequestError, invalid, not_found
@@ -110,8 +112,9 @@ def status(manager: ModelManager, only: str = "") -> pb.ModelStatusResponse:
                         sticky_key=route.sticky_key,
                         calls=int(stats.get("calls", 0)),
                         error_rate=stats.get("error_rate", 0.0),
-                        p99_ms=stats.get("p99_ms", 0.0),
-                        psi=stats.get("psi", 0.0),
+                        # NaN: not measured (no calls yet, or no max_psi guardrail)
+                        p99_ms=stats.get("p99_ms", math.nan),
+                        psi=stats.get("psi", math.nan),
                     )
                 )
             if route.shadow is not None:

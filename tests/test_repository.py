@@ -1,5 +1,6 @@
 """The model repository: immutable numbered versions, aliases, and refusal of bad artifacts."""
 
+import json
 import shutil
 
 import numpy as np
@@ -71,3 +72,53 @@ def test_loaded_model_assembles_in_feature_order(repo_copy, plans):
     assert model.n_inputs == 38
     assert model.request_inputs == (("amount", 37),)
     assert np.array_equal(model.store_inputs, np.arange(37))
+
+
+def test_input_whose_registry_type_changed_family_is_refused(repo_copy, plans):
+    version = repo_copy.resolve("fraud_lgbm")
+    dtypes = dict(version.metadata["feature_dtypes"])
+    assert dtypes["user_stats__amount_sum_7d"] == "Float64"
+    dtypes["user_stats__amount_sum_7d"] = "Bool"  # trained on a flag, served a float
+    republished = repo_copy.publish(
+        version.spec, version.artifact, {**version.metadata, "feature_dtypes": dtypes}
+    )
+    with pytest.raises(ModelLoadError, match="trained as Bool"):
+        load_model(repo_copy, "fraud_lgbm", plans, version=republished.version)
+    dtypes["user_stats__amount_sum_7d"] = "Float32"  # widening within a family is fine
+    widened = repo_copy.publish(
+        version.spec, version.artifact, {**version.metadata, "feature_dtypes": dtypes}
+    )
+    assert load_model(repo_copy, "fraud_lgbm", plans, version=widened.version).n_inputs == 38
+
+
+def test_cli_publish_adds_a_version_that_waits_for_traffic(repo_copy, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    v1 = repo_copy.resolve("fraud_lgbm")
+    config = tmp_path / "augur.yaml"
+    config.write_text(yaml.safe_dump({"model_repo": str(repo_copy.root)}))
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"features": list(v1.features)}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "augur.cli", "models", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = cli("publish", "fraud_lgbm", str(v1.artifact), "--metadata", str(meta))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "published fraud_lgbm@v2" in done.stdout
+    assert repo_copy.resolve("fraud_lgbm").version == "v1"  # stable did not move
+    listing = cli("list").stdout
+    assert any(
+        line.split()[:2] == ["fraud_lgbm", "v2"] and line.split()[3] == "-"
+        for line in listing.splitlines()
+    )
+    wrong = cli("publish", "fraud_lgbm", str(tmp_path / "model.pt"), "--metadata", str(meta))
+    assert wrong.returncode == 1 and "lightgbm model" in wrong.stdout
