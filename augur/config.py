@@ -22,7 +22,9 @@ class RedisConfig:
     # "host:port[,password=...,ssl=true]" or a redis:// URL; `augur redis` runs one locally
     address: str = "127.0.0.1:6379"
     connect_timeout_ms: int = 250
-    read_timeout_ms: int = 500
+    read_timeout_ms: int = 500  # upper bound; a call's remaining deadline lowers it
+    breaker_failures: int = 5  # consecutive failures that open the circuit to Redis
+    breaker_cooldown_ms: int = 1000  # open this long, then one probe call tests Redis
 
 
 @dataclass
@@ -38,6 +40,8 @@ class ServerConfig:
     model_threads: int = 1  # LightGBM / torch threads per call; gRPC threads give parallelism
     watch_interval_s: float = 2.0  # poll the model repository for changes; 0 turns it off
     admin: bool = True  # serve the Admin service (routing, promote, rollback) on this port
+    max_in_flight: int = 64  # calls admitted at once; more get RESOURCE_EXHAUSTED at once
+    model_queue: int = 32  # calls per model in flight; more get RESOURCE_EXHAUSTED at once
 
 
 @dataclass

@@ -11,7 +11,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# What makes the store unavailable to a caller: Redis down or slow, or the circuit open.
+UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError)
 
 
 @dataclass(frozen=True)

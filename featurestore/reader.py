@@ -30,6 +30,18 @@ class FeatureRows:
     event_ts: np.ndarray  # float64 (n, views): the view's event time, NaN when absent
     distinct_keys: int  # Redis keys read, after deduplication
 
+    @classmethod
+    def unavailable(cls, plan: ReadPlan, n: int) -> FeatureRows:
+        """Every feature missing, so declared defaults (else NaN) serve: the degraded answer."""
+        defaults = np.array([c.default for c in plan.columns], np.float32)
+        return cls(
+            np.tile(defaults, (n, 1)),
+            np.full(n, len(defaults), np.int32),
+            np.zeros(n, np.int32),
+            np.full((n, len(plan.views)), np.nan),
+            0,
+        )
+
     def take(self, rows: np.ndarray) -> FeatureRows:
         """The subset of rows selected by an index or boolean mask."""
         return FeatureRows(
@@ -56,15 +68,23 @@ class OnlineReader:
         self._encoders: dict[tuple, KeyEncoder] = {}
 
     def read(
-        self, plan: ReadPlan, entities: Mapping[str, Sequence], *, enforce_ttl: bool = True
+        self,
+        plan: ReadPlan,
+        entities: Mapping[str, Sequence],
+        *,
+        enforce_ttl: bool = True,
+        timeout_s: float | None = None,
     ) -> FeatureRows:
+        """Features for the entity rows; `timeout_s` bounds the Redis round trip (a caller's
+        remaining deadline), else the client's configured socket timeout applies."""
         n = _row_count(plan, entities)
         work = [self._keys(plan, g, entities, n) for g in plan.groups]
-        with self._client.pipeline(transaction=False) as pipe:
-            for group, (keys, _) in zip(plan.groups, work, strict=True):
-                for key in keys:
-                    pipe.hmget(key, group.fields)
-            replies = pipe.execute()
+        commands = [
+            ("HMGET", key, *group.fields)
+            for group, (keys, _) in zip(plan.groups, work, strict=True)
+            for key in keys
+        ]
+        replies = self._round_trip(commands, timeout_s) if commands else []
 
         now = self._clock()
         columns = plan.columns
@@ -94,6 +114,34 @@ class OnlineReader:
             event_ts,
             sum(len(k) for k, _ in work),
         )
+
+    def _round_trip(self, commands: list[tuple], timeout_s: float | None) -> list:
+        """Send every command at once on one pooled connection, read every reply.
+
+        A connection found dead (Redis restarted since it was pooled) is replaced once; any
+        failure disconnects it, so a late reply can never be read by the next caller."""
+        pool = self._client.connection_pool
+        for attempt in (0, 1):
+            conn = pool.get_connection()
+            try:
+                conn.connect()
+                if timeout_s is not None:
+                    conn.update_current_socket_timeout(max(timeout_s, 0.001))
+                conn.send_packed_command(conn.pack_commands(commands))
+                replies = [conn.read_response() for _ in commands]
+                if timeout_s is not None:
+                    conn.update_current_socket_timeout(-1)  # back to the configured timeout
+                return replies
+            except redis.ConnectionError:
+                conn.disconnect()
+                if attempt:
+                    raise
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+        raise AssertionError("unreachable")
 
     def _keys(
         self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence], n: int

@@ -123,3 +123,20 @@ SWAPS = Counter(
     "Routing changes applied (new stable, canary or shadow)",
     ["model"],
 )
+DEADLINE_DROPPED = Counter(
+    "augur_deadline_dropped_total",
+    "Calls whose deadline passed before a stage, dropped instead of computed for nobody",
+    ["model", "stage"],
+)
+SHED = Counter(
+    "augur_shed_total", "Calls refused at once because a model's queue was full", ["model"]
+)
+DEGRADED = Counter(
+    "augur_degraded_total",
+    "Calls answered on default feature values because the online store failed",
+    ["model"],
+)
+STORE_ERRORS = Counter(
+    "augur_feature_store_errors_total", "Failed online store reads, by kind", ["kind"]
+)
+BREAKER_OPEN = Gauge("augur_feature_store_circuit_open", "1 while the circuit to Redis is open")

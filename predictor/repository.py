@@ -75,6 +75,9 @@ class ModelSpec:
     canary: CanarySpec | None = None
     shadow: ShadowSpec | None = None
     last_rollback: dict | None = None
+    # "unavailable" (answer UNAVAILABLE) or "serve_defaults" (score on declared defaults,
+    # flagged `degraded`) when the online store cannot be read
+    on_feature_store_error: str = "unavailable"
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,11 @@ def _parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
             raise RepositoryError(f"{path}: canary: {e}") from None
         if not 0.0 <= canary.weight <= 1.0:
             raise RepositoryError(f"{path}: canary.weight must be within [0, 1]")
+    policy = raw.get("on_feature_store_error", "unavailable")
+    if policy not in ("unavailable", "serve_defaults"):
+        raise RepositoryError(
+            f"{path}: on_feature_store_error must be unavailable or serve_defaults, got {policy!r}"
+        )
     shadow = None
     if raw.get("shadow"):
         s = raw["shadow"]
@@ -332,4 +340,5 @@ def _parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         canary,
         shadow,
         raw.get("last_rollback"),
+        policy,
     )

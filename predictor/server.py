@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from augur.config import Config
+from featurestore.breaker import CircuitBreaker
 from featurestore.connection import RedisTimeouts, connect
 from featurestore.reader import OnlineReader
 from featurestore.repo import build_plans, open_store
@@ -76,7 +77,15 @@ def start(config: Config) -> RunningServer:
         config.redis.connect_timeout_ms / 1000, config.redis.read_timeout_ms / 1000
     )
     reader = OnlineReader(connect(config.redis.address, timeouts))
-    servicer = PredictorServicer(manager, plans, reader, config.server.max_rows)
+    breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
+    servicer = PredictorServicer(
+        manager,
+        plans,
+        reader,
+        config.server.max_rows,
+        breaker=breaker,
+        model_queue=config.server.model_queue,
+    )
 
     limit = config.server.max_message_bytes
     server = grpc.server(
@@ -88,6 +97,9 @@ def start(config: Config) -> RunningServer:
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
         ],
+        # Beyond this many calls in progress gRPC answers RESOURCE_EXHAUSTED at once, so an
+        # overload cannot grow an unbounded queue (and memory) inside the server.
+        maximum_concurrent_rpcs=config.server.max_in_flight,
     )
     pb_grpc.add_PredictorServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -10,6 +11,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
+from featurestore.breaker import CircuitBreaker, CircuitOpenError
 from featurestore.connection import UNAVAILABLE_ERRORS
 from featurestore.plan import ReadPlan
 from featurestore.reader import FeatureRows, OnlineReader
@@ -17,6 +19,7 @@ from predictor import metrics
 from predictor.codec import decode_entities, decode_request_features, feature_status
 from predictor.errors import RequestError, deadline_exceeded, invalid, not_found
 from predictor.lifecycle import ModelManager
+from predictor.repository import ModelSpec
 from predictor.routing import Route
 from predictor.shadow import ShadowScorer
 from proto.augur.v1 import predictor_pb2 as pb
@@ -33,12 +36,17 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         reader: OnlineReader,
         max_rows: int,
         shadow: ShadowScorer | None = None,
+        breaker: CircuitBreaker | None = None,
+        model_queue: int = 32,
     ):
         self.manager = manager
         self.plans = dict(plans)
         self.reader = reader
         self.max_rows = max_rows
         self.shadow = shadow or ShadowScorer()
+        self.breaker = breaker or CircuitBreaker()
+        self.model_queue = model_queue
+        self._queues: dict[str, threading.BoundedSemaphore] = {}
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
         route = self.manager.route(request.model)
@@ -48,8 +56,29 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             request.model if route else "unknown",
             answered,
             context,
-            lambda: self._predict(request, context, route, answered),
+            lambda: self._admitted(request, context, route, answered),
         )
+
+    def _admitted(self, request, context, route: Route | None, answered: list[str]):
+        """Bounded per-model admission: a full queue refuses at once instead of queueing."""
+        if route is None:
+            return self._predict(request, context, route, answered)
+        queue = self._queues.get(route.name)
+        if queue is None:
+            queue = self._queues.setdefault(
+                route.name, threading.BoundedSemaphore(self.model_queue)
+            )
+        if not queue.acquire(blocking=False):
+            metrics.SHED.labels(route.name).inc()
+            raise RequestError(
+                f"model {route.name}: {self.model_queue} calls already in flight "
+                f"(server.model_queue); retry with backoff",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+        try:
+            return self._predict(request, context, route, answered)
+        finally:
+            queue.release()
 
     def _predict(
         self,
@@ -80,11 +109,12 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         extra = decode_request_features(request.request_features, spec.request_features, n, owner)
         if not request.version:
             canary_mask = route.canary_rows(entities)
-        _check_deadline(context)
+        _check_deadline(context, route.name, "features")
 
         t0 = time.perf_counter()
-        rows = self.reader.read(model.plan, entities)
+        rows, degraded = self._features(model.plan, entities, context, spec)
         t1 = time.perf_counter()
+        _check_deadline(context, route.name, "inference")
         batch = model.assemble(rows, extra)
         t2 = time.perf_counter()
         if canary_mask is None or not canary_mask.any():
@@ -104,7 +134,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         metrics.STAGE.labels(name, "inference").observe(t3 - t2)
         metrics.ROWS.labels("Predict", name).inc(n)
         _count_features(name, model.plan, rows)
-        if route.shadow is not None and not request.version:
+        if route.shadow is not None and not request.version and not degraded:
             self.shadow.submit(
                 name,
                 model.version.version,
@@ -121,6 +151,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             rows=n,
             outputs=scores.shape[1],
             scores=scores.ravel().tolist(),
+            degraded=degraded,
         )
         if row_versions is not None and len(answered) > 1:
             response.row_versions.extend(row_versions)
@@ -132,6 +163,37 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             response.features.names.extend(model.version.features)
             response.features.values.extend(batch.ravel().tolist())
         return response
+
+    def _features(
+        self,
+        plan: ReadPlan,
+        entities: Mapping[str, list],
+        context: grpc.ServicerContext,
+        spec: ModelSpec | None,
+    ) -> tuple[FeatureRows, bool]:
+        """Read features within the call's deadline, through the circuit breaker. On failure:
+        UNAVAILABLE, or declared defaults (flagged degraded) where the model's policy says so."""
+        remaining = context.time_remaining()
+        try:
+            self.breaker.before_call()
+            try:
+                rows = self.reader.read(plan, entities, timeout_s=remaining)
+            except UNAVAILABLE_ERRORS:
+                self.breaker.failed()
+                raise
+            self.breaker.succeeded()
+            return rows, False
+        except UNAVAILABLE_ERRORS as e:
+            kind = "circuit_open" if isinstance(e, CircuitOpenError) else type(e).__name__
+            metrics.STORE_ERRORS.labels(kind).inc()
+            metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
+            if spec is None or spec.on_feature_store_error != "serve_defaults":
+                raise
+            metrics.DEGRADED.labels(spec.name).inc()
+            return FeatureRows.unavailable(plan, len(next(iter(entities.values())))), True
+        finally:
+            if self.breaker.state == "closed":
+                metrics.BREAKER_OPEN.set(0)
 
     def _split(
         self,
@@ -213,8 +275,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         entities, n = decode_entities(
             request.entities, plan, self.max_rows, f"feature service {plan.service}"
         )
-        _check_deadline(context)
-        rows = self.reader.read(plan, entities)
+        _check_deadline(context, plan.service, "features")
+        rows, _ = self._features(plan, entities, context, None)
         metrics.ROWS.labels("GetOnlineFeatures", plan.service).inc(n)
         present = len(plan.columns) - rows.missing
         return pb.GetOnlineFeaturesResponse(
@@ -255,10 +317,12 @@ def _answer(
         metrics.LATENCY.labels(method, model, label, code.name).observe(elapsed)
 
 
-def _check_deadline(context: grpc.ServicerContext) -> None:
+def _check_deadline(context: grpc.ServicerContext, model: str, stage: str) -> None:
+    """Drop a call whose caller has given up, rather than compute for nobody."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
-        raise deadline_exceeded("deadline passed before features were read")
+        metrics.DEADLINE_DROPPED.labels(model, stage).inc()
+        raise deadline_exceeded(f"deadline passed before the {stage} stage")
 
 
 def _count_features(model: str, plan: ReadPlan, rows: FeatureRows) -> None:

@@ -87,7 +87,7 @@ class FeatureMatrix(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "version", "rows", "outputs", "scores", "feature_status", "features", "row_versions")
+    __slots__ = ("model", "version", "rows", "outputs", "scores", "feature_status", "features", "row_versions", "degraded")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class PredictResponse(_message.Message):
     FEATURE_STATUS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ROW_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     rows: int
@@ -104,7 +105,8 @@ class PredictResponse(_message.Message):
     feature_status: _containers.RepeatedCompositeFieldContainer[FeatureStatus]
     features: FeatureMatrix
     row_versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., rows: _Optional[int] = ..., outputs: _Optional[int] = ..., scores: _Optional[_Iterable[float]] = ..., feature_status: _Optional[_Iterable[_Union[FeatureStatus, _Mapping]]] = ..., features: _Optional[_Union[FeatureMatrix, _Mapping]] = ..., row_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    degraded: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., rows: _Optional[int] = ..., outputs: _Optional[int] = ..., scores: _Optional[_Iterable[float]] = ..., feature_status: _Optional[_Iterable[_Union[FeatureStatus, _Mapping]]] = ..., features: _Optional[_Union[FeatureMatrix, _Mapping]] = ..., row_versions: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ...) -> None: ...
 
 class GetOnlineFeaturesRequest(_message.Message):
     __slots__ = ("feature_service", "entities")
