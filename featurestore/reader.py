@@ -126,7 +126,8 @@ class OnlineReader:
             try:
                 conn.connect()
                 if timeout_s is not None:
-                    conn.update_current_socket_timeout(max(timeout_s, 0.001))
+                    limit = min(timeout_s, conn.socket_timeout or timeout_s)
+                    conn.update_current_socket_timeout(max(limit, 0.001))
                 conn.send_packed_command(conn.pack_commands(commands))
                 replies = [conn.read_response() for _ in commands]
                 if timeout_s is not None:

@@ -174,10 +174,13 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         """Read features within the call's deadline, through the circuit breaker. On failure:
         UNAVAILABLE, or declared defaults (flagged degraded) where the model's policy says so."""
         remaining = context.time_remaining()
+        # Keep a fifth of what is left for scoring and answering: a reply after the caller's
+        # deadline is wasted work, an UNAVAILABLE before it lets the caller fall back.
+        budget = None if remaining is None else remaining * 0.8
         try:
             self.breaker.before_call()
             try:
-                rows = self.reader.read(plan, entities, timeout_s=remaining)
+                rows = self.reader.read(plan, entities, timeout_s=budget)
             except UNAVAILABLE_ERRORS:
                 self.breaker.failed()
                 raise

@@ -1,0 +1,208 @@
+"""Faults over real processes: Redis paused, stopped and restarted; overload; a bad model.
+
+Every call gets an answer or a clear status within its deadline, the breaker stops
+hammering a dead Redis, and the server recovers by itself when Redis returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from featurestore.redis_server import EmbeddedRedis
+from pipelines.materialize import materialize
+from predictor import metrics
+from predictor.client import PredictorClient
+from predictor.codec import encode_entities
+from predictor.server import start
+from proto.augur.v1 import predictor_pb2 as pb
+from tests.conftest import server_config
+
+ENTITIES = {"user_id": [1, 2, 3], "merchant_id": [4, 5, 6]}
+AMOUNTS = {"amount": [10.0, 20.0, 30.0]}
+
+
+@pytest.fixture
+def own_redis(fraud_repo, tmp_path):
+    """A private, materialized Redis this test may pause, stop and restart."""
+    server = EmbeddedRedis(data_dir=tmp_path / "redis", persist=True).start()
+    materialize(
+        fraud_repo.path,
+        server.address,
+        start=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+        progress=False,
+    )
+    yield server
+    if server.process and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
+
+
+def _serve(fraud_repo, model_repo, address, **server_options):
+    config = server_config(fraud_repo, model_repo, address=address)
+    config.redis.breaker_failures = 3
+    config.redis.breaker_cooldown_ms = 300
+    for key, value in server_options.items():
+        setattr(config.server, key, value)
+    running = start(config)
+    return running, PredictorClient(f"127.0.0.1:{running.port}", timeout=5)
+
+
+def _outcome(call) -> tuple[str, float]:
+    began = time.monotonic()
+    try:
+        call()
+        return "OK", time.monotonic() - began
+    except grpc.RpcError as e:
+        return e.code().name, time.monotonic() - began
+
+
+def test_paused_redis_answers_within_the_deadline_then_recovers(fraud_repo, model_repo, own_redis):
+    running, client = _serve(fraud_repo, model_repo, own_redis.address)
+    try:
+        assert _outcome(lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS))[0] == "OK"
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        for _ in range(5):
+            code, took = _outcome(
+                lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS, timeout=0.3)
+            )
+            assert code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+            assert took < 0.45  # never a hang: bounded by the caller's deadline
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while _outcome(lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS))[0] != "OK":
+            assert time.monotonic() < deadline, "did not recover within 5 s of SIGCONT"
+            time.sleep(0.05)
+    finally:
+        running.stop()
+        client.close()
+
+
+def test_breaker_fails_fast_while_redis_is_down_and_probes_it_back(
+    fraud_repo, model_repo, own_redis
+):
+    running, client = _serve(fraud_repo, model_repo, own_redis.address)
+    try:
+        own_redis.process.send_signal(signal.SIGTERM)  # saves its data, like a real restart
+        own_redis.process.wait(10)
+        codes = [
+            _outcome(lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS)) for _ in range(6)
+        ]
+        assert {c for c, _ in codes} == {"UNAVAILABLE"}
+        with pytest.raises(grpc.RpcError) as fast:
+            client.predict("fraud_lgbm", ENTITIES, AMOUNTS)
+        assert "circuit open" in fast.value.details()
+        assert running.servicer.breaker.state == "open"
+
+        own_redis.start()  # same port and folder: the saved data comes back
+        began = time.monotonic()
+        while _outcome(lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS))[0] != "OK":
+            assert time.monotonic() - began < 5, "no recovery within 5 s of Redis returning"
+            time.sleep(0.05)
+        assert running.servicer.breaker.state == "closed"
+        answer = client.predict("fraud_lgbm", ENTITIES, AMOUNTS)
+        assert (answer.missing < 37).all()  # real features again, not defaults
+    finally:
+        running.stop()
+        client.close()
+
+
+def test_serve_defaults_policy_answers_degraded(fraud_repo, model_repo, own_redis, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(model_repo, models)
+    spec_path = models / "fraud_lgbm" / "model.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["on_feature_store_error"] = "serve_defaults"
+    spec_path.write_text(yaml.safe_dump(spec))
+    running, client = _serve(fraud_repo, models, own_redis.address)
+    try:
+        healthy = client.predict("fraud_lgbm", ENTITIES, AMOUNTS, return_features=True)
+        own_redis.process.send_signal(signal.SIGTERM)
+        own_redis.process.wait(10)
+        before = metrics.DEGRADED.labels("fraud_lgbm")._value.get()
+        request = pb.PredictRequest(
+            model="fraud_lgbm",
+            entities=encode_entities(ENTITIES),
+            request_features={"amount": pb.DoubleList(values=AMOUNTS["amount"])},
+            options=pb.PredictOptions(return_features=True, return_feature_status=True),
+        )
+        degraded = client.stub.Predict(request, timeout=5)
+        assert degraded.degraded and (healthy.missing < 37).all()
+        assert [s.missing for s in degraded.feature_status] == [37, 37, 37]
+        served = np.asarray(degraded.features.values, np.float32).reshape(3, -1)
+        names = list(degraded.features.names)
+        assert served[0, names.index("user_merchant_stats__txn_count_total")] == 0.0  # default
+        assert np.isnan(served[0, names.index("user_stats__txn_count_7d")])  # no default
+        assert metrics.DEGRADED.labels("fraud_lgbm")._value.get() == before + 1
+        with pytest.raises(grpc.RpcError) as strict:  # the other model keeps the default policy
+            client.predict("fraud_mlp", ENTITIES, AMOUNTS)
+        assert strict.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop()
+        client.close()
+
+
+def test_full_model_queue_refuses_at_once(fraud_repo, model_repo):
+    running, client = _serve(
+        fraud_repo, model_repo, fraud_repo.address, model_queue=2, workers=8, max_in_flight=64
+    )
+    n = 1_000
+    rng = np.random.default_rng(0)
+    entities = {"user_id": rng.integers(0, 400, n), "merchant_id": rng.integers(0, 80, n)}
+    outcomes: list[tuple[str, float]] = []
+
+    def hammer() -> None:
+        with PredictorClient(f"127.0.0.1:{running.port}", timeout=10) as own:
+            for _ in range(6):
+                outcomes.append(
+                    _outcome(
+                        lambda own=own: own.predict("fraud_mlp", entities, {"amount": np.ones(n)})
+                    )
+                )
+
+    try:
+        threads = [threading.Thread(target=hammer) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        running.stop()
+        client.close()
+    codes = {c for c, _ in outcomes}
+    assert codes == {"OK", "RESOURCE_EXHAUSTED"}, codes
+    refused = [took for c, took in outcomes if c == "RESOURCE_EXHAUSTED"]
+    served = [took for c, took in outcomes if c == "OK"]
+    assert np.median(refused) < np.median(served)  # refused at once, not after waiting
+    assert len(outcomes) == 48
+
+
+def test_bad_model_never_takes_traffic_and_the_rest_serve(fraud_repo, model_repo, tmp_path, caplog):
+    models = tmp_path / "models"
+    shutil.copytree(model_repo, models)
+    artifact = models / "fraud_mlp" / "v1" / "model.pt"
+    artifact.write_bytes(artifact.read_bytes()[:-10] + b"corrupted!")
+    with caplog.at_level("ERROR"):
+        running, client = _serve(fraud_repo, models, fraud_repo.address)
+    try:
+        assert client.health("fraud_mlp") == "NOT_SERVING"
+        assert client.health("fraud_lgbm") == "SERVING"
+        assert client.predict("fraud_lgbm", ENTITIES, AMOUNTS).scores.shape == (3, 1)
+        with pytest.raises(grpc.RpcError) as refused:
+            client.predict("fraud_mlp", ENTITIES, AMOUNTS)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert any(
+            "fraud_mlp" in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records
+        )
+    finally:
+        running.stop()
+        client.close()
