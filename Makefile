@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test proto lint bench clean-demo help
+.PHONY: demo test proto lint bench soak clean-demo help
 
 help:
 	@echo "make demo   install into .venv, start an embedded Redis, run the fraud flow end to end"
@@ -12,6 +12,7 @@ help:
 	@echo "make proto  regenerate the gRPC stubs from proto/augur/v1/*.proto"
 	@echo "make lint   ruff"
 	@echo "make bench  read-path benchmark: Augur vs Feast vs the raw Redis floor"
+	@echo "make soak   fault and soak run: load while Redis stops, pauses, slows; 3x overload"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +38,6 @@ clean-demo:
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.read_path
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.faults

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from featurestore.plan import ReadPlan
-from predictor.errors import invalid
+from predictor.errors import invalid, shown
 from proto.augur.v1 import predictor_pb2 as pb
 
 
@@ -22,7 +22,8 @@ def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple
     for name in columns:
         if name not in expected:
             raise invalid(
-                f"entities.{name}: not an entity of {owner}; expected {', '.join(sorted(expected))}"
+                f"entities.{shown(name)}: not an entity of {owner}; "
+                f"expected {', '.join(sorted(expected))}"
             )
     out: dict[str, Sequence] = {}
     n = None
@@ -62,7 +63,7 @@ def decode_request_features(
     for name in columns:
         if name not in wanted:
             raise invalid(
-                f"request_features.{name}: not a request feature of {owner}; expected "
+                f"request_features.{shown(name)}: not a request feature of {owner}; expected "
                 f"{', '.join(wanted) or 'none'}"
             )
     out = {}
@@ -72,12 +73,20 @@ def decode_request_features(
         values = np.asarray(columns[name].values, np.float64)
         if len(values) != n:
             raise invalid(f"request_features.{name}: {len(values)} values for {n} entity rows")
-        bad = np.flatnonzero(~np.isfinite(values))
+        # Models take float32: a finite double beyond its range would reach them as inf (and
+        # come back as NaN scores), so it is refused like inf itself.
+        with np.errstate(over="ignore"):
+            as_float32 = values.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(as_float32))
         if len(bad):
-            raise invalid(
-                f"request_features.{name}[{bad[0]}]: {values[bad[0]]} is not a finite number"
+            i, value = bad[0], values[bad[0]]
+            problem = (
+                "is beyond the float32 range models take (±3.4e38)"
+                if np.isfinite(value)
+                else "is not a finite number"
             )
-        out[name] = values.astype(np.float32)
+            raise invalid(f"request_features.{name}[{i}]: {value} {problem}")
+        out[name] = as_float32
     return out
 
 

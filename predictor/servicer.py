@@ -17,7 +17,7 @@ from featurestore.plan import ReadPlan
 from featurestore.reader import FeatureRows, OnlineReader
 from predictor import metrics
 from predictor.codec import decode_entities, decode_request_features, feature_status
-from predictor.errors import RequestError, deadline_exceeded, invalid, not_found
+from predictor.errors import RequestError, deadline_exceeded, invalid, not_found, shown
 from predictor.lifecycle import ModelManager
 from predictor.repository import ModelSpec
 from predictor.routing import Route
@@ -91,7 +91,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             raise invalid("model: required; ListModels shows what this server serves")
         if route is None:
             raise not_found(
-                f"model {request.model!r} is not served here; serving: "
+                f"model {shown(request.model)!r} is not served here; serving: "
                 f"{', '.join(sorted(self.manager.routes)) or 'none'}"
             )
         model, canary_mask = route.stable, None
@@ -99,7 +99,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             model = route.named(request.version)
             if model is None:
                 raise not_found(
-                    f"model {route.name} version {request.version!r} is not loaded; loaded: "
+                    f"model {route.name} version {shown(request.version)!r} is not loaded; loaded: "
                     f"{', '.join(route.loaded)}; aliases: "
                     f"{', '.join(f'{k}={v}' for k, v in route.aliases.items()) or 'none'}"
                 )
@@ -272,7 +272,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         plan = self.plans.get(request.feature_service)
         if plan is None:
             raise not_found(
-                f"feature service {request.feature_service!r} is not in the "
+                f"feature service {shown(request.feature_service)!r} is not in the "
                 f"registry; have: {', '.join(sorted(self.plans))}"
             )
         entities, n = decode_entities(

@@ -1,0 +1,256 @@
+"""Fault and soak run: bounded load on a real server process while Redis fails in turn.
+
+Phases, each a few seconds of closed-loop load from client threads (loopback only):
+baseline; Redis stopped (then restarted with its data); Redis paused (SIGSTOP, SIGCONT);
+Redis slow (DEBUG SLEEP); 3x overload (three times the clients the server admits). Reports
+per phase: sent, answered OK, answered with each status code, lost (no answer at all, which
+must be zero), p99 of OK answers, recovery time after the fault ends, and the server's RSS.
+Writes bench/results/faults.json and prints a table.
+
+    python -m bench.faults [--phase-seconds 4] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+import redis
+import yaml
+
+from examples.fraud.generate import Scale
+from examples.fraud.scaffold import scaffold
+from featurestore.redis_server import EmbeddedRedis, free_port
+from pipelines.materialize import materialize
+from pipelines.train import train
+from predictor.client import PredictorClient
+
+RESULTS = Path(__file__).parent / "results"
+DEADLINE_S = 0.25
+
+
+class Load:
+    """Closed-loop callers recording (phase, start, seconds, outcome) for every call."""
+
+    def __init__(self, address: str, users: int, merchants: int):
+        self.address = address
+        self.users, self.merchants = users, merchants
+        self.phase = "warmup"
+        self.records: list[tuple[str, float, float, str]] = []
+        self.issued = 0
+        self.details: dict[tuple[str, str], str] = {}  # first message per phase and code
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def run(self, clients: int) -> None:
+        for i in range(clients):
+            t = threading.Thread(target=self._loop, args=(i,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+        self._threads.clear()
+        self._stop.clear()
+
+    def _loop(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with PredictorClient(self.address, timeout=DEADLINE_S) as client:
+            while not self._stop.is_set():
+                user = int(rng.integers(0, self.users))
+                entities = {"user_id": [user], "merchant_id": [user % self.merchants]}
+                phase, began = self.phase, time.monotonic()
+                with self._lock:
+                    self.issued += 1
+                try:
+                    client.predict("fraud_lgbm", entities, {"amount": [25.0]})
+                    outcome = "OK"
+                except grpc.RpcError as e:
+                    outcome = e.code().name
+                    self.details.setdefault((phase, outcome), e.details())
+                except Exception as e:  # no status at all: counted as lost
+                    outcome = f"LOST:{type(e).__name__}"
+                with self._lock:
+                    self.records.append((phase, began, time.monotonic() - began, outcome))
+
+
+def run(phase_seconds: float, clients: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="augur-faults-"))
+    users, merchants = 2_000, 400
+    server = EmbeddedRedis(
+        data_dir=work / "redis", persist=True, extra_args=("--enable-debug-command", "yes")
+    ).start()
+    process = None
+    try:
+        repo = work / "feature_repo"
+        scaffold(repo, server.address, Scale(users, merchants, 40_000, 30))
+        materialize(repo, server.address, progress=False)
+        train(repo, work / "models", server.address, only=["fraud_lgbm"], progress=False)
+        port = free_port()
+        config = work / "augur.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "feature_repo": str(repo),
+                    "model_repo": str(work / "models"),
+                    "redis": {
+                        "address": server.address,
+                        "breaker_failures": 5,
+                        "breaker_cooldown_ms": 500,
+                    },
+                    "server": {
+                        "port": port,
+                        "metrics_port": 0,
+                        "workers": 8,
+                        "max_in_flight": 16,
+                        "model_queue": 16,
+                    },
+                }
+            )
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        address = f"127.0.0.1:{port}"
+        with PredictorClient(address) as probe:
+            probe.wait_ready(120)
+            while probe.health("fraud_lgbm", timeout=2) != "SERVING":
+                time.sleep(0.2)
+        server_proc = psutil.Process(process.pid)
+        load = Load(address, users, merchants)
+        load.run(clients)
+        time.sleep(1.0)
+        rss_start = server_proc.memory_info().rss
+        faults: dict[str, dict] = {}
+
+        def phase(name: str, seconds: float) -> None:
+            load.phase = name
+            time.sleep(seconds)
+
+        phase("baseline", phase_seconds)
+
+        # Each label switches before its fault, and recovery counts from Redis being back.
+        load.phase = "redis stopped"
+        server.process.send_signal(signal.SIGTERM)  # stopped: saves, exits
+        server.process.wait(10)
+        time.sleep(phase_seconds)
+        server.start()  # same port and folder: its data comes back
+        faults["redis stopped"] = {"ended": time.monotonic()}
+        phase("after restart", phase_seconds)
+
+        load.phase = "redis paused"
+        server.process.send_signal(signal.SIGSTOP)
+        time.sleep(phase_seconds)
+        server.process.send_signal(signal.SIGCONT)
+        faults["redis paused"] = {"ended": time.monotonic()}
+        phase("after pause", phase_seconds)
+
+        slow_until = time.monotonic() + phase_seconds
+        load.phase = "redis slow"
+        sleeper = redis.Redis(host="127.0.0.1", port=server.port)
+        while time.monotonic() < slow_until:  # Redis blocks 200 ms of every 400 ms
+            sleeper.execute_command("DEBUG", "SLEEP", "0.2")
+            time.sleep(0.2)
+        faults["redis slow"] = {"ended": time.monotonic()}
+        phase("after slow", phase_seconds)
+        load.stop()
+
+        load.phase = "3x overload"
+        load.run(clients * 12)  # 48 callers against 16 admitted calls
+        time.sleep(phase_seconds)
+        load.stop()
+        load.phase = "after overload"
+        load.run(clients)
+        time.sleep(phase_seconds)
+        load.stop()
+        rss_end = server_proc.memory_info().rss
+        return _report(load, faults, rss_start, rss_end, clients)
+    finally:
+        if process and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        if server.process and server.process.poll() is None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(load: Load, faults: dict, rss_start: int, rss_end: int, clients: int) -> dict:
+    phases: dict[str, dict] = {}
+    for phase, _, seconds, outcome in load.records:
+        p = phases.setdefault(phase, {"outcomes": Counter(), "ok_ms": []})
+        p["outcomes"][outcome] += 1
+        if outcome == "OK":
+            p["ok_ms"].append(seconds * 1e3)
+    out: dict = {
+        "deadline_ms": DEADLINE_S * 1e3,
+        "clients": clients,
+        "issued": load.issued,
+        "answered": len(load.records),
+        "rss_start_mb": round(rss_start / 2**20, 1),
+        "rss_end_mb": round(rss_end / 2**20, 1),
+        "phases": {},
+    }
+    for name, p in phases.items():
+        if name == "warmup":
+            continue
+        outcomes = p["outcomes"]
+        entry = {
+            "sent": sum(outcomes.values()),
+            "ok": outcomes.get("OK", 0),
+            "codes": {k: v for k, v in outcomes.items() if k != "OK"},
+            "lost": sum(v for k, v in outcomes.items() if k.startswith("LOST")),
+            "p99_ok_ms": round(float(np.percentile(p["ok_ms"], 99)), 2) if p["ok_ms"] else None,
+        }
+        out["phases"][name] = entry
+    for fault, info in faults.items():
+        oks = sorted(b + s for _, b, s, o in load.records if o == "OK" and b + s >= info["ended"])
+        out["phases"][fault]["recovery_ms"] = (
+            round((oks[0] - info["ended"]) * 1e3, 1) if oks else None
+        )
+    out["first_errors"] = {f"{p}: {c}": d for (p, c), d in load.details.items()}
+    out["lost"] = load.issued - len(load.records) + sum(e["lost"] for e in out["phases"].values())
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phase-seconds", type=float, default=4.0)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args(argv)
+    result = run(args.phase_seconds, args.clients)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "faults.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"deadline {result['deadline_ms']:.0f} ms per call, {result['clients']} callers "
+        f"(x12 in overload); server RSS {result['rss_start_mb']} -> "
+        f"{result['rss_end_mb']} MiB; lost: {result['lost']}"
+    )
+    print(f"{'phase':16} {'sent':>6} {'ok':>6} {'p99 ok ms':>9} {'recovery ms':>11}  other codes")
+    for name, e in result["phases"].items():
+        p99 = "-" if e["p99_ok_ms"] is None else f"{e['p99_ok_ms']:.1f}"
+        rec = e.get("recovery_ms")
+        rec = "" if "recovery_ms" not in e else ("-" if rec is None else f"{rec:.0f}")
+        codes = ", ".join(f"{k} {v}" for k, v in sorted(e["codes"].items())) or "-"
+        print(f"{name:16} {e['sent']:>6} {e['ok']:>6} {p99:>9} {rec:>11}  {codes}")
+
+
+if __name__ == "__main__":
+    main()
