@@ -39,9 +39,15 @@ class ServerConfig:
     grace_seconds: float = 10.0  # in-flight requests get this long after SIGTERM
     model_threads: int = 1  # LightGBM / torch threads per call; gRPC threads give parallelism
     watch_interval_s: float = 2.0  # poll the model repository for changes; 0 turns it off
-    admin: bool = True  # serve the Admin service (routing, promote, rollback) on this port
+    admin: bool = True  # serve the Admin service (routing, promote, rollback)
+    admin_host: str = "127.0.0.1"  # with admin_port: Admin listens here only
+    admin_port: int = 0  # 0: Admin shares the gRPC port; else its own listener (same TLS/auth)
     max_in_flight: int = 64  # calls admitted at once; more get RESOURCE_EXHAUSTED at once
     model_queue: int = 32  # calls per model in flight; more get RESOURCE_EXHAUSTED at once
+    # TLS on the gRPC port (Admin shares it): PEM paths, absolute or from the working dir
+    tls_cert: str = ""  # certificate chain; with tls_key set, the port speaks TLS only
+    tls_key: str = ""
+    tls_client_ca: str = ""  # set: clients must show a certificate this CA signed (mTLS)
 
 
 @dataclass
@@ -51,12 +57,21 @@ class LoggingConfig:
 
 
 @dataclass
+class AuthConfig:
+    # Bearer tokens by caller name (`caller: token`, or a list to rotate); none: no auth.
+    tokens_file: str = ""  # YAML file of callers and tokens (keeps secrets out of here)
+    tokens: dict = field(default_factory=dict)  # the same inline, e.g. from AUGUR_AUTH__TOKENS
+    admin_callers: list = field(default_factory=list)  # may call Admin; empty: any caller
+
+
+@dataclass
 class Config:
     feature_repo: Path = Path("examples/fraud/feature_repo")
     model_repo: Path = Path("models")
     redis: RedisConfig = field(default_factory=RedisConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 class ConfigError(ValueError):
@@ -84,6 +99,15 @@ def load(path: Path | str | None = None, environ: typing.Mapping[str, str] = os.
     # Relative paths in a config file are relative to the file, not to the caller's cwd.
     config.feature_repo = (base / config.feature_repo).resolve()
     config.model_repo = (base / config.model_repo).resolve()
+    for section, option in (
+        ("server", "tls_cert"),
+        ("server", "tls_key"),
+        ("server", "tls_client_ca"),
+        ("auth", "tokens_file"),
+    ):
+        value = getattr(getattr(config, section), option)
+        if value:
+            setattr(getattr(config, section), option, str((base / value).resolve()))
     return config
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 from augur.config import Config
@@ -30,6 +31,15 @@ def add_parser(sub) -> None:
         if server:
             v.add_argument(
                 "--server", metavar="HOST:PORT", help="act on this running server's Admin service"
+            )
+            v.add_argument("--tls-ca", help="CA to trust for a TLS server (PEM)")
+            v.add_argument("--tls-cert", help="client certificate for mutual TLS (PEM)")
+            v.add_argument("--tls-key", help="its private key (PEM)")
+            v.add_argument(
+                "--token",
+                default=os.environ.get("AUGUR_TOKEN"),
+                help="bearer token when the server requires one (default: $AUGUR_TOKEN, which "
+                "keeps it out of shell history)",
             )
         return v
 
@@ -196,7 +206,13 @@ def _remote(args) -> int:
 
     from predictor.client import AdminClient
 
-    with AdminClient(args.server) as admin:
+    with AdminClient(
+        args.server,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=args.token,
+    ) as admin:
         try:
             verb = args.verb
             if verb == "status":

@@ -1,10 +1,13 @@
-"""Redis clients for the read path: explicit timeouts and no silent retry loops.
+"""Redis clients for the read path: explicit timeouts, credentials, TLS, no silent retry loops.
 
-Addresses take Feast's form ("host:port,password=...,ssl=true") or a redis:// URL.
+Addresses take Feast's form ("host:port,username=...,password=...,ssl=true,ssl_ca_certs=...")
+or a redis:// / rediss:// URL. The option names are redis-py's, which is what Feast passes
+the same string to, so one address serves Augur, `feast apply` and materialization alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -12,13 +15,55 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 # What makes the store unavailable to a caller: Redis down or slow, or the circuit open.
+# A refused login is a redis.AuthenticationError, a kind of redis.ConnectionError: included.
 UNAVAILABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError)
+
+CERT_REQS = ("required", "optional", "none")
 
 
 @dataclass(frozen=True)
 class RedisTimeouts:
     connect_s: float = 0.25
     read_s: float = 0.5
+
+
+def _flag(name: str, value: str) -> bool:
+    # Feast reads values as JSON: only "true" and "false" mean the same to both readers.
+    if value not in ("true", "false"):
+        raise ValueError(f"Redis address option {name}={value!r}: expected true or false")
+    return value == "true"
+
+
+def _cert_reqs(name: str, value: str) -> str:
+    if value not in CERT_REQS:
+        raise ValueError(
+            f"Redis address option {name}={value!r}: expected one of {', '.join(CERT_REQS)}"
+        )
+    return value
+
+
+def _db(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"Redis address option {name}={value!r}: expected an integer") from None
+
+
+def _text(name: str, value: str) -> str:
+    return value
+
+
+_OPTIONS: dict[str, Callable[[str, str], object]] = {
+    "username": _text,  # an ACL user; without it, password authenticates the default user
+    "password": _text,
+    "db": _db,
+    "ssl": _flag,
+    "ssl_ca_certs": _text,  # PEM bundle of the CA(s) to trust instead of the system's
+    "ssl_certfile": _text,  # client certificate, when Redis asks for one (tls-auth-clients)
+    "ssl_keyfile": _text,
+    "ssl_cert_reqs": _cert_reqs,  # "required" (the default) checks the server certificate
+    "ssl_check_hostname": _flag,
+}
 
 
 def parse_address(address: str) -> dict:
@@ -31,14 +76,15 @@ def parse_address(address: str) -> dict:
     for option in options:
         name, _, value = option.partition("=")
         name = name.strip()
-        if name == "password":
-            kwargs["password"] = value
-        elif name == "username":
-            kwargs["username"] = value
-        elif name == "db":
-            kwargs["db"] = int(value)
-        elif name == "ssl":
-            kwargs["ssl"] = value.lower() == "true"
+        parse = _OPTIONS.get(name)
+        if parse is None:
+            raise ValueError(f"unknown Redis address option {name!r}; known: {', '.join(_OPTIONS)}")
+        kwargs[name] = parse(name, value)
+    tls_options = sorted(n for n in kwargs if n.startswith("ssl_"))
+    if tls_options and not kwargs.get("ssl"):
+        raise ValueError(
+            f"Redis address options {', '.join(tls_options)} need ssl=true (TLS is off without it)"
+        )
     return kwargs
 
 
@@ -52,7 +98,21 @@ def connect(address: str, timeouts: RedisTimeouts = RedisTimeouts()) -> redis.Re
         "retry": Retry(NoBackoff(), 1),
         "retry_on_error": [redis.ConnectionError],
         "health_check_interval": 0,
+        "redis_connect_func": _log_in,
     }
     if "url" in kwargs:
         return redis.Redis.from_url(kwargs["url"], **common)
     return redis.Redis(**kwargs, **common)
+
+
+def _log_in(connection: redis.connection.AbstractConnection) -> None:
+    """redis-py's own handshake (AUTH, HELLO, SELECT), with a refusal that says where and who."""
+    try:
+        connection.on_connect()
+    except redis.AuthenticationError as e:
+        user = getattr(connection, "username", None) or "default"
+        where = f"{getattr(connection, 'host', '?')}:{getattr(connection, 'port', '?')}"
+        raise redis.AuthenticationError(
+            f"Redis at {where} refused user {user!r}: {e} "
+            "(check username= and password= in redis.address)"
+        ) from None

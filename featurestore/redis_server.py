@@ -84,7 +84,15 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2)
+        args_list = list(self.extra_args)
+        password = (
+            args_list[args_list.index("--requirepass") + 1]
+            if "--requirepass" in args_list
+            else None
+        )
+        client = redis.Redis(
+            host=self.host, port=self.port, password=password, socket_connect_timeout=0.2
+        )
         deadline = time.monotonic() + timeout_s
         while True:
             try:

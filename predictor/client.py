@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from predictor import security
 from predictor.codec import encode_entities
 from proto.augur.v1 import admin_pb2, admin_pb2_grpc
 from proto.augur.v1 import predictor_pb2 as pb
@@ -32,10 +34,25 @@ class Prediction:
 
 
 class PredictorClient:
-    def __init__(self, address: str, timeout: float = 2.0):
+    """Plaintext by default; TLS with `tls` or tls_ca (the CA to trust), mutual TLS with
+    tls_cert + tls_key, and `authorization: Bearer <token>` on every call with `token`."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 2.0,
+        *,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
+    ):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address)
+        self.channel = security.client_channel(
+            address, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token
+        )
         self.stub = pb_grpc.PredictorStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
@@ -126,8 +143,21 @@ def _prediction(reply: pb.PredictResponse) -> Prediction:
 class AdminClient:
     """The operator API of a running server (Admin service)."""
 
-    def __init__(self, address: str, timeout: float = 60.0):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 60.0,
+        *,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
+    ):
+        # The same TLS and token options as PredictorClient: Admin shares the port.
+        self.channel = security.client_channel(
+            address, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token
+        )
         self.stub = admin_pb2_grpc.AdminStub(self.channel)
         self.timeout = timeout
 

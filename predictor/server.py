@@ -23,7 +23,7 @@ from featurestore.breaker import CircuitBreaker
 from featurestore.connection import RedisTimeouts, connect
 from featurestore.reader import OnlineReader
 from featurestore.repo import build_plans, open_store
-from predictor import metrics
+from predictor import metrics, security
 from predictor.admin import AdminServicer
 from predictor.lifecycle import ModelManager
 from predictor.repository import ModelRepository
@@ -45,12 +45,34 @@ class RunningServer:
     manager: ModelManager
     port: int
     grace_seconds: float
+    admin_server: grpc.Server | None = None  # when Admin has a listener of its own
+    admin_port: int = 0
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
         self.health.enter_graceful_shutdown()
         self.manager.stop()
+        if self.admin_server is not None:
+            self.admin_server.stop(1.0)
         self.server.stop(self.grace_seconds).wait()
+
+
+def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server, int]:
+    """Admin on its own address (e.g. an internal interface), with the same TLS and tokens."""
+    admin = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="augur-admin"),
+        interceptors=security.interceptors(config.auth),
+    )
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(manager), admin)
+    reflection.enable_server_reflection(
+        (admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name, reflection.SERVICE_NAME), admin
+    )
+    address = f"{config.server.admin_host}:{config.server.admin_port}"
+    port = security.bind(admin, config, address)
+    if not port:
+        raise RuntimeError(f"cannot listen on {address} (server.admin_host/admin_port)")
+    admin.start()
+    return admin, port
 
 
 def start(config: Config) -> RunningServer:
@@ -100,6 +122,8 @@ def start(config: Config) -> RunningServer:
         # Beyond this many calls in progress gRPC answers RESOURCE_EXHAUSTED at once, so an
         # overload cannot grow an unbounded queue (and memory) inside the server.
         maximum_concurrent_rpcs=config.server.max_in_flight,
+        # Bearer-token auth when auth.* names callers (health and reflection stay open).
+        interceptors=security.interceptors(config.auth),
     )
     pb_grpc.add_PredictorServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -109,11 +133,14 @@ def start(config: Config) -> RunningServer:
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     ]
-    if config.server.admin:
+    admin_server, admin_port = None, 0
+    if config.server.admin and not config.server.admin_port:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(manager), server)
         services.append(admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
+    elif config.server.admin:
+        admin_server, admin_port = _admin_listener(config, manager)
     reflection.enable_server_reflection(services, server)
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    port = security.bind(server, config)  # TLS / mutual TLS when server.tls_* are set
     if not port:
         raise RuntimeError(f"cannot listen on {config.server.host}:{config.server.port}")
     # Everything alive now (Feast, torch, models, plans) lives as long as the process: move
@@ -131,7 +158,14 @@ def start(config: Config) -> RunningServer:
         or "none",
     )
     return RunningServer(
-        server, health_servicer, servicer, manager, port, config.server.grace_seconds
+        server,
+        health_servicer,
+        servicer,
+        manager,
+        port,
+        config.server.grace_seconds,
+        admin_server,
+        admin_port,
     )
 
 
