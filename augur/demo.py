@@ -130,21 +130,12 @@ def _start_server(stack: ExitStack, workdir: Path, repo: Path, redis_address: st
     from predictor.client import PredictorClient
 
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
     with PredictorClient(address) as client:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the predictor exited (code {process.returncode}); "
-                    f"see {workdir / 'server.log'}"
-                )
-            try:
-                if all(client.health(m, timeout=1) == "SERVING" for m in MODELS):
-                    return address, metrics_port
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.2)
+        try:
+            client.wait_serving(MODELS, 120, process)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}; see {workdir / 'server.log'}") from None
+    return address, metrics_port
 
 
 def _predictions(address: str, repo: Path) -> None:

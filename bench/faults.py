@@ -130,9 +130,7 @@ def run(phase_seconds: float, clients: int) -> dict:
         )
         address = f"127.0.0.1:{port}"
         with PredictorClient(address) as probe:
-            probe.wait_ready(120)
-            while probe.health("fraud_lgbm", timeout=2) != "SERVING":
-                time.sleep(0.2)
+            probe.wait_serving(["fraud_lgbm"], 120, process)
         server_proc = psutil.Process(process.pid)
         load = Load(address, users, merchants)
         load.run(clients)

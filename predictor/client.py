@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,26 @@ class PredictorClient:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def wait_serving(
+        self, models: Sequence[str], timeout: float = 120.0, process: subprocess.Popen | None = None
+    ) -> None:
+        """Block until health reports every model SERVING; fail early if `process` (the
+        server, when we started it) exits, and with TimeoutError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {process.returncode}")
+            try:
+                if all(self.health(m, timeout=1) == "SERVING" for m in models):
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet, or still loading
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{', '.join(models)} not SERVING on {self.address} after {timeout:.0f}s"
+                )
+            time.sleep(0.2)
 
     def close(self) -> None:
         self.channel.close()

@@ -39,15 +39,7 @@ def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
     )
     try:
         with PredictorClient(f"127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    if client.health("fraud_mlp", timeout=1) == "SERVING":
-                        break
-                except Exception:
-                    assert process.poll() is None, process.stdout.read().decode()
-                    assert time.monotonic() < deadline
-                    time.sleep(0.2)
+            client.wait_serving(["fraud_mlp"], 90, process)
 
             rng = np.random.default_rng(0)
             n = 10_000
