@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from featurestore.plan_cache import refresh_cache
 from featurestore.repo import open_store
 
 
@@ -47,4 +48,5 @@ def materialize(
         else:
             store.materialize(start_date=start, end_date=end, feature_views=[name])
         spent[name] = time.perf_counter() - began
+    refresh_cache(store)  # the registry changed (materialization intervals): keep plans current
     return spent

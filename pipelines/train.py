@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from featurestore.plan_cache import refresh_cache
 from featurestore.repo import build_plan, open_store
 from pipelines.training_set import TrainingSet, auc, build_training_set
 from predictor.repository import ModelRepository, ModelSpec, ModelVersion
@@ -97,6 +98,7 @@ def train(
             f"no model named {', '.join(sorted(unknown))} in models.yaml; "
             f"declared: {', '.join(m.name for m in plan.models)}"
         )
+    refresh_cache(store)  # servers starting after training read plans without Feast
     sets: dict[tuple, TrainingSet] = {}
     results = []
     for model in chosen:

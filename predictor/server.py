@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from augur.config import Config
 from featurestore.breaker import CircuitBreaker
 from featurestore.connection import RedisTimeouts, connect
+from featurestore.plan_cache import load_plans
 from featurestore.reader import OnlineReader
-from featurestore.repo import build_plans, open_store
 from predictor import metrics, security
 from predictor.admin import AdminServicer
 from predictor.lifecycle import ModelManager
@@ -76,8 +76,7 @@ def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server,
 
 
 def start(config: Config) -> RunningServer:
-    store = open_store(config.feature_repo, config.redis.address)
-    plans = build_plans(store)
+    plans = load_plans(config.feature_repo, config.redis.address)  # no Feast import if cached
     repo = ModelRepository(config.model_repo)
     health_servicer = health.HealthServicer()
 
