@@ -165,10 +165,15 @@ def _demo(args, _cfg) -> int:
     return run_demo(args.workdir, DemoScale(args.users, args.merchants, args.transactions))
 
 
-def _serve(args, cfg) -> None:
+def _serve(args, cfg) -> int:
+    if cfg.server.processes > 1:
+        from predictor.supervisor import serve_many
+
+        return serve_many(cfg, args.config)
     from predictor.server import serve
 
     serve(cfg)
+    return 0
 
 
 def _materialize(args, cfg) -> None:

@@ -79,7 +79,9 @@ FEATURE_AGE = Histogram(
 MODEL_LOADS = Counter(
     "augur_model_loads_total", "Model load attempts by outcome", ["model", "version", "outcome"]
 )
-MODELS_SERVING = Gauge("augur_models_serving", "Models loaded and taking traffic")
+MODELS_SERVING = Gauge(
+    "augur_models_serving", "Models loaded and taking traffic", multiprocess_mode="max"
+)
 
 
 def start(host: str, port: int) -> None:
@@ -139,4 +141,8 @@ DEGRADED = Counter(
 STORE_ERRORS = Counter(
     "augur_feature_store_errors_total", "Failed online store reads, by kind", ["kind"]
 )
-BREAKER_OPEN = Gauge("augur_feature_store_circuit_open", "1 while the circuit to Redis is open")
+BREAKER_OPEN = Gauge(
+    "augur_feature_store_circuit_open",
+    "1 while the circuit to Redis is open",
+    multiprocess_mode="max",
+)

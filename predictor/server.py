@@ -116,7 +116,9 @@ def start(config: Config) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
+            # Off unless this is one of several processes meant to share the port: then
+            # a second server started by mistake on a used port fails instead of splitting it.
+            ("grpc.so_reuseport", int(config.server.reuse_port)),
         ],
         # Beyond this many calls in progress gRPC answers RESOURCE_EXHAUSTED at once, so an
         # overload cannot grow an unbounded queue (and memory) inside the server.

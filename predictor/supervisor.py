@@ -1,0 +1,98 @@
+"""Several server processes on one port: SO_REUSEPORT spreads connections over them.
+
+Python serves one request at a time per process (the GIL), so one process per core is
+how a replica uses its cores. This supervisor starts `server.processes` children sharing
+the gRPC port, serves their metrics aggregated (Prometheus multiprocess mode) on the
+metrics port, forwards SIGTERM so each child drains, and exits when they have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from augur.config import Config
+
+log = logging.getLogger(__name__)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def serve_many(config: Config, config_path: Path | None) -> int:
+    own_dir = MULTIPROC_ENV not in os.environ
+    metrics_dir = Path(os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="augur-metrics-"))
+    for stale in metrics_dir.glob("*.db"):  # counters of an earlier run must not add up
+        stale.unlink()
+    env = {
+        **os.environ,
+        MULTIPROC_ENV: str(metrics_dir),
+        "AUGUR_SERVER__PROCESSES": "1",
+        "AUGUR_SERVER__REUSE_PORT": "true",
+        "AUGUR_SERVER__METRICS_PORT": "0",
+    }
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)  # before prometheus_client is imported here
+    _serve_metrics(config)
+
+    command = [sys.executable, "-m", "augur.cli", "serve"]
+    if config_path is not None:
+        command += ["--config", str(config_path)]
+    children = [subprocess.Popen(command, env=env) for _ in range(config.server.processes)]
+    log.info(
+        "started %d server processes on port %d: pids %s",
+        len(children),
+        config.server.port,
+        ", ".join(str(c.pid) for c in children),
+    )
+
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    code = 0
+    try:
+        while any(c.poll() is None for c in children):
+            for child in children:
+                if child.poll() is not None and child.returncode != 0 and not stopping.is_set():
+                    # A replica with a dead process would serve at reduced capacity unseen:
+                    # end it all, and let the orchestrator restart the replica.
+                    log.error(
+                        "server process %d exited with %d; stopping the others",
+                        child.pid,
+                        child.returncode,
+                    )
+                    code = 1
+                    stop()
+            time.sleep(0.2)
+    finally:
+        from prometheus_client import multiprocess
+
+        for child in children:
+            multiprocess.mark_process_dead(child.pid)
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return code or max((c.returncode or 0) for c in children)
+
+
+def _serve_metrics(config: Config) -> None:
+    if not config.server.metrics_port:
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(
+        config.server.metrics_port, addr=config.server.metrics_host, registry=registry
+    )

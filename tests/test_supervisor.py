@@ -1,0 +1,86 @@
+"""`server.processes: 2`: two server processes share one port, metrics add up across them."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import yaml
+from prometheus_client.mmap_dict import MmapedDict
+
+from featurestore.redis_server import free_port
+from predictor.client import PredictorClient
+
+
+def _requests_in(db: Path) -> float:
+    return sum(
+        value
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(db))
+        if '"augur_requests_total"' in key and '"Predict"' in key
+    )
+
+
+def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_repo, tmp_path):
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "augur.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "feature_repo": str(fraud_repo.path),
+                "model_repo": str(model_repo),
+                "redis": {"address": fraud_repo.address},
+                "server": {"port": port, "metrics_port": metrics_port, "processes": 2},
+            }
+        )
+    )
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    calls = 0
+    try:
+        with PredictorClient(f"127.0.0.1:{port}") as probe:
+            probe.wait_serving(["fraud_lgbm"], 120, parent)
+        for i in range(16):  # separate connections: the kernel spreads them over processes
+            with PredictorClient(f"127.0.0.1:{port}") as client:
+                for _ in range(5):
+                    answer = client.predict(
+                        "fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [10.0]}
+                    )
+                    assert answer.scores.shape == (1, 1)
+                    calls += 1
+        per_process = {db.name: _requests_in(db) for db in metrics_dir.glob("counter_*.db")}
+        served_by = [name for name, n in per_process.items() if n > 0]
+        assert len(served_by) == 2, per_process  # both processes took traffic
+        assert sum(per_process.values()) == calls
+
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
+        total = sum(
+            float(m)
+            for m in re.findall(
+                r'^augur_requests_total\{[^}]*code="OK"[^}]*method="Predict"[^}]*\} (\S+)$',
+                text,
+                re.M,
+            )
+        )
+        assert total == calls  # the parent serves the sum over its children
+
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    output = parent.stdout.read().decode()
+    assert output.count("draining in-flight calls") == 2, output
