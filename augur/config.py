@@ -25,6 +25,8 @@ class RedisConfig:
     read_timeout_ms: int = 500  # upper bound; a call's remaining deadline lowers it
     breaker_failures: int = 5  # consecutive failures that open the circuit to Redis
     breaker_cooldown_ms: int = 1000  # open this long, then one probe call tests Redis
+    row_cache_entries: int = 0  # process-level cache of hot entities' rows; 0 turns it off
+    row_cache_ttl_ms: int = 50  # a cached row is served at most this long after its read
 
 
 @dataclass

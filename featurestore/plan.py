@@ -44,11 +44,13 @@ class KeyGroup:
     views: tuple[ViewRead, ...]
     columns: tuple[int, ...]  # plan column of each feature, views in order
     fields: tuple[bytes, ...] = field(init=False)  # all feature fields, then one _ts per view
+    cache_id: int = field(init=False)  # names this field set in the row cache
 
     def __post_init__(self) -> None:
         fields = [feature_field(v.name, f.name) for v in self.views for f in v.features]
         fields += [timestamp_field(v.name) for v in self.views]
         object.__setattr__(self, "fields", tuple(fields))
+        object.__setattr__(self, "cache_id", hash(self.fields))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import redis
 
 from featurestore.keys import KeyEncoder
 from featurestore.plan import KeyGroup, ReadPlan
+from featurestore.row_cache import RowCache
 from featurestore.values import decode_number, decode_timestamp
 
 
@@ -28,7 +29,8 @@ class FeatureRows:
     missing: np.ndarray  # int32 (n,): features with no value (absent, null, or past TTL)
     stale: np.ndarray  # int32 (n,): of those, how many had a value older than its view's TTL
     event_ts: np.ndarray  # float64 (n, views): the view's event time, NaN when absent
-    distinct_keys: int  # Redis keys read, after deduplication
+    distinct_keys: int  # distinct entity keys needed, after deduplication
+    cache_hits: int = 0  # of those, served from the process-level row cache
 
     @classmethod
     def unavailable(cls, plan: ReadPlan, n: int) -> FeatureRows:
@@ -62,10 +64,16 @@ class EntityError(ValueError):
 
 
 class OnlineReader:
-    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        client: redis.Redis,
+        clock: Callable[[], float] = time.time,
+        cache: RowCache | None = None,
+    ):
         self._client = client
         self._clock = clock
         self._encoders: dict[tuple, KeyEncoder] = {}
+        self.cache = cache
 
     def read(
         self,
@@ -79,10 +87,12 @@ class OnlineReader:
         remaining deadline), else the client's configured socket timeout applies."""
         n = _row_count(plan, entities)
         work = [self._keys(plan, g, entities, n) for g in plan.groups]
+        cached = [self._cached(g, keys) for g, (keys, _) in zip(plan.groups, work, strict=True)]
         commands = [
             ("HMGET", key, *group.fields)
-            for group, (keys, _) in zip(plan.groups, work, strict=True)
-            for key in keys
+            for group, (keys, _), hits in zip(plan.groups, work, cached, strict=True)
+            for key, hit in zip(keys, hits, strict=True)
+            if hit is None
         ]
         replies = self._round_trip(commands, timeout_s) if commands else []
 
@@ -93,10 +103,18 @@ class OnlineReader:
         event_ts = np.full((n, len(plan.views)), np.nan)
         view_index = {v.name: i for i, v in enumerate(plan.views)}
         offset = 0
-        for group, (keys, inverse) in zip(plan.groups, work, strict=True):
-            group_replies = replies[offset : offset + len(keys)]
-            offset += len(keys)
-            vals, ts, stale = _decode_group(group, group_replies, now, enforce_ttl)
+        hits = 0
+        for group, (keys, inverse), found in zip(plan.groups, work, cached, strict=True):
+            missing = sum(1 for f in found if f is None)
+            vals, ts = _decode_replies(group, replies[offset : offset + missing])
+            offset += missing
+            if len(found) != missing:  # merge cache hits and fresh reads in key order
+                vals, ts = self._merge(group, keys, found, vals, ts)
+                hits += len(found) - missing
+            elif self.cache is not None:
+                for i, key in enumerate(keys):
+                    self.cache.put((group.cache_id, key), vals[i].copy(), ts[i].copy())
+            stale = _expire(group, vals, ts, now) if enforce_ttl else np.zeros(vals.shape, bool)
             cols = np.asarray(group.columns)
             values[:, cols] = vals[inverse]
             stale_mask[:, cols] = stale[inverse]
@@ -113,7 +131,26 @@ class OnlineReader:
             stale_mask.sum(1, dtype=np.int32),
             event_ts,
             sum(len(k) for k, _ in work),
+            hits,
         )
+
+    def _cached(self, group: KeyGroup, keys: list[bytes]) -> list:
+        if self.cache is None:
+            return [None] * len(keys)
+        return [self.cache.get((group.cache_id, key)) for key in keys]
+
+    def _merge(self, group, keys, found, fresh_vals, fresh_ts):
+        vals = np.empty((len(keys), fresh_vals.shape[1]), np.float32)
+        ts = np.empty((len(keys), fresh_ts.shape[1]), np.float64)
+        j = 0
+        for i, (key, hit) in enumerate(zip(keys, found, strict=True)):
+            if hit is None:
+                vals[i], ts[i] = fresh_vals[j], fresh_ts[j]
+                self.cache.put((group.cache_id, key), fresh_vals[j].copy(), fresh_ts[j].copy())
+                j += 1
+            else:
+                vals[i], ts[i] = hit
+        return vals, ts
 
     def _round_trip(self, commands: list[tuple], timeout_s: float | None) -> list:
         """Send every command at once on one pooled connection, read every reply.
@@ -161,9 +198,7 @@ class OnlineReader:
         return [encoder.key(k) for k in index], inverse
 
 
-def _decode_group(
-    group: KeyGroup, replies: list, now: float, enforce_ttl: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode_replies(group: KeyGroup, replies: list) -> tuple[np.ndarray, np.ndarray]:
     n_views = len(group.views)
     n_feat = len(group.fields) - n_views
     vals = np.array(
@@ -172,18 +207,22 @@ def _decode_group(
     ts = np.array(
         [[decode_timestamp(raw) for raw in reply[n_feat:]] for reply in replies], np.float64
     ).reshape(len(replies), n_views)
+    return vals, ts
+
+
+def _expire(group: KeyGroup, vals: np.ndarray, ts: np.ndarray, now: float) -> np.ndarray:
+    """Blank values older than their view's TTL (in place); the mask of those blanked."""
     stale = np.zeros(vals.shape, bool)
-    if enforce_ttl:
-        start = 0
-        for j, view in enumerate(group.views):
-            width = len(view.features)
-            if view.ttl_seconds > 0:
-                expired = (now - ts[:, j]) > view.ttl_seconds
-                block = vals[:, start : start + width]
-                stale[:, start : start + width] = expired[:, None] & ~np.isnan(block)
-                block[expired] = np.nan
-            start += width
-    return vals, ts, stale
+    start = 0
+    for j, view in enumerate(group.views):
+        width = len(view.features)
+        if view.ttl_seconds > 0:
+            expired = (now - ts[:, j]) > view.ttl_seconds
+            block = vals[:, start : start + width]
+            stale[:, start : start + width] = expired[:, None] & ~np.isnan(block)
+            block[expired] = np.nan
+        start += width
+    return stale
 
 
 def _row_count(plan: ReadPlan, entities: Mapping[str, Sequence]) -> int:

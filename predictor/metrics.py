@@ -146,3 +146,8 @@ BREAKER_OPEN = Gauge(
     "1 while the circuit to Redis is open",
     multiprocess_mode="max",
 )
+ROW_CACHE = Counter(
+    "augur_row_cache_lookups_total",
+    "Entity rows looked up in the process-level row cache (when on), by outcome",
+    ["outcome"],
+)

@@ -23,6 +23,7 @@ from featurestore.breaker import CircuitBreaker
 from featurestore.connection import RedisTimeouts, connect
 from featurestore.plan_cache import load_plans
 from featurestore.reader import OnlineReader
+from featurestore.row_cache import RowCache
 from predictor import metrics, security
 from predictor.admin import AdminServicer
 from predictor.lifecycle import ModelManager
@@ -97,7 +98,10 @@ def start(config: Config) -> RunningServer:
     timeouts = RedisTimeouts(
         config.redis.connect_timeout_ms / 1000, config.redis.read_timeout_ms / 1000
     )
-    reader = OnlineReader(connect(config.redis.address, timeouts))
+    cache = None
+    if config.redis.row_cache_entries > 0:
+        cache = RowCache(config.redis.row_cache_entries, config.redis.row_cache_ttl_ms)
+    reader = OnlineReader(connect(config.redis.address, timeouts), cache=cache)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
     servicer = PredictorServicer(
         manager,

@@ -185,6 +185,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 self.breaker.failed()
                 raise
             self.breaker.succeeded()
+            if self.reader.cache is not None:
+                metrics.ROW_CACHE.labels("hit").inc(rows.cache_hits)
+                metrics.ROW_CACHE.labels("miss").inc(rows.distinct_keys - rows.cache_hits)
             return rows, False
         except UNAVAILABLE_ERRORS as e:
             kind = "circuit_open" if isinstance(e, CircuitOpenError) else type(e).__name__
