@@ -151,3 +151,15 @@ ROW_CACHE = Counter(
     "Entity rows looked up in the process-level row cache (when on), by outcome",
     ["outcome"],
 )
+BATCH_ROWS = Histogram(
+    "augur_batch_rows",
+    "Rows per dynamic batch (one feature read and one model call)",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+BATCH_CALLS = Histogram(
+    "augur_batch_calls",
+    "Calls merged into one dynamic batch",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)

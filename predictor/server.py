@@ -110,6 +110,8 @@ def start(config: Config) -> RunningServer:
         config.server.max_rows,
         breaker=breaker,
         model_queue=config.server.model_queue,
+        batch_max_rows=config.server.batch_max_rows,
+        batch_max_delay_us=config.server.batch_max_delay_us,
     )
 
     limit = config.server.max_message_bytes

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -16,9 +17,11 @@ from featurestore.connection import UNAVAILABLE_ERRORS
 from featurestore.plan import ReadPlan
 from featurestore.reader import FeatureRows, OnlineReader
 from predictor import metrics
+from predictor.batcher import Batcher, Call
 from predictor.codec import decode_entities, decode_request_features, feature_status
 from predictor.errors import RequestError, deadline_exceeded, invalid, not_found, shown
 from predictor.lifecycle import ModelManager
+from predictor.models import ServingModel
 from predictor.repository import ModelSpec
 from predictor.routing import Route
 from predictor.shadow import ShadowScorer
@@ -26,6 +29,30 @@ from proto.augur.v1 import predictor_pb2 as pb
 from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What scoring produced for a set of rows: one call's, or a batch's before it splits."""
+
+    rows: FeatureRows
+    batch: np.ndarray  # the model's inputs
+    scores: np.ndarray
+    row_versions: list[str]
+    degraded: bool
+
+    @property
+    def versions(self) -> list[str]:
+        return sorted(set(self.row_versions))
+
+    def part(self, rows: slice) -> Scored:
+        return Scored(
+            self.rows.take(rows),
+            self.batch[rows],
+            self.scores[rows],
+            self.row_versions[rows],
+            self.degraded,
+        )
 
 
 class PredictorServicer(pb_grpc.PredictorServicer):
@@ -38,6 +65,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         shadow: ShadowScorer | None = None,
         breaker: CircuitBreaker | None = None,
         model_queue: int = 32,
+        batch_max_rows: int = 0,
+        batch_max_delay_us: int = 500,
     ):
         self.manager = manager
         self.plans = dict(plans)
@@ -47,6 +76,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self.breaker = breaker or CircuitBreaker()
         self.model_queue = model_queue
         self._queues: dict[str, threading.BoundedSemaphore] = {}
+        self.batch_max_rows = batch_max_rows  # 0: each call is scored on its own
+        self.batch_max_delay_s = batch_max_delay_us / 1e6
+        self._batchers: dict[str, Batcher] = {}
+        self._batchers_lock = threading.Lock()
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
         route = self.manager.route(request.model)
@@ -94,7 +127,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 f"model {shown(request.model)!r} is not served here; serving: "
                 f"{', '.join(sorted(self.manager.routes)) or 'none'}"
             )
-        model, canary_mask = route.stable, None
+        model = route.stable
         if request.version:
             model = route.named(request.version)
             if model is None:
@@ -107,34 +140,72 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         owner = f"model {route.name}"
         entities, n = decode_entities(request.entities, model.plan, self.max_rows, owner)
         extra = decode_request_features(request.request_features, spec.request_features, n, owner)
-        if not request.version:
-            canary_mask = route.canary_rows(entities)
         _check_deadline(context, route.name, "features")
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        batcher = self._batcher(route) if not request.version else None
+        if batcher is not None:
+            scored = batcher.submit(Call(entities, extra, n, deadline, route))
+        else:
+            mask = route.canary_rows(entities) if not request.version else None
+            scored = self._score(route, model, entities, extra, mask, deadline)
+        answered.extend(scored.versions)
 
+        response = pb.PredictResponse(
+            model=route.name,
+            version=scored.versions[0] if len(scored.versions) == 1 else "",
+            rows=n,
+            outputs=scored.scores.shape[1],
+            scores=scored.scores.ravel().tolist(),
+            degraded=scored.degraded,
+        )
+        if len(scored.versions) > 1:
+            response.row_versions.extend(scored.row_versions)
+        options = request.options
+        rows = scored.rows
+        if options.return_feature_status:
+            present = len(model.plan.columns) - rows.missing
+            response.feature_status.extend(feature_status(present, rows.missing, rows.stale))
+        if options.return_features:
+            response.features.names.extend(model.version.features)
+            response.features.values.extend(scored.batch.ravel().tolist())
+        return response
+
+    def _score(
+        self,
+        route: Route,
+        model: ServingModel,
+        entities: Mapping[str, list],
+        extra: Mapping[str, np.ndarray],
+        canary_mask: np.ndarray | None,
+        deadline: float | None,
+    ) -> Scored:
+        """Read, assemble and score rows (one call's, or a batch's): the request path."""
+        spec = model.version.spec
+        name = route.name
         t0 = time.perf_counter()
-        rows, degraded = self._features(model.plan, entities, context, spec)
+        rows, degraded = self._features(model.plan, entities, deadline, spec)
         t1 = time.perf_counter()
-        _check_deadline(context, route.name, "inference")
+        if deadline is not None and time.monotonic() > deadline:
+            metrics.DEADLINE_DROPPED.labels(name, "inference").inc()
+            raise deadline_exceeded("deadline passed before the inference stage")
         batch = model.assemble(rows, extra)
         t2 = time.perf_counter()
         if canary_mask is None or not canary_mask.any():
             scores = model.runtime.predict(batch)
-            row_versions = None
-            answered.append(model.version.version)
+            row_versions = [model.version.version] * len(batch)
             if canary_mask is not None and route.guard is not None:
                 route.guard.record_stable(scores)  # the reference for the canary's drift
         else:
             scores, row_versions = self._split(route, rows, extra, batch, canary_mask)
-            answered.extend(sorted(set(row_versions)))
         t3 = time.perf_counter()
 
-        name = route.name
         metrics.STAGE.labels(name, "features").observe(t1 - t0)
         metrics.STAGE.labels(name, "assemble").observe(t2 - t1)
         metrics.STAGE.labels(name, "inference").observe(t3 - t2)
-        metrics.ROWS.labels("Predict", name).inc(n)
+        metrics.ROWS.labels("Predict", name).inc(len(batch))
         _count_features(name, model.plan, rows)
-        if route.shadow is not None and not request.version and not degraded:
+        if route.shadow is not None and model is route.stable and not degraded:
             self.shadow.submit(
                 name,
                 model.version.version,
@@ -144,39 +215,62 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 extra,
                 scores,
             )
+        return Scored(rows, batch, scores, row_versions, degraded)
 
-        response = pb.PredictResponse(
-            model=name,
-            version=answered[0] if len(answered) == 1 else "",
-            rows=n,
-            outputs=scores.shape[1],
-            scores=scores.ravel().tolist(),
-            degraded=degraded,
-        )
-        if row_versions is not None and len(answered) > 1:
-            response.row_versions.extend(row_versions)
-        options = request.options
-        if options.return_feature_status:
-            present = len(model.plan.columns) - rows.missing
-            response.feature_status.extend(feature_status(present, rows.missing, rows.stale))
-        if options.return_features:
-            response.features.names.extend(model.version.features)
-            response.features.values.extend(batch.ravel().tolist())
-        return response
+    def _batcher(self, route: Route) -> Batcher | None:
+        if self.batch_max_rows <= 0:
+            return None
+        batcher = self._batchers.get(route.name)
+        if batcher is None:
+            with self._batchers_lock:
+                batcher = self._batchers.get(route.name)
+                if batcher is None:
+                    batcher = Batcher(
+                        route.name, self._score_calls, self.batch_max_rows, self.batch_max_delay_s
+                    )
+                    self._batchers[route.name] = batcher
+        return batcher
+
+    def _score_calls(self, calls: list[Call]) -> None:
+        """One batch: calls routed alike share one read and one model call, then split."""
+        groups: dict[int, list[Call]] = {}
+        for call in calls:
+            groups.setdefault(id(call.route), []).append(call)
+        for group in groups.values():
+            route = group[0].route
+            keys = group[0].entities.keys()
+            entities = {k: [v for c in group for v in c.entities[k]] for k in keys}
+            extra = {k: np.concatenate([c.extra[k] for c in group]) for k in group[0].extra}
+            deadlines = [c.deadline for c in group]
+            deadline = None if None in deadlines else max(deadlines)
+            try:
+                scored = self._score(
+                    route, route.stable, entities, extra, route.canary_rows(entities), deadline
+                )
+            except BaseException as e:
+                for call in group:
+                    call.error = e
+                continue
+            metrics.BATCH_ROWS.labels(route.name).observe(len(scored.batch))
+            metrics.BATCH_CALLS.labels(route.name).observe(len(group))
+            start = 0
+            for call in group:
+                part = slice(start, start + call.rows)
+                start += call.rows
+                call.result = scored.part(part)
 
     def _features(
         self,
         plan: ReadPlan,
         entities: Mapping[str, list],
-        context: grpc.ServicerContext,
+        deadline: float | None,
         spec: ModelSpec | None,
     ) -> tuple[FeatureRows, bool]:
         """Read features within the call's deadline, through the circuit breaker. On failure:
         UNAVAILABLE, or declared defaults (flagged degraded) where the model's policy says so."""
-        remaining = context.time_remaining()
         # Keep a fifth of what is left for scoring and answering: a reply after the caller's
         # deadline is wasted work, an UNAVAILABLE before it lets the caller fall back.
-        budget = None if remaining is None else remaining * 0.8
+        budget = None if deadline is None else max(deadline - time.monotonic(), 0.0) * 0.8
         try:
             self.breaker.before_call()
             try:
@@ -282,7 +376,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             request.entities, plan, self.max_rows, f"feature service {plan.service}"
         )
         _check_deadline(context, plan.service, "features")
-        rows, _ = self._features(plan, entities, context, None)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        rows, _ = self._features(plan, entities, deadline, None)
         metrics.ROWS.labels("GetOnlineFeatures", plan.service).inc(n)
         present = len(plan.columns) - rows.missing
         return pb.GetOnlineFeaturesResponse(

@@ -1,0 +1,59 @@
+"""Dynamic batching: concurrent calls merge into shared reads and model calls, and every
+caller gets exactly the answer it would have got alone."""
+
+import threading
+
+import numpy as np
+from prometheus_client import REGISTRY
+
+from predictor.client import PredictorClient
+from predictor.server import start
+from tests.conftest import server_config
+
+
+def _sample(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_concurrent_calls_share_batches_and_get_their_own_answers(fraud_repo, model_repo, client):
+    config = server_config(fraud_repo, model_repo)
+    config.server.batch_max_rows = 64
+    config.server.batch_max_delay_us = 3_000
+    running = start(config)
+    calls_before = _sample("augur_batch_calls_sum", model="fraud_mlp")
+    batches_before = _sample("augur_batch_calls_count", model="fraud_mlp")
+    requests = [
+        (
+            {"user_id": [i, i + 1], "merchant_id": [i % 80, (i + 7) % 80]},
+            {"amount": [float(i), 3.5]},
+        )
+        for i in range(0, 240, 2)
+    ]
+    answers: dict[int, np.ndarray] = {}
+    failures: list[str] = []
+
+    def caller(worker: int) -> None:
+        with PredictorClient(f"127.0.0.1:{running.port}", timeout=10) as own:
+            for k in range(worker, len(requests), 8):
+                try:
+                    answers[k] = own.predict("fraud_mlp", *requests[k]).scores
+                except Exception as e:
+                    failures.append(repr(e))
+
+    try:
+        threads = [threading.Thread(target=caller, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        running.stop()
+
+    assert failures == [] and len(answers) == len(requests)
+    for k, (entities, amounts) in enumerate(requests):  # the unbatched server's answers
+        alone = client.predict("fraud_mlp", entities, amounts).scores
+        np.testing.assert_allclose(answers[k], alone, rtol=1e-6, atol=1e-7)
+    calls = _sample("augur_batch_calls_sum", model="fraud_mlp") - calls_before
+    batches = _sample("augur_batch_calls_count", model="fraud_mlp") - batches_before
+    assert calls == len(requests)
+    assert batches < calls  # some calls shared a batch
