@@ -59,3 +59,25 @@ def test_timestamps_match_protobuf(seconds):
 
 def test_missing_timestamp_is_nan():
     assert math.isnan(decode_timestamp(None))
+
+
+def test_column_decoding_equals_value_decoding():
+    import numpy as np
+
+    from featurestore.values import decode_column
+
+    rng = np.random.default_rng(3)
+    raws = [None, b"", Value().SerializeToString(), Value(string_val="x").SerializeToString()]
+    for v in rng.normal(size=50) * 1e6:
+        raws.append(Value(double_val=float(v)).SerializeToString())
+        raws.append(Value(float_val=float(v)).SerializeToString())
+    for v in [0, 1, 127, 128, 300, -1, 2**40, -(2**63), *rng.integers(0, 200, 40).tolist()]:
+        raws.append(Value(int64_val=int(v)).SerializeToString())
+        raws.append(Value(int32_val=int(max(min(v, 2**31 - 1), -(2**31)))).SerializeToString())
+    raws += [Value(bool_val=b).SerializeToString() for b in (True, False)]
+    raws += [Value(double_val=math.nan).SerializeToString()]
+    order = rng.permutation(len(raws))
+    shuffled = [raws[i] for i in order]
+    expected = np.array([decode_number(r) for r in shuffled], np.float32)
+    np.testing.assert_array_equal(decode_column(shuffled), expected)  # NaN == NaN here
+    assert decode_column([]).shape == (0,)
