@@ -38,6 +38,7 @@ class ModelManager:
         self.on_health = on_health
         self.errors: dict[str, str] = {}  # model -> why its latest wanted state is not serving
         self._routes: dict[str, Route] = {}
+        self._ended_canaries: dict[str, str] = {}  # rolled back here, whatever model.yaml says
         self._cache: dict[tuple[str, str], ServingModel] = {}
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -72,11 +73,20 @@ class ModelManager:
             metrics.MODELS_SERVING.set(len(routes))
 
     def rollback(self, name: str, reason: str) -> None:
-        """End `name`'s canary (guardrail trip or operator), record why, re-route."""
+        """End `name`'s canary (guardrail trip or operator), record why, re-route. The
+        canary stops serving here even if the record cannot be written (a read-only
+        repository): until model.yaml names another canary, this one stays off."""
+        route = self._routes.get(name)
+        if route is not None and route.canary is not None:
+            self._ended_canaries[name] = route.canary.version.version
         try:
             self.repo.rollback(name, reason)
-        except RepositoryError as e:
-            log.warning("rollback of %s not recorded: %s", name, e)
+        except (RepositoryError, OSError) as e:
+            log.error(
+                "rollback of %s applied in this server but not recorded in the repository: %s",
+                name,
+                e,
+            )
         self.refresh()
 
     def trip(self, route: Route, guardrail: str, reason: str) -> None:
@@ -148,7 +158,10 @@ class ModelManager:
                 problems.append(f"alias {alias}: {e}")
         canary = guard = None
         weight, sticky = 0.0, ""
-        if spec.canary and spec.canary.version != stable_id:
+        if spec.canary is None or spec.canary.version != self._ended_canaries.get(name):
+            self._ended_canaries.pop(name, None)  # a new canary (or none): the record is moot
+        ended = self._ended_canaries.get(name)
+        if spec.canary and spec.canary.version != stable_id and spec.canary.version != ended:
             try:
                 canary = self._load(name, spec.canary.version)
                 versions[spec.canary.version] = canary

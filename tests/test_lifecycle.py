@@ -3,6 +3,7 @@ rollbacks, memory across load/unload cycles, and the operator's Admin service an
 
 from __future__ import annotations
 
+import errno
 import gc
 import shutil
 import subprocess
@@ -308,3 +309,26 @@ def test_operator_cli_against_a_running_server(stack):
     out = cli("promote", "fraud_lgbm", "v2")
     assert out.splitlines()[1].split()[1] == "v2"
     assert _call(stack["client"]).version == "v2"
+
+
+def test_rollback_takes_effect_even_when_the_repository_is_read_only(stack, monkeypatch):
+    client, admin, repo = stack["client"], stack["admin"], stack["repo"]
+    admin.canary("fraud_lgbm", "v2", 0.5)
+    assert set(_call(client).row_versions) == {"v1", "v2"}
+    manager = stack["server"].manager
+
+    def read_only(name: str, reason: str) -> None:  # what a read-only volume does to the write
+        raise OSError(errno.EROFS, "Read-only file system", str(repo.root / name))
+
+    monkeypatch.setattr(manager.repo, "rollback", read_only)
+    manager.rollback("fraud_lgbm", "guardrail: test")
+    after = _call(client)
+    assert after.version == "v1" and not after.row_versions  # the canary is off here...
+    spec = yaml.safe_load((repo.root / "fraud_lgbm" / "model.yaml").read_text())
+    assert spec["canary"]["version"] == "v2"  # ...though the record could not be written
+    manager.refresh()  # and a later refresh does not bring it back
+    assert _call(client).version == "v1"
+    monkeypatch.undo()
+    admin.canary("fraud_lgbm", "v2", 0.0)
+    admin.canary("fraud_lgbm", "v2", 0.5)  # an operator's new canary is honoured again
+    assert set(_call(client).row_versions) == {"v1", "v2"}
