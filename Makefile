@@ -11,7 +11,7 @@ help:
 	@echo "make test   run the test suite (what CI runs)"
 	@echo "make proto  regenerate the gRPC stubs from proto/augur/v1/*.proto"
 	@echo "make lint   ruff"
-	@echo "make bench  read-path benchmark: Augur vs Feast vs the raw Redis floor"
+	@echo "make bench  Augur vs a Feast-based server vs the floors, fraud and wide (~10 min)"
 	@echo "make soak   fault and soak run: load while Redis stops, pauses, slows; 3x overload"
 
 $(STAMP): pyproject.toml
@@ -37,7 +37,8 @@ clean-demo:
 	rm -rf .augur
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.read_path
+	$(BIN)/python -m bench.harness --scenario fraud
+	$(BIN)/python -m bench.harness --scenario wide
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.faults

@@ -14,11 +14,12 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.timing import stats as _stats
+from bench.timing import timed as _timed
 from examples.fraud.generate import Scale
 from examples.fraud.scaffold import scaffold
 from featurestore.connection import connect
@@ -28,24 +29,6 @@ from featurestore.repo import build_plan, open_store
 from pipelines.materialize import materialize
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _timed(fn, repeats: int) -> np.ndarray:
-    for _ in range(max(3, repeats // 20)):
-        fn()
-    out = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - start
-    return out * 1e3
-
-
-def _stats(ms: np.ndarray) -> dict:
-    return {
-        "p50_ms": round(float(np.percentile(ms, 50)), 4),
-        "p99_ms": round(float(np.percentile(ms, 99)), 4),
-    }
 
 
 def run(users: int, repeats: int, sizes=(1, 100, 1000)) -> dict:

@@ -1,0 +1,81 @@
+"""The gRPC floor: an augur.v1.Predictor whose Predict answers at once with a canned reply.
+
+    python -m bench.echo_server --port PORT --model NAME
+
+The reply has the size of a real one (the request's row count, one score per row), built
+once per row count, so a call costs what Python gRPC itself costs: parse the request,
+serialise the reply, two trips through the loopback. Same server options as `augur serve`
+(a thread pool of 8 handlers), health reporting NAME as SERVING. Not a model server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from proto.augur.v1 import predictor_pb2 as pb
+from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
+
+
+class EchoPredictor(pb_grpc.PredictorServicer):
+    def __init__(self) -> None:
+        self._replies: dict[tuple[str, int], pb.PredictResponse] = {}
+
+    def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
+        rows = row_count(request)
+        reply = self._replies.get((request.model, rows))
+        if reply is None:
+            reply = pb.PredictResponse(
+                model=request.model, version="v1", rows=rows, outputs=1, scores=[0.5] * rows
+            )
+            self._replies[(request.model, rows)] = reply
+        return reply
+
+
+def row_count(request: pb.PredictRequest) -> int:
+    """Rows of a request: the length of its first entity column."""
+    for column in request.entities.values():
+        which = column.WhichOneof("values")
+        return len(getattr(column, which).values) if which else 0
+    return 0
+
+
+def serve(port: int, model: str, workers: int = 8) -> None:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="echo"),
+        options=[
+            ("grpc.max_receive_message_length", 16 << 20),
+            ("grpc.max_send_message_length", 16 << 20),
+        ],
+    )
+    pb_grpc.add_PredictorServicer_to_server(EchoPredictor(), server)
+    status = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(status, server)
+    if not server.add_insecure_port(f"127.0.0.1:{port}"):
+        raise RuntimeError(f"cannot listen on 127.0.0.1:{port}")
+    server.start()
+    for name in ("", model):
+        status.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1.0).wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args(argv)
+    serve(args.port, args.model, args.workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""The benchmark harness: one scenario, every server and floor, measured in the same run.
+
+    python -m bench.harness --scenario fraud|wide [--quick] [--augur OPTION=VALUE ...]
+
+Builds the scenario in a temporary folder on a private Redis (bench/scenarios.py), times the
+in-process floors (bench/inprocess.py), then starts each server as its own process in turn
+- Augur (`augur serve`), the Feast baseline (bench/baseline_server.py), the gRPC echo floor
+(bench/echo_server.py) - and drives Predict at it from a load generator process
+(bench/load.py): closed loop at several concurrencies and open loop at fixed rates, the
+same requests for every server. Writes bench/results/<scenario>.json, .md and .png.
+`--quick` is a tiny version for the smoke test. `--augur processes=2` sets an Augur
+server option for the run (any `server.*` option of augur.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bench import inprocess, report, scenarios, targets
+from featurestore.redis_server import EmbeddedRedis, free_port
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How hard and how long to measure, per request size (entity rows per Predict)."""
+
+    concurrency: dict[int, tuple[int, ...]]  # closed loop callers
+    rates: dict[int, tuple[float, ...]]  # open loop requests/s
+    step_seconds: float  # each load step stops after this long...
+    step_requests: int  # ...or this many requests
+    pool: int  # distinct requests per size, sent round-robin
+    inprocess_repeats: dict[int, int]  # in-process timings per size (Feast: a quarter)
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        return tuple(self.concurrency)
+
+    def steps(self) -> list[dict]:
+        bounds = {"max_requests": self.step_requests, "max_seconds": self.step_seconds}
+        closed = [
+            {"rows": n, "mode": "closed", "concurrency": c, **bounds}
+            for n, callers in self.concurrency.items()
+            for c in callers
+        ]
+        opened = [
+            {"rows": n, "mode": "open", "rate": rate, **bounds}
+            for n, rates in self.rates.items()
+            for rate in rates
+        ]
+        return closed + opened
+
+
+FRAUD = Profile(
+    concurrency={1: (1, 4, 16, 64), 100: (1, 4, 16, 64)},
+    rates={1: (100, 300, 1000), 100: (10, 30, 100)},
+    step_seconds=4.0,
+    step_requests=20_000,
+    pool=256,
+    inprocess_repeats={1: 1000, 100: 200, 1000: 30},
+)
+# 250 features per row: a 100-row request costs Feast a few hundred ms, so 64 callers would
+# queue past the calls' deadline; 16 already shows the curve.
+WIDE = Profile(
+    concurrency={1: (1, 4, 16, 64), 100: (1, 4, 16)},
+    rates={1: (100, 300, 1000), 100: (2, 5, 10)},
+    step_seconds=4.0,
+    step_requests=20_000,
+    pool=256,
+    inprocess_repeats={1: 1000, 100: 100, 1000: 10},
+)
+QUICK = Profile(
+    concurrency={1: (1, 4), 10: (1, 4)},
+    rates={1: (100,), 10: (50,)},
+    step_seconds=1.0,
+    step_requests=60,
+    pool=16,
+    inprocess_repeats={1: 40, 10: 20},
+)
+PROFILES = {"fraud": FRAUD, "wide": WIDE}
+
+
+def _say(began: float, message: str) -> None:
+    """A progress line on stderr: seconds since the run began, then what happens next."""
+    print(f"[{time.perf_counter() - began:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def run(
+    name: str, quick: bool, augur_options: dict, command: str, workdir: Path | None = None
+) -> dict:
+    """Build, measure, and return the result; the temporary folder (under `workdir`, else
+    the system's) and every process started are gone when this returns."""
+    profile = QUICK if quick else PROFILES[name]
+    started = time.perf_counter()
+    code = _code_version()
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"augur-bench-{name}-", dir=workdir))
+    try:
+        with EmbeddedRedis(data_dir=work / "redis") as redis:
+            _say(started, f"building the {name} scenario in {work}")
+            scenario = scenarios.build(name, work, redis.address, quick)
+            sizes = sorted(set(profile.rows) | set(profile.inprocess_repeats))
+            pools = {  # sizes timed only in process need fewer distinct requests
+                n: scenarios.requests(scenario, n, profile.pool if n in profile.rows else 32)
+                for n in sizes
+            }
+            _say(started, "in-process floors and read paths")
+            measured = _inprocess(scenario, pools, profile, work)
+            servers, series = {}, {}
+            for target in report.TARGETS:
+                _say(started, f"{report.LABELS[target]}: start, then load")
+                servers[target], series[target] = _serve_and_load(
+                    target, scenario, pools, profile, augur_options, work
+                )
+        result = {
+            "scenario": name,
+            "quick": quick,
+            "command": command,
+            "code": code,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "described": scenario.described,
+            "build_s": {k: round(v, 1) for k, v in scenario.build_s.items()},
+            "augur_server_options": {**targets.AUGUR_SERVER, **augur_options},
+            "profile": {
+                "concurrency": profile.concurrency,
+                "rates": profile.rates,
+                "step_seconds": profile.step_seconds,
+                "step_requests": profile.step_requests,
+                "inprocess_repeats": profile.inprocess_repeats,
+            },
+            "servers": servers,
+            "series": series,
+            "inprocess": measured,
+        }
+        _say(started, "done")
+        result["ratios"] = report.ratios(result)
+        result["total_s"] = round(time.perf_counter() - started, 1)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _code_version() -> dict:
+    """The commit measured and the tracked files changed since (read-only git calls)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=targets.ROOT, capture_output=True, text=True, timeout=30
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+        return {"commit": git("rev-parse", "--short", "HEAD"), "changed": changed}
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+
+
+def _inprocess(scenario, pools: dict, profile: Profile, work: Path) -> dict:
+    """Floors and Augur's read path in a clean process; Feast's read path in this one."""
+    from featurestore.repo import build_plan, open_store
+
+    store = open_store(scenario.feature_repo, scenario.redis_address)
+    plan = build_plan(store, scenario.feature_service)
+    (work / "plan.json").write_text(plan.to_json())
+    sizes = {str(n): pools[n] for n in profile.inprocess_repeats}
+    repeats = {str(n): r for n, r in profile.inprocess_repeats.items()}
+    spec = {
+        "plan": str(work / "plan.json"),
+        "redis_address": scenario.redis_address,
+        "model_repo": str(scenario.model_repo),
+        "model": scenario.model,
+        "requests": sizes,
+        "repeats": repeats,
+    }
+    measured = json.loads(_subprocess("bench.inprocess", spec, work / "inprocess", 600))
+    feast = inprocess.feast_read(
+        scenario.feature_repo,
+        scenario.redis_address,
+        scenario.feature_service,
+        sizes,
+        {k: max(v // 4, 5) for k, v in repeats.items()},
+    )
+    return {size: {**measured[size], **feast[size]} for size in sizes}
+
+
+def _serve_and_load(target, scenario, pools, profile: Profile, augur_options, work: Path):
+    port = free_port()
+    if target == "augur":
+        command = targets.augur_command(scenario, work, port, augur_options)
+    elif target == "baseline":
+        command = targets.baseline_command(scenario, port, pools[1][0]["entities"])
+    else:
+        command = targets.echo_command(scenario, port)
+    server = targets.start(target, command, port, scenario.model, work)
+    try:
+        steps = profile.steps()
+        plan = {
+            "address": server.address,
+            "model": scenario.model,
+            "server_pid": server.process.pid,
+            "timeout_s": 10.0,
+            "warmup_requests": 20 if profile is QUICK else 200,
+            "warmup_seconds": 2.0,
+            "pools": {str(n): pools[n] for n in profile.rows},
+            "steps": steps,
+        }
+        budget = len(steps) * (profile.step_seconds + 12) + 120
+        series = json.loads(_subprocess("bench.load", plan, work / f"load-{target}", budget))
+        rss_after, rss_peak = server.rss_mb(), server.rss_mb(peak=True)
+    finally:
+        server.stop()
+    info = {
+        "ready_s": round(server.ready_s, 3),
+        "rss_ready_mb": server.rss_ready_mb,
+        "rss_after_load_mb": rss_after,
+        "rss_peak_mb": rss_peak,
+    }
+    return info, series
+
+
+def _subprocess(module: str, spec: dict, stem: Path, timeout_s: float) -> str:
+    """Run `python -m module SPEC OUT` in its own process; return what it wrote to OUT."""
+    spec_path, out_path = stem.with_suffix(".in.json"), stem.with_suffix(".out.json")
+    spec_path.write_text(json.dumps(spec))
+    done = subprocess.run(
+        [sys.executable, "-m", module, str(spec_path), str(out_path)],
+        cwd=targets.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if done.returncode:
+        raise RuntimeError(f"{module} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return out_path.read_text()
+
+
+def write(result: dict, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = result["scenario"] + ("-quick" if result["quick"] else "")
+    written = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
+    written[0].write_text(json.dumps(result, indent=2) + "\n")
+    written[1].write_text(report.markdown(result))
+    if report.plot(result, out_dir / f"{stem}.png"):
+        written.append(out_dir / f"{stem}.png")
+    return written
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--augur {pair!r}: expected OPTION=VALUE, e.g. processes=2")
+        out[key.removeprefix("server.")] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=("fraud", "wide"), default="fraud")
+    parser.add_argument("--quick", action="store_true", help="tiny and fast: the smoke test")
+    parser.add_argument("--augur", action="append", default=[], metavar="OPTION=VALUE")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    parser.add_argument("--workdir", type=Path, help="where the temporary scenario folder goes")
+    args = parser.parse_args(argv)
+    command = "python -m bench.harness " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = run(args.scenario, args.quick, _options(args.augur), command.strip(), args.workdir)
+    for path in write(result, args.out):
+        print(f"wrote {path}")
+    print()
+    print(report.markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""In-process timings, no RPC: the floors under a Predict call and the read paths alone.
+
+    python -m bench.inprocess SPEC.json OUT.json    (the harness writes the spec, runs this)
+
+Run as its own clean process (no Feast, no torch imported, nothing else running), per
+request size, cycling through the same requests the load generator sends:
+  redis_floor     the raw Redis round trip for the request's distinct keys: HMGET commands
+                  packed once beforehand, sent, replies read; no decoding
+  redis_floor_hgetall  the same with HGETALL (whole hash), for wide views the cheaper one
+  augur_read      Augur's OnlineReader.read (keys, round trip, decode, TTL, defaults)
+  model           the model call alone: the served runtime's predict on the assembled batch
+  augur_pipeline  read + assemble + predict, what Predict does minus gRPC
+`feast_read` (Feast's get_online_features(...).to_dict() on the same requests) runs in the
+harness process instead, which has Feast imported already.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.timing import stats, timed
+
+
+def _summary(ms: np.ndarray) -> dict:
+    """p50 and p99, plus the mean (one caller's calls per second is 1000 / mean)."""
+    return {**stats(ms), "mean_ms": round(float(ms.mean()), 4)}
+
+
+def _cycle(items: list) -> Callable[[], object]:
+    """The next item on each call, round and round."""
+    it = itertools.cycle(items)
+    return lambda: next(it)
+
+
+def redis_floor(client, plan, requests: list[dict], repeats: int, hgetall: bool) -> dict:
+    """Time the round trip of each request's distinct keys, commands packed beforehand:
+    HMGET of the plan's fields (what Augur sends), or HGETALL of the whole hash."""
+    from featurestore.keys import KeyEncoder
+
+    encoders = [
+        KeyEncoder(g.join_keys, [plan.entity_types[k] for k in g.join_keys], plan.project)
+        for g in plan.groups
+    ]
+    conn = client.connection_pool.get_connection()
+    conn.connect()
+    packed = []
+    for r in requests:
+        commands = []
+        for group, encoder in zip(plan.groups, encoders, strict=True):
+            rows = zip(*(r["entities"][k] for k in group.join_keys), strict=True)
+            keys = [encoder.key(k) for k in dict.fromkeys(rows)]
+            fields = () if hgetall else group.fields
+            commands += [("HGETALL" if hgetall else "HMGET", key, *fields) for key in keys]
+        packed.append((conn.pack_commands(commands), len(commands)))
+    nxt = _cycle(packed)
+
+    def call() -> None:
+        data, count = nxt()
+        conn.send_packed_command(data)
+        for _ in range(count):
+            conn.read_response()
+
+    try:
+        ms = timed(call, repeats)
+        # A floor over keys that do not exist would be a fake: say how many were found.
+        found = []
+        for data, count in packed:
+            conn.send_packed_command(data)
+            found += [any(v is not None for v in conn.read_response()) for _ in range(count)]
+    finally:
+        client.connection_pool.release(conn)
+    return {**_summary(ms), "keys_found": round(sum(found) / max(len(found), 1), 3)}
+
+
+def measure(spec: dict) -> dict:
+    from featurestore.connection import connect
+    from featurestore.plan import ReadPlan
+    from featurestore.reader import OnlineReader
+    from predictor.models import load_model
+    from predictor.repository import ModelRepository
+
+    plan = ReadPlan.from_json(Path(spec["plan"]).read_text())
+    client = connect(spec["redis_address"])
+    reader = OnlineReader(client)
+    model = load_model(ModelRepository(spec["model_repo"]), spec["model"], {plan.service: plan})
+    return {
+        size: _measure_size(client, reader, plan, model, requests, spec["repeats"][size])
+        for size, requests in spec["requests"].items()
+    }
+
+
+def _measure_size(client, reader, plan, model, requests: list[dict], repeats: int) -> dict:
+    requests = requests[:repeats]  # the timings cycle: more would only cost set-up time
+    inputs = [
+        (r["entities"], {k: np.asarray(v, np.float32) for k, v in r["request_features"].items()})
+        for r in requests
+    ]
+    batches = [model.assemble(reader.read(plan, e), x) for e, x in inputs]
+    next_input, next_batch, next_entities = _cycle(inputs), _cycle(batches), _cycle(inputs)
+
+    def pipeline() -> None:
+        entities, extra = next_input()
+        model.runtime.predict(model.assemble(reader.read(plan, entities), extra))
+
+    return {
+        "redis_floor": redis_floor(client, plan, requests, repeats, hgetall=False),
+        "redis_floor_hgetall": redis_floor(client, plan, requests, repeats, hgetall=True),
+        "augur_read": _summary(timed(lambda: reader.read(plan, next_entities()[0]), repeats)),
+        "model": _summary(timed(lambda: model.runtime.predict(next_batch()), repeats)),
+        "augur_pipeline": _summary(timed(pipeline, repeats)),
+    }
+
+
+def feast_read(feature_repo: Path, redis_address: str, service: str, requests: dict, repeats: dict):
+    """Feast's own read path on the same requests, in the calling process (Feast loaded)."""
+    from featurestore.repo import open_store
+
+    store = open_store(feature_repo, redis_address)
+    feature_service = store.get_feature_service(service)
+    out = {}
+    for size, reqs in requests.items():
+        nxt = _cycle([r["entities"] for r in reqs])
+        ms = timed(
+            lambda n=nxt: store.get_online_features(
+                features=feature_service, entity_rows=n(), full_feature_names=True
+            ).to_dict(),
+            repeats[size],
+        )
+        out[size] = {"feast_read": _summary(ms)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    spec_path, out_path = argv if argv is not None else sys.argv[1:3]
+    result = measure(json.loads(Path(spec_path).read_text()))
+    Path(out_path).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The load generator: gRPC Predict calls against one server, from a process of its own.
+
+    python -m bench.load PLAN.json OUT.json     (the harness writes the plan and runs this)
+
+Steps run in order over one channel (loopback only), each bounded in requests and seconds:
+closed loop (C callers, each sending its next request when the last is answered) and open
+loop (requests start on a fixed schedule whatever the answers do, so a slow server's queue
+shows in the latencies; at most `max_in_flight` outstanding, more are counted as dropped and
+never sent). Latency runs from the call's actual start: the event loop's timer wakes up to a
+millisecond late, which would otherwise be counted against the server; how late each start
+was is reported as `send_lag_p99_ms` (large values mean this process could not keep up).
+Each step also records the CPU seconds this process and the server's process tree spent,
+per request. Nothing here knows which server it is talking to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+
+from proto.augur.v1 import predictor_pb2 as pb
+from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+
+
+def request(model: str, raw: dict) -> pb.PredictRequest:
+    """A PredictRequest from plain columns; scores only (no features, no status back)."""
+    entities = {}
+    for name, values in raw["entities"].items():
+        if values and isinstance(values[0], str):
+            entities[name] = pb.EntityColumn(strings=pb.StringList(values=values))
+        else:
+            entities[name] = pb.EntityColumn(int64s=pb.Int64List(values=values))
+    return pb.PredictRequest(
+        model=model,
+        entities=entities,
+        request_features={
+            k: pb.DoubleList(values=v) for k, v in raw.get("request_features", {}).items()
+        },
+    )
+
+
+class Recorder:
+    """Latencies of answered calls and counts of every other outcome, for one step."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: Counter = Counter()
+        self.dropped = 0
+        self.send_lag: list[float] = []  # open loop: actual minus scheduled start
+
+    async def call(self, predict, req: pb.PredictRequest, timeout: float) -> None:
+        began = time.perf_counter()
+        try:
+            await predict(req, timeout=timeout)
+            self.latencies.append(time.perf_counter() - began)
+        except grpc.aio.AioRpcError as e:
+            self.errors[e.code().name] += 1
+
+    def summary(self, elapsed: float, rows: int) -> dict:
+        ms = np.asarray(self.latencies) * 1e3
+        ok = len(ms)
+        out = {
+            "sent": ok + sum(self.errors.values()),
+            "ok": ok,
+            "errors": dict(self.errors),
+            "dropped": self.dropped,
+            "elapsed_s": round(elapsed, 3),
+            "throughput_rps": round(ok / elapsed, 2) if elapsed > 0 else 0.0,
+            "rows_per_s": round(ok * rows / elapsed, 1) if elapsed > 0 else 0.0,
+        }
+        if ok:
+            for q in (50, 90, 99):
+                out[f"p{q}_ms"] = round(float(np.percentile(ms, q)), 4)
+            out["max_ms"] = round(float(ms.max()), 4)
+            out["mean_ms"] = round(float(ms.mean()), 4)
+        if self.send_lag:
+            out["send_lag_p99_ms"] = round(float(np.percentile(self.send_lag, 99)) * 1e3, 3)
+        return out
+
+
+async def closed_loop(predict, pool, concurrency, max_requests, max_seconds, timeout) -> tuple:
+    rec, issued = Recorder(), 0
+    start = time.perf_counter()
+    stop_at = start + max_seconds
+
+    async def caller() -> None:
+        nonlocal issued
+        while issued < max_requests and time.perf_counter() < stop_at:
+            req = pool[issued % len(pool)]
+            issued += 1
+            await rec.call(predict, req, timeout)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return rec, time.perf_counter() - start
+
+
+async def open_loop(predict, pool, rate, max_requests, max_seconds, max_in_flight, timeout):
+    rec, in_flight, tasks = Recorder(), 0, set()
+    count = max(1, min(max_requests, int(rate * max_seconds)))
+
+    async def one(req) -> None:
+        nonlocal in_flight
+        try:
+            await rec.call(predict, req, timeout)
+        finally:
+            in_flight -= 1
+
+    start = time.perf_counter() + 0.002
+    for k in range(count):
+        scheduled = start + k / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if in_flight >= max_in_flight:
+            rec.dropped += 1
+            continue
+        rec.send_lag.append(max(time.perf_counter() - scheduled, 0.0))
+        in_flight += 1
+        task = asyncio.create_task(one(pool[k % len(pool)]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*list(tasks))
+    return rec, time.perf_counter() - start
+
+
+class ProcessCpu:
+    """CPU seconds (user + system) of a process and its children so far."""
+
+    def __init__(self, pid: int | None):
+        self.process = psutil.Process(pid) if pid else psutil.Process()
+
+    def seconds(self) -> float:
+        total = 0.0
+        for p in [self.process, *self.process.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+
+async def run(plan: dict) -> list[dict]:
+    pools = {int(k): [request(plan["model"], r) for r in v] for k, v in plan["pools"].items()}
+    timeout = plan.get("timeout_s", 10.0)
+    server_cpu = ProcessCpu(plan.get("server_pid"))
+    async with grpc.aio.insecure_channel(plan["address"], options=CHANNEL_OPTIONS) as channel:
+        predict = pb_grpc.PredictorStub(channel).Predict
+        for pool in pools.values():  # connection, server-side caches, lazy imports
+            warm = plan.get("warmup_requests", 50), plan.get("warmup_seconds", 2.0)
+            await closed_loop(predict, pool, 4, *warm, timeout)
+        results = []
+        for step in plan["steps"]:
+            pool = pools[step["rows"]]
+            cpu_server, cpu_own = server_cpu.seconds(), time.process_time()
+            if step["mode"] == "closed":
+                rec, elapsed = await closed_loop(
+                    predict,
+                    pool,
+                    step["concurrency"],
+                    step["max_requests"],
+                    step["max_seconds"],
+                    timeout,
+                )
+            else:
+                rec, elapsed = await open_loop(
+                    predict,
+                    pool,
+                    step["rate"],
+                    step["max_requests"],
+                    step["max_seconds"],
+                    step.get("max_in_flight", 256),
+                    timeout,
+                )
+            entry = {**step, **rec.summary(elapsed, step["rows"])}
+            sent = max(entry["sent"], 1)
+            entry["server_cpu_ms_per_req"] = round(
+                (server_cpu.seconds() - cpu_server) * 1e3 / sent, 4
+            )
+            entry["client_cpu_ms_per_req"] = round((time.process_time() - cpu_own) * 1e3 / sent, 4)
+            results.append(entry)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    plan_path, out_path = argv if argv is not None else sys.argv[1:3]
+    plan = json.loads(Path(plan_path).read_text())
+    results = asyncio.run(run(plan))
+    Path(out_path).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Turn one harness run into ratios, a Markdown report and a latency-vs-throughput plot.
+
+Ratios compare points measured in the same run at the same load: Augur against the Feast
+baseline (a: speedup, above 1 is better) and against the floors (c: how many times the
+floor, 1 is the floor itself). Pure functions of the result dict, plus the two writers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TARGETS = ("augur", "baseline", "echo")
+LABELS = {"augur": "Augur", "baseline": "Feast baseline", "echo": "gRPC echo floor"}
+
+
+def load_point(step: dict) -> str:
+    if step["mode"] == "closed":
+        return f"closed c={step['concurrency']}"
+    return f"open {step['rate']:g}/s"
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if not num or not den:
+        return None
+    return round(num / den, 2)
+
+
+def ratios(result: dict) -> dict:
+    """Per load point (gRPC) and per request size (in-process)."""
+    by_key = {
+        t: {(s["rows"], load_point(s)): s for s in result["series"].get(t, [])} for t in TARGETS
+    }
+    grpc_points = []
+    for key, a in by_key["augur"].items():
+        b, e = by_key["baseline"].get(key, {}), by_key["echo"].get(key, {})
+        grpc_points.append(
+            {
+                "rows": key[0],
+                "load": key[1],
+                "p50_speedup_vs_baseline": _ratio(b.get("p50_ms"), a.get("p50_ms")),
+                "p99_speedup_vs_baseline": _ratio(b.get("p99_ms"), a.get("p99_ms")),
+                "throughput_vs_baseline": _ratio(a.get("throughput_rps"), b.get("throughput_rps")),
+                "p50_vs_echo_floor": _ratio(a.get("p50_ms"), e.get("p50_ms")),
+                "p99_vs_echo_floor": _ratio(a.get("p99_ms"), e.get("p99_ms")),
+                "throughput_vs_echo_floor": _ratio(
+                    a.get("throughput_rps"), e.get("throughput_rps")
+                ),
+            }
+        )
+    inproc = {}
+    for size, m in result["inprocess"].items():
+        p50 = {name: v["p50_ms"] for name, v in m.items()}
+        inproc[size] = {
+            "read_p50_vs_redis_floor": _ratio(p50["augur_read"], p50["redis_floor"]),
+            "read_p99_vs_redis_floor": _ratio(
+                m["augur_read"]["p99_ms"], m["redis_floor"]["p99_ms"]
+            ),
+            "feast_read_p50_vs_augur_read": _ratio(p50["feast_read"], p50["augur_read"]),
+            "feast_read_p99_vs_augur_read": _ratio(
+                m["feast_read"]["p99_ms"], m["augur_read"]["p99_ms"]
+            ),
+            "model_share_of_pipeline_p50": _ratio(p50["model"], p50["augur_pipeline"]),
+        }
+    return {"grpc": grpc_points, "inprocess": inproc, "breakdown": breakdown(result)}
+
+
+def breakdown(result: dict) -> dict:
+    """Where one caller's Predict time goes (p50 ms, closed loop c=1): the gRPC echo floor,
+    the in-process read + assemble + predict (of which Redis floor and model), and the rest
+    (the servicer's own work: validation, metrics, building the reply, thread hand-offs)."""
+    out = {}
+    for step in result["series"].get("augur", []):
+        size = str(step["rows"])
+        if step["mode"] != "closed" or step["concurrency"] != 1 or size not in result["inprocess"]:
+            continue
+        echo = next(
+            (
+                s
+                for s in result["series"].get("echo", [])
+                if s["rows"] == step["rows"] and s["mode"] == "closed" and s["concurrency"] == 1
+            ),
+            None,
+        )
+        if echo is None or "p50_ms" not in step:
+            continue
+        m = result["inprocess"][size]
+        pipeline = m["augur_pipeline"]["p50_ms"]
+        out[size] = {
+            "predict_p50_ms": step["p50_ms"],
+            "echo_floor_p50_ms": echo["p50_ms"],
+            "pipeline_p50_ms": pipeline,
+            "redis_floor_p50_ms": m["redis_floor"]["p50_ms"],
+            "model_p50_ms": m["model"]["p50_ms"],
+            "rest_p50_ms": round(step["p50_ms"] - echo["p50_ms"] - pipeline, 4),
+        }
+    return out
+
+
+def _ms(step: dict | None) -> str:
+    if not step or "p50_ms" not in step:
+        return "-"
+    return f"{step['p50_ms']:.2f} / {step['p99_ms']:.2f}"
+
+
+def _rps(step: dict | None) -> str:
+    return f"{step['throughput_rps']:,.0f}" if step else "-"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}x"
+
+
+def _errors(steps: dict) -> str:
+    out = []
+    for target, step in steps.items():
+        bad = dict(step.get("errors") or {})
+        if step.get("dropped"):
+            bad["dropped"] = step["dropped"]
+        if bad:
+            out.append(f"{target}: " + ", ".join(f"{k} {v}" for k, v in sorted(bad.items())))
+    return "; ".join(out) or "-"
+
+
+def markdown(result: dict) -> str:
+    r = result["ratios"]
+    d = result["described"]
+    lines = [
+        f"## {result['scenario']}{' (quick)' if result['quick'] else ''}: "
+        + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in d.items()),
+        "",
+        f"`{result['command']}` at commit {_commit(result.get('code') or {})} on "
+        f"{result['machine']['cpus']} cores; total "
+        f"{result['total_s']:.0f} s (build: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in result["build_s"].items())
+        + ").",
+        "",
+        "Ratios compare points of this run at the same load: speedup vs baseline = baseline / "
+        "Augur (above 1: Augur is faster; for req/s, Augur / baseline); vs floor = Augur / floor "
+        "(1: Augur is at the floor). Every server runs alone, one process (unless `--augur "
+        "processes=N`), beside the load generator on the same cores.",
+        "",
+        "### Predict over gRPC (load generator in its own process; p50 / p99 ms, req/s)",
+        "",
+        "| rows | load | Augur | Augur req/s | Feast baseline | baseline req/s "
+        "| echo floor | echo req/s | p50 speedup vs baseline | p99 speedup vs baseline "
+        "| req/s vs baseline | p50 vs echo floor | req/s vs echo floor | not OK |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | --- |",
+    ]
+    series = {
+        t: {(s["rows"], load_point(s)): s for s in result["series"].get(t, [])} for t in TARGETS
+    }
+    for point in r["grpc"]:
+        key = (point["rows"], point["load"])
+        steps = {t: series[t].get(key) for t in TARGETS}
+        a, b, e = steps["augur"], steps["baseline"], steps["echo"]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {_ms(a)} | {_rps(a)} | {_ms(b)} | {_rps(b)} | {_ms(e)} "
+            f"| {_rps(e)} | {_x(point['p50_speedup_vs_baseline'])} "
+            f"| {_x(point['p99_speedup_vs_baseline'])} | {_x(point['throughput_vs_baseline'])} "
+            f"| {_x(point['p50_vs_echo_floor'])} | {_x(point['throughput_vs_echo_floor'])} "
+            f"| {_errors({t: s for t, s in steps.items() if s})} |"
+        )
+    lines += [
+        "",
+        "### In process, no RPC (one caller; p50 / p99 ms)",
+        "",
+        "| rows | Redis floor (HMGET) | Redis floor (HGETALL) | Augur read | Feast read "
+        "| model alone | Augur read+assemble+predict | read vs Redis floor (p50 / p99) "
+        "| Feast read vs Augur read (p50 / p99) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, m in result["inprocess"].items():
+        q = r["inprocess"][size]
+        lines.append(
+            f"| {size} | {_ms(m['redis_floor'])} | {_ms(m.get('redis_floor_hgetall'))} "
+            f"| {_ms(m['augur_read'])} "
+            f"| {_ms(m['feast_read'])} | {_ms(m['model'])} | {_ms(m['augur_pipeline'])} "
+            f"| {_x(q['read_p50_vs_redis_floor'])} / {_x(q['read_p99_vs_redis_floor'])} "
+            f"| {_x(q['feast_read_p50_vs_augur_read'])} / "
+            f"{_x(q['feast_read_p99_vs_augur_read'])} |"
+        )
+    lines += [
+        "",
+        "### Where one caller's Predict time goes (closed loop c=1, p50 ms)",
+        "",
+        "| rows | Predict | gRPC echo floor | read+assemble+predict in process "
+        "| of which Redis floor | of which model | rest (servicer glue) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, b in r["breakdown"].items():
+        lines.append(
+            f"| {size} | {b['predict_p50_ms']:.2f} | {b['echo_floor_p50_ms']:.2f} "
+            f"| {b['pipeline_p50_ms']:.2f} | {b['redis_floor_p50_ms']:.2f} "
+            f"| {b['model_p50_ms']:.2f} | {b['rest_p50_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "### CPU per answered request at the highest closed-loop concurrency (ms)",
+        "",
+        "| rows | Augur server | baseline server | echo server | load generator (Augur run) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, cpu in _cpu_at_peak(result).items():
+        lines.append(
+            f"| {size} | {cpu.get('augur', '-')} | {cpu.get('baseline', '-')} "
+            f"| {cpu.get('echo', '-')} | {cpu.get('client', '-')} |"
+        )
+    lines += [
+        "",
+        "### Server processes",
+        "",
+        "| server | ready (start to SERVING) | RSS at ready, MiB | RSS after load, MiB "
+        "| peak RSS, MiB |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for target in TARGETS:
+        s = result["servers"].get(target)
+        if s:
+            lines.append(
+                f"| {LABELS[target]} | {s['ready_s']:.2f} s | {_rss(s['rss_ready_mb'])} "
+                f"| {_rss(s['rss_after_load_mb'])} | {_rss(s.get('rss_peak_mb', {}))} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_at_peak(result: dict) -> dict:
+    out: dict = {}
+    for target in TARGETS:
+        closed = [s for s in result["series"].get(target, []) if s["mode"] == "closed"]
+        for rows in sorted({s["rows"] for s in closed}):
+            top = max((s for s in closed if s["rows"] == rows), key=lambda s: s["concurrency"])
+            out.setdefault(rows, {})[target] = f"{top['server_cpu_ms_per_req']:.2f}"
+            if target == "augur":
+                out[rows]["client"] = f"{top['client_cpu_ms_per_req']:.2f}"
+    return out
+
+
+def _commit(code: dict) -> str:
+    if not code.get("commit"):
+        return "unknown"
+    changed = len(code.get("changed") or ())
+    return code["commit"] + (f" (+{changed} changed files)" if changed else "")
+
+
+def _rss(by_pid: dict) -> str:
+    return " + ".join(f"{v:.0f}" for v in by_pid.values()) or "-"
+
+
+def plot(result: dict, path: Path) -> bool:
+    """Latency against throughput, one panel per request size; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sizes = sorted({s["rows"] for steps in result["series"].values() for s in steps})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), squeeze=False)
+    colors = {"augur": "tab:blue", "baseline": "tab:red", "echo": "tab:gray"}
+    for ax, rows in zip(axes[0], sizes, strict=True):
+        for target in TARGETS:
+            steps = [s for s in result["series"].get(target, []) if s["rows"] == rows]
+            closed = [s for s in steps if s["mode"] == "closed" and "p50_ms" in s]
+            opened = [s for s in steps if s["mode"] == "open" and "p99_ms" in s]
+            c = colors[target]
+            x = [s["throughput_rps"] for s in closed]
+            name = LABELS[target]
+            ax.plot(x, [s["p50_ms"] for s in closed], "o-", color=c, label=f"{name} p50")
+            p99 = [s["p99_ms"] for s in closed]
+            ax.plot(x, p99, "o--", color=c, alpha=0.6, label=f"{name} p99")
+            for s in closed:
+                ax.annotate(f"c={s['concurrency']}", (s["throughput_rps"], s["p50_ms"]), size=7)
+            ax.plot(
+                [s["throughput_rps"] for s in opened],
+                [s["p99_ms"] for s in opened],
+                "^",
+                color=c,
+                label=f"{name} p99, open loop",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("answered requests/s")
+        ax.set_ylabel("latency, ms")
+        ax.set_title(
+            f"{result['scenario']}: Predict, {rows} entity row(s) per request\n"
+            "closed loop (c = callers): p50 solid, p99 dashed; open loop: triangles"
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,148 @@
+"""Benchmark scenarios: build a scaled feature repo, fill Redis, publish a model; sample requests.
+
+`fraud`: the example fraud repo (three views, 37 features, two entities) at 200,000 users,
+its LightGBM model trained by `augur train`'s pipeline. `wide`: 25 views x 10 features on one
+entity (bench/wide_repo.py). Requests are drawn from realistic rows: fraud requests are
+real (user, merchant, amount) transactions, wide requests uniform entity ids.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import wide_repo
+from examples.fraud.generate import Scale
+from examples.fraud.scaffold import feast_apply, scaffold
+from featurestore.repo import build_plan, open_store
+from pipelines.materialize import materialize
+
+FRAUD_FULL = Scale(users=200_000, merchants=20_000, transactions=300_000, days=30)
+FRAUD_QUICK = Scale(users=400, merchants=80, transactions=8_000, days=30)
+WIDE_FULL = 10_000  # entities
+WIDE_QUICK = 300
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    feature_repo: Path
+    model_repo: Path
+    redis_address: str
+    model: str
+    feature_service: str
+    request_features: tuple[str, ...]
+    pool: dict[str, np.ndarray]  # realistic rows to draw requests from: join keys + request
+    described: dict = field(default_factory=dict)  # sizes, for the report
+    build_s: dict = field(default_factory=dict)  # seconds per build step
+
+
+def build(name: str, work: Path, redis_address: str, quick: bool) -> Scenario:
+    if name == "fraud":
+        return _fraud(work, redis_address, FRAUD_QUICK if quick else FRAUD_FULL)
+    if name == "wide":
+        return _wide(work, redis_address, WIDE_QUICK if quick else WIDE_FULL)
+    raise ValueError(f"unknown scenario {name!r}; have fraud, wide")
+
+
+def requests(scenario: Scenario, rows: int, count: int, seed: int = 0) -> list[dict]:
+    """`count` requests of `rows` entity rows each, as plain columns (JSON-ready)."""
+    rng = np.random.default_rng(seed + rows)
+    size = len(next(iter(scenario.pool.values())))
+    out = []
+    for _ in range(count):
+        pick = rng.integers(0, size, rows)
+        columns = {k: v[pick].tolist() for k, v in scenario.pool.items()}
+        extra = {k: columns.pop(k) for k in scenario.request_features}
+        out.append({"entities": columns, "request_features": extra})
+    return out
+
+
+def _fraud(work: Path, address: str, scale: Scale) -> Scenario:
+    from pipelines.train import train
+
+    repo, models = work / "feature_repo", work / "models"
+    spent = {}
+    began = time.perf_counter()
+    scaffold(repo, address, scale)  # generate parquet + `feast apply`
+    spent["generate_and_apply"] = time.perf_counter() - began
+    began = time.perf_counter()
+    materialize(repo, address, progress=False)
+    spent["materialize"] = time.perf_counter() - began
+    began = time.perf_counter()
+    result = train(repo, models, address, only=["fraud_lgbm"], progress=False)[0]
+    spent["train"] = time.perf_counter() - began
+    txns = pd.read_parquet(repo / "data" / "transactions.parquet")
+    pool = {
+        "user_id": txns["user_id"].to_numpy(),
+        "merchant_id": txns["merchant_id"].to_numpy(),
+        "amount": txns["amount"].to_numpy(),
+    }
+    described = {
+        "users": scale.users,
+        "merchants": scale.merchants,
+        "transactions": scale.transactions,
+        "feature_views": 3,
+        "features": len(result.version.features) - 1,
+        "request_features": 1,
+        "model": f"fraud_lgbm@{result.version.version} ({_shape(result.version.metadata)})",
+    }
+    return Scenario(
+        name="fraud",
+        feature_repo=repo,
+        model_repo=models,
+        redis_address=address,
+        model="fraud_lgbm",
+        feature_service="fraud_lgbm",
+        request_features=("amount",),
+        pool=pool,
+        described=described,
+        build_s=spent,
+    )
+
+
+def _wide(work: Path, address: str, entities: int) -> Scenario:
+    repo, models = work / "feature_repo", work / "models"
+    spent = {}
+    began = time.perf_counter()
+    wide_repo.write_repo(repo, entities)
+    feast_apply(repo, address)
+    spent["generate_and_apply"] = time.perf_counter() - began
+    began = time.perf_counter()
+    materialize(repo, address, progress=False)
+    spent["materialize"] = time.perf_counter() - began
+    began = time.perf_counter()
+    plan = build_plan(open_store(repo, address), wide_repo.SERVICE)
+    version = wide_repo.publish_model(models, plan.feature_names, rounds=200)
+    spent["train"] = time.perf_counter() - began
+    described = {
+        "entities": entities,
+        "feature_views": wide_repo.VIEWS,
+        "features": len(plan.feature_names),
+        "request_features": 0,
+        "model": f"{wide_repo.MODEL}@{version.version} ({_shape(version.metadata)}, random data)",
+    }
+    pool = {wide_repo.ENTITY: wide_repo.entity_ids(repo)}
+    return Scenario(
+        name="wide",
+        feature_repo=repo,
+        model_repo=models,
+        redis_address=address,
+        model=wide_repo.MODEL,
+        feature_service=wide_repo.SERVICE,
+        request_features=(),
+        pool=pool,
+        described=described,
+        build_s=spent,
+    )
+
+
+def _shape(metadata: dict) -> str:
+    """The size of a published LightGBM model, from the parameters it was trained with."""
+    params = metadata.get("params") or {}
+    rounds, leaves = params.get("num_boost_round", 100), params.get("num_leaves", 31)
+    return f"LightGBM, {rounds} rounds, {leaves} leaves"

@@ -1,0 +1,96 @@
+"""The benchmark harness end to end at toy size: every series measured, every ratio computed,
+nothing left running. Checks that the harness works, never how fast anything is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GRPC_TARGETS = ("augur", "baseline", "echo")
+IN_PROCESS = ("redis_floor", "augur_read", "feast_read", "model", "augur_pipeline")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[dict, Path, Path]:
+    out, work = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("work")
+    command = ["bench.harness", "--scenario", "fraud", "--quick"]
+    done = subprocess.run(
+        [sys.executable, "-m", *command, "--out", str(out), "--workdir", str(work)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "fraud-quick.json").read_text()), out, work
+
+
+@pytest.mark.slow
+def test_every_grpc_series_is_measured_under_every_load(quick_run):
+    result, _, _ = quick_run
+    points = {t: {(s["rows"], s["mode"]) for s in result["series"][t]} for t in GRPC_TARGETS}
+    assert points["augur"] == points["baseline"] == points["echo"]
+    assert {mode for _, mode in points["augur"]} == {"closed", "open"}
+    for target in GRPC_TARGETS:
+        for step in result["series"][target]:
+            assert step["ok"] > 0, (target, step)
+            assert 0 < step["p50_ms"] <= step["p99_ms"], (target, step)
+            assert step["throughput_rps"] > 0, (target, step)
+
+
+@pytest.mark.slow
+def test_floors_and_read_paths_are_measured_in_process(quick_run):
+    result, _, _ = quick_run
+    assert result["inprocess"]
+    for size, series in result["inprocess"].items():
+        for name in IN_PROCESS:
+            assert series[name]["p50_ms"] > 0, (size, name)
+
+
+@pytest.mark.slow
+def test_ratios_against_baseline_and_floors_are_computed(quick_run):
+    result, _, _ = quick_run
+    grpc_ratios = result["ratios"]["grpc"]
+    assert len(grpc_ratios) == len(result["series"]["augur"])
+    for point in grpc_ratios:
+        for name, value in point.items():
+            if name not in ("rows", "load"):
+                assert value is not None and value > 0, (point, name)
+    for size, ratios in result["ratios"]["inprocess"].items():
+        assert all(v is not None and v > 0 for v in ratios.values()), (size, ratios)
+
+
+@pytest.mark.slow
+def test_servers_report_ready_time_and_memory(quick_run):
+    result, _, _ = quick_run
+    for target in GRPC_TARGETS:
+        server = result["servers"][target]
+        assert server["ready_s"] > 0
+        assert server["rss_ready_mb"] and all(v > 0 for v in server["rss_ready_mb"].values())
+        assert all(v > 0 for v in server["rss_after_load_mb"].values())
+
+
+@pytest.mark.slow
+def test_report_files_are_written_and_nothing_is_left_behind(quick_run):
+    _, out, work = quick_run
+    table = (out / "fraud-quick.md").read_text()
+    assert "p50 speedup vs baseline" in table and "| closed c=1 |" in table
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        assert (out / "fraud-quick.png").stat().st_size > 0
+    assert not list(work.iterdir())  # the scenario folder is removed
+    leftovers = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if str(work) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not leftovers
