@@ -71,6 +71,23 @@ def server_config(repo: FraudRepo, models: Path, address: str | None = None) -> 
     )
 
 
+def write_config(path: Path, repo: FraudRepo, models: Path, **server: object) -> Path:
+    """An augur.yaml for a server run as its own process (`augur serve --config path`)."""
+    import yaml
+
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "feature_repo": str(repo.path),
+                "model_repo": str(models),
+                "redis": {"address": repo.address},
+                "server": server,
+            }
+        )
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def server(fraud_repo: FraudRepo, model_repo: Path):
     from predictor.server import start

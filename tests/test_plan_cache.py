@@ -5,11 +5,10 @@ import shutil
 import subprocess
 import sys
 
-import yaml
-
 from featurestore.plan_cache import CACHE_NAME, load_plans, read_cache, registry_file
 from featurestore.redis_server import free_port
 from featurestore.repo import build_plans
+from tests.conftest import write_config
 
 
 def test_materialize_leaves_a_cache_equal_to_feasts_plans(fraud_repo):
@@ -35,16 +34,8 @@ def test_stale_cache_is_ignored_and_rewritten(fraud_repo):
 def test_server_with_a_warm_cache_never_imports_feast(fraud_repo, model_repo, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(model_repo / "fraud_lgbm", models / "fraud_lgbm")
-    config = tmp_path / "augur.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "feature_repo": str(fraud_repo.path),
-                "model_repo": str(models),
-                "redis": {"address": fraud_repo.address},
-                "server": {"port": free_port(), "metrics_port": 0},
-            }
-        )
+    config = write_config(
+        tmp_path / "augur.yaml", fraud_repo, models, port=free_port(), metrics_port=0
     )
     load_plans(fraud_repo.path, fraud_repo.address)  # warm
     script = (

@@ -8,29 +8,22 @@ import time
 
 import grpc
 import numpy as np
-import yaml
 
 from featurestore.redis_server import free_port
 from predictor.client import PredictorClient
+from tests.conftest import write_config
 
 
 def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
     port = free_port()
-    config = tmp_path / "augur.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "feature_repo": str(fraud_repo.path),
-                "model_repo": str(model_repo),
-                "redis": {"address": fraud_repo.address},
-                "server": {
-                    "port": port,
-                    "metrics_port": 0,
-                    "grace_seconds": 10,
-                    "max_rows": 10_000,
-                },
-            }
-        )
+    config = write_config(
+        tmp_path / "augur.yaml",
+        fraud_repo,
+        model_repo,
+        port=port,
+        metrics_port=0,
+        grace_seconds=10,
+        max_rows=10_000,
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],

@@ -8,11 +8,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import yaml
 from prometheus_client.mmap_dict import MmapedDict
 
 from featurestore.redis_server import free_port
 from predictor.client import PredictorClient
+from tests.conftest import write_config
 
 
 def _requests_in(db: Path) -> float:
@@ -25,16 +25,13 @@ def _requests_in(db: Path) -> float:
 
 def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_repo, tmp_path):
     port, metrics_port = free_port(), free_port()
-    config = tmp_path / "augur.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "feature_repo": str(fraud_repo.path),
-                "model_repo": str(model_repo),
-                "redis": {"address": fraud_repo.address},
-                "server": {"port": port, "metrics_port": metrics_port, "processes": 2},
-            }
-        )
+    config = write_config(
+        tmp_path / "augur.yaml",
+        fraud_repo,
+        model_repo,
+        port=port,
+        metrics_port=metrics_port,
+        processes=2,
     )
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
