@@ -126,8 +126,9 @@ def _parser() -> argparse.ArgumentParser:
         "push",
         help="write fresh feature rows for one view into the online store",
         description="Real-time update: rows from a parquet or CSV file (join "
-        "keys, event_timestamp, features) go straight to Redis "
-        "through Feast's online write path.",
+        "keys, event_timestamp, features) go straight to Redis in Feast's "
+        "layout, plus Augur's packed vector. A row no newer than the stored "
+        "one is skipped.",
     )
     p.add_argument("--config", type=Path, help=_CONFIG_HELP)
     p.add_argument("--view", required=True, help="feature view name")
@@ -208,8 +209,9 @@ def _train(args, cfg) -> None:
 def _push(args, cfg) -> None:
     from pipelines.push import push
 
-    rows = push(cfg.feature_repo, cfg.redis.address, args.view, args.file)
-    print(f"pushed {rows:,} rows to {args.view}")
+    stats = push(cfg.feature_repo, cfg.redis.address, args.view, args.file)
+    print(f"pushed {stats.written:,} rows to {args.view}", end="")
+    print(f" ({stats.skipped:,} skipped: not newer than what is stored)" if stats.skipped else "")
 
 
 def _redis(args, _cfg) -> None:

@@ -40,6 +40,11 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 10.0  # in-flight requests get this long after SIGTERM
     model_threads: int = 1  # LightGBM / torch threads per call; gRPC threads give parallelism
+    # Native code of `compile: lleaves` models. Empty: <model_repo>/.compiled, beside the
+    # versions it was built from and shared by every replica and process that mounts the
+    # repository, so a model compiles once rather than at each pod start. Entries are keyed
+    # by artifact sha256, lleaves version and host CPU, so sharing across nodes is safe.
+    compile_cache: str = ""
     watch_interval_s: float = 2.0  # poll the model repository for changes; 0 turns it off
     admin: bool = True  # serve the Admin service (routing, promote, rollback)
     admin_host: str = "127.0.0.1"  # with admin_port: Admin listens here only
@@ -109,6 +114,7 @@ def load(path: Path | str | None = None, environ: typing.Mapping[str, str] = os.
         ("server", "tls_cert"),
         ("server", "tls_key"),
         ("server", "tls_client_ca"),
+        ("server", "compile_cache"),
         ("auth", "tokens_file"),
     ):
         value = getattr(getattr(config, section), option)

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from featurestore.keys import feature_field, timestamp_field
+from featurestore.packed import vector_field
 
 ENTITY_TYPES = ("int64", "string")
 
@@ -34,6 +35,11 @@ class ViewRead:
     join_keys: tuple[str, ...]
     ttl_seconds: float  # 0: values never expire
     features: tuple[FeatureColumn, ...]
+    # The view's packed vector (featurestore.packed): its layout id (0: none known), how
+    # many features it holds, and where each of `features` sits in it.
+    layout: int = 0
+    width: int = 0
+    packed: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,13 +50,21 @@ class KeyGroup:
     views: tuple[ViewRead, ...]
     columns: tuple[int, ...]  # plan column of each feature, views in order
     fields: tuple[bytes, ...] = field(init=False)  # all feature fields, then one _ts per view
+    vector_fields: tuple[bytes, ...] = field(init=False)  # one _av per view, then one _ts
     cache_id: int = field(init=False)  # names this field set in the row cache
 
     def __post_init__(self) -> None:
+        stamps = [timestamp_field(v.name) for v in self.views]
         fields = [feature_field(v.name, f.name) for v in self.views for f in v.features]
-        fields += [timestamp_field(v.name) for v in self.views]
-        object.__setattr__(self, "fields", tuple(fields))
+        object.__setattr__(self, "fields", (*fields, *stamps))
+        vectors = [vector_field(v.name) for v in self.views]
+        object.__setattr__(self, "vector_fields", (*vectors, *stamps))
         object.__setattr__(self, "cache_id", hash(self.fields))
+
+    @property
+    def packable(self) -> bool:
+        """Every view has a known vector layout, so the group can be read from vectors."""
+        return all(v.layout for v in self.views)
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,9 @@ class ReadPlan:
                 tuple(v["join_keys"]),
                 v["ttl_seconds"],
                 tuple(FeatureColumn(**f) for f in v["features"]),
+                v.get("layout", 0),
+                v.get("width", 0),
+                tuple(v.get("packed", ())),
             )
             for v in raw["views"]
         )

@@ -20,7 +20,7 @@ from featurestore.plan import ReadPlan
 
 log = logging.getLogger(__name__)
 CACHE_NAME = "augur-plans.json"
-FORMAT = 1
+FORMAT = 2  # 2: views carry their packed-vector layout
 
 
 def registry_file(repo_path: Path | str) -> Path | None:

@@ -8,6 +8,7 @@ become NaN or the feature's declared default, and are counted per row.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,22 @@ import numpy as np
 import redis
 
 from featurestore.keys import KeyEncoder
+from featurestore.packed import HEADER_BYTES, MAGIC
+from featurestore.packed import unpack as unpack_vectors
 from featurestore.plan import KeyGroup, ReadPlan
 from featurestore.row_cache import RowCache
-from featurestore.values import decode_column, decode_number, decode_timestamp
+from featurestore.values import decode_column, decode_number, decode_timestamp, timestamp_parts
+
+# One numpy pass over a group's values beats one Python call per value from about 40
+# entities (measured on the fraud plan: 1.3x faster at 100 entities, 1.6x at 1,000, 0.8x
+# at 16); below that numpy's fixed cost per call dominates.
+_COLUMNAR_FROM = 48
+# Past this many fields one HGETALL costs Redis less than an HMGET naming each (measured on
+# the wide benchmark scenario, 275 fields: 5.6x less at 100 entities).
+HGETALL_FROM = 64
+# Reads of a group from fields, after its vectors mostly failed, before vectors are retried.
+_FIELDS_READS = 200
+_VECTOR_HEAD = struct.Struct("<2sIqi")
 
 
 @dataclass(frozen=True)
@@ -69,10 +83,19 @@ class OnlineReader:
         client: redis.Redis,
         clock: Callable[[], float] = time.time,
         cache: RowCache | None = None,
+        *,
+        vectors: bool = True,
+        hgetall_from: int = HGETALL_FROM,
     ):
+        """`vectors`: read Augur's packed vectors where present (else only Feast's fields);
+        `hgetall_from`: read a group with HGETALL from this many fields, not HMGET."""
         self._client = client
+        self._vectors = vectors
+        self._hgetall_from = hgetall_from
         self._clock = clock
         self._encoders: dict[tuple, KeyEncoder] = {}
+        # key groups read from Feast's fields instead of vectors: reads left until a retry
+        self._fields_mode: dict[int, int] = {}
         self.cache = cache
 
     def read(
@@ -88,13 +111,33 @@ class OnlineReader:
         n = _row_count(plan, entities)
         work = [self._keys(plan, g, entities, n) for g in plan.groups]
         cached = [self._cached(g, keys) for g, (keys, _) in zip(plan.groups, work, strict=True)]
-        commands = [
-            ("HMGET", key, *group.fields)
+        fetches = [
+            _Fetch(
+                group,
+                [k for k, hit in zip(keys, hits, strict=True) if hit is None],
+                len(group.fields) >= self._hgetall_from,
+            )
             for group, (keys, _), hits in zip(plan.groups, work, cached, strict=True)
-            for key, hit in zip(keys, hits, strict=True)
-            if hit is None
         ]
+        for fetch in fetches:
+            fetch.packed = (
+                self._vectors
+                and fetch.group.packable
+                and fetch.group.cache_id not in self._fields_mode
+            )
+        commands = [c for f in fetches for c in f.commands()]
         replies = self._round_trip(commands, timeout_s) if commands else []
+        offset = 0
+        for fetch in fetches:
+            offset = fetch.decode(replies, offset)
+        retry = [c for f in fetches for c in f.fallback_commands()]
+        if retry:  # entities whose vectors a plain Feast write has outdated: read the fields
+            replies = self._round_trip(retry, timeout_s)
+            offset = 0
+            for fetch in fetches:
+                offset = fetch.decode_fallback(replies, offset)
+        for fetch in fetches:
+            self._learn(fetch)
 
         now = self._clock()
         columns = plan.columns
@@ -102,15 +145,14 @@ class OnlineReader:
         stale_mask = np.zeros((n, len(columns)), bool)
         event_ts = np.full((n, len(plan.views)), np.nan)
         view_index = {v.name: i for i, v in enumerate(plan.views)}
-        offset = 0
         hits = 0
-        for group, (keys, inverse), found in zip(plan.groups, work, cached, strict=True):
-            missing = sum(1 for f in found if f is None)
-            vals, ts = _decode_replies(group, replies[offset : offset + missing])
-            offset += missing
-            if len(found) != missing:  # merge cache hits and fresh reads in key order
+        for group, (keys, inverse), found, fetch in zip(
+            plan.groups, work, cached, fetches, strict=True
+        ):
+            vals, ts = fetch.vals, fetch.ts
+            if len(fetch.keys) != len(keys):  # merge cache hits and fresh reads in key order
                 vals, ts = self._merge(group, keys, found, vals, ts)
-                hits += len(found) - missing
+                hits += len(keys) - len(fetch.keys)
             elif self.cache is not None:
                 for i, key in enumerate(keys):
                     self.cache.put((group.cache_id, key), vals[i].copy(), ts[i].copy())
@@ -133,6 +175,20 @@ class OnlineReader:
             sum(len(k) for k, _ in work),
             hits,
         )
+
+    def _learn(self, fetch: _Fetch) -> None:
+        """Read a group from Feast's fields for a while when its vectors mostly fail (a store
+        written by plain `feast materialize`), then try vectors again."""
+        cache_id = fetch.group.cache_id
+        if fetch.packed:
+            if fetch.fallbacks * 2 > fetch.with_data:
+                self._fields_mode[cache_id] = _FIELDS_READS
+        elif cache_id in self._fields_mode:
+            left = self._fields_mode.get(cache_id, 1) - 1
+            if left <= 0:
+                self._fields_mode.pop(cache_id, None)
+            else:
+                self._fields_mode[cache_id] = left
 
     def _cached(self, group: KeyGroup, keys: list[bytes]) -> list:
         if self.cache is None:
@@ -198,10 +254,55 @@ class OnlineReader:
         return [encoder.key(k) for k in index], inverse
 
 
-# One numpy pass over a group's values beats one Python call per value from about 40
-# entities (measured on the fraud plan: 1.3x faster at 100 entities, 1.6x at 1,000, 0.8x
-# at 16); below that numpy's fixed cost per call dominates.
-_COLUMNAR_FROM = 48
+class _Fetch:
+    """One key group's part of a read: the commands it sends and the rows it decodes."""
+
+    def __init__(self, group: KeyGroup, keys: list[bytes], hgetall: bool):
+        self.group = group
+        self.keys = keys
+        self.hgetall = hgetall
+        self.packed = False
+        self.vals = np.empty((0, len(group.columns)), np.float32)
+        self.ts = np.empty((0, len(group.views)))
+        self.fallback: np.ndarray = np.empty(0, np.intp)
+        self.fallbacks = 0  # entities whose vectors were outdated or absent
+        self.with_data = 0  # entities with a value in at least one view
+
+    def commands(self) -> list[tuple]:
+        if self.packed:
+            return [("HMGET", key, *self.group.vector_fields) for key in self.keys]
+        if self.hgetall:
+            return [("HGETALL", key) for key in self.keys]
+        return [("HMGET", key, *self.group.fields) for key in self.keys]
+
+    def decode(self, replies: list, offset: int) -> int:
+        mine = replies[offset : offset + len(self.keys)]
+        if not self.packed:
+            if self.hgetall:
+                mine = [_pick(reply, self.group.fields) for reply in mine]
+            self.vals, self.ts = _decode_replies(self.group, mine)
+        else:
+            decode = _decode_vectors if len(mine) >= _COLUMNAR_FROM else _decode_vectors_small
+            self.vals, self.ts, fallback, self.with_data = decode(self.group, mine)
+            self.fallback = np.flatnonzero(fallback)
+            self.fallbacks = len(self.fallback)
+        return offset + len(self.keys)
+
+    def fallback_commands(self) -> list[tuple]:
+        return [("HMGET", self.keys[i], *self.group.fields) for i in self.fallback]
+
+    def decode_fallback(self, replies: list, offset: int) -> int:
+        if not len(self.fallback):
+            return offset
+        mine = replies[offset : offset + len(self.fallback)]
+        self.vals[self.fallback], self.ts[self.fallback] = _decode_replies(self.group, mine)
+        return offset + len(self.fallback)
+
+
+def _pick(reply, fields: tuple[bytes, ...]) -> list:
+    """HGETALL's reply (a flat RESP2 list or a RESP3 map) as an HMGET reply for `fields`."""
+    stored = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+    return [stored.get(f) for f in fields]
 
 
 def _decode_replies(group: KeyGroup, replies: list) -> tuple[np.ndarray, np.ndarray]:
@@ -218,6 +319,65 @@ def _decode_replies(group: KeyGroup, replies: list) -> tuple[np.ndarray, np.ndar
         [[decode_timestamp(raw) for raw in reply[n_feat:]] for reply in replies], np.float64
     ).reshape(len(replies), n_views)
     return vals, ts
+
+
+def _decode_vectors(group: KeyGroup, replies: list):
+    """Vectors of many entities, a numpy pass per view: (values, event times, the entities
+    needing Feast's fields, how many entities have data)."""
+    n, n_views = len(replies), len(group.views)
+    vals = np.full((n, len(group.columns)), np.nan, np.float32)
+    ts = np.full((n, n_views), np.nan)
+    fallback = np.zeros(n, bool)
+    with_data = np.zeros(n, bool)
+    start = 0
+    for j, view in enumerate(group.views):
+        stamps = [reply[n_views + j] for reply in replies]
+        have = np.fromiter((raw is not None for raw in stamps), bool, n)
+        parts = np.array([timestamp_parts(raw) if raw is not None else (0, 0) for raw in stamps])
+        seconds, nanos = parts[:, 0], parts[:, 1]
+        valid, vectors = unpack_vectors(
+            [reply[j] for reply in replies], view.layout, view.width, seconds, nanos
+        )
+        use = valid & have
+        width = len(view.features)
+        vals[use, start : start + width] = vectors[use][:, list(view.packed)]
+        ts[have, j] = seconds[have] + nanos[have] / 1e9
+        fallback |= have & ~valid
+        with_data |= have
+        start += width
+    return vals, ts, fallback, int(with_data.sum())
+
+
+def _decode_vectors_small(group: KeyGroup, replies: list):
+    """The same as `_decode_vectors`, an entity at a time: cheaper for a few entities."""
+    n, n_views = len(replies), len(group.views)
+    vals = np.full((n, len(group.columns)), np.nan, np.float32)
+    ts = np.full((n, n_views), np.nan)
+    fallback = np.zeros(n, bool)
+    with_data = 0
+    for i, reply in enumerate(replies):
+        start = 0
+        seen = False
+        for j, view in enumerate(group.views):
+            width = len(view.features)
+            stamp = reply[n_views + j]
+            if stamp is not None:
+                seen = True
+                seconds, nanos = timestamp_parts(stamp)
+                ts[i, j] = seconds + nanos / 1e9
+                raw = reply[j]
+                if (
+                    raw is not None
+                    and len(raw) == HEADER_BYTES + 4 * view.width
+                    and _VECTOR_HEAD.unpack_from(raw) == (MAGIC, view.layout, seconds, nanos)
+                ):
+                    vector = np.frombuffer(raw, "<f4", view.width, HEADER_BYTES)
+                    vals[i, start : start + width] = vector[list(view.packed)]
+                else:
+                    fallback[i] = True
+            start += width
+        with_data += seen
+    return vals, ts, fallback, with_data
 
 
 def _expire(group: KeyGroup, vals: np.ndarray, ts: np.ndarray, now: float) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from featurestore.plan import ENTITY_TYPES, FeatureColumn, ReadPlan, ViewRead
 from featurestore.values import is_supported
+from featurestore.writer import ViewSchema
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -59,8 +60,40 @@ def build_plan(store: FeatureStore, service_name: str) -> ReadPlan:
             default = float(f.tags["default"]) if "default" in (f.tags or {}) else math.nan
             features.append(FeatureColumn(view.name, f.name, dtype, default))
         ttl = view.ttl.total_seconds() if view.ttl else 0.0
-        views.append(ViewRead(view.name, join_keys, ttl, tuple(features)))
+        stored = [f.name for f in view.features]
+        try:
+            layout = view_schema(store, view.name).layout
+        except PlanError:  # a non-numeric feature elsewhere in the view: no packed vectors
+            layout = 0
+        views.append(
+            ViewRead(
+                view.name,
+                join_keys,
+                ttl,
+                tuple(features),
+                layout,
+                len(stored),
+                tuple(stored.index(f.name) for f in features),
+            )
+        )
     return ReadPlan(service.name, store.project, entity_types, tuple(views))
+
+
+def view_schema(store: FeatureStore, view_name: str) -> ViewSchema:
+    """What Augur's writer needs of a feature view: keys, key types, features and dtypes."""
+    view = store.get_feature_view(view_name)
+    for f in view.features:
+        if not is_supported(str(f.dtype)):
+            raise PlanError(
+                f"feature {view.name}:{f.name} has type {f.dtype}; Augur writes numeric "
+                f"and bool features (use feast materialize for this view)"
+            )
+    return ViewSchema(
+        view.name,
+        tuple(c.name for c in view.entity_columns),
+        tuple(str(c.dtype).lower() for c in view.entity_columns),
+        tuple((f.name, str(f.dtype)) for f in view.features),
+    )
 
 
 def build_plans(store: FeatureStore) -> dict[str, ReadPlan]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featurestore.ragged import Ragged, concat
+
 _F64 = struct.Struct("<d")
 _F32 = struct.Struct("<f")
 
@@ -93,6 +95,12 @@ def decode_timestamp(raw: bytes | None) -> float:
     b"" is a present timestamp of 0: protobuf writes no bytes for default fields."""
     if raw is None:
         return math.nan
+    seconds, nanos = timestamp_parts(raw)
+    return seconds + nanos / 1e9
+
+
+def timestamp_parts(raw: bytes) -> tuple[int, int]:
+    """The (seconds, nanos) fields of a serialized google.protobuf.Timestamp."""
     seconds = nanos = 0
     pos = 0
     while pos < len(raw):
@@ -107,7 +115,7 @@ def decode_timestamp(raw: bytes | None) -> float:
             seconds = value
         elif tag == 0x10:
             nanos = value
-    return seconds + nanos / 1e9
+    return seconds, nanos
 
 
 def encode_timestamp(epoch_seconds: float) -> bytes:
@@ -170,3 +178,46 @@ def decode_column(raws: Sequence[bytes | None]) -> np.ndarray:
     for i in np.flatnonzero(~done):
         out[i] = decode_number(raws[i])
     return out
+
+
+def encode_column(values: np.ndarray, present: np.ndarray, dtype: str) -> Ragged:
+    """Many values of Feast type `dtype` at once: row i is `encode_number(values[i], dtype)`,
+    or b"" where not `present` (Feast writes an empty ValueProto for a null)."""
+    d = DTYPES[dtype]
+    n = len(values)
+    if d.wire == "varint":
+        payload = _varints(values.astype(np.int64))
+        head = np.full((n, 1), d.tag, np.uint8)
+        data = np.concatenate([head, payload.data], axis=1)
+        lengths = np.where(present, payload.lengths + 1, 0)
+        data[~present] = 0
+        return Ragged(data, lengths)
+    wire = "<f8" if d.wire == "fixed64" else "<f4"
+    record = np.empty(n, [("tag", "u1"), ("value", wire)])
+    record["tag"] = d.tag
+    record["value"] = values
+    data = record.view(np.uint8).reshape(n, record.dtype.itemsize).copy()
+    data[~present] = 0
+    return Ragged.fixed(data, present)
+
+
+def encode_timestamps(seconds: np.ndarray, nanos: np.ndarray) -> Ragged:
+    """Many google.protobuf.Timestamps at once, byte-identical to `encode_timestamp`'s."""
+    parts = []
+    for tag, field in ((0x08, seconds), (0x10, nanos)):
+        payload = _varints(np.asarray(field, np.int64))
+        data = np.concatenate([np.full((len(field), 1), tag, np.uint8), payload.data], axis=1)
+        set_ = np.asarray(field) != 0  # protobuf omits fields at their default
+        data[~set_] = 0
+        parts.append(Ragged(data, np.where(set_, payload.lengths + 1, 0)))
+    return concat(parts)
+
+
+def _varints(ints: np.ndarray) -> Ragged:
+    """Protobuf varints of int64s (negatives as their 64-bit two's complement, 10 bytes)."""
+    u = ints.astype(np.int64).view(np.uint64)
+    shifted = u[:, None] >> (np.uint64(7) * np.arange(10, dtype=np.uint64))
+    groups = (shifted & np.uint64(0x7F)).astype(np.uint8)
+    lengths = np.maximum(1, (shifted != 0).sum(1))
+    groups[np.arange(10) < lengths[:, None] - 1] |= 0x80
+    return Ragged(groups, lengths.astype(np.int64))

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from featurestore.plan import ReadPlan
 from predictor import metrics
@@ -31,10 +32,12 @@ class ModelManager:
         plans: Mapping[str, ReadPlan],
         threads: int = 1,
         on_health: Callable[[str, bool], None] = lambda name, ok: None,
+        compile_cache: Path | None = None,
     ):
         self.repo = repo
         self.plans = plans
         self.threads = threads
+        self.compile_cache = compile_cache
         self.on_health = on_health
         self.errors: dict[str, str] = {}  # model -> why its latest wanted state is not serving
         self._routes: dict[str, Route] = {}
@@ -232,7 +235,9 @@ class ModelManager:
         if model is None:
             began = time.perf_counter()
             try:
-                model = load_model(self.repo, name, self.plans, self.threads, version)
+                model = load_model(
+                    self.repo, name, self.plans, self.threads, version, self.compile_cache
+                )
             except ModelLoadError:
                 metrics.MODEL_LOADS.labels(name, version, "failed").inc()
                 raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -68,6 +69,7 @@ def load_model(
     plans: Mapping[str, ReadPlan],
     threads: int = 1,
     version: str = "",
+    compile_cache: Path | None = None,
 ) -> ServingModel:
     try:
         resolved = repo.resolve(name, version)
@@ -103,7 +105,7 @@ def load_model(
                 f"feature of model.yaml"
             )
     try:
-        runtime = load_runtime(resolved, threads)
+        runtime = load_runtime(resolved, threads, compile_cache)
     except Exception as e:
         raise ModelLoadError(f"model {name}@{resolved.version}: {e}") from e
     model = ServingModel(

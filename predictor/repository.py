@@ -1,8 +1,9 @@
 """The model repository on disk: models/<name>/model.yaml and immutable versions beside it.
 
     models/<name>/model.yaml    what the model is (kind, feature service, request features,
-                                outputs, device) and how it is served: aliases (stable: v2),
-                                canary (version, weight, guardrails), shadow, last rollback
+                                outputs), how it runs (device, compile) and how it is served:
+                                aliases (stable: v2), canary (version, weight, guardrails),
+                                shadow, last rollback
     models/<name>/<version>/    model.txt (LightGBM) or model.pt (TorchScript), metadata.json
                                 (feature order and dtypes, window, metrics, sha256)
 
@@ -30,7 +31,11 @@ from pathlib import Path
 import yaml
 
 KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
+# `compile`: how a LightGBM model runs; "none" is LightGBM's own predict, "lleaves" native
+# code compiled from model.txt (predictor/runtimes/compiled_runtime.py)
+COMPILERS = ("none", "lleaves")
 _VERSION = re.compile(r"^v(\d+)$")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _WRITE_LOCK = threading.Lock()
 
 
@@ -78,6 +83,7 @@ class ModelSpec:
     # "unavailable" (answer UNAVAILABLE) or "serve_defaults" (score on declared defaults,
     # flagged `degraded`) when the online store cannot be read
     on_feature_store_error: str = "unavailable"
+    compile: str = "none"
 
 
 @dataclass(frozen=True)
@@ -295,8 +301,10 @@ class ModelRepository:
                 feature_service=spec.feature_service,
                 request_features=list(spec.request_features),
                 outputs=list(spec.outputs),
-                device=raw.get("device", spec.device),
+                device=raw.get("device", spec.device),  # how it runs stays the operator's
             )
+            if spec.compile != "none":
+                raw.setdefault("compile", spec.compile)
             if spec.aliases and "aliases" not in raw:
                 raw["aliases"] = dict(spec.aliases)
             self._write(spec.name, raw)
@@ -325,6 +333,19 @@ def _parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         raise RepositoryError(
             f"{path}: on_feature_store_error must be unavailable or serve_defaults, got {policy!r}"
         )
+    device = raw.get("device", "cpu")
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise RepositoryError(f"{path}: device must be cpu, cuda or cuda:<index>, got {device!r}")
+    compiler = raw.get("compile", "none")
+    compiler = "none" if compiler is None else compiler  # `compile:` left empty
+    if compiler not in COMPILERS:
+        raise RepositoryError(
+            f"{path}: compile must be one of {', '.join(COMPILERS)}, got {compiler!r}"
+        )
+    if compiler != "none" and kind != "lightgbm":
+        raise RepositoryError(
+            f"{path}: compile: {compiler} applies to kind lightgbm only, not {kind}"
+        )
     shadow = None
     if raw.get("shadow"):
         s = raw["shadow"]
@@ -335,10 +356,11 @@ def _parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         raw["feature_service"],
         tuple(raw.get("request_features") or ()),
         tuple(raw.get("outputs") or ("score",)),
-        raw.get("device", "cpu"),
+        device,
         {str(k): str(v) for k, v in (raw.get("aliases") or {}).items()},
         canary,
         shadow,
         raw.get("last_rollback"),
         policy,
+        compiler,
     )

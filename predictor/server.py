@@ -13,6 +13,7 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -84,7 +85,8 @@ def start(config: Config) -> RunningServer:
     def on_health(name: str, serving: bool) -> None:
         health_servicer.set(name, SERVING if serving else NOT_SERVING)
 
-    manager = ModelManager(repo, plans, config.server.model_threads, on_health)
+    compile_cache = Path(config.server.compile_cache) if config.server.compile_cache else None
+    manager = ModelManager(repo, plans, config.server.model_threads, on_health, compile_cache)
     manager.refresh()
     for name in repo.names():
         if manager.route(name) is None:

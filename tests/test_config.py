@@ -41,3 +41,10 @@ def test_wrong_type_is_named(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "nope.yaml", environ={})
+
+
+def test_compile_cache_is_relative_to_the_file_and_empty_by_default(tmp_path):
+    path = tmp_path / "augur.yaml"
+    path.write_text("server: {compile_cache: cache/compiled}\n")
+    assert load(path, environ={}).server.compile_cache == str(tmp_path / "cache" / "compiled")
+    assert load(None, environ={}).server.compile_cache == ""  # <model_repo>/.compiled

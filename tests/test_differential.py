@@ -1,6 +1,9 @@
 """Augur's online reader returns exactly what Feast's `get_online_features` returns.
 
-Same Redis, same random entities (known, unknown, composite user x merchant keys). Where
+Same Redis, same random entities (known, unknown, composite user x merchant keys), read each
+way Augur can: from its packed vectors, from Feast's per-feature fields with HMGET, and
+with HGETALL. Rows written by Feast itself (no vector, or an outdated one) are read from
+Feast's fields. Where
 Feast finds nothing Augur serves the feature's declared default (else NaN). Past-TTL
 values differ by design: Feast's online read ignores TTL and returns them; Augur treats
 them as missing and counts them as stale, and returns Feast's values when TTL is off.
@@ -51,9 +54,16 @@ def plan(fraud_repo):
     return build_plan(fraud_repo.store, "fraud_lgbm")
 
 
-@pytest.fixture(scope="module")
-def reader(fraud_repo):
-    return OnlineReader(connect(fraud_repo.address))
+READ_PATHS = {
+    "vectors": {},
+    "fields": {"vectors": False},
+    "hgetall": {"vectors": False, "hgetall_from": 1},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(READ_PATHS))
+def reader(fraud_repo, request):
+    return OnlineReader(connect(fraud_repo.address), **READ_PATHS[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +136,61 @@ def test_string_and_missing_entity_columns_are_refused(plan, reader):
     with pytest.raises(EntityError) as ragged:
         reader.read(plan, {"user_id": [1, 2], "merchant_id": [1]})
     assert "2" in str(ragged.value) or "1" in str(ragged.value)
+
+
+def _user_key(fraud_repo, plan, user: int) -> bytes:
+    from featurestore.keys import KeyEncoder
+
+    return KeyEncoder(["user_id"], ["int64"], plan.project).key([user])
+
+
+def test_vectors_are_read_when_present(fraud_repo, plan):
+    """With a view's feature fields gone but its vector and _ts intact, the vector path still
+    serves every value and the fields path none: proof that vectors are what is read."""
+    from featurestore.keys import feature_field
+
+    client = connect(fraud_repo.address)
+    user = int(pd.read_parquet(fraud_repo.data / "user_stats.parquet")["user_id"].iloc[-1])
+    key = _user_key(fraud_repo, plan, user)
+    view = next(v for v in plan.views if v.name == "user_stats")
+    fields = [feature_field(view.name, f.name) for f in view.features]
+    cols = [i for i, c in enumerate(plan.columns) if c.view == view.name]
+    entity = {"user_id": [user], "merchant_id": [0]}
+    before = OnlineReader(client, vectors=False).read(plan, entity, enforce_ttl=False)
+    saved = dict(zip(fields, client.hmget(key, fields), strict=True))
+    client.hdel(key, *fields)
+    try:
+        packed = OnlineReader(client).read(plan, entity, enforce_ttl=False)
+        plain = OnlineReader(client, vectors=False).read(plan, entity, enforce_ttl=False)
+    finally:
+        client.hset(key, mapping=saved)
+    assert not np.isnan(before.values[0, cols]).all()
+    np.testing.assert_array_equal(packed.values[0, cols], before.values[0, cols])
+    assert np.isnan(plain.values[0, cols]).all()
+
+
+def test_feast_writes_newer_than_the_vector_are_served(fraud_repo, plan):
+    """Augur's push writes a vector; a later plain Feast write replaces the fields and _ts but
+    not the vector; the reader notices and serves Feast's newer values."""
+    from pipelines.push import push
+
+    user = 900_200  # an id the generator never makes
+    template = pd.read_parquet(fraud_repo.data / "user_stats.parquet").tail(1)
+    now = pd.Timestamp(dt.datetime.now(dt.UTC))
+    older = template.assign(user_id=user, event_timestamp=now - pd.Timedelta("1min"))
+    push(fraud_repo.path, fraud_repo.address, "user_stats", older.assign(txn_count_7d=1))
+    fraud_repo.store.write_to_online_store(
+        "user_stats", older.assign(event_timestamp=now, txn_count_7d=2).reset_index(drop=True)
+    )
+    column = plan.feature_names.index("user_stats__txn_count_7d")
+    known_users, known_merchants = _entities(fraud_repo, n=120)
+    for many in (False, True):  # a few entities are decoded one at a time, many at once
+        users = [user] * 3 + (known_users.tolist() if many else [])
+        merchants = [0, 1, 2] + (known_merchants.tolist() if many else [])
+        rows = OnlineReader(connect(fraud_repo.address)).read(
+            plan, {"user_id": users, "merchant_id": merchants}
+        )
+        assert rows.values[:3, column].tolist() == [2.0] * 3
+        expected = _feast_matrix(fraud_repo.store, plan, users, merchants)
+        defaults = np.array([c.default for c in plan.columns], np.float32)
+        np.testing.assert_array_equal(rows.values, np.where(np.isnan(expected), defaults, expected))

@@ -50,3 +50,17 @@ def test_mixed_composite_key():
 def test_fields(view, feature):
     assert feature_field(view, feature) == _mmh3(f"{view}:{feature}")
     assert timestamp_field(view) == f"_ts:{view}".encode()
+
+
+def test_vectorised_keys_equal_one_at_a_time():
+    import numpy as np
+
+    encoder = KeyEncoder(["user_id", "merchant_id"], ["int64", "int64"], "fraud")
+    users = np.array([0, 7, -1, 2**62, 12345], np.int64)
+    merchants = np.array([3, 3, 0, -(2**63), 99], np.int64)
+    rows = encoder.keys([users, merchants])
+    assert [r.tobytes() for r in rows] == [
+        encoder.key([int(u), int(m)]) for u, m in zip(users, merchants, strict=True)
+    ]
+    with pytest.raises(ValueError, match="int64"):
+        KeyEncoder(["device"], ["string"], "p").keys([np.array(["a"])])

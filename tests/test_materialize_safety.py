@@ -9,9 +9,10 @@ names the same `--start` and `--end`, so each writes the same window whatever ra
 Where to kill: a run spends seconds importing and querying and a fraction of a second
 writing, so a kill at a random time would nearly always land before the first write. The
 seed picks a key count instead, and the run is killed as soon as Redis holds that many keys:
-during the writes. Feast writes a view as one pipeline of one HSET per entity, and Redis
-still runs what a killed client had already sent, so the cut lies somewhere past that
-count: between views or inside one (the usual case here), or after the last write.
+during the writes. Augur's writer sends a view as pipelines of one HSET per entity (10,000
+a pipeline), and Redis still runs what a killed client had already sent, so the cut lies
+somewhere past that count: between views or inside one (the usual case here), or after
+the last write.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import yaml
 import examples.fraud.generate as generate
 from examples.fraud.generate import Scale
 from featurestore.keys import feature_field, timestamp_field
+from featurestore.packed import vector_field
 from featurestore.redis_server import EmbeddedRedis
 from featurestore.repo import open_store
 from tests.conftest import ROOT, make_repo
@@ -98,12 +100,17 @@ def _dump(server: EmbeddedRedis) -> Dump:
 
 
 def _view_fields(config: Path) -> dict[str, frozenset[bytes]]:
-    """Per online view, the hash fields Feast writes for an entity: features and `_ts:<view>`."""
+    """Per online view, the hash fields written for an entity: Feast's (features and
+    `_ts:<view>`) and Augur's packed vector `_av:<view>`."""
     repo = yaml.safe_load(config.read_text())["feature_repo"]
     views = open_store(repo).list_feature_views()
     return {
         v.name: frozenset(
-            {timestamp_field(v.name), *(feature_field(v.name, f.name) for f in v.features)}
+            {
+                timestamp_field(v.name),
+                vector_field(v.name),
+                *(feature_field(v.name, f.name) for f in v.features),
+            }
         )
         for v in views
         if v.online

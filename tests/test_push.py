@@ -26,18 +26,19 @@ def test_pushed_rows_are_served_and_never_go_back_in_time(fraud_repo, tmp_path):
 
     path = tmp_path / "rows.parquet"
     _row(fraud_repo, now, 41).to_parquet(path)
-    assert push(fraud_repo.path, fraud_repo.address, "user_stats", path) == 1
+    assert push(fraud_repo.path, fraud_repo.address, "user_stats", path).written == 1
     served = reader.read(plan, {"user_id": [USER], "merchant_id": [1]})
     assert served.values[0, column] == 41
     assert served.event_ts[0, 0] == pytest.approx(now.timestamp(), abs=1e-3)
 
     # A late, older row must not replace the newer one.
-    push(
+    late = push(
         fraud_repo.path,
         fraud_repo.address,
         "user_stats",
         _row(fraud_repo, now - pd.Timedelta("1h"), 7),
     )
+    assert (late.written, late.skipped) == (0, 1)
     assert reader.read(plan, {"user_id": [USER], "merchant_id": [1]}).values[0, column] == 41
 
 

@@ -81,3 +81,31 @@ def test_column_decoding_equals_value_decoding():
     expected = np.array([decode_number(r) for r in shuffled], np.float32)
     np.testing.assert_array_equal(decode_column(shuffled), expected)  # NaN == NaN here
     assert decode_column([]).shape == (0,)
+
+
+@pytest.mark.parametrize(("dtype", "field", "values"), CASES)
+def test_column_encoding_is_per_value_encoding(dtype, field, values):
+    import numpy as np
+
+    from featurestore.values import encode_column
+
+    array = np.array(values, object if dtype != "Bool" else bool)
+    array = array.astype(np.float64 if dtype.startswith("Float") else np.int64)
+    present = np.ones(len(values), bool)
+    present[::3] = False  # nulls in between
+    got = encode_column(array, present, dtype).rows()
+    assert got == [
+        encode_number(v, dtype) if p else b"" for v, p in zip(values, present, strict=True)
+    ]
+
+
+def test_timestamp_column_encoding_is_exactly_protobufs():
+    import numpy as np
+
+    from featurestore.values import encode_timestamps, timestamp_parts
+
+    seconds = np.array([0, 1, 1_700_000_000, 1_700_000_000, 2**40])
+    nanos = np.array([0, 999_999_999, 0, 123_456_000, 1])
+    for raw, s, n in zip(encode_timestamps(seconds, nanos).rows(), seconds, nanos, strict=True):
+        assert raw == Timestamp(seconds=int(s), nanos=int(n)).SerializeToString()
+        assert timestamp_parts(raw) == (s, n)

@@ -5,11 +5,14 @@ Each runtime module imports its framework only when a model of its kind is loade
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from predictor.repository import ModelVersion
+
+COMPILE_CACHE = ".compiled"  # under the model repository; no model.yaml, so not a model
 
 
 class Runtime(Protocol):
@@ -20,8 +23,18 @@ class Runtime(Protocol):
         ...
 
 
-def load_runtime(version: ModelVersion, threads: int = 1) -> Runtime:
+def load_runtime(
+    version: ModelVersion, threads: int = 1, compile_cache: Path | None = None
+) -> Runtime:
+    """`compile_cache`: where `compile: lleaves` models keep their native code; by default
+    <model repository>/.compiled (server.compile_cache)."""
     version.verify()
+    if version.spec.compile == "lleaves":
+        from predictor.runtimes.compiled_runtime import CompiledTreeRuntime
+
+        cache = compile_cache or version.path.parent.parent / COMPILE_CACHE
+        # verify() has just matched the recorded sha256 to the artifact's bytes
+        return CompiledTreeRuntime(version.artifact, version.metadata["sha256"], cache, threads)
     if version.spec.kind == "lightgbm":
         from predictor.runtimes.lightgbm_runtime import LightGBMRuntime
 

@@ -1,0 +1,77 @@
+"""Packed feature vectors: one view's features as one binary hash field, beside Feast's.
+
+Augur's writer stores, in the same Redis hash as Feast's per-feature fields, a field
+`_av:<view>` holding every feature of the view as float32 in schema order, the view's layout
+id and the event time it was written with. A reader trusts a vector only when its layout is
+the plan's and its event time equals `_ts:<view>`: a later plain `feast materialize` or
+Feast write replaces the fields and `_ts` but not the vector, and the mismatch sends the
+reader back to Feast's fields. Missing values are NaN.
+
+    offset  0  b"AV"
+            2  layout id   u32   (mmh3 of the view's "name:dtype" list: a schema change
+                                  makes old vectors unreadable rather than misread)
+            6  seconds     i64   event time, as in the google.protobuf.Timestamp of _ts
+           14  nanos       i32
+           18  values      f32 x features
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mmh3
+import numpy as np
+
+MAGIC = b"AV"
+HEADER = np.dtype([("magic", "S2"), ("layout", "<u4"), ("seconds", "<i8"), ("nanos", "<i4")])
+HEADER_BYTES = HEADER.itemsize  # 18
+
+
+def vector_field(view: str) -> bytes:
+    return f"_av:{view}".encode()
+
+
+def layout_id(view: str, features: Sequence[tuple[str, str]]) -> int:
+    """Names the vector layout of `view`: its (feature, Feast dtype) pairs in schema order."""
+    text = view + "|" + ",".join(f"{name}:{dtype}" for name, dtype in features)
+    return mmh3.hash(text, signed=False)
+
+
+def pack(layout: int, seconds: np.ndarray, nanos: np.ndarray, values: np.ndarray) -> list[bytes]:
+    """One vector per row of `values` (float32 (n, features), NaN where absent)."""
+    n, width = values.shape
+    row = np.dtype([*HEADER.descr, ("values", "<f4", (width,))])
+    out = np.empty(n, row)
+    out["magic"] = MAGIC
+    out["layout"] = layout
+    out["seconds"] = seconds
+    out["nanos"] = nanos
+    out["values"] = values
+    raw = out.tobytes()
+    size = row.itemsize
+    return [raw[i : i + size] for i in range(0, n * size, size)]
+
+
+def unpack(
+    raws: Sequence[bytes | None],
+    layout: int,
+    width: int,
+    seconds: np.ndarray,
+    nanos: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode n stored vectors at once: (valid, values). A vector is valid when it is one of
+    `layout` and carries exactly the event time (`seconds`, `nanos`) read from `_ts:<view>`;
+    `values` (float32 (n, width)) is meaningful only where valid."""
+    row = np.dtype([*HEADER.descr, ("values", "<f4", (width,))])
+    blank = bytes(row.itemsize)  # fails the magic check: stands in for absent vectors
+    size = row.itemsize
+    packed = np.frombuffer(
+        b"".join(r if r is not None and len(r) == size else blank for r in raws), row, len(raws)
+    )
+    valid = (
+        (packed["magic"] == MAGIC)
+        & (packed["layout"] == layout)
+        & (packed["seconds"] == seconds)
+        & (packed["nanos"] == nanos)
+    )
+    return valid, packed["values"]

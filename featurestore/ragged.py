@@ -1,0 +1,105 @@
+"""Ragged byte columns: one byte string per row, held as a zero-padded uint8 matrix + lengths.
+
+The writer builds Feast's value bytes and whole Redis commands for many rows at once with
+these, so serializing a million values costs a few numpy passes, not a million Python
+objects. Not a general-purpose container: only what the write path needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Ragged:
+    data: np.ndarray  # uint8 (n, width): row i's bytes are data[i, :lengths[i]], zeros after
+    lengths: np.ndarray  # int64 (n,)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @classmethod
+    def constant(cls, value: bytes, n: int) -> Ragged:
+        row = np.frombuffer(value, np.uint8)
+        return cls(np.broadcast_to(row, (n, len(row))), np.full(n, len(row), np.int64))
+
+    @classmethod
+    def fixed(cls, data: np.ndarray, present: np.ndarray | None = None) -> Ragged:
+        """Rows of one width; rows not `present` become empty strings."""
+        lengths = np.full(len(data), data.shape[1], np.int64)
+        if present is not None:
+            lengths[~present] = 0
+        return cls(data, lengths)
+
+    @classmethod
+    def from_bytes(cls, rows: Sequence[bytes]) -> Ragged:
+        lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+        width = int(lengths.max()) if len(rows) else 0
+        data = np.zeros((len(rows), width), np.uint8)
+        data[np.arange(width) < lengths[:, None]] = np.frombuffer(b"".join(rows), np.uint8)
+        return cls(data, lengths)
+
+    def tobytes(self) -> bytes:
+        """All rows' bytes, concatenated in row order."""
+        return self.data[self._mask()].tobytes()
+
+    def rows(self) -> list[bytes]:
+        flat = self.tobytes()
+        ends = np.cumsum(self.lengths).tolist()
+        starts = [0, *ends[:-1]]
+        return [flat[s:e] for s, e in zip(starts, ends, strict=True)]
+
+    def take(self, index: np.ndarray) -> Ragged:
+        return Ragged(self.data[index], self.lengths[index])
+
+    def _mask(self) -> np.ndarray:
+        return np.arange(self.data.shape[1]) < self.lengths[:, None]
+
+
+def concat(parts: Sequence[Ragged]) -> Ragged:
+    """Row i of the result is row i of every part, joined."""
+    flat, lengths = _joined(parts)
+    width = int(lengths.max()) if len(lengths) else 0
+    data = np.zeros((len(lengths), width), np.uint8)
+    data[np.arange(width) < lengths[:, None]] = flat
+    return Ragged(data, lengths)
+
+
+def resp_commands(args: Sequence[Ragged | bytes], n: int) -> bytes:
+    """n Redis commands in RESP, concatenated: command i is the array of every arg's row i
+    (an arg given as bytes is the same in every command)."""
+    parts = [Ragged.constant(b"*%d\r\n" % len(args), n)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            parts.append(Ragged.constant(b"$%d\r\n%s\r\n" % (len(arg), arg), n))
+        else:
+            dollar, crlf = Ragged.constant(b"$", n), Ragged.constant(b"\r\n", n)
+            parts += [dollar, _decimal(arg.lengths), crlf, arg, crlf]
+    return _joined(parts)[0].tobytes()
+
+
+def _joined(parts: Sequence[Ragged]) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of every part in row-major order, as flat bytes, and each row's length."""
+    full = np.concatenate([np.ascontiguousarray(p.data) for p in parts], axis=1)
+    mask = np.concatenate([p._mask() for p in parts], axis=1)
+    lengths = np.sum([p.lengths for p in parts], axis=0)
+    return full[mask], lengths
+
+
+def _decimal(numbers: np.ndarray) -> Ragged:
+    """Non-negative integers as ASCII decimal."""
+    numbers = np.asarray(numbers, np.int64)
+    width = max(1, len(str(int(numbers.max())))) if len(numbers) else 1
+    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    digits = (numbers[:, None] // powers) % 10
+    lengths = 1 + (numbers[:, None] >= 10 ** np.arange(1, width, dtype=np.int64)).sum(1)
+    # Left-align: drop the leading zeros of each row.
+    shift = width - lengths
+    cols = np.arange(width)[None, :] + shift[:, None]
+    aligned = np.take_along_axis(digits, np.minimum(cols, width - 1), axis=1)
+    data = (aligned + ord("0")).astype(np.uint8)
+    data[np.arange(width) >= lengths[:, None]] = 0
+    return Ragged(data, lengths)

@@ -1,0 +1,208 @@
+"""The write path: Arrow rows of one feature view -> Feast's hash fields plus a packed vector.
+
+Every field Feast writes (key, mmh3 feature fields, ValueProto values, `_ts:<view>`) is
+byte-identical to Feast's Redis online store, so `get_online_features` reads what this
+writes; the packed vector (`featurestore.packed`) rides along in the same HSET. Feast's
+rule holds: a row whose event time is not newer than the stored one is skipped. Values and
+whole Redis commands are serialized for a batch of rows at once (`featurestore.ragged`) and
+sent down one connection as one pipeline, instead of a Python object per value.
+
+Like Feast's writer, it reads the stored event times first and writes after: two writers
+racing on the same entity can still let the older row land last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import hiredis
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+
+from featurestore.connection import RedisTimeouts
+from featurestore.keys import KeyEncoder, feature_field, timestamp_field
+from featurestore.packed import layout_id, pack, vector_field
+from featurestore.ragged import Ragged, resp_commands
+from featurestore.values import DTYPES, encode_column, encode_timestamps, timestamp_parts
+
+CHUNK_ROWS = 10_000  # rows per pipeline: bounds memory and how long one pipeline holds Redis
+# Bulk writes: a pipeline of thousands of commands may take seconds on a busy Redis.
+WRITE_TIMEOUTS = RedisTimeouts(connect_s=5.0, read_s=60.0)
+
+
+@dataclass(frozen=True)
+class ViewSchema:
+    """What the writer needs of a Feast feature view, as plain data."""
+
+    name: str
+    join_keys: tuple[str, ...]
+    key_types: tuple[str, ...]  # "int64" | "string", per join key
+    features: tuple[tuple[str, str], ...]  # (name, Feast dtype), schema order
+
+    @property
+    def layout(self) -> int:
+        return layout_id(self.name, self.features)
+
+
+@dataclass
+class WriteStats:
+    written: int = 0  # rows stored
+    skipped: int = 0  # rows no newer than what the store (or this batch) already had
+
+
+class OnlineWriter:
+    def __init__(self, client: redis.Redis, project: str, key_ttl_seconds: int | None = None):
+        self._client = client
+        self._project = project
+        self._key_ttl = key_ttl_seconds
+
+    def write(
+        self,
+        view: ViewSchema,
+        table: pa.Table,
+        timestamp_column: str = "event_timestamp",
+        progress: Callable[[int], object] | None = None,
+    ) -> WriteStats:
+        """Write the rows of `table` (join keys, features, event time) for `view`."""
+        _check_columns(view, table, timestamp_column)
+        stats = WriteStats()
+        encoder = KeyEncoder(view.join_keys, view.key_types, self._project)
+        for start in range(0, table.num_rows, CHUNK_ROWS):
+            chunk = table.slice(start, CHUNK_ROWS)
+            written = self._write_chunk(view, encoder, chunk, timestamp_column)
+            stats.written += written
+            stats.skipped += chunk.num_rows - written
+            if progress is not None:
+                progress(chunk.num_rows)
+        return stats
+
+    def _write_chunk(
+        self, view: ViewSchema, encoder: KeyEncoder, chunk: pa.Table, timestamp_column: str
+    ) -> int:
+        keys = _key_column(encoder, chunk, view)
+        micros = _event_micros(chunk.column(timestamp_column))
+        rows = self._newer_rows(view, keys, micros)
+        if not len(rows):
+            return 0
+        seconds, nanos = micros[rows] // 1_000_000, (micros[rows] % 1_000_000) * 1000
+        n = len(rows)
+        key_column = keys.take(rows)
+        args: list[Ragged | bytes] = [b"HSET", key_column]
+        vector = np.empty((n, len(view.features)), np.float32)
+        for j, (name, dtype) in enumerate(view.features):
+            values, present = _column(chunk.column(name), dtype)
+            values, present = values[rows], present[rows]
+            args += [feature_field(view.name, name), encode_column(values, present, dtype)]
+            vector[:, j] = np.where(present, values.astype(np.float32), np.nan)
+        args += [
+            timestamp_field(view.name),
+            encode_timestamps(seconds, nanos),
+            vector_field(view.name),
+            Ragged.from_bytes(pack(view.layout, seconds, nanos, vector)),
+        ]
+        commands = [resp_commands(args, n)]
+        if self._key_ttl:
+            commands.append(resp_commands([b"EXPIRE", key_column, b"%d" % self._key_ttl], n))
+        _pipeline(self._client, b"".join(commands), n * len(commands))
+        return n
+
+    def _newer_rows(self, view: ViewSchema, keys: Ragged, micros: np.ndarray) -> np.ndarray:
+        """Indices of the rows to write: per key the newest row of the chunk (the first of
+        equals, as Feast keeps), and only if newer than the stored `_ts:<view>`."""
+        rows_as_one = np.ascontiguousarray(keys.data).view(f"V{keys.data.shape[1]}").ravel()
+        key_id = np.unique(rows_as_one, return_inverse=True)[1].ravel()
+        order = np.lexsort((np.arange(len(keys)), -micros, key_id))
+        first = np.ones(len(order), bool)
+        first[1:] = key_id[order[1:]] != key_id[order[:-1]]
+        rows = np.sort(order[first])
+        n = len(rows)
+        read = [b"HMGET", keys.take(rows), timestamp_field(view.name)]
+        stored = _pipeline(self._client, resp_commands(read, n), n)
+        keep = np.ones(n, bool)
+        for i, reply in enumerate(stored):
+            raw = reply[0]
+            if raw is not None:
+                sec, nanos = timestamp_parts(raw)
+                before = sec * 1_000_000_000 + nanos
+                keep[i] = not (before and micros[rows[i]] * 1000 <= before)
+        return rows[keep]
+
+
+def _pipeline(client: redis.Redis, payload: bytes, replies: int) -> list:
+    """Send pre-serialized commands on one pooled connection and read every reply; on any
+    failure the connection is dropped, so no reply is left for the next user to read.
+
+    Replies are parsed by a hiredis reader of our own straight from the socket: redis-py's
+    per-reply path costs several microseconds each, most of a bulk write's client time."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.connect()
+        conn.send_packed_command([payload])
+        out = _read_replies(conn._sock, replies)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    errors = [r for r in out if isinstance(r, hiredis.ReplyError)]
+    if errors:
+        raise redis.ResponseError(str(errors[0]))
+    return out
+
+
+def _read_replies(sock, count: int) -> list:
+    reader = hiredis.Reader()
+    out: list = []
+    while len(out) < count:
+        reply = reader.gets()
+        if reply is False:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise redis.ConnectionError("Redis closed the connection during a write")
+            reader.feed(data)
+        else:
+            out.append(reply)
+    return out
+
+
+def _key_column(encoder: KeyEncoder, chunk: pa.Table, view: ViewSchema) -> Ragged:
+    if all(kind == "int64" for kind in view.key_types):
+        columns = [chunk.column(k).cast(pa.int64()).to_numpy() for k in view.join_keys]
+        return Ragged.fixed(encoder.keys(columns))
+    columns = [chunk.column(k).to_pylist() for k in view.join_keys]
+    return Ragged.from_bytes([encoder.key(values) for values in zip(*columns, strict=True)])
+
+
+def _event_micros(column: pa.ChunkedArray) -> np.ndarray:
+    """Event times as int64 epoch microseconds (Feast keeps microsecond precision)."""
+    if not pa.types.is_timestamp(column.type):
+        raise ValueError(f"event time column has type {column.type}; expected a timestamp")
+    if column.null_count:
+        raise ValueError("event time column has nulls; every row needs an event time")
+    as_us = pc.cast(column, pa.timestamp("us", tz=column.type.tz), safe=False)
+    return as_us.cast(pa.int64()).to_numpy()
+
+
+def _column(column: pa.ChunkedArray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """A feature column as numbers of Feast type `dtype` and where a value is present."""
+    present = ~column.is_null().to_numpy(zero_copy_only=False)
+    wire = DTYPES[dtype].wire
+    if wire != "varint":
+        values = column.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        return values, present & ~np.isnan(values)
+    if dtype == "Bool":
+        return column.cast(pa.bool_()).fill_null(False).to_numpy(zero_copy_only=False), present
+    if pa.types.is_timestamp(column.type):  # UnixTimestamp: Feast stores epoch seconds
+        column = pc.cast(column, pa.timestamp("s", tz=column.type.tz), safe=False)
+    return column.cast(pa.int64()).fill_null(0).to_numpy(), present
+
+
+def _check_columns(view: ViewSchema, table: pa.Table, timestamp_column: str) -> None:
+    needed = [*view.join_keys, *(name for name, _ in view.features), timestamp_column]
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise ValueError(f"rows for feature view {view.name!r} lack column(s) {', '.join(missing)}")
