@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "materialize",
         help="load feature rows from offline sources into Redis",
-        description="Feast materialization into the online store. Incremental by "
-        "default: each view continues from its last run.",
+        description="Load the newest row per entity from each view's offline source "
+        "into the online store, in Feast's layout plus Augur's packed vectors. Incremental "
+        "by default: each view continues from its last run.",
     )
     p.add_argument("--config", type=Path, help=_CONFIG_HELP)
     p.add_argument(
@@ -96,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
         help="ISO time: materialize [start, end) in full instead of incrementally",
     )
     p.add_argument("--end", type=_timestamp, help="ISO time (default: now)")
+    p.add_argument(
+        "--engine",
+        choices=("augur", "feast"),
+        default="augur",
+        help="augur (default): Augur's vectorised writer, the same bytes as Feast's plus "
+        "packed vectors; feast: Feast's own materialize (no vectors; for views with "
+        "non-numeric features)",
+    )
     p.add_argument(
         "--view",
         action="append",
@@ -180,11 +189,20 @@ def _serve(args, cfg) -> int:
 def _materialize(args, cfg) -> None:
     from pipelines.materialize import materialize
 
-    spent = materialize(
-        cfg.feature_repo, cfg.redis.address, start=args.start, end=args.end, views=args.views
+    runs = materialize(
+        cfg.feature_repo,
+        cfg.redis.address,
+        start=args.start,
+        end=args.end,
+        views=args.views,
+        engine=args.engine,
     )
-    for view, seconds in spent.items():
-        print(f"{view:28} {seconds:6.1f}s")
+    for view, run in runs.items():
+        done = f"{view:28} {run.seconds:6.1f}s"
+        if run.rows is not None:
+            rate = run.rows / run.seconds if run.seconds else 0.0
+            done += f"  {run.rows:>10,} rows ({rate:,.0f}/s), {run.written:,} newer than stored"
+        print(done)
 
 
 def _train(args, cfg) -> None:

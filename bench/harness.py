@@ -140,6 +140,7 @@ def run(
             },
             "described": scenario.described,
             "build_s": {k: round(v, 1) for k, v in scenario.build_s.items()},
+            "materialization": scenario.materialization,
             "augur_server_options": {**targets.AUGUR_SERVER, **augur_options},
             "profile": {
                 "concurrency": profile.concurrency,

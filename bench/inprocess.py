@@ -4,10 +4,15 @@
 
 Run as its own clean process (no Feast, no torch imported, nothing else running), per
 request size, cycling through the same requests the load generator sends:
-  redis_floor     the raw Redis round trip for the request's distinct keys: HMGET commands
-                  packed once beforehand, sent, replies read; no decoding
+  redis_floor_hmget    the raw Redis round trip for the request's distinct keys: HMGET of
+                  Feast's fields, commands packed once beforehand, sent, replies read; no
+                  decoding
   redis_floor_hgetall  the same with HGETALL (whole hash), for wide views the cheaper one
+  redis_floor_vectors  the same with HMGET of each view's packed vector and _ts
+  redis_floor     the cheapest of the three: the floor under any read of these keys
   augur_read      Augur's OnlineReader.read (keys, round trip, decode, TTL, defaults)
+  augur_read_fields    the same reading Feast's fields only (what a store written by plain
+                  `feast materialize` costs)
   model           the model call alone: the served runtime's predict on the assembled batch
   augur_pipeline  read + assemble + predict, what Predict does minus gRPC
 `feast_read` (Feast's get_online_features(...).to_dict() on the same requests) runs in the
@@ -38,9 +43,12 @@ def _cycle(items: list) -> Callable[[], object]:
     return lambda: next(it)
 
 
-def redis_floor(client, plan, requests: list[dict], repeats: int, hgetall: bool) -> dict:
+FLOORS = ("hmget", "hgetall", "vectors")
+
+
+def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> dict:
     """Time the round trip of each request's distinct keys, commands packed beforehand:
-    HMGET of the plan's fields (what Augur sends), or HGETALL of the whole hash."""
+    HMGET of the plan's fields, HGETALL of the whole hash, or HMGET of the vectors."""
     from featurestore.keys import KeyEncoder
 
     encoders = [
@@ -55,8 +63,11 @@ def redis_floor(client, plan, requests: list[dict], repeats: int, hgetall: bool)
         for group, encoder in zip(plan.groups, encoders, strict=True):
             rows = zip(*(r["entities"][k] for k in group.join_keys), strict=True)
             keys = [encoder.key(k) for k in dict.fromkeys(rows)]
-            fields = () if hgetall else group.fields
-            commands += [("HGETALL" if hgetall else "HMGET", key, *fields) for key in keys]
+            if mode == "hgetall":
+                commands += [("HGETALL", key) for key in keys]
+            else:
+                fields = group.vector_fields if mode == "vectors" else group.fields
+                commands += [("HMGET", key, *fields) for key in keys]
         packed.append((conn.pack_commands(commands), len(commands)))
     nxt = _cycle(packed)
 
@@ -87,15 +98,16 @@ def measure(spec: dict) -> dict:
 
     plan = ReadPlan.from_json(Path(spec["plan"]).read_text())
     client = connect(spec["redis_address"])
-    reader = OnlineReader(client)
+    readers = (OnlineReader(client), OnlineReader(client, vectors=False))
     model = load_model(ModelRepository(spec["model_repo"]), spec["model"], {plan.service: plan})
     return {
-        size: _measure_size(client, reader, plan, model, requests, spec["repeats"][size])
+        size: _measure_size(client, readers, plan, model, requests, spec["repeats"][size])
         for size, requests in spec["requests"].items()
     }
 
 
-def _measure_size(client, reader, plan, model, requests: list[dict], repeats: int) -> dict:
+def _measure_size(client, readers, plan, model, requests: list[dict], repeats: int) -> dict:
+    reader, fields_reader = readers
     requests = requests[:repeats]  # the timings cycle: more would only cost set-up time
     inputs = [
         (r["entities"], {k: np.asarray(v, np.float32) for k, v in r["request_features"].items()})
@@ -108,10 +120,16 @@ def _measure_size(client, reader, plan, model, requests: list[dict], repeats: in
         entities, extra = next_input()
         model.runtime.predict(model.assemble(reader.read(plan, entities), extra))
 
+    floors = {
+        f"redis_floor_{mode}": redis_floor(client, plan, requests, repeats, mode) for mode in FLOORS
+    }
     return {
-        "redis_floor": redis_floor(client, plan, requests, repeats, hgetall=False),
-        "redis_floor_hgetall": redis_floor(client, plan, requests, repeats, hgetall=True),
+        **floors,
+        "redis_floor": min(floors.values(), key=lambda f: f["p50_ms"]),
         "augur_read": _summary(timed(lambda: reader.read(plan, next_entities()[0]), repeats)),
+        "augur_read_fields": _summary(
+            timed(lambda: fields_reader.read(plan, next_entities()[0]), repeats)
+        ),
         "model": _summary(timed(lambda: model.runtime.predict(next_batch()), repeats)),
         "augur_pipeline": _summary(timed(pipeline, repeats)),
     }

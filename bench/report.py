@@ -165,16 +165,23 @@ def markdown(result: dict) -> str:
         "",
         "### In process, no RPC (one caller; p50 / p99 ms)",
         "",
-        "| rows | Redis floor (HMGET) | Redis floor (HGETALL) | Augur read | Feast read "
+        "Redis floors: the same keys' round trip, no decoding, reading Feast's fields with "
+        "HMGET, the whole hash with HGETALL, or Augur's packed vectors; ratios use the "
+        'cheapest. "Augur read, fields" reads Feast\'s fields only (a store written by '
+        "plain `feast materialize`).",
+        "",
+        "| rows | Redis floor (HMGET) | Redis floor (HGETALL) | Redis floor (vectors) "
+        "| Augur read | Augur read, fields | Feast read "
         "| model alone | Augur read+assemble+predict | read vs Redis floor (p50 / p99) "
         "| Feast read vs Augur read (p50 / p99) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, m in result["inprocess"].items():
         q = r["inprocess"][size]
         lines.append(
-            f"| {size} | {_ms(m['redis_floor'])} | {_ms(m.get('redis_floor_hgetall'))} "
-            f"| {_ms(m['augur_read'])} "
+            f"| {size} | {_ms(m.get('redis_floor_hmget'))} | {_ms(m.get('redis_floor_hgetall'))} "
+            f"| {_ms(m.get('redis_floor_vectors'))} "
+            f"| {_ms(m['augur_read'])} | {_ms(m.get('augur_read_fields'))} "
             f"| {_ms(m['feast_read'])} | {_ms(m['model'])} | {_ms(m['augur_pipeline'])} "
             f"| {_x(q['read_p50_vs_redis_floor'])} / {_x(q['read_p99_vs_redis_floor'])} "
             f"| {_x(q['feast_read_p50_vs_augur_read'])} / "
@@ -221,6 +228,18 @@ def markdown(result: dict) -> str:
                 f"| {LABELS[target]} | {s['ready_s']:.2f} s | {_rss(s['rss_ready_mb'])} "
                 f"| {_rss(s['rss_after_load_mb'])} | {_rss(s.get('rss_peak_mb', {}))} |"
             )
+    m = result.get("materialization")
+    if m:
+        lines += [
+            "",
+            "### Materialization (the whole history, each engine into an empty Redis)",
+            "",
+            "| rows | keys | Feast local engine | Augur writer | Augur vs Feast |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            f"| {m['rows']:,} | {m['keys']:,} | {m['feast_s']:.2f} s "
+            f"({m['feast_rows_per_s']:,} rows/s) | {m['augur_s']:.2f} s "
+            f"({m['augur_rows_per_s']:,} rows/s) | {_x(m['augur_vs_feast'])} |",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ real (user, merchant, amount) transactions, wide requests uniform entity ids.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 from bench import wide_repo
 from examples.fraud.generate import Scale
 from examples.fraud.scaffold import feast_apply, scaffold
+from featurestore.connection import connect
 from featurestore.repo import build_plan, open_store
 from pipelines.materialize import materialize
 
@@ -39,6 +41,7 @@ class Scenario:
     pool: dict[str, np.ndarray]  # realistic rows to draw requests from: join keys + request
     described: dict = field(default_factory=dict)  # sizes, for the report
     build_s: dict = field(default_factory=dict)  # seconds per build step
+    materialization: dict = field(default_factory=dict)  # Feast's engine vs Augur's
 
 
 def build(name: str, work: Path, redis_address: str, quick: bool) -> Scenario:
@@ -71,7 +74,7 @@ def _fraud(work: Path, address: str, scale: Scale) -> Scenario:
     scaffold(repo, address, scale)  # generate parquet + `feast apply`
     spent["generate_and_apply"] = time.perf_counter() - began
     began = time.perf_counter()
-    materialize(repo, address, progress=False)
+    compared = materialize_compared(repo, address)
     spent["materialize"] = time.perf_counter() - began
     began = time.perf_counter()
     result = train(repo, models, address, only=["fraud_lgbm"], progress=False)[0]
@@ -102,6 +105,7 @@ def _fraud(work: Path, address: str, scale: Scale) -> Scenario:
         pool=pool,
         described=described,
         build_s=spent,
+        materialization=compared,
     )
 
 
@@ -113,7 +117,7 @@ def _wide(work: Path, address: str, entities: int) -> Scenario:
     feast_apply(repo, address)
     spent["generate_and_apply"] = time.perf_counter() - began
     began = time.perf_counter()
-    materialize(repo, address, progress=False)
+    compared = materialize_compared(repo, address)
     spent["materialize"] = time.perf_counter() - began
     began = time.perf_counter()
     plan = build_plan(open_store(repo, address), wide_repo.SERVICE)
@@ -138,7 +142,32 @@ def _wide(work: Path, address: str, entities: int) -> Scenario:
         pool=pool,
         described=described,
         build_s=spent,
+        materialization=compared,
     )
+
+
+def materialize_compared(repo: Path, address: str) -> dict:
+    """Materialize the whole history with Feast's local engine, then with Augur's writer, each
+    into an empty Redis: the same rows, timed end to end (registry, offline query, writes).
+    Augur's result is what the scenario then serves."""
+    client = connect(address)
+    window = {"start": dt.datetime(2000, 1, 1, tzinfo=dt.UTC), "end": dt.datetime.now(dt.UTC)}
+    seconds = {}
+    for engine in ("feast", "augur"):
+        client.flushdb()
+        began = time.perf_counter()
+        runs = materialize(repo, address, progress=False, engine=engine, **window)
+        seconds[engine] = time.perf_counter() - began
+    rows = sum(run.rows or 0 for run in runs.values())
+    return {
+        "rows": rows,
+        "keys": client.dbsize(),
+        "feast_s": round(seconds["feast"], 2),
+        "augur_s": round(seconds["augur"], 2),
+        "feast_rows_per_s": round(rows / seconds["feast"]),
+        "augur_rows_per_s": round(rows / seconds["augur"]),
+        "augur_vs_feast": round(seconds["feast"] / seconds["augur"], 2),
+    }
 
 
 def _shape(metadata: dict) -> str:

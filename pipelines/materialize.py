@@ -4,8 +4,8 @@ Two engines, the same rows and the same bytes in Redis:
 - `augur` (default): Feast's offline store picks the latest row per entity in the window,
   then Augur's writer (`featurestore.writer`) serializes the whole batch with numpy, adds
   the packed vector per view, and pipelines the writes.
-- `feast`: Feast's own `materialize` (its local engine), for comparison or for views Augur's
-  writer does not handle (non-numeric features).
+- `feast`: Feast's own `materialize` (its local engine), for comparison. Views Augur's writer
+  does not handle (non-numeric features) take this engine either way.
 
 Incremental by default: each view continues from where its last run ended (kept in the
 Feast registry by either engine), so a re-run writes only new rows. Each view gets a
@@ -15,8 +15,10 @@ progress bar of rows written.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,10 +26,18 @@ from tqdm import tqdm
 
 from featurestore.connection import connect
 from featurestore.plan_cache import refresh_cache
-from featurestore.repo import open_store, view_schema
+from featurestore.repo import PlanError, open_store, view_schema
 from featurestore.writer import WRITE_TIMEOUTS, OnlineWriter
 
+log = logging.getLogger(__name__)
 ENGINES = ("augur", "feast")
+
+
+@dataclass(frozen=True)
+class ViewRun:
+    seconds: float
+    rows: int | None  # rows read from the offline store (None: Feast's engine does not say)
+    written: int | None  # of those, rows newer than what Redis held, written
 
 
 def materialize(
@@ -39,8 +49,8 @@ def materialize(
     views: Sequence[str] | None = None,
     progress: bool = True,
     engine: str = "augur",
-) -> dict[str, float]:
-    """Materialize each selected online view; return seconds spent per view."""
+) -> dict[str, ViewRun]:
+    """Materialize each selected online view; return what each view's run did."""
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     store = open_store(repo_path, redis_address)
@@ -53,7 +63,7 @@ def materialize(
             f"have: {', '.join(sorted(online))}"
         )
     selected = list(views) if views else online
-    spent: dict[str, float] = {}
+    runs: dict[str, ViewRun] = {}
     writer = OnlineWriter(
         connect(redis_address, WRITE_TIMEOUTS),
         store.project,
@@ -61,16 +71,19 @@ def materialize(
     )
     for name in selected:
         began = time.perf_counter()
-        if engine == "feast":
+        if engine == "feast" or not _writable(store, name):
             _feast_engine(store, name, start, end)
+            rows = written = None
         else:
-            _augur_engine(store, writer, name, start, end, progress)
-        spent[name] = time.perf_counter() - began
+            rows, written = _augur_engine(store, writer, name, start, end, progress)
+        runs[name] = ViewRun(time.perf_counter() - began, rows, written)
     refresh_cache(store)  # the registry changed (materialization intervals): keep plans current
-    return spent
+    return runs
 
 
-def _augur_engine(store, writer: OnlineWriter, name: str, start, end, progress: bool) -> None:
+def _augur_engine(
+    store, writer: OnlineWriter, name: str, start, end, progress: bool
+) -> tuple[int, int]:
     view = store.get_feature_view(name)
     window_start = _utc(start) if start is not None else _incremental_start(view)
     table = pull_latest(store, view, window_start, _utc(end))
@@ -79,8 +92,19 @@ def _augur_engine(store, writer: OnlineWriter, name: str, start, end, progress: 
     ) as bar:
         timestamp = view.batch_source.timestamp_field
         timestamp = (view.batch_source.field_mapping or {}).get(timestamp, timestamp)
-        writer.write(view_schema(store, name), table, timestamp, bar.update)
+        stats = writer.write(view_schema(store, name), table, timestamp, bar.update)
     store.registry.apply_materialization(view, store.project, window_start, _utc(end))
+    return table.num_rows, stats.written
+
+
+def _writable(store, name: str) -> bool:
+    """Whether Augur's writer handles the view (numeric and bool features only)."""
+    try:
+        view_schema(store, name)
+        return True
+    except PlanError as e:
+        log.info("%s; materializing view %s with Feast's engine", e, name)
+        return False
 
 
 def _feast_engine(store, name: str, start, end) -> None:

@@ -13,7 +13,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GRPC_TARGETS = ("augur", "baseline", "echo")
-IN_PROCESS = ("redis_floor", "augur_read", "feast_read", "model", "augur_pipeline")
+IN_PROCESS = (
+    "redis_floor",
+    "redis_floor_hmget",
+    "redis_floor_hgetall",
+    "redis_floor_vectors",
+    "augur_read",
+    "augur_read_fields",
+    "feast_read",
+    "model",
+    "augur_pipeline",
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +74,15 @@ def test_ratios_against_baseline_and_floors_are_computed(quick_run):
                 assert value is not None and value > 0, (point, name)
     for size, ratios in result["ratios"]["inprocess"].items():
         assert all(v is not None and v > 0 for v in ratios.values()), (size, ratios)
+
+
+@pytest.mark.slow
+def test_materialization_is_timed_for_both_engines_on_the_same_rows(quick_run):
+    result, out, _ = quick_run
+    m = result["materialization"]
+    assert m["rows"] > 0 and m["keys"] > 0
+    assert m["feast_s"] > 0 and m["augur_s"] > 0 and m["augur_vs_feast"] > 0
+    assert "### Materialization" in (out / "fraud-quick.md").read_text()
 
 
 @pytest.mark.slow
