@@ -9,7 +9,9 @@ in-process floors (bench/inprocess.py), then starts each server as its own proce
 (bench/load.py): closed loop at several concurrencies and open loop at fixed rates, the
 same requests for every server. Writes bench/results/<scenario>.json, .md and .png.
 `--quick` is a tiny version for the smoke test. `--augur processes=2` sets an Augur
-server option for the run (any `server.*` option of augur.yaml).
+server option for the run (any `server.*` option of augur.yaml). Augur serves the model
+compiled with lleaves unless `--compile none`. After the main series, Augur is measured
+again at a few points with dynamic batching on and with two server processes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -45,6 +47,9 @@ class Profile:
     step_requests: int  # ...or this many requests
     pool: int  # distinct requests per size, sent round-robin
     inprocess_repeats: dict[int, int]  # in-process timings per size (Feast: a quarter)
+    # Augur server variants, each measured again at a few closed-loop points of the main
+    # series: name -> (server options, ((rows, concurrency), ...)).
+    variants: dict = field(default_factory=dict)
 
     @property
     def rows(self) -> tuple[int, ...]:
@@ -64,6 +69,18 @@ class Profile:
         ]
         return closed + opened
 
+    def variant_steps(self, points) -> list[dict]:
+        bounds = {"max_requests": self.step_requests, "max_seconds": self.step_seconds}
+        return [{"rows": n, "mode": "closed", "concurrency": c, **bounds} for n, c in points]
+
+
+# Dynamic batching at up to 64 rows a batch, waiting at most 1 ms for a batch to fill; and
+# two server processes on one port. Compared at the same points of the main Augur series.
+VARIANTS = {
+    "batching": ({"batch_max_rows": 64, "batch_max_delay_us": 1000}, ((1, 16), (1, 64))),
+    "processes_2": ({"processes": 2}, ((1, 64), (100, 16), (100, 64))),
+}
+
 
 FRAUD = Profile(
     concurrency={1: (1, 4, 16, 64), 100: (1, 4, 16, 64)},
@@ -72,6 +89,7 @@ FRAUD = Profile(
     step_requests=20_000,
     pool=256,
     inprocess_repeats={1: 1000, 100: 200, 1000: 30},
+    variants=VARIANTS,
 )
 # 250 features per row: a 100-row request costs Feast a few hundred ms, so 64 callers would
 # queue past the calls' deadline; 16 already shows the curve.
@@ -82,6 +100,7 @@ WIDE = Profile(
     step_requests=20_000,
     pool=256,
     inprocess_repeats={1: 1000, 100: 100, 1000: 10},
+    variants={"batching": VARIANTS["batching"]},
 )
 QUICK = Profile(
     concurrency={1: (1, 4), 10: (1, 4)},
@@ -90,6 +109,10 @@ QUICK = Profile(
     step_requests=60,
     pool=16,
     inprocess_repeats={1: 40, 10: 20},
+    variants={
+        "batching": ({"batch_max_rows": 8, "batch_max_delay_us": 1000}, ((1, 4),)),
+        "processes_2": ({"processes": 2}, ((1, 4),)),
+    },
 )
 PROFILES = {"fraud": FRAUD, "wide": WIDE}
 
@@ -100,7 +123,12 @@ def _say(began: float, message: str) -> None:
 
 
 def run(
-    name: str, quick: bool, augur_options: dict, command: str, workdir: Path | None = None
+    name: str,
+    quick: bool,
+    augur_options: dict,
+    command: str,
+    workdir: Path | None = None,
+    compile_model: str = "lleaves",
 ) -> dict:
     """Build, measure, and return the result; the temporary folder (under `workdir`, else
     the system's) and every process started are gone when this returns."""
@@ -114,6 +142,7 @@ def run(
         with EmbeddedRedis(data_dir=work / "redis") as redis:
             _say(started, f"building the {name} scenario in {work}")
             scenario = scenarios.build(name, work, redis.address, quick)
+            scenarios.set_compile(scenario, compile_model)
             sizes = sorted(set(profile.rows) | set(profile.inprocess_repeats))
             pools = {  # sizes timed only in process need fewer distinct requests
                 n: scenarios.requests(scenario, n, profile.pool if n in profile.rows else 32)
@@ -125,8 +154,25 @@ def run(
             for target in report.TARGETS:
                 _say(started, f"{report.LABELS[target]}: start, then load")
                 servers[target], series[target] = _serve_and_load(
-                    target, scenario, pools, profile, augur_options, work
+                    target, scenario, pools, profile, augur_options, work, profile.steps()
                 )
+            variants = {}
+            for variant, (options, points) in profile.variants.items():
+                _say(started, f"Augur, {variant} ({options}): start, then load")
+                server, measured_series = _serve_and_load(
+                    "augur",
+                    scenario,
+                    pools,
+                    profile,
+                    {**augur_options, **options},
+                    work,
+                    profile.variant_steps(points),
+                )
+                variants[variant] = {
+                    "options": options,
+                    "server": server,
+                    "series": measured_series,
+                }
         result = {
             "scenario": name,
             "quick": quick,
@@ -151,7 +197,9 @@ def run(
             },
             "servers": servers,
             "series": series,
+            "variants": variants,
             "inprocess": measured,
+            "compile": compile_model,
         }
         _say(started, "done")
         result["ratios"] = report.ratios(result)
@@ -205,7 +253,9 @@ def _inprocess(scenario, pools: dict, profile: Profile, work: Path) -> dict:
     return {size: {**measured[size], **feast[size]} for size in sizes}
 
 
-def _serve_and_load(target, scenario, pools, profile: Profile, augur_options, work: Path):
+def _serve_and_load(
+    target, scenario, pools, profile: Profile, augur_options, work: Path, steps: list[dict]
+):
     port = free_port()
     if target == "augur":
         command = targets.augur_command(scenario, work, port, augur_options)
@@ -215,7 +265,6 @@ def _serve_and_load(target, scenario, pools, profile: Profile, augur_options, wo
         command = targets.echo_command(scenario, port)
     server = targets.start(target, command, port, scenario.model, work)
     try:
-        steps = profile.steps()
         plan = {
             "address": server.address,
             "model": scenario.model,
@@ -223,7 +272,7 @@ def _serve_and_load(target, scenario, pools, profile: Profile, augur_options, wo
             "timeout_s": 10.0,
             "warmup_requests": 20 if profile is QUICK else 200,
             "warmup_seconds": 2.0,
-            "pools": {str(n): pools[n] for n in profile.rows},
+            "pools": {str(n): pools[n] for n in sorted({s["rows"] for s in steps})},
             "steps": steps,
         }
         budget = len(steps) * (profile.step_seconds + 12) + 120
@@ -284,9 +333,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--augur", action="append", default=[], metavar="OPTION=VALUE")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument("--workdir", type=Path, help="where the temporary scenario folder goes")
+    parser.add_argument(
+        "--compile",
+        choices=("lleaves", "none"),
+        default="lleaves",
+        help="how Augur runs the LightGBM model (model.yaml `compile`); the Feast baseline "
+        "always calls LightGBM's own predict, as a user would today (default: lleaves)",
+    )
     args = parser.parse_args(argv)
     command = "python -m bench.harness " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = run(args.scenario, args.quick, _options(args.augur), command.strip(), args.workdir)
+    result = run(
+        args.scenario,
+        args.quick,
+        _options(args.augur),
+        command.strip(),
+        args.workdir,
+        args.compile,
+    )
     for path in write(result, args.out):
         print(f"wrote {path}")
     print()

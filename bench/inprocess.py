@@ -14,6 +14,7 @@ request size, cycling through the same requests the load generator sends:
   augur_read_fields    the same reading Feast's fields only (what a store written by plain
                   `feast materialize` costs)
   model           the model call alone: the served runtime's predict on the assembled batch
+  model_lightgbm  the same through LightGBM's own predict, when the served model is compiled
   augur_pipeline  read + assemble + predict, what Predict does minus gRPC
 `feast_read` (Feast's get_online_features(...).to_dict() on the same requests) runs in the
 harness process instead, which has Feast imported already.
@@ -48,15 +49,16 @@ FLOORS = ("hmget", "hgetall", "vectors")
 
 def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> dict:
     """Time the round trip of each request's distinct keys, commands packed beforehand:
-    HMGET of the plan's fields, HGETALL of the whole hash, or HMGET of the vectors."""
+    HMGET of the plan's fields, HGETALL of the whole hash, or HMGET of the vectors. The
+    transport is Augur's own (featurestore.resp: hiredis straight off the socket), so the
+    floor is what any reader of these keys pays before decoding a single value."""
     from featurestore.keys import KeyEncoder
+    from featurestore.resp import command_args, round_trip
 
     encoders = [
         KeyEncoder(g.join_keys, [plan.entity_types[k] for k in g.join_keys], plan.project)
         for g in plan.groups
     ]
-    conn = client.connection_pool.get_connection()
-    conn.connect()
     packed = []
     for r in requests:
         commands = []
@@ -64,28 +66,25 @@ def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> 
             rows = zip(*(r["entities"][k] for k in group.join_keys), strict=True)
             keys = [encoder.key(k) for k in dict.fromkeys(rows)]
             if mode == "hgetall":
-                commands += [("HGETALL", key) for key in keys]
+                commands += [(b"HGETALL", key) for key in keys]
             else:
                 fields = group.vector_fields if mode == "vectors" else group.fields
-                commands += [("HMGET", key, *fields) for key in keys]
-        packed.append((conn.pack_commands(commands), len(commands)))
+                commands += [(b"HMGET", key, *fields) for key in keys]
+        payload = b"".join(b"*%d\r\n" % len(c) + command_args(*c) for c in commands)
+        packed.append((payload, len(commands)))
     nxt = _cycle(packed)
 
-    def call() -> None:
+    def call() -> list:
         data, count = nxt()
-        conn.send_packed_command(data)
-        for _ in range(count):
-            conn.read_response()
+        return round_trip(client, data, count)
 
-    try:
-        ms = timed(call, repeats)
-        # A floor over keys that do not exist would be a fake: say how many were found.
-        found = []
-        for data, count in packed:
-            conn.send_packed_command(data)
-            found += [any(v is not None for v in conn.read_response()) for _ in range(count)]
-    finally:
-        client.connection_pool.release(conn)
+    ms = timed(call, repeats)
+    # A floor over keys that do not exist would be a fake: say how many were found.
+    found = [
+        any(v is not None for v in reply)
+        for data, count in packed
+        for reply in round_trip(client, data, count)
+    ]
     return {**_summary(ms), "keys_found": round(sum(found) / max(len(found), 1), 3)}
 
 
@@ -100,13 +99,20 @@ def measure(spec: dict) -> dict:
     client = connect(spec["redis_address"])
     readers = (OnlineReader(client), OnlineReader(client, vectors=False))
     model = load_model(ModelRepository(spec["model_repo"]), spec["model"], {plan.service: plan})
+    plain = None
+    if model.version.spec.kind == "lightgbm" and model.version.spec.compile != "none":
+        from predictor.runtimes.lightgbm_runtime import LightGBMRuntime
+
+        plain = LightGBMRuntime(model.version.artifact)
     return {
-        size: _measure_size(client, readers, plan, model, requests, spec["repeats"][size])
+        size: _measure_size(client, readers, plan, model, requests, spec["repeats"][size], plain)
         for size, requests in spec["requests"].items()
     }
 
 
-def _measure_size(client, readers, plan, model, requests: list[dict], repeats: int) -> dict:
+def _measure_size(
+    client, readers, plan, model, requests: list[dict], repeats: int, plain=None
+) -> dict:
     reader, fields_reader = readers
     requests = requests[:repeats]  # the timings cycle: more would only cost set-up time
     inputs = [
@@ -132,6 +138,11 @@ def _measure_size(client, readers, plan, model, requests: list[dict], repeats: i
         ),
         "model": _summary(timed(lambda: model.runtime.predict(next_batch()), repeats)),
         "augur_pipeline": _summary(timed(pipeline, repeats)),
+        **(
+            {"model_lightgbm": _summary(timed(lambda: plain.predict(next_batch()), repeats))}
+            if plain is not None
+            else {}
+        ),
     }
 
 

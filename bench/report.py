@@ -61,7 +61,15 @@ def ratios(result: dict) -> dict:
             ),
             "model_share_of_pipeline_p50": _ratio(p50["model"], p50["augur_pipeline"]),
         }
-    return {"grpc": grpc_points, "inprocess": inproc, "breakdown": breakdown(result)}
+    variants = [
+        {k: v for k, v in p.items() if k not in ("base", "step")} for p in variant_ratios(result)
+    ]
+    return {
+        "grpc": grpc_points,
+        "inprocess": inproc,
+        "breakdown": breakdown(result),
+        "variants": variants,
+    }
 
 
 def breakdown(result: dict) -> dict:
@@ -134,6 +142,9 @@ def markdown(result: dict) -> str:
         + ", ".join(f"{k} {v:.0f} s" for k, v in result["build_s"].items())
         + ").",
         "",
+        f"Augur's model runs {_compiled(result.get('compile', 'none'))}; the Feast baseline "
+        "calls LightGBM's own predict.",
+        "",
         "Ratios compare points of this run at the same load: speedup vs baseline = baseline / "
         "Augur (above 1: Augur is faster; for req/s, Augur / baseline); vs floor = Augur / floor "
         "(1: Augur is at the floor). Every server runs alone, one process (unless `--augur "
@@ -172,9 +183,9 @@ def markdown(result: dict) -> str:
         "",
         "| rows | Redis floor (HMGET) | Redis floor (HGETALL) | Redis floor (vectors) "
         "| Augur read | Augur read, fields | Feast read "
-        "| model alone | Augur read+assemble+predict | read vs Redis floor (p50 / p99) "
-        "| Feast read vs Augur read (p50 / p99) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model alone | model alone, LightGBM predict | Augur read+assemble+predict "
+        "| read vs Redis floor (p50 / p99) | Feast read vs Augur read (p50 / p99) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, m in result["inprocess"].items():
         q = r["inprocess"][size]
@@ -182,7 +193,8 @@ def markdown(result: dict) -> str:
             f"| {size} | {_ms(m.get('redis_floor_hmget'))} | {_ms(m.get('redis_floor_hgetall'))} "
             f"| {_ms(m.get('redis_floor_vectors'))} "
             f"| {_ms(m['augur_read'])} | {_ms(m.get('augur_read_fields'))} "
-            f"| {_ms(m['feast_read'])} | {_ms(m['model'])} | {_ms(m['augur_pipeline'])} "
+            f"| {_ms(m['feast_read'])} | {_ms(m['model'])} | {_ms(m.get('model_lightgbm'))} "
+            f"| {_ms(m['augur_pipeline'])} "
             f"| {_x(q['read_p50_vs_redis_floor'])} / {_x(q['read_p99_vs_redis_floor'])} "
             f"| {_x(q['feast_read_p50_vs_augur_read'])} / "
             f"{_x(q['feast_read_p99_vs_augur_read'])} |"
@@ -228,6 +240,7 @@ def markdown(result: dict) -> str:
                 f"| {LABELS[target]} | {s['ready_s']:.2f} s | {_rss(s['rss_ready_mb'])} "
                 f"| {_rss(s['rss_after_load_mb'])} | {_rss(s.get('rss_peak_mb', {}))} |"
             )
+    lines += _variant_lines(result)
     m = result.get("materialization")
     if m:
         lines += [
@@ -241,6 +254,64 @@ def markdown(result: dict) -> str:
             f"({m['augur_rows_per_s']:,} rows/s) | {_x(m['augur_vs_feast'])} |",
         ]
     return "\n".join(lines) + "\n"
+
+
+def variant_ratios(result: dict) -> list[dict]:
+    """Each variant point against the main Augur series at the same rows and concurrency."""
+    out = []
+    main = {
+        (s["rows"], s["concurrency"]): s
+        for s in result["series"].get("augur", [])
+        if s["mode"] == "closed"
+    }
+    for name, variant in (result.get("variants") or {}).items():
+        for step in variant["series"]:
+            base = main.get((step["rows"], step["concurrency"]), {})
+            out.append(
+                {
+                    "variant": name,
+                    "rows": step["rows"],
+                    "concurrency": step["concurrency"],
+                    "base": base,
+                    "step": step,
+                    "throughput_vs_base": _ratio(
+                        step.get("throughput_rps"), base.get("throughput_rps")
+                    ),
+                    "p99_vs_base": _ratio(step.get("p99_ms"), base.get("p99_ms")),
+                }
+            )
+    return out
+
+
+def _variant_lines(result: dict) -> list[str]:
+    points = variant_ratios(result)
+    if not points:
+        return []
+    options = {n: v["options"] for n, v in result["variants"].items()}
+    lines = [
+        "",
+        "### Serving variants (closed loop, against the main Augur series at the same point)",
+        "",
+        "Options: " + "; ".join(f"{n}: {o}" for n, o in options.items()) + ".",
+        "",
+        "| variant | rows | callers | Augur req/s, p99 ms | variant req/s, p99 ms "
+        "| req/s vs Augur | p99 vs Augur | not OK |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for p in points:
+        base, step = p["base"], p["step"]
+        lines.append(
+            f"| {p['variant']} | {p['rows']} | {p['concurrency']} "
+            f"| {base.get('throughput_rps', 0):,.0f}, {base.get('p99_ms', 0):.2f} "
+            f"| {step.get('throughput_rps', 0):,.0f}, {step.get('p99_ms', 0):.2f} "
+            f"| {_x(p['throughput_vs_base'])} | {_x(p['p99_vs_base'])} "
+            f"| {_errors({'variant': step})} |"
+        )
+    return lines
+
+
+def _compiled(compiler: str) -> str:
+    return "compiled with lleaves" if compiler == "lleaves" else "through LightGBM's predict"
 
 
 def _cpu_at_peak(result: dict) -> dict:

@@ -146,6 +146,16 @@ def _wide(work: Path, address: str, entities: int) -> Scenario:
     )
 
 
+def set_compile(scenario: Scenario, compiler: str) -> None:
+    """Serve the scenario's model with `compile: <compiler>` in its model.yaml."""
+    import yaml
+
+    path = scenario.model_repo / scenario.model / "model.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["compile"] = compiler
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def materialize_compared(repo: Path, address: str) -> dict:
     """Materialize the whole history with Feast's local engine, then with Augur's writer, each
     into an empty Redis: the same rows, timed end to end (registry, offline query, writes).

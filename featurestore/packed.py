@@ -52,26 +52,15 @@ def pack(layout: int, seconds: np.ndarray, nanos: np.ndarray, values: np.ndarray
     return [raw[i : i + size] for i in range(0, n * size, size)]
 
 
-def unpack(
-    raws: Sequence[bytes | None],
-    layout: int,
-    width: int,
-    seconds: np.ndarray,
-    nanos: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decode n stored vectors at once: (valid, values). A vector is valid when it is one of
-    `layout` and carries exactly the event time (`seconds`, `nanos`) read from `_ts:<view>`;
-    `values` (float32 (n, width)) is meaningful only where valid."""
+def unpack(raws: Sequence[bytes | None], layout: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode n stored vectors at once: (ok, rows). `ok` marks vectors of `layout`; `rows` is
+    a structured array with fields seconds, nanos and values (float32 (n, width)), meaningful
+    only where ok. Whether a vector is current (its time equals `_ts:<view>`) is the
+    reader's to judge."""
     row = np.dtype([*HEADER.descr, ("values", "<f4", (width,))])
     blank = bytes(row.itemsize)  # fails the magic check: stands in for absent vectors
     size = row.itemsize
-    packed = np.frombuffer(
+    rows = np.frombuffer(
         b"".join(r if r is not None and len(r) == size else blank for r in raws), row, len(raws)
     )
-    valid = (
-        (packed["magic"] == MAGIC)
-        & (packed["layout"] == layout)
-        & (packed["seconds"] == seconds)
-        & (packed["nanos"] == nanos)
-    )
-    return valid, packed["values"]
+    return (rows["magic"] == MAGIC) & (rows["layout"] == layout), rows

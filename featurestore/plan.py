@@ -11,6 +11,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from featurestore.keys import feature_field, timestamp_field
 from featurestore.packed import vector_field
 
@@ -49,9 +51,21 @@ class KeyGroup:
     join_keys: tuple[str, ...]
     views: tuple[ViewRead, ...]
     columns: tuple[int, ...]  # plan column of each feature, views in order
+    positions: tuple[int, ...] = ()  # plan position of each of `views`
     fields: tuple[bytes, ...] = field(init=False)  # all feature fields, then one _ts per view
     vector_fields: tuple[bytes, ...] = field(init=False)  # one _av per view, then one _ts
     cache_id: int = field(init=False)  # names this field set in the row cache
+    # Per feature of the group: its view's position and TTL (inf: never expires), so that
+    # expiry is two numpy operations per read rather than a loop over views.
+    view_of_column: np.ndarray = field(init=False, compare=False, repr=False)
+    ttl_of_column: np.ndarray = field(init=False, compare=False, repr=False)
+    column_index: np.ndarray = field(init=False, compare=False, repr=False)  # `columns`
+    # Per view: where its features sit in the view's packed vector (a slice when in order).
+    packed_index: tuple = field(init=False, compare=False, repr=False)
+    # The group's features within its views' vectors laid end to end, and a NaN vector per
+    # view to stand in for one that is absent: one entity's decode is then one numpy pass.
+    packed_concat: np.ndarray = field(init=False, compare=False, repr=False)
+    absent_vectors: tuple[bytes, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         stamps = [timestamp_field(v.name) for v in self.views]
@@ -60,11 +74,28 @@ class KeyGroup:
         vectors = [vector_field(v.name) for v in self.views]
         object.__setattr__(self, "vector_fields", (*vectors, *stamps))
         object.__setattr__(self, "cache_id", hash(self.fields))
+        positions = [j for j, v in enumerate(self.views) for _ in v.features]
+        ttls = [v.ttl_seconds or math.inf for v in self.views for _ in v.features]
+        object.__setattr__(self, "view_of_column", np.array(positions, np.intp))
+        object.__setattr__(self, "ttl_of_column", np.array(ttls, np.float64))
+        object.__setattr__(self, "column_index", np.array(self.columns, np.intp))
+        object.__setattr__(self, "packed_index", tuple(_index(v.packed) for v in self.views))
+        offsets = np.cumsum([0] + [v.width for v in self.views])
+        concat = [offsets[j] + p for j, v in enumerate(self.views) for p in v.packed]
+        object.__setattr__(self, "packed_concat", np.array(concat, np.intp))
+        absent = tuple(np.full(v.width, np.nan, "<f4").tobytes() for v in self.views)
+        object.__setattr__(self, "absent_vectors", absent)
 
     @property
     def packable(self) -> bool:
         """Every view has a known vector layout, so the group can be read from vectors."""
         return all(v.layout for v in self.views)
+
+
+def _index(positions: tuple[int, ...]) -> slice | np.ndarray:
+    if positions and positions == tuple(range(positions[0], positions[0] + len(positions))):
+        return slice(positions[0], positions[0] + len(positions))
+    return np.array(positions, np.intp)
 
 
 @dataclass(frozen=True)
@@ -74,6 +105,8 @@ class ReadPlan:
     entity_types: dict[str, str]  # join key -> "int64" | "string"
     views: tuple[ViewRead, ...]
     groups: tuple[KeyGroup, ...] = field(init=False)
+    columns: tuple[FeatureColumn, ...] = field(init=False, compare=False, repr=False)
+    defaults: np.ndarray = field(init=False, compare=False, repr=False)  # float32, NaN: none
 
     def __post_init__(self) -> None:
         by_keys: dict[tuple[str, ...], list[ViewRead]] = {}
@@ -86,12 +119,16 @@ class ReadPlan:
         groups = []
         for keys, views in by_keys.items():
             cols = tuple(starts[v.name] + i for v in views for i in range(len(v.features)))
-            groups.append(KeyGroup(keys, tuple(views), cols))
+            positions = tuple(self.views.index(v) for v in views)
+            groups.append(KeyGroup(keys, tuple(views), cols, positions))
         object.__setattr__(self, "groups", tuple(groups))
+        columns = tuple(f for v in self.views for f in v.features)
+        object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "defaults", np.array([c.default for c in columns], np.float32))
 
     @property
-    def columns(self) -> tuple[FeatureColumn, ...]:
-        return tuple(f for v in self.views for f in v.features)
+    def has_defaults(self) -> bool:
+        return not np.isnan(self.defaults).all()
 
     @property
     def feature_names(self) -> tuple[str, ...]:

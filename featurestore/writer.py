@@ -5,7 +5,8 @@ byte-identical to Feast's Redis online store, so `get_online_features` reads wha
 writes; the packed vector (`featurestore.packed`) rides along in the same HSET. Feast's
 rule holds: a row whose event time is not newer than the stored one is skipped. Values and
 whole Redis commands are serialized for a batch of rows at once (`featurestore.ragged`) and
-sent down one connection as one pipeline, instead of a Python object per value.
+sent down one connection as one pipeline (`featurestore.resp`), instead of a Python object
+per value.
 
 Like Feast's writer, it reads the stored event times first and writes after: two writers
 racing on the same entity can still let the older row land last.
@@ -16,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import hiredis
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +26,7 @@ from featurestore.connection import RedisTimeouts
 from featurestore.keys import KeyEncoder, feature_field, timestamp_field
 from featurestore.packed import layout_id, pack, vector_field
 from featurestore.ragged import Ragged, resp_commands
+from featurestore.resp import round_trip
 from featurestore.values import DTYPES, encode_column, encode_timestamps, timestamp_parts
 
 CHUNK_ROWS = 10_000  # rows per pipeline: bounds memory and how long one pipeline holds Redis
@@ -106,7 +107,7 @@ class OnlineWriter:
         commands = [resp_commands(args, n)]
         if self._key_ttl:
             commands.append(resp_commands([b"EXPIRE", key_column, b"%d" % self._key_ttl], n))
-        _pipeline(self._client, b"".join(commands), n * len(commands))
+        round_trip(self._client, b"".join(commands), n * len(commands))
         return n
 
     def _newer_rows(self, view: ViewSchema, keys: Ragged, micros: np.ndarray) -> np.ndarray:
@@ -120,7 +121,7 @@ class OnlineWriter:
         rows = np.sort(order[first])
         n = len(rows)
         read = [b"HMGET", keys.take(rows), timestamp_field(view.name)]
-        stored = _pipeline(self._client, resp_commands(read, n), n)
+        stored = round_trip(self._client, resp_commands(read, n), n)
         keep = np.ones(n, bool)
         for i, reply in enumerate(stored):
             raw = reply[0]
@@ -129,44 +130,6 @@ class OnlineWriter:
                 before = sec * 1_000_000_000 + nanos
                 keep[i] = not (before and micros[rows[i]] * 1000 <= before)
         return rows[keep]
-
-
-def _pipeline(client: redis.Redis, payload: bytes, replies: int) -> list:
-    """Send pre-serialized commands on one pooled connection and read every reply; on any
-    failure the connection is dropped, so no reply is left for the next user to read.
-
-    Replies are parsed by a hiredis reader of our own straight from the socket: redis-py's
-    per-reply path costs several microseconds each, most of a bulk write's client time."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.connect()
-        conn.send_packed_command([payload])
-        out = _read_replies(conn._sock, replies)
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    errors = [r for r in out if isinstance(r, hiredis.ReplyError)]
-    if errors:
-        raise redis.ResponseError(str(errors[0]))
-    return out
-
-
-def _read_replies(sock, count: int) -> list:
-    reader = hiredis.Reader()
-    out: list = []
-    while len(out) < count:
-        reply = reader.gets()
-        if reply is False:
-            data = sock.recv(1 << 20)
-            if not data:
-                raise redis.ConnectionError("Redis closed the connection during a write")
-            reader.feed(data)
-        else:
-            out.append(reply)
-    return out
 
 
 def _key_column(encoder: KeyEncoder, chunk: pa.Table, view: ViewSchema) -> Ragged:

@@ -13,6 +13,10 @@ from featurestore.plan import ReadPlan
 from predictor.errors import invalid, shown
 from proto.augur.v1 import predictor_pb2 as pb
 
+# The smallest double that float32 rounds to infinity: its largest finite value plus half a
+# unit in the last place (a tie, which rounds to even: infinity).
+_FLOAT32_LIMIT = float(np.finfo(np.float32).max) + 2.0**103
+
 
 def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple[dict, int]:
     """Entity columns as lists keyed by join key, and the row count."""
@@ -70,14 +74,13 @@ def decode_request_features(
     for name in wanted:
         if name not in columns:
             raise invalid(f"request_features.{name}: missing; {owner} needs it for every row")
-        values = np.asarray(columns[name].values, np.float64)
+        values = np.array(columns[name].values, np.float64)
         if len(values) != n:
             raise invalid(f"request_features.{name}: {len(values)} values for {n} entity rows")
         # Models take float32: a finite double beyond its range would reach them as inf (and
-        # come back as NaN scores), so it is refused like inf itself.
-        with np.errstate(over="ignore"):
-            as_float32 = values.astype(np.float32)
-        bad = np.flatnonzero(~np.isfinite(as_float32))
+        # come back as NaN scores), so it is refused like inf itself. Checked on the doubles
+        # (NaN fails the comparison too), so the cast never overflows.
+        bad = np.flatnonzero(~(np.abs(values) < _FLOAT32_LIMIT))
         if len(bad):
             i, value = bad[0], values[bad[0]]
             problem = (
@@ -86,7 +89,7 @@ def decode_request_features(
                 else "is not a finite number"
             )
             raise invalid(f"request_features.{name}[{i}]: {value} {problem}")
-        out[name] = as_float32
+        out[name] = values.astype(np.float32)
     return out
 
 

@@ -84,6 +84,46 @@ MODELS_SERVING = Gauge(
 )
 
 
+class ModelMetrics:
+    """One model's label children, bound once, so that scoring a call looks up no labels."""
+
+    def __init__(self, model: str):
+        self.features = STAGE.labels(model, "features")
+        self.assemble = STAGE.labels(model, "assemble")
+        self.inference = STAGE.labels(model, "inference")
+        self.rows = ROWS.labels("Predict", model)
+        self.missing = FEATURES_MISSING.labels(model)
+        self.stale = FEATURES_STALE.labels(model)
+
+
+_models: dict[str, ModelMetrics] = {}
+_calls: dict[tuple[str, str, str, str], tuple] = {}
+_views: dict[str, object] = {}
+
+
+def for_model(model: str) -> ModelMetrics:
+    bound = _models.get(model)
+    if bound is None:
+        bound = _models.setdefault(model, ModelMetrics(model))
+    return bound
+
+
+def call_outcome(method: str, model: str, version: str, code: str) -> tuple:
+    """(requests counter, latency histogram) children for one call's labels."""
+    key = (method, model, version, code)
+    bound = _calls.get(key)
+    if bound is None:
+        bound = _calls.setdefault(key, (REQUESTS.labels(*key), LATENCY.labels(*key)))
+    return bound
+
+
+def feature_age(view: str):
+    bound = _views.get(view)
+    if bound is None:
+        bound = _views.setdefault(view, FEATURE_AGE.labels(view))
+    return bound
+
+
 def start(host: str, port: int) -> None:
     if port:
         start_http_server(port, addr=host)

@@ -200,11 +200,12 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             scores, row_versions = self._split(route, rows, extra, batch, canary_mask)
         t3 = time.perf_counter()
 
-        metrics.STAGE.labels(name, "features").observe(t1 - t0)
-        metrics.STAGE.labels(name, "assemble").observe(t2 - t1)
-        metrics.STAGE.labels(name, "inference").observe(t3 - t2)
-        metrics.ROWS.labels("Predict", name).inc(len(batch))
-        _count_features(name, model.plan, rows)
+        counted = metrics.for_model(name)
+        counted.features.observe(t1 - t0)
+        counted.assemble.observe(t2 - t1)
+        counted.inference.observe(t3 - t2)
+        counted.rows.inc(len(batch))
+        _count_features(counted, model.plan, rows)
         if route.shadow is not None and model is route.stable and not degraded:
             self.shadow.submit(
                 name,
@@ -415,8 +416,9 @@ def _answer(
         elapsed = time.perf_counter() - start
         # A split answer is labelled by both versions ("v1+v2"): still a small, bounded set.
         label = version if isinstance(version, str) else "+".join(version)
-        metrics.REQUESTS.labels(method, model, label, code.name).inc()
-        metrics.LATENCY.labels(method, model, label, code.name).observe(elapsed)
+        requests, latency = metrics.call_outcome(method, model, label, code.name)
+        requests.inc()
+        latency.observe(elapsed)
 
 
 def _check_deadline(context: grpc.ServicerContext, model: str, stage: str) -> None:
@@ -427,17 +429,18 @@ def _check_deadline(context: grpc.ServicerContext, model: str, stage: str) -> No
         raise deadline_exceeded(f"deadline passed before the {stage} stage")
 
 
-def _count_features(model: str, plan: ReadPlan, rows: FeatureRows) -> None:
+def _count_features(counted: metrics.ModelMetrics, plan: ReadPlan, rows: FeatureRows) -> None:
     missing = int(rows.missing.sum())
     if missing:
-        metrics.FEATURES_MISSING.labels(model).inc(missing)
+        counted.missing.inc(missing)
     stale = int(rows.stale.sum())
     if stale:
-        metrics.FEATURES_STALE.labels(model).inc(stale)
+        counted.stale.inc(stale)
     # The oldest row served per view: one observation per view and call keeps this off the
-    # per-row path, and the oldest value is what freshness alerts care about.
+    # per-row path, and the oldest value is what freshness alerts care about. fmin skips
+    # NaN (no row) unless the whole column is NaN.
     now = time.time()
-    for j, view in enumerate(plan.views):
-        column = rows.event_ts[:, j]
-        if not np.isnan(column).all():
-            metrics.FEATURE_AGE.labels(view.name).observe(now - np.nanmin(column))
+    oldest = np.fmin.reduce(rows.event_ts, axis=0).tolist()
+    for view, event_time in zip(plan.views, oldest, strict=True):
+        if event_time == event_time:  # not NaN
+            metrics.feature_age(view.name).observe(now - event_time)

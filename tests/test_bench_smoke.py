@@ -77,6 +77,16 @@ def test_ratios_against_baseline_and_floors_are_computed(quick_run):
 
 
 @pytest.mark.slow
+def test_batching_and_processes_variants_are_compared_at_the_same_points(quick_run):
+    result, out, _ = quick_run
+    assert set(result["variants"]) == {"batching", "processes_2"}
+    for point in result["ratios"]["variants"]:
+        assert point["throughput_vs_base"] > 0 and point["p99_vs_base"] > 0, point
+    assert len(result["variants"]["processes_2"]["server"]["rss_ready_mb"]) >= 3  # 2 workers
+    assert "### Serving variants" in (out / "fraud-quick.md").read_text()
+
+
+@pytest.mark.slow
 def test_materialization_is_timed_for_both_engines_on_the_same_rows(quick_run):
     result, out, _ = quick_run
     m = result["materialization"]

@@ -15,7 +15,12 @@ class LightGBMRuntime:
         self.booster = lgb.Booster(model_file=str(path))
         self.threads = threads
         self.n_features = self.booster.num_feature()
+        # Booster.predict builds and tears down this predictor on every call: ~18 us of a
+        # 1-row call's ~50 us (lightgbm 4.7, pinned). Same C call, same handle, built once.
+        self._predictor = lgb.basic._InnerPredictor.from_booster(
+            self.booster, {"num_threads": threads}
+        )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        scores = self.booster.predict(batch, num_threads=self.threads)
+        scores = self._predictor.predict(batch)
         return np.asarray(scores, np.float32).reshape(len(batch), -1)
