@@ -35,7 +35,11 @@ class ServerConfig:
     port: int = 50051
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 turns the metrics endpoint off
-    workers: int = 8  # gRPC handler threads
+    # gRPC handler threads; 0: 2, or with dynamic batching on enough to fill a batch (one
+    # thread per waiting call, up to max_in_flight). Python work shares one GIL: beyond 2
+    # threads (one computing while one waits on Redis) they only contend; scale with
+    # `processes` instead.
+    workers: int = 0
     max_rows: int = 10_000  # entity rows per request; more is INVALID_ARGUMENT
     max_message_bytes: int = 16 * 1024 * 1024
     grace_seconds: float = 10.0  # in-flight requests get this long after SIGTERM
@@ -59,6 +63,15 @@ class ServerConfig:
     tls_cert: str = ""  # certificate chain; with tls_key set, the port speaks TLS only
     tls_key: str = ""
     tls_client_ca: str = ""  # set: clients must show a certificate this CA signed (mTLS)
+
+
+    @property
+    def handler_threads(self) -> int:
+        if self.workers > 0:
+            return self.workers
+        if self.batch_max_rows > 0:  # a call waiting for its batch holds a thread, not the GIL
+            return max(2, min(self.batch_max_rows, self.max_in_flight))
+        return 2
 
 
 @dataclass

@@ -119,7 +119,7 @@ def start(config: Config) -> RunningServer:
     limit = config.server.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=config.server.workers, thread_name_prefix="augur-grpc"
+            max_workers=config.server.handler_threads, thread_name_prefix="augur-grpc"
         ),
         options=[
             ("grpc.max_receive_message_length", limit),

@@ -48,3 +48,12 @@ def test_compile_cache_is_relative_to_the_file_and_empty_by_default(tmp_path):
     path.write_text("server: {compile_cache: cache/compiled}\n")
     assert load(path, environ={}).server.compile_cache == str(tmp_path / "cache" / "compiled")
     assert load(None, environ={}).server.compile_cache == ""  # <model_repo>/.compiled
+
+
+def test_handler_threads_default_to_two_and_grow_to_fill_a_batch():
+    from augur.config import ServerConfig
+
+    assert ServerConfig().handler_threads == 2
+    assert ServerConfig(batch_max_rows=16).handler_threads == 16
+    assert ServerConfig(batch_max_rows=500, max_in_flight=64).handler_threads == 64
+    assert ServerConfig(workers=8, batch_max_rows=64).handler_threads == 8

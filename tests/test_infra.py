@@ -685,7 +685,7 @@ def test_configmap_sets_the_lifecycle_reliability_and_admin_options(tmp_path):
     assert server.watch_interval_s > 0, "pods must watch the model repository"
     assert server.admin and server.admin_host in ("0.0.0.0", "::", "[::]")
     assert server.admin_port not in (0, server.port, server.metrics_port)
-    assert server.workers <= server.max_in_flight
+    assert server.handler_threads <= server.max_in_flight
     assert 0 < server.model_queue <= server.max_in_flight
     assert 0 < redis.read_timeout_ms <= 1000, "a real-time read never waits a second"
     assert redis.breaker_failures >= 1 and redis.breaker_cooldown_ms > 0
