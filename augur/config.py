@@ -64,7 +64,6 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""  # set: clients must show a certificate this CA signed (mTLS)
 
-
     @property
     def handler_threads(self) -> int:
         if self.workers > 0:
