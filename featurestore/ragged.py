@@ -58,6 +58,12 @@ class Ragged:
         same = self.lengths == other.lengths
         return same & (_padded(self.data, width) == _padded(other.data, width)).all(axis=1)
 
+    def trimmed(self) -> Ragged:
+        """The same rows without the padding columns no row reaches (varints of small
+        numbers use 2 of their 11 columns)."""
+        width = int(self.lengths.max()) if len(self.lengths) else 0
+        return self if width == self.data.shape[1] else Ragged(self.data[:, :width], self.lengths)
+
     def take(self, index: np.ndarray) -> Ragged:
         return Ragged(self.data[index], self.lengths[index])
 
@@ -89,6 +95,7 @@ def resp_commands(args: Sequence[Ragged | bytes], n: int) -> bytes:
 
 def _joined(parts: Sequence[Ragged]) -> tuple[np.ndarray, np.ndarray]:
     """Every row of every part in row-major order, as flat bytes, and each row's length."""
+    parts = [p.trimmed() for p in parts]
     full = np.concatenate([np.ascontiguousarray(p.data) for p in parts], axis=1)
     mask = np.concatenate([p._mask() for p in parts], axis=1)
     lengths = np.sum([p.lengths for p in parts], axis=0)

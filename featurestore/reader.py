@@ -374,7 +374,8 @@ def _decode_vectors_small(group: KeyGroup, replies: list):
                 fallback[i] = True  # its values come with the fields
             chunks.append(group.absent_vectors[j])
         with_data += seen
-    flat = np.frombuffer(b"".join(chunks), "<f4").reshape(n, -1)
+    width = sum(view.width for view in group.views)
+    flat = np.frombuffer(b"".join(chunks), "<f4").reshape(n, width)
     return flat[:, group.packed_concat], ts, fallback, with_data
 
 

@@ -52,15 +52,92 @@ def round_trip(
             raise
         finally:
             pool.release(conn)
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise redis.ResponseError(str(reply))
+        _raise_errors(replies)
         return replies
     raise AssertionError("unreachable")
 
 
-def _read_replies(sock, count: int) -> list:
+class Channel:
+    """One pooled connection held for a conversation of several pipelines (the writer's):
+    send without waiting, receive later, in order. Any failure drops the connection."""
+
+    def __init__(self, client: redis.Redis):
+        self._pool = client.connection_pool
+        self._conn = None
+
+    def __enter__(self) -> Channel:
+        self._conn = self._pool.get_connection()
+        try:
+            self._conn.connect()
+        except BaseException:
+            self._release(failed=True)
+            raise
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self._release(failed=kind is not None)
+
+    def send(self, payload: bytes) -> None:
+        self._conn.send_packed_command([payload], check_health=False)
+
+    def receive(self, count: int, integers: int = 0) -> list:
+        """The next `count` replies, after skipping `integers` integer replies (HSET's and
+        EXPIRE's counts, which nobody reads: scanned for errors, never parsed one by one)."""
+        try:
+            rest = _skip_integers(self._conn._sock, integers)
+            replies = _read_replies(self._conn._sock, count, rest)
+        except TimeoutError as e:
+            raise redis.TimeoutError("Timeout reading from Redis") from e
+        except ConnectionError as e:
+            raise redis.ConnectionError(f"Redis connection lost: {e}") from e
+        _raise_errors(replies)
+        return replies
+
+    def _release(self, failed: bool) -> None:
+        if self._conn is not None:
+            if failed:
+                self._conn.disconnect()
+            self._pool.release(self._conn)
+            self._conn = None
+
+
+def _raise_errors(replies: list) -> None:
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            raise redis.ResponseError(str(reply))
+
+
+def _skip_integers(sock, count: int) -> bytes:
+    """Consume `count` one-line replies; return the bytes read past them. An error reply
+    among them raises redis.ResponseError (integer replies never hold a '-')."""
+    carry = b""
+    while count:
+        data = sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("Redis closed the connection")
+        data = carry + data
+        lines = data.count(b"\r\n")
+        if lines >= count:  # the last of them ends in this read: split there, C-fast
+            *done, rest = data.split(b"\r\n", count)
+            _raise_line_errors(b"\r\n".join(done))
+            return rest
+        end = data.rfind(b"\r\n") + 2 if lines else 0  # keep an unfinished line for later
+        _raise_line_errors(data[:end])
+        carry, count = data[end:], count - lines
+    return carry
+
+
+def _raise_line_errors(lines: bytes) -> None:
+    at = lines.find(b"-")
+    if at != -1:
+        message = lines[at + 1 :].split(b"\r\n", 1)[0].decode(errors="replace")
+        raise redis.ResponseError(message)
+
+
+def _read_replies(sock, count: int, already: bytes = b"") -> list:
     reader = hiredis.Reader()
+    if already:
+        reader.feed(already)
     out: list = []
     while len(out) < count:
         reply = reader.gets()

@@ -26,7 +26,7 @@ from featurestore.connection import RedisTimeouts
 from featurestore.keys import KeyEncoder, feature_field, timestamp_field
 from featurestore.packed import layout_id, pack, vector_field
 from featurestore.ragged import Ragged, resp_commands
-from featurestore.resp import round_trip
+from featurestore.resp import Channel
 from featurestore.values import DTYPES, encode_column, encode_timestamps, timestamp_parts
 
 CHUNK_ROWS = 10_000  # rows per pipeline: bounds memory and how long one pipeline holds Redis
@@ -67,31 +67,48 @@ class OnlineWriter:
         timestamp_column: str = "event_timestamp",
         progress: Callable[[int], object] | None = None,
     ) -> WriteStats:
-        """Write the rows of `table` (join keys, features, event time) for `view`."""
+        """Write the rows of `table` (join keys, features, event time) for `view`.
+
+        Chunks overlap with Redis: a chunk's HSETs are sent and, while Redis applies them,
+        the next chunk is encoded; its stored event times are then read (after the HSET
+        replies, on the same connection) to pick the rows that are newer."""
         _check_columns(view, table, timestamp_column)
         stats = WriteStats()
         encoder = KeyEncoder(view.join_keys, view.key_types, self._project)
-        for start in range(0, table.num_rows, CHUNK_ROWS):
-            chunk = table.slice(start, CHUNK_ROWS)
-            written = self._write_chunk(view, encoder, chunk, timestamp_column)
-            stats.written += written
-            stats.skipped += chunk.num_rows - written
-            if progress is not None:
-                progress(chunk.num_rows)
+        with Channel(self._client) as channel:
+            pending = 0  # replies still to come for the HSETs (and EXPIREs) already sent
+            for start in range(0, table.num_rows, CHUNK_ROWS):
+                chunk = table.slice(start, CHUNK_ROWS)
+                batch = self._encode(view, encoder, chunk, timestamp_column)
+                stamp = timestamp_field(view.name)
+                channel.send(resp_commands([b"HMGET", batch.keys, stamp], len(batch.rows)))
+                keep = batch.newer_than(channel.receive(len(batch.rows), integers=pending))
+                pending = self._send_rows(channel, batch.args, keep)
+                stats.written += int(keep.sum())
+                stats.skipped += chunk.num_rows - int(keep.sum())
+                if progress is not None:
+                    progress(chunk.num_rows)
+            channel.receive(0, integers=pending)
         return stats
 
-    def _write_chunk(
+    def _encode(
         self, view: ViewSchema, encoder: KeyEncoder, chunk: pa.Table, timestamp_column: str
-    ) -> int:
+    ) -> _Batch:
+        """Everything of a chunk's HSETs that does not depend on what Redis holds: per key
+        the newest row of the chunk (the first of equals, as Feast keeps), encoded."""
         keys = _key_column(encoder, chunk, view)
         micros = _event_micros(chunk.column(timestamp_column))
-        rows = self._newer_rows(view, keys, micros)
-        if not len(rows):
-            return 0
-        seconds, nanos = micros[rows] // 1_000_000, (micros[rows] % 1_000_000) * 1000
+        rows_as_one = np.ascontiguousarray(keys.data).view(f"V{keys.data.shape[1]}").ravel()
+        key_id = np.unique(rows_as_one, return_inverse=True)[1].ravel()
+        order = np.lexsort((np.arange(len(keys)), -micros, key_id))
+        first = np.ones(len(order), bool)
+        first[1:] = key_id[order[1:]] != key_id[order[:-1]]
+        rows = np.sort(order[first])
+        micros = micros[rows]
+        seconds, nanos = micros // 1_000_000, (micros % 1_000_000) * 1000
         n = len(rows)
-        key_column = keys.take(rows)
-        args: list[Ragged | bytes] = [b"HSET", key_column]
+        keys = keys.take(rows)
+        args: list[Ragged | bytes] = [b"HSET", keys]
         vector = np.empty((n, len(view.features)), np.float32)
         for j, (name, dtype) in enumerate(view.features):
             values, present = _column(chunk.column(name), dtype)
@@ -104,32 +121,38 @@ class OnlineWriter:
             vector_field(view.name),
             Ragged.from_bytes(pack(view.layout, seconds, nanos, vector)),
         ]
-        commands = [resp_commands(args, n)]
-        if self._key_ttl:
-            commands.append(resp_commands([b"EXPIRE", key_column, b"%d" % self._key_ttl], n))
-        round_trip(self._client, b"".join(commands), n * len(commands))
-        return n
+        return _Batch(rows, keys, micros * 1000, args)
 
-    def _newer_rows(self, view: ViewSchema, keys: Ragged, micros: np.ndarray) -> np.ndarray:
-        """Indices of the rows to write: per key the newest row of the chunk (the first of
-        equals, as Feast keeps), and only if newer than the stored `_ts:<view>`."""
-        rows_as_one = np.ascontiguousarray(keys.data).view(f"V{keys.data.shape[1]}").ravel()
-        key_id = np.unique(rows_as_one, return_inverse=True)[1].ravel()
-        order = np.lexsort((np.arange(len(keys)), -micros, key_id))
-        first = np.ones(len(order), bool)
-        first[1:] = key_id[order[1:]] != key_id[order[:-1]]
-        rows = np.sort(order[first])
-        n = len(rows)
-        read = [b"HMGET", keys.take(rows), timestamp_field(view.name)]
-        stored = round_trip(self._client, resp_commands(read, n), n)
-        keep = np.ones(n, bool)
+    def _send_rows(self, channel: Channel, args: list, keep: np.ndarray) -> int:
+        """Send the HSETs (and EXPIREs) of the kept rows; return how many replies will come."""
+        n = int(keep.sum())
+        if not n:
+            return 0
+        picked = [a if isinstance(a, bytes) else a.take(keep) for a in args]
+        commands = [resp_commands(picked, n)]
+        if self._key_ttl:
+            commands.append(resp_commands([b"EXPIRE", picked[1], b"%d" % self._key_ttl], n))
+        channel.send(b"".join(commands))
+        return n * len(commands)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    rows: np.ndarray  # the chunk's rows to write, one per key, if newer than what is stored
+    keys: Ragged  # their Redis keys
+    nanos: np.ndarray  # their event times, epoch nanoseconds
+    args: list  # their HSET commands' arguments
+
+    def newer_than(self, stored: list) -> np.ndarray:
+        """Which rows are newer than the `_ts:<view>` replies (as Feast compares them)."""
+        keep = np.ones(len(self.rows), bool)
         for i, reply in enumerate(stored):
             raw = reply[0]
             if raw is not None:
-                sec, nanos = timestamp_parts(raw)
-                before = sec * 1_000_000_000 + nanos
-                keep[i] = not (before and micros[rows[i]] * 1000 <= before)
-        return rows[keep]
+                seconds, nanos = timestamp_parts(raw)
+                before = seconds * 1_000_000_000 + nanos
+                keep[i] = not (before and self.nanos[i] <= before)
+        return keep
 
 
 def _key_column(encoder: KeyEncoder, chunk: pa.Table, view: ViewSchema) -> Ragged:

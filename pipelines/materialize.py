@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,31 +70,66 @@ def materialize(
         store.project,
         store.config.online_store.key_ttl_seconds,
     )
-    for name in selected:
-        began = time.perf_counter()
-        if engine == "feast" or not _writable(store, name):
-            _feast_engine(store, name, start, end)
-            rows = written = None
-        else:
-            rows, written = _augur_engine(store, writer, name, start, end, progress)
-        runs[name] = ViewRun(time.perf_counter() - began, rows, written)
+    ours = [n for n in selected if engine == "augur" and _writable(store, n)]
+    # Registry lookups stay on this thread; only the offline queries run on the other, one
+    # view ahead, so that a view's query overlaps the previous view's writes.
+    pulls = {n: _pull_job(store, n, start, end) for n in ours}
+    with ThreadPoolExecutor(1, thread_name_prefix="augur-pull") as pool:
+        pending = {n: pool.submit(pulls[n].run) for n in ours[:1]}
+        for name in selected:
+            began = time.perf_counter()
+            if name not in pulls:
+                _feast_engine(store, name, start, end)
+                rows = written = None
+            else:
+                following = ours[ours.index(name) + 1 :][:1]
+                pending.update({n: pool.submit(pulls[n].run) for n in following})
+                table = pending.pop(name).result()
+                rows, written = _augur_engine(store, writer, pulls[name], table, progress)
+            runs[name] = ViewRun(time.perf_counter() - began, rows, written)
     refresh_cache(store)  # the registry changed (materialization intervals): keep plans current
     return runs
 
 
-def _augur_engine(
-    store, writer: OnlineWriter, name: str, start, end, progress: bool
-) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _Pull:
+    """One view's offline query, ready to run on any thread."""
+
+    store: object
+    view: object
+    start: dt.datetime
+    end: dt.datetime
+    columns: tuple  # join keys, features, timestamp and created columns in the source
+
+    def run(self) -> pa.Table:
+        return pull_latest(self.store, self.view, self.start, self.end, self.columns)
+
+
+def _pull_job(store, name: str, start, end) -> _Pull:
     view = store.get_feature_view(name)
     window_start = _utc(start) if start is not None else _incremental_start(view)
-    table = pull_latest(store, view, window_start, _utc(end))
+    return _Pull(store, view, window_start, _utc(end), source_columns(store, view))
+
+
+def source_columns(store, view) -> tuple:
+    """The view's join keys, features, event time and created time as its source names
+    them (Feast's field mapping reversed)."""
+    from feast.utils import _get_column_names
+
+    return tuple(_get_column_names(view, [store.get_entity(e) for e in view.entities]))
+
+
+def _augur_engine(
+    store, writer: OnlineWriter, pull: _Pull, table: pa.Table, progress: bool
+) -> tuple[int, int]:
+    view, name = pull.view, pull.view.name
     with tqdm(
         total=table.num_rows, desc=name, unit="row", unit_scale=True, disable=not progress
     ) as bar:
         timestamp = view.batch_source.timestamp_field
         timestamp = (view.batch_source.field_mapping or {}).get(timestamp, timestamp)
         stats = writer.write(view_schema(store, name), table, timestamp, bar.update)
-    store.registry.apply_materialization(view, store.project, window_start, _utc(end))
+    store.registry.apply_materialization(view, store.project, pull.start, pull.end)
     return table.num_rows, stats.written
 
 
@@ -114,13 +150,13 @@ def _feast_engine(store, name: str, start, end) -> None:
         store.materialize(start_date=start, end_date=end, feature_views=[name])
 
 
-def pull_latest(store, view, start: dt.datetime, end: dt.datetime) -> pa.Table:
+def pull_latest(
+    store, view, start: dt.datetime, end: dt.datetime, columns: tuple | None = None
+) -> pa.Table:
     """The newest row per entity with an event time in [start, end], columns named as the
-    view names them: what Feast's local engine would write for this window."""
-    from feast.utils import _get_column_names
-
-    entities = [store.get_entity(e) for e in view.entities]
-    join_keys, features, timestamp, created = _get_column_names(view, entities)
+    view names them: what Feast's local engine would write for this window. Touches no
+    registry when `columns` (`source_columns`) is given, so it may run on another thread."""
+    join_keys, features, timestamp, created = columns or source_columns(store, view)
     offline = store._get_provider().offline_store  # Feast exposes no public accessor
     table = offline.pull_latest_from_table_or_query(
         config=store.config,
