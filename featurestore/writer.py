@@ -116,11 +116,12 @@ class OnlineWriter:
             values, present = values[rows], present[rows]
             args += [feature_field(view.name, name), encode_column(values, present, dtype)]
             vector[:, j] = np.where(present, values.astype(np.float32), np.nan)
+        stamps = encode_timestamps(seconds, nanos)
         args += [
             timestamp_field(view.name),
-            encode_timestamps(seconds, nanos),
+            stamps,
             vector_field(view.name),
-            Ragged.from_bytes(pack(view.layout, seconds, nanos, vector)),
+            pack(view.layout, seconds, nanos, stamps.trimmed(), vector),
         ]
         return _Batch(rows, keys, micros * 1000, args)
 
