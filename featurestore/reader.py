@@ -22,7 +22,7 @@ from featurestore.packed import HEADER_BYTES, MAGIC, STAMP_BYTES
 from featurestore.packed import unpack as unpack_vectors
 from featurestore.plan import KeyGroup, ReadPlan
 from featurestore.ragged import Ragged
-from featurestore.resp import command_args, round_trip
+from featurestore.resp import OwnConnections, command_args, round_trip
 from featurestore.row_cache import RowCache
 from featurestore.values import (
     decode_column,
@@ -101,6 +101,7 @@ class OnlineReader:
         """`vectors`: read Augur's packed vectors where present (else only Feast's fields);
         `hgetall_from`: read a group with HGETALL from this many fields, not HMGET."""
         self._client = client
+        self._own = OwnConnections(client)
         self._vectors = vectors
         self._hgetall_from = hgetall_from
         self._clock = clock
@@ -139,7 +140,7 @@ class OnlineReader:
         count = sum(len(f.keys) for f in fetches)
         if count:
             payload = b"".join(f.payload() for f in fetches)
-            replies = round_trip(self._client, payload, count, timeout_s)
+            replies = round_trip(self._client, payload, count, timeout_s, self._own)
         else:
             replies = []
         offset = 0
@@ -148,7 +149,7 @@ class OnlineReader:
         count = sum(len(f.fallback) for f in fetches)
         if count:  # entities whose vectors a plain Feast write has outdated: read the fields
             payload = b"".join(f.fallback_payload() for f in fetches)
-            replies = round_trip(self._client, payload, count, timeout_s)
+            replies = round_trip(self._client, payload, count, timeout_s, self._own)
             offset = 0
             for fetch in fetches:
                 offset = fetch.decode_fallback(replies, offset)
@@ -232,10 +233,20 @@ class OnlineReader:
             self._encoders[(plan.project, group.join_keys)] = encoder
         columns = [entities[k] for k in group.join_keys]
         if n >= _VECTORISED_KEYS_FROM and all(t == "int64" for t in encoder.types):
-            stacked = np.column_stack([np.asarray(c, np.int64) for c in columns])
-            distinct, inverse = np.unique(stacked, axis=0, return_inverse=True)
-            keys = encoder.keys([distinct[:, i] for i in range(len(columns))])
-            return [row.tobytes() for row in keys], inverse.ravel()
+            if len(columns) == 1:
+                distinct, inverse = np.unique(np.asarray(columns[0], np.int64), return_inverse=True)
+                built = encoder.keys([distinct])
+            else:  # a dict dedupes tuples faster than np.unique(axis=0) sorts rows
+                index: dict[tuple, int] = {}
+                inverse = np.fromiter(
+                    (index.setdefault(k, len(index)) for k in zip(*columns, strict=True)),
+                    np.intp,
+                    n,
+                )
+                distinct = np.array(list(index), np.int64)
+                built = encoder.keys([distinct[:, i] for i in range(len(columns))])
+            raw, width = built.tobytes(), built.shape[1]
+            return [raw[i : i + width] for i in range(0, len(raw), width)], inverse.ravel()
         index: dict[tuple, int] = {}
         inverse = np.empty(n, np.intp)
         for row, key in enumerate(zip(*columns, strict=True)):
