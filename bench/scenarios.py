@@ -117,7 +117,7 @@ def _wide(work: Path, address: str, entities: int) -> Scenario:
     feast_apply(repo, address)
     spent["generate_and_apply"] = time.perf_counter() - began
     began = time.perf_counter()
-    compared = materialize_compared(repo, address)
+    materialize(repo, address, progress=False)  # Feast's engine is timed on fraud only
     spent["materialize"] = time.perf_counter() - began
     began = time.perf_counter()
     plan = build_plan(open_store(repo, address), wide_repo.SERVICE)
@@ -142,7 +142,6 @@ def _wide(work: Path, address: str, entities: int) -> Scenario:
         pool=pool,
         described=described,
         build_s=spent,
-        materialization=compared,
     )
 
 
