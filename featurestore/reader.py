@@ -1,9 +1,13 @@
 """The online read path: entity columns -> one pipelined Redis round trip -> float32 matrix.
 
 For each key group of the plan the request's entities are deduplicated (request-level
-cache), each distinct entity costs one HMGET, and every group goes into one pipeline.
-Values are decoded straight from Feast's bytes into numpy; missing or expired values
-become NaN or the feature's declared default, and are counted per row.
+cache), each distinct entity costs one HMGET, and every group goes into one pipeline. The
+HMGET asks for each view's packed vector and `_ts` (featurestore.packed); an entity whose
+vector a plain Feast write has outdated is read again from Feast's fields in a second
+round trip, and a group whose vectors mostly fail (a store only Feast wrote) is read from
+the fields for a while (HGETALL when it is wide). Values are decoded straight into numpy;
+missing or expired values become NaN or the feature's declared default, and are counted
+per row.
 """
 
 from __future__ import annotations
