@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.timing import stats, timed
+from pipelines.train import LIGHTGBM_PARAMS
 from predictor.repository import sha256_of
 from predictor.runtimes.compiled_runtime import CompiledTreeRuntime
 from predictor.runtimes.lightgbm_runtime import LightGBMRuntime
@@ -37,19 +38,8 @@ def stand_in(path: Path, seed: int = 7) -> Path:
     weights = np.random.default_rng(seed).normal(size=N_INPUTS)
     logit = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x))) @ weights / 4
     y = (logit + np.random.default_rng(seed + 1).logistic(size=len(x)) > 2).astype(np.int64)
-    params = {  # pipelines/train.py's, at one thread so training does not fight the timings
-        "objective": "binary",
-        "learning_rate": 0.05,
-        "num_leaves": 31,
-        "min_data_in_leaf": 40,
-        "feature_fraction": 0.9,
-        "bagging_fraction": 0.8,
-        "bagging_freq": 1,
-        "seed": seed,
-        "deterministic": True,
-        "verbose": -1,
-        "num_threads": 1,
-    }
+    # `augur train`'s, at one thread so training does not fight the timings
+    params = {**LIGHTGBM_PARAMS, "seed": seed, "num_threads": 1}
     lgb.train(params, lgb.Dataset(x, y), num_boost_round=200).save_model(str(path))
     return path
 

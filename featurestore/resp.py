@@ -9,6 +9,7 @@ pooling, the login handshake, TLS and timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import hiredis
@@ -109,13 +110,9 @@ class Channel:
     def receive(self, count: int, integers: int = 0) -> list:
         """The next `count` replies, after skipping `integers` integer replies (HSET's and
         EXPIRE's counts, which nobody reads: scanned for errors, never parsed one by one)."""
-        try:
+        with _as_redis_errors():
             rest = _skip_integers(self._conn._sock, integers)
             replies = _read_replies(self._conn._sock, count, rest)
-        except TimeoutError as e:
-            raise redis.TimeoutError("Timeout reading from Redis") from e
-        except ConnectionError as e:
-            raise redis.ConnectionError(f"Redis connection lost: {e}") from e
         _raise_errors(replies)
         return replies
 
@@ -123,21 +120,14 @@ class Channel:
         """`receive` for replies of HMGET of one field: a fresh store's are all absent, and
         those are recognised from their bytes (RESP2) without parsing each."""
         sock = self._conn._sock
-        try:
+        absent = _ABSENT_FIELD * count
+        with _as_redis_errors():
             data = _skip_integers(sock, integers)
-            absent = _ABSENT_FIELD * count
             while len(data) < len(absent) and absent.startswith(data):
-                more = sock.recv(1 << 20)
-                if not more:
-                    raise ConnectionError("Redis closed the connection")
-                data += more
+                data += _recv(sock)
             if data == absent:
                 return [[None]] * count
             replies = _read_replies(sock, count, data)
-        except TimeoutError as e:
-            raise redis.TimeoutError("Timeout reading from Redis") from e
-        except ConnectionError as e:
-            raise redis.ConnectionError(f"Redis connection lost: {e}") from e
         _raise_errors(replies)
         return replies
 
@@ -147,6 +137,24 @@ class Channel:
                 self._conn.disconnect()
             self._pool.release(self._conn)
             self._conn = None
+
+
+@contextlib.contextmanager
+def _as_redis_errors():
+    """Socket failures as the redis-py errors callers (and the circuit breaker) know."""
+    try:
+        yield
+    except TimeoutError as e:
+        raise redis.TimeoutError("Timeout reading from Redis") from e
+    except ConnectionError as e:
+        raise redis.ConnectionError(f"Redis connection lost: {e}") from e
+
+
+def _recv(sock) -> bytes:
+    data = sock.recv(1 << 20)
+    if not data:
+        raise ConnectionError("Redis closed the connection")
+    return data
 
 
 _ABSENT_FIELD = b"*1\r\n$-1\r\n"  # HMGET key field, RESP2, when the field is not there
@@ -163,10 +171,7 @@ def _skip_integers(sock, count: int) -> bytes:
     among them raises redis.ResponseError (integer replies never hold a '-')."""
     carry = b""
     while count:
-        data = sock.recv(1 << 20)
-        if not data:
-            raise ConnectionError("Redis closed the connection")
-        data = carry + data
+        data = carry + _recv(sock)
         lines = data.count(b"\r\n")
         if lines >= count:  # the last of them ends in this read: split there, C-fast
             *done, rest = data.split(b"\r\n", count)
@@ -193,10 +198,7 @@ def _read_replies(sock, count: int, already: bytes = b"") -> list:
     while len(out) < count:
         reply = reader.gets()
         if reply is False:
-            data = sock.recv(1 << 20)
-            if not data:
-                raise ConnectionError("Redis closed the connection")
-            reader.feed(data)
+            reader.feed(_recv(sock))
         else:
             out.append(reply)
     return out

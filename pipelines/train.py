@@ -160,22 +160,25 @@ def _train_one(
     return TrainResult(version, auc_fit, auc_hold, int(fit.sum()), int((~fit).sum()))
 
 
+# LightGBM's parameters for every model unless models.yaml overrides them.
+LIGHTGBM_PARAMS = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.9,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "seed": 7,
+    "deterministic": True,
+    "verbose": -1,
+}
+
+
 def _fit_lightgbm(model: ModelTraining, features, x, y, tmp: Path):
     import lightgbm as lgb
 
-    params = {
-        "objective": "binary",
-        "learning_rate": 0.05,
-        "num_leaves": 31,
-        "min_data_in_leaf": 40,
-        "feature_fraction": 0.9,
-        "bagging_fraction": 0.8,
-        "bagging_freq": 1,
-        "seed": 7,
-        "deterministic": True,
-        "verbose": -1,
-    }
-    params.update(model.params)
+    params = {**LIGHTGBM_PARAMS, **model.params}
     rounds = int(params.pop("num_boost_round", 200))
     booster = lgb.train(
         params,
