@@ -5,15 +5,14 @@ cache), each distinct entity costs one HMGET, and every group goes into one pipe
 HMGET asks for each view's packed vector and `_ts` (featurestore.packed); an entity whose
 vector a plain Feast write has outdated is read again from Feast's fields in a second
 round trip, and a group whose vectors mostly fail (a store only Feast wrote) is read from
-the fields for a while (HGETALL when it is wide). Values are decoded straight into numpy;
-missing or expired values become NaN or the feature's declared default, and are counted
-per row.
+the fields for a while (HGETALL when it is wide). Values are decoded straight into numpy
+(featurestore.decode); missing or expired values become NaN or the feature's declared
+default, and are counted per row.
 """
 
 from __future__ import annotations
 
 import functools
-import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,30 +20,17 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from featurestore.decode import decode_fields, decode_vectors, expire, hgetall_as_fields
 from featurestore.keys import KeyEncoder
-from featurestore.packed import HEADER_BYTES, MAGIC, STAMP_BYTES
-from featurestore.packed import unpack as unpack_vectors
 from featurestore.plan import KeyGroup, ReadPlan
-from featurestore.ragged import Ragged
 from featurestore.resp import OwnConnections, command_args, round_trip
 from featurestore.row_cache import RowCache
-from featurestore.values import (
-    decode_column,
-    decode_number,
-    decode_timestamp,
-)
 
-# One numpy pass over a group's values beats one Python call per value from about 40
-# entities (measured on the fraud plan: 1.3x faster at 100 entities, 1.6x at 1,000, 0.8x
-# at 16); below that numpy's fixed cost per call dominates.
-_COLUMNAR_FROM = 48
 # Past this many fields one HGETALL costs Redis less than an HMGET naming each (measured on
 # the wide benchmark scenario, 275 fields: 5.6x less at 100 entities).
 HGETALL_FROM = 64
 # Reads of a group from fields, after its vectors mostly failed, before vectors are retried.
 _FIELDS_READS = 200
-_VECTOR_HEAD = struct.Struct("<2sIqiB")  # featurestore.packed.HEADER up to the stamp
-_STAMP_AT = _VECTOR_HEAD.size
 # Keys of int64 entities built and deduplicated in numpy from this many rows (a dict and
 # one struct pack per key below it, where numpy's fixed costs dominate).
 _VECTORISED_KEYS_FROM = 32
@@ -178,7 +164,7 @@ class OnlineReader:
                     self.cache.put((group.cache_id, key), vals[i].copy(), ts[i].copy())
             cols = group.column_index
             if enforce_ttl:
-                stale_mask[:, cols] = _expire(group, vals, ts, now)[inverse]
+                stale_mask[:, cols] = expire(group, vals, ts, now)[inverse]
             values[:, cols] = vals[inverse]
             event_ts[:, group.positions] = ts[inverse]
 
@@ -283,11 +269,10 @@ class _Fetch:
         mine = replies[offset : offset + len(self.keys)]
         if not self.packed:
             if self.hgetall:
-                mine = [_pick(reply, self.group.fields) for reply in mine]
-            self.vals, self.ts = _decode_replies(self.group, mine)
+                mine = [hgetall_as_fields(reply, self.group.fields) for reply in mine]
+            self.vals, self.ts = decode_fields(self.group, mine)
         else:
-            decode = _decode_vectors if len(mine) >= _COLUMNAR_FROM else _decode_vectors_small
-            self.vals, self.ts, fallback, self.with_data = decode(self.group, mine)
+            self.vals, self.ts, fallback, self.with_data = decode_vectors(self.group, mine)
             self.fallback = np.flatnonzero(fallback)
             self.fallbacks = len(self.fallback)
         return offset + len(self.keys)
@@ -299,7 +284,7 @@ class _Fetch:
         if not len(self.fallback):
             return offset
         mine = replies[offset : offset + len(self.fallback)]
-        self.vals[self.fallback], self.ts[self.fallback] = _decode_replies(self.group, mine)
+        self.vals[self.fallback], self.ts[self.fallback] = decode_fields(self.group, mine)
         return offset + len(self.fallback)
 
 
@@ -313,99 +298,6 @@ def _command_parts(name: bytes, fields: tuple[bytes, ...]) -> tuple[bytes, bytes
 def _commands(name: bytes, keys: list[bytes], fields: tuple[bytes, ...]) -> bytes:
     head, tail = _command_parts(name, fields)
     return b"".join(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in keys)
-
-
-def _pick(reply, fields: tuple[bytes, ...]) -> list:
-    """HGETALL's reply (a flat RESP2 list or a RESP3 map) as an HMGET reply for `fields`."""
-    stored = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
-    return [stored.get(f) for f in fields]
-
-
-def _decode_replies(group: KeyGroup, replies: list) -> tuple[np.ndarray, np.ndarray]:
-    n_views = len(group.views)
-    n_feat = len(group.fields) - n_views
-    if len(replies) >= _COLUMNAR_FROM:
-        flat = [raw for reply in replies for raw in reply[:n_feat]]
-        vals = decode_column(flat).reshape(len(replies), n_feat)
-    else:
-        vals = np.array(
-            [[decode_number(raw) for raw in reply[:n_feat]] for reply in replies], np.float32
-        ).reshape(len(replies), n_feat)
-    ts = np.array(
-        [[decode_timestamp(raw) for raw in reply[n_feat:]] for reply in replies], np.float64
-    ).reshape(len(replies), n_views)
-    return vals, ts
-
-
-def _decode_vectors(group: KeyGroup, replies: list):
-    """Vectors of many entities, a few numpy passes per view: (values, event times, the
-    entities needing Feast's fields, how many entities have data). A vector is current when
-    the stamp it carries is byte-equal to `_ts:<view>`."""
-    n, n_views = len(replies), len(group.views)
-    vals = np.full((n, len(group.columns)), np.nan, np.float32)
-    ts = np.full((n, n_views), np.nan)
-    fallback = np.zeros(n, bool)
-    with_data = np.zeros(n, bool)
-    start = 0
-    for j, view in enumerate(group.views):
-        stamps = [reply[n_views + j] for reply in replies]
-        have = np.fromiter((raw is not None for raw in stamps), bool, n)
-        ok, rows = unpack_vectors([reply[j] for reply in replies], view.layout, view.width)
-        stored = Ragged.from_bytes([raw or b"" for raw in stamps])
-        valid = ok & have & (rows["stamp_size"] == stored.lengths)
-        if stored.data.shape[1] <= STAMP_BYTES:
-            carried = rows["stamp"][:, : stored.data.shape[1]]
-            valid &= (carried == stored.data).all(axis=1)
-        else:  # no stamp Augur writes is this long
-            valid &= False
-        width = len(view.features)
-        vals[valid, start : start + width] = rows["values"][valid][:, group.packed_index[j]]
-        ts[valid, j] = rows["seconds"][valid] + rows["nanos"][valid] / 1e9
-        fallback |= have & ~valid  # their event times come with the fields
-        with_data |= have
-        start += width
-    return vals, ts, fallback, int(with_data.sum())
-
-
-def _decode_vectors_small(group: KeyGroup, replies: list):
-    """The same as `_decode_vectors`, an entity at a time: cheaper for a few entities. Each
-    view's header is checked in Python; the values of all of them are decoded at once."""
-    n, n_views = len(replies), len(group.views)
-    ts = np.full((n, n_views), np.nan)
-    fallback = np.zeros(n, bool)
-    with_data = 0
-    chunks: list[bytes] = []
-    for i, reply in enumerate(replies):
-        seen = False
-        for j, view in enumerate(group.views):
-            stamp, raw = reply[n_views + j], reply[j]
-            if stamp is not None:
-                seen = True
-                if raw is not None and len(raw) == HEADER_BYTES + 4 * view.width:
-                    magic, layout, seconds, nanos, size = _VECTOR_HEAD.unpack_from(raw)
-                    if (
-                        magic == MAGIC
-                        and layout == view.layout
-                        and size == len(stamp)
-                        and raw[_STAMP_AT : _STAMP_AT + size] == stamp
-                    ):
-                        ts[i, j] = seconds + nanos / 1e9
-                        chunks.append(raw[HEADER_BYTES:])
-                        continue
-                fallback[i] = True  # its values and event time come with the fields
-            chunks.append(group.absent_vectors[j])
-        with_data += seen
-    width = sum(view.width for view in group.views)
-    flat = np.frombuffer(b"".join(chunks), "<f4").reshape(n, width)
-    return flat[:, group.packed_concat], ts, fallback, with_data
-
-
-def _expire(group: KeyGroup, vals: np.ndarray, ts: np.ndarray, now: float) -> np.ndarray:
-    """Blank values older than their view's TTL (in place); the mask of those blanked."""
-    expired = (now - ts[:, group.view_of_column]) > group.ttl_of_column  # NaN age: False
-    stale = expired & ~np.isnan(vals)
-    vals[expired] = np.nan
-    return stale
 
 
 def _row_count(plan: ReadPlan, entities: Mapping[str, Sequence]) -> int:
