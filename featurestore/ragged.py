@@ -52,12 +52,6 @@ class Ragged:
         starts = [0, *ends[:-1]]
         return [flat[s:e] for s, e in zip(starts, ends, strict=True)]
 
-    def equals(self, other: Ragged) -> np.ndarray:
-        """Per row, whether the two rows hold the same bytes."""
-        width = max(self.data.shape[1], other.data.shape[1])
-        same = self.lengths == other.lengths
-        return same & (_padded(self.data, width) == _padded(other.data, width)).all(axis=1)
-
     def trimmed(self) -> Ragged:
         """The same rows without the padding columns no row reaches (varints of small
         numbers use 2 of their 11 columns)."""
@@ -100,12 +94,6 @@ def _joined(parts: Sequence[Ragged]) -> tuple[np.ndarray, np.ndarray]:
     mask = np.concatenate([p._mask() for p in parts], axis=1)
     lengths = np.sum([p.lengths for p in parts], axis=0)
     return full[mask], lengths
-
-
-def _padded(data: np.ndarray, width: int) -> np.ndarray:
-    if data.shape[1] == width:
-        return data
-    return np.pad(data, ((0, 0), (0, width - data.shape[1])))
 
 
 def _decimal(numbers: np.ndarray) -> Ragged:
