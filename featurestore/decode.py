@@ -8,6 +8,8 @@ cost per call dominates small reads.
 
 from __future__ import annotations
 
+import itertools
+import math
 import struct
 
 import numpy as np
@@ -88,36 +90,69 @@ def _vectors_columnar(group: KeyGroup, replies: list):
 
 
 def _vectors_one_by_one(group: KeyGroup, replies: list):
-    """The same as `_vectors_columnar`, an entity at a time: cheaper for a few entities. Each
-    view's header is checked in Python; the values of all of them are decoded at once."""
-    n, n_views = len(replies), len(group.views)
-    ts = np.full((n, n_views), np.nan)
-    fallback = np.zeros(n, bool)
-    with_data = 0
-    chunks: list[bytes] = []
+    """The same as `_vectors_columnar`, an entity at a time in Python scalars: cheaper for a
+    few entities."""
+    n = len(replies)
+    values, times, fallback, with_data = [], [], np.zeros(n, bool), 0
     for i, reply in enumerate(replies):
-        seen = False
-        for j, view in enumerate(group.views):
-            stamp, raw = reply[n_views + j], reply[j]
-            if stamp is not None:
-                seen = True
-                if raw is not None and len(raw) == HEADER_BYTES + 4 * view.width:
-                    magic, layout, seconds, nanos, size = _VECTOR_HEAD.unpack_from(raw)
-                    if (
-                        magic == MAGIC
-                        and layout == view.layout
-                        and size == len(stamp)
-                        and raw[_STAMP_AT : _STAMP_AT + size] == stamp
-                    ):
-                        ts[i, j] = seconds + nanos / 1e9
-                        chunks.append(raw[HEADER_BYTES:])
-                        continue
-                fallback[i] = True  # its values and event time come with the fields
-            chunks.append(group.absent_vectors[j])
+        parts, at, fallback[i], seen = entity_from_vectors(group, reply)
+        values += parts
+        times += at
         with_data += seen
-    width = sum(view.width for view in group.views)
-    flat = np.frombuffer(b"".join(chunks), "<f4").reshape(n, width)
-    return flat[:, group.packed_concat], ts, fallback, with_data
+    flat = np.fromiter(itertools.chain.from_iterable(values), np.float32, n * len(group.columns))
+    ts = np.array(times, np.float64).reshape(n, len(group.views))
+    return flat.reshape(n, len(group.columns)), ts, fallback, with_data
+
+
+def entity_from_vectors(group: KeyGroup, reply: list) -> tuple[list, list, bool, bool]:
+    """One entity's HMGET reply of `group.vector_fields` in Python scalars, for reads of a
+    few entities: (per view, the plan's features as a tuple of floats; per view, the event
+    time; whether a vector is absent or outdated while `_ts` is there, so Feast's fields are
+    needed; whether any view has data)."""
+    n_views = len(group.views)
+    values: list[tuple] = []
+    times: list[float] = []
+    fallback = seen = False
+    for j, view in enumerate(group.scalar):
+        stamp = reply[n_views + j]
+        if stamp is not None:
+            seen = True
+            raw = reply[j]
+            if raw is not None and len(raw) == view.size:
+                magic, layout, seconds, nanos, size = _VECTOR_HEAD.unpack_from(raw)
+                if (
+                    magic == MAGIC
+                    and layout == view.layout
+                    and size == len(stamp)
+                    and raw[_STAMP_AT : _STAMP_AT + size] == stamp
+                ):
+                    values.append(view.pick(view.values.unpack_from(raw, HEADER_BYTES)))
+                    times.append(seconds + nanos / 1e9)
+                    continue
+            fallback = True  # its values and event time come with the fields
+        values.append(view.absent)
+        times.append(math.nan)
+    return values, times, fallback, seen
+
+
+def entity_from_fields(group: KeyGroup, reply: list) -> tuple[list, list]:
+    """One entity's HMGET reply of `group.fields` in Python scalars: (per view, its features
+    as a tuple of floats; per view, the event time)."""
+    n_feat = len(group.fields) - len(group.views)
+    numbers = [decode_number(raw) for raw in reply[:n_feat]]
+    values = [tuple(numbers[view.fields]) for view in group.scalar]
+    return values, [decode_timestamp(raw) for raw in reply[n_feat:]]
+
+
+def expire_entity(group: KeyGroup, values: list, times: list, now: float) -> int:
+    """`expire` for one entity's scalars: blank (in place) the views older than their TTL;
+    how many values that blanked."""
+    stale = 0
+    for j, view in enumerate(group.scalar):
+        if now - times[j] > view.ttl:  # NaN age: False
+            stale += sum(v == v for v in values[j])  # v != v only for NaN
+            values[j] = view.absent
+    return stale
 
 
 def expire(group: KeyGroup, vals: np.ndarray, ts: np.ndarray, now: float) -> np.ndarray:

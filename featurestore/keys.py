@@ -15,6 +15,8 @@ import numpy as np
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _STRING, _INT64 = 2, 4  # feast.types.ValueType
+_INT64_HEAD = _U32.pack(_INT64) + _U32.pack(8)  # an int64 key value's type and size
+_STRING_TYPE = _U32.pack(_STRING)
 
 
 def feature_field(view: str, feature: str) -> bytes:
@@ -38,17 +40,23 @@ class KeyEncoder:
             head += [_U32.pack(_STRING), _U32.pack(len(name)), name]
         self._head = b"".join(head)
         self._tail = project.encode()
+        # One int64 join key (the common case) is one format: the key's only varying part.
+        self._one_int = (
+            self._head + _U32.pack(_INT64) + _U32.pack(8) if self.types == ("int64",) else None
+        )
 
     def key(self, values: Sequence[int | str]) -> bytes:
         """`values` in the caller's join-key order (as given to the constructor)."""
+        if self._one_int is not None:
+            return self._one_int + _I64.pack(values[0]) + self._tail
         parts = [self._head]
         for i, kind in zip(self.order, self.types, strict=True):
             v = values[i]
             if kind == "int64":
-                parts += [_U32.pack(_INT64), _U32.pack(8), _I64.pack(v)]
+                parts += [_INT64_HEAD, _I64.pack(v)]
             else:
                 raw = v.encode()
-                parts += [_U32.pack(_STRING), _U32.pack(len(raw)), raw]
+                parts += [_STRING_TYPE, _U32.pack(len(raw)), raw]
         parts.append(self._tail)
         return b"".join(parts)
 

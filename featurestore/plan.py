@@ -7,14 +7,18 @@ share one Redis hash per entity, so they form one `KeyGroup` read with one HMGET
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import operator
+import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from featurestore.keys import feature_field, timestamp_field
-from featurestore.packed import vector_field
+from featurestore.packed import HEADER_BYTES, vector_field
 
 ENTITY_TYPES = ("int64", "string")
 
@@ -44,6 +48,31 @@ class ViewRead:
     packed: tuple[int, ...] = ()
 
 
+class ScalarView:
+    """What reading one view of one entity in Python scalars needs (featurestore.decode's
+    per-entity path), worked out once per plan."""
+
+    __slots__ = ("absent", "fields", "layout", "pick", "size", "ttl", "values")
+
+    def __init__(self, view: ViewRead, fields: slice):
+        self.layout = view.layout
+        self.size = HEADER_BYTES + 4 * view.width  # a whole vector of this layout, in bytes
+        self.values = struct.Struct(f"<{view.width}f")  # its values, from HEADER_BYTES on
+        self.pick: Callable[[tuple], tuple] = _picker(view.packed)  # the plan's features
+        self.ttl = view.ttl_seconds or math.inf
+        self.absent = (math.nan,) * len(view.features)
+        self.fields = fields  # the view's features within the group's HMGET of `fields`
+
+
+def _picker(positions: tuple[int, ...]) -> Callable[[tuple], tuple]:
+    if not positions:  # no vector layout known: never read from a vector
+        return lambda values: ()
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda values: (values[only],)
+    return operator.itemgetter(*positions)
+
+
 @dataclass(frozen=True)
 class KeyGroup:
     """Views stored under the same entity key: one HMGET fetches them all."""
@@ -62,10 +91,9 @@ class KeyGroup:
     column_index: np.ndarray = field(init=False, compare=False, repr=False)  # `columns`
     # Per view: where its features sit in the view's packed vector (a slice when in order).
     packed_index: tuple = field(init=False, compare=False, repr=False)
-    # The group's features within its views' vectors laid end to end, and a NaN vector per
-    # view to stand in for one that is absent: one entity's decode is then one numpy pass.
-    packed_concat: np.ndarray = field(init=False, compare=False, repr=False)
-    absent_vectors: tuple[bytes, ...] = field(init=False, compare=False, repr=False)
+    scalar: tuple[ScalarView, ...] = field(init=False, compare=False, repr=False)
+    # Every view has a known vector layout, so the group can be read from vectors.
+    packable: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         stamps = [timestamp_field(v.name) for v in self.views]
@@ -80,16 +108,12 @@ class KeyGroup:
         object.__setattr__(self, "ttl_of_column", np.array(ttls, np.float64))
         object.__setattr__(self, "column_index", np.array(self.columns, np.intp))
         object.__setattr__(self, "packed_index", tuple(_index(v.packed) for v in self.views))
-        offsets = np.cumsum([0] + [v.width for v in self.views])
-        concat = [offsets[j] + p for j, v in enumerate(self.views) for p in v.packed]
-        object.__setattr__(self, "packed_concat", np.array(concat, np.intp))
-        absent = tuple(np.full(v.width, np.nan, "<f4").tobytes() for v in self.views)
-        object.__setattr__(self, "absent_vectors", absent)
-
-    @property
-    def packable(self) -> bool:
-        """Every view has a known vector layout, so the group can be read from vectors."""
-        return all(v.layout for v in self.views)
+        starts = [0, *itertools.accumulate(len(v.features) for v in self.views)]
+        scalar = tuple(
+            ScalarView(v, slice(starts[j], starts[j + 1])) for j, v in enumerate(self.views)
+        )
+        object.__setattr__(self, "scalar", scalar)
+        object.__setattr__(self, "packable", all(v.layout for v in self.views))
 
 
 def _index(positions: tuple[int, ...]) -> slice | np.ndarray:
@@ -107,6 +131,7 @@ class ReadPlan:
     groups: tuple[KeyGroup, ...] = field(init=False)
     columns: tuple[FeatureColumn, ...] = field(init=False, compare=False, repr=False)
     defaults: np.ndarray = field(init=False, compare=False, repr=False)  # float32, NaN: none
+    has_defaults: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         by_keys: dict[tuple[str, ...], list[ViewRead]] = {}
@@ -124,11 +149,9 @@ class ReadPlan:
         object.__setattr__(self, "groups", tuple(groups))
         columns = tuple(f for v in self.views for f in v.features)
         object.__setattr__(self, "columns", columns)
-        object.__setattr__(self, "defaults", np.array([c.default for c in columns], np.float32))
-
-    @property
-    def has_defaults(self) -> bool:
-        return not np.isnan(self.defaults).all()
+        defaults = np.array([c.default for c in columns], np.float32)
+        object.__setattr__(self, "defaults", defaults)
+        object.__setattr__(self, "has_defaults", not np.isnan(defaults).all())
 
     @property
     def feature_names(self) -> tuple[str, ...]:

@@ -13,6 +13,8 @@ default, and are counted per row.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
-from featurestore.decode import decode_fields, decode_vectors, expire, hgetall_as_fields
+from featurestore.decode import (
+    decode_fields,
+    decode_vectors,
+    entity_from_fields,
+    entity_from_vectors,
+    expire,
+    expire_entity,
+    hgetall_as_fields,
+)
 from featurestore.keys import KeyEncoder
 from featurestore.plan import KeyGroup, ReadPlan
 from featurestore.resp import OwnConnections, command_args, round_trip
@@ -34,6 +44,10 @@ _FIELDS_READS = 200
 # Keys of int64 entities built and deduplicated in numpy from this many rows (a dict and
 # one struct pack per key below it, where numpy's fixed costs dominate).
 _VECTORISED_KEYS_FROM = 32
+# Up to this many rows a read is decoded in Python scalars and enters numpy once, to build
+# its result (`OnlineReader._read_few`). Measured on the fraud plan: 0.66x the columnar
+# path's time at 1 row, 0.91x at 32, even at 48.
+_FEW_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,8 @@ class OnlineReader:
         """Features for the entity rows; `timeout_s` bounds the Redis round trip (a caller's
         remaining deadline), else the client's configured socket timeout applies."""
         n = _row_count(plan, entities)
+        if 0 < n <= _FEW_ROWS and self.cache is None:
+            return self._read_few(plan, entities, n, enforce_ttl, timeout_s)
         work = [self._keys(plan, g, entities, n) for g in plan.groups]
         cached = [self._cached(g, keys) for g, (keys, _) in zip(plan.groups, work, strict=True)]
         fetches = [
@@ -122,11 +138,7 @@ class OnlineReader:
             for group, (keys, _), hits in zip(plan.groups, work, cached, strict=True)
         ]
         for fetch in fetches:
-            fetch.packed = (
-                self._vectors
-                and fetch.group.packable
-                and fetch.group.cache_id not in self._fields_mode
-            )
+            fetch.packed = self._packed(fetch.group)
         count = sum(len(f.keys) for f in fetches)
         if count:
             payload = b"".join(f.payload() for f in fetches)
@@ -144,7 +156,7 @@ class OnlineReader:
             for fetch in fetches:
                 offset = fetch.decode_fallback(replies, offset)
         for fetch in fetches:
-            self._learn(fetch)
+            self._learn(fetch.group, fetch.packed, fetch.fallbacks, fetch.with_data)
 
         now = self._clock()
         width = len(plan.columns)
@@ -168,24 +180,113 @@ class OnlineReader:
             values[:, cols] = vals[inverse]
             event_ts[:, group.positions] = ts[inverse]
 
-        absent = np.isnan(values)
-        if plan.has_defaults:
-            values = np.where(absent, plan.defaults, values)
-        return FeatureRows(
+        return _rows(
+            plan,
             values,
-            absent.sum(1, dtype=np.int32),
             stale_mask.sum(1, dtype=np.int32),
             event_ts,
             sum(len(k) for k, _ in work),
             hits,
         )
 
-    def _learn(self, fetch: _Fetch) -> None:
+    def _read_few(
+        self,
+        plan: ReadPlan,
+        entities: Mapping[str, Sequence],
+        n: int,
+        enforce_ttl: bool,
+        timeout_s: float | None,
+    ) -> FeatureRows:
+        """`read` for a few rows, without the row cache: each distinct entity is decoded into
+        Python scalars and numpy is entered once, for the result. A one-entity read through
+        the columnar path makes some 40 numpy calls of about 1 us each: most of its cost."""
+        groups = plan.groups
+        work = [self._few_keys(plan, g, entities) for g in groups]
+        packed = [self._packed(g) for g in groups]
+        payload = []
+        for group, (keys, _), vectors in zip(groups, work, packed, strict=True):
+            if vectors:
+                payload.append(_commands(b"HMGET", keys, group.vector_fields))
+            elif len(group.fields) >= self._hgetall_from:
+                payload.append(_commands(b"HGETALL", keys, ()))
+            else:
+                payload.append(_commands(b"HMGET", keys, group.fields))
+        count = sum(len(keys) for keys, _ in work)
+        replies = iter(round_trip(self._client, b"".join(payload), count, timeout_s, self._own))
+
+        decoded: list[list] = []  # per group, per distinct key: [values per view, times]
+        again: list[list[int]] = []  # per group, the keys whose vectors are outdated
+        for group, (keys, _), vectors in zip(groups, work, packed, strict=True):
+            mine = [next(replies) for _ in keys]
+            if vectors:
+                out, outdated, with_data = [], [], 0
+                for i, reply in enumerate(mine):
+                    values, times, fallback, seen = entity_from_vectors(group, reply)
+                    out.append((values, times))
+                    with_data += seen
+                    if fallback:
+                        outdated.append(i)
+                self._learn(group, True, len(outdated), with_data)
+            else:
+                if len(group.fields) >= self._hgetall_from:
+                    mine = [hgetall_as_fields(reply, group.fields) for reply in mine]
+                out, outdated = [entity_from_fields(group, reply) for reply in mine], []
+                self._learn(group, False, 0, 0)
+            decoded.append(out)
+            again.append(outdated)
+        count = sum(len(a) for a in again)
+        if count:  # vectors a plain Feast write has outdated: read those entities' fields
+            payload = [
+                _commands(b"HMGET", [keys[i] for i in outdated], group.fields)
+                for group, (keys, _), outdated in zip(groups, work, again, strict=True)
+            ]
+            replies = iter(round_trip(self._client, b"".join(payload), count, timeout_s, self._own))
+            for group, out, outdated in zip(groups, decoded, again, strict=True):
+                for i in outdated:
+                    out[i] = entity_from_fields(group, next(replies))
+
+        now = self._clock()
+        stale = [
+            [expire_entity(g, values, times, now) if enforce_ttl else 0 for values, times in out]
+            for g, out in zip(groups, decoded, strict=True)
+        ]
+        n_views, width = len(plan.views), len(plan.columns)
+        flat: list[tuple] = []  # every row's views' values, rows and views in plan order
+        event_ts: list[float] = []
+        stale_rows: list[int] = []
+        for row in range(n):
+            parts: list[tuple] = [()] * n_views
+            times_of_row = [math.nan] * n_views
+            blanked = 0
+            for group, (_, index), out, counts in zip(groups, work, decoded, stale, strict=True):
+                values, times = out[index[row]]
+                blanked += counts[index[row]]
+                for position, part, at in zip(group.positions, values, times, strict=True):
+                    parts[position] = part
+                    times_of_row[position] = at
+            flat += parts
+            event_ts += times_of_row
+            stale_rows.append(blanked)
+        values = np.fromiter(itertools.chain.from_iterable(flat), np.float32, n * width)
+        return _rows(
+            plan,
+            values.reshape(n, width),
+            np.array(stale_rows, np.int32),
+            np.array(event_ts, np.float64).reshape(n, n_views),
+            sum(len(keys) for keys, _ in work),
+            0,
+        )
+
+    def _packed(self, group: KeyGroup) -> bool:
+        """Whether this read takes `group` from its packed vectors."""
+        return self._vectors and group.packable and group.cache_id not in self._fields_mode
+
+    def _learn(self, group: KeyGroup, packed: bool, fallbacks: int, with_data: int) -> None:
         """Read a group from Feast's fields for a while when its vectors mostly fail (a store
         written by plain `feast materialize`), then try vectors again."""
-        cache_id = fetch.group.cache_id
-        if fetch.packed:
-            if fetch.fallbacks * 2 > fetch.with_data:
+        cache_id = group.cache_id
+        if packed:
+            if fallbacks * 2 > with_data:
                 self._fields_mode[cache_id] = _FIELDS_READS
         elif cache_id in self._fields_mode:
             left = self._fields_mode.get(cache_id, 1) - 1
@@ -216,11 +317,7 @@ class OnlineReader:
         self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence], n: int
     ) -> tuple[list[bytes], np.ndarray]:
         """Distinct Redis keys of the group and, per request row, its index among them."""
-        encoder = self._encoders.get((plan.project, group.join_keys))
-        if encoder is None:
-            types = [plan.entity_types[k] for k in group.join_keys]
-            encoder = KeyEncoder(group.join_keys, types, plan.project)
-            self._encoders[(plan.project, group.join_keys)] = encoder
+        encoder = self._encoder(plan, group)
         columns = [entities[k] for k in group.join_keys]
         if n >= _VECTORISED_KEYS_FROM and all(t == "int64" for t in encoder.types):
             if len(columns) == 1:
@@ -242,6 +339,35 @@ class OnlineReader:
         for row, key in enumerate(zip(*columns, strict=True)):
             inverse[row] = index.setdefault(key, len(index))
         return [encoder.key(k) for k in index], inverse
+
+    def _few_keys(
+        self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence]
+    ) -> tuple[list[bytes], list[int]]:
+        """`_keys` for a few rows, in plain lists."""
+        encoder = self._encoder(plan, group)
+        index: dict[tuple, int] = {}
+        rows = zip(*(entities[k] for k in group.join_keys), strict=True)
+        inverse = [index.setdefault(key, len(index)) for key in rows]
+        return [encoder.key(k) for k in index], inverse
+
+    def _encoder(self, plan: ReadPlan, group: KeyGroup) -> KeyEncoder:
+        encoder = self._encoders.get((plan.project, group.join_keys))
+        if encoder is None:
+            types = [plan.entity_types[k] for k in group.join_keys]
+            encoder = KeyEncoder(group.join_keys, types, plan.project)
+            self._encoders[(plan.project, group.join_keys)] = encoder
+        return encoder
+
+
+def _rows(plan, values, stale, event_ts, distinct_keys, cache_hits) -> FeatureRows:
+    """The result of a read from its assembled values (NaN where missing or past TTL):
+    missing values counted, then declared defaults filled in."""
+    absent = np.isnan(values)
+    if plan.has_defaults:
+        values = np.where(absent, plan.defaults, values)
+    return FeatureRows(
+        values, absent.sum(1, dtype=np.int32), stale, event_ts, distinct_keys, cache_hits
+    )
 
 
 class _Fetch:

@@ -44,8 +44,8 @@ def _entities(fraud_repo, n=300, seed=1):
     known = pairs.sample(n // 2, random_state=seed)
     users = np.concatenate([known["user_id"], rng.integers(0, 450, n - n // 2)])
     merchants = np.concatenate([known["merchant_id"], rng.integers(0, 90, n - n // 2)])
-    users[::17] = users[0]  # repeated entities within one request
-    merchants[::17] = merchants[0]
+    users[::17] = users[-1] = users[0]  # repeated entities within one request
+    merchants[::17] = merchants[-1] = merchants[0]
     return users.astype(np.int64), merchants.astype(np.int64)
 
 
@@ -76,8 +76,11 @@ def stale_rows(fraud_repo):
     return frame
 
 
-def test_equal_to_feast_on_materialized_data(fraud_repo, plan, reader):
-    users, merchants = _entities(fraud_repo)
+# A few rows are decoded in Python scalars, a few dozen an entity at a time into numpy, and
+# more in columnar numpy passes (featurestore.reader, featurestore.decode).
+@pytest.mark.parametrize("n", [5, 40, 300])
+def test_equal_to_feast_on_materialized_data(fraud_repo, plan, reader, n):
+    users, merchants = _entities(fraud_repo, n)
     expected = _feast_matrix(fraud_repo.store, plan, users, merchants)
     defaults = np.array([c.default for c in plan.columns], np.float32)
     expected = np.where(np.isnan(expected), defaults, expected)
