@@ -77,23 +77,48 @@ def concat(parts: Sequence[Ragged]) -> Ragged:
 def resp_commands(args: Sequence[Ragged | bytes], n: int) -> bytes:
     """n Redis commands in RESP, concatenated: command i is the array of every arg's row i
     (an arg given as bytes is the same in every command)."""
-    parts = [Ragged.constant(b"*%d\r\n" % len(args), n)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            parts.append(Ragged.constant(b"$%d\r\n%s\r\n" % (len(arg), arg), n))
-        else:
-            dollar, crlf = Ragged.constant(b"$", n), Ragged.constant(b"\r\n", n)
-            parts += [dollar, _decimal(arg.lengths), crlf, arg, crlf]
-    return _joined(parts)[0].tobytes()
+    return resp_rows([args], n)[0]
+
+
+def resp_rows(commands: Sequence[Sequence[Ragged | bytes]], n: int) -> tuple[bytes, np.ndarray]:
+    """n rows of Redis commands in RESP, concatenated, and each row's length in bytes: row i
+    holds every command in turn, built from its args' row i (as in `resp_commands`), so
+    that any subset of rows can be cut out and sent."""
+    parts = []
+    for args in commands:
+        parts.append(Ragged.constant(b"*%d\r\n" % len(args), n))
+        for arg in args:
+            if isinstance(arg, bytes):
+                parts.append(Ragged.constant(b"$%d\r\n%s\r\n" % (len(arg), arg), n))
+            else:
+                dollar, crlf = Ragged.constant(b"$", n), Ragged.constant(b"\r\n", n)
+                parts += [dollar, _decimal(arg.lengths), crlf, arg, crlf]
+    flat, lengths = _joined(parts)
+    return flat.tobytes(), lengths
 
 
 def _joined(parts: Sequence[Ragged]) -> tuple[np.ndarray, np.ndarray]:
-    """Every row of every part in row-major order, as flat bytes, and each row's length."""
+    """Every row of every part in row-major order, as flat bytes, and each row's length.
+
+    The parts are laid side by side in one padded matrix and the padding is then dropped
+    in one pass; parts whose rows all fill their width (constants, fixed-width values)
+    have no padding, so when every part is such the matrix is already the result."""
     parts = [p.trimmed() for p in parts]
-    full = np.concatenate([np.ascontiguousarray(p.data) for p in parts], axis=1)
-    mask = np.concatenate([p._mask() for p in parts], axis=1)
-    lengths = np.sum([p.lengths for p in parts], axis=0)
-    return full[mask], lengths
+    n = len(parts[0]) if parts else 0
+    full = np.empty((n, sum(p.data.shape[1] for p in parts)), np.uint8)
+    keep: np.ndarray | None = None  # which bytes of `full` are not padding
+    lengths = np.zeros(n, np.int64)
+    at = 0
+    for part in parts:
+        width = part.data.shape[1]
+        full[:, at : at + width] = part.data
+        if not (part.lengths == width).all():
+            if keep is None:
+                keep = np.ones(full.shape, bool)
+            keep[:, at : at + width] = part._mask()
+        lengths += part.lengths
+        at += width
+    return (full.ravel() if keep is None else full[keep]), lengths
 
 
 def _decimal(numbers: np.ndarray) -> Ragged:

@@ -25,7 +25,7 @@ import redis
 from featurestore.connection import RedisTimeouts
 from featurestore.keys import KeyEncoder, feature_field, timestamp_field
 from featurestore.packed import layout_id, pack, vector_field
-from featurestore.ragged import Ragged, resp_commands
+from featurestore.ragged import Ragged, resp_commands, resp_rows
 from featurestore.resp import Channel
 from featurestore.values import DTYPES, encode_column, encode_timestamps, timestamp_parts
 
@@ -84,7 +84,7 @@ class OnlineWriter:
                 channel.send(resp_commands([b"HMGET", batch.keys, stamp], len(batch.rows)))
                 stored = channel.receive_one_field(len(batch.rows), integers=pending)
                 keep = batch.newer_than(stored)
-                pending = self._send_rows(channel, batch.args, keep)
+                pending = batch.send(channel, keep)
                 stats.written += int(keep.sum())
                 stats.skipped += chunk.num_rows - int(keep.sum())
                 if progress is not None:
@@ -123,19 +123,13 @@ class OnlineWriter:
             vector_field(view.name),
             pack(view.layout, seconds, nanos, stamps.trimmed(), vector),
         ]
-        return _Batch(rows, keys, micros * 1000, args)
-
-    def _send_rows(self, channel: Channel, args: list, keep: np.ndarray) -> int:
-        """Send the HSETs (and EXPIREs) of the kept rows; return how many replies will come."""
-        n = int(keep.sum())
-        if not n:
-            return 0
-        picked = [a if isinstance(a, bytes) else a.take(keep) for a in args]
-        commands = [resp_commands(picked, n)]
+        commands = [args]
         if self._key_ttl:
-            commands.append(resp_commands([b"EXPIRE", picked[1], b"%d" % self._key_ttl], n))
-        channel.send(b"".join(commands))
-        return n * len(commands)
+            commands.append([b"EXPIRE", keys, b"%d" % self._key_ttl])
+        # Built before Redis says which rows are newer, so that it overlaps Redis applying
+        # the previous chunk; the rows found not newer are cut out afterwards.
+        payload, lengths = resp_rows(commands, n)
+        return _Batch(rows, keys, micros * 1000, payload, np.cumsum(lengths), len(commands))
 
 
 @dataclass(frozen=True)
@@ -143,7 +137,21 @@ class _Batch:
     rows: np.ndarray  # the chunk's rows to write, one per key, if newer than what is stored
     keys: Ragged  # their Redis keys
     nanos: np.ndarray  # their event times, epoch nanoseconds
-    args: list  # their HSET commands' arguments
+    payload: bytes  # per row its HSET (and EXPIRE), in RESP, rows in order
+    ends: np.ndarray  # where each row's commands end in `payload`
+    per_row: int  # commands per row
+
+    def send(self, channel: Channel, keep: np.ndarray) -> int:
+        """Send the commands of the rows to keep; return how many replies will come."""
+        n = int(keep.sum())
+        if n == len(keep):
+            channel.send(self.payload)
+        elif n:
+            starts = np.concatenate([[0], self.ends[:-1]])
+            view = memoryview(self.payload)
+            picked = zip(starts[keep].tolist(), self.ends[keep].tolist(), strict=True)
+            channel.send(b"".join(view[start:end] for start, end in picked))
+        return n * self.per_row
 
     def newer_than(self, stored: list) -> np.ndarray:
         """Which rows are newer than the `_ts:<view>` replies (as Feast compares them)."""
