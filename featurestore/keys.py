@@ -40,6 +40,7 @@ class KeyEncoder:
             head += [_U32.pack(_STRING), _U32.pack(len(name)), name]
         self._head = b"".join(head)
         self._tail = project.encode()
+        self._layout: np.dtype | None = None  # of `keys`' rows, built on first use
         # One int64 join key (the common case) is one format: the key's only varying part.
         self._one_int = (
             self._head + _U32.pack(_INT64) + _U32.pack(8) if self.types == ("int64",) else None
@@ -65,12 +66,14 @@ class KeyEncoder:
         `columns` in the caller's join-key order; only for keys that are all int64."""
         if any(kind != "int64" for kind in self.types):
             raise ValueError("vectorised keys need int64 join keys; use key() per entity")
-        fields = [("head", f"S{len(self._head)}")]
-        for j in range(len(self.order)):
-            fields += [(f"type{j}", "<u4"), (f"size{j}", "<u4"), (f"value{j}", "<i8")]
-        fields.append(("tail", f"S{len(self._tail)}"))
+        if self._layout is None:  # building a structured dtype costs more than using it
+            fields = [("head", f"S{len(self._head)}")]
+            for j in range(len(self.order)):
+                fields += [(f"type{j}", "<u4"), (f"size{j}", "<u4"), (f"value{j}", "<i8")]
+            fields.append(("tail", f"S{len(self._tail)}"))
+            self._layout = np.dtype(fields)
         n = len(columns[0]) if columns else 0
-        rows = np.empty(n, np.dtype(fields))
+        rows = np.empty(n, self._layout)
         rows["head"] = self._head
         for j, i in enumerate(self.order):
             rows[f"type{j}"] = _INT64

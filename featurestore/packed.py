@@ -20,6 +20,7 @@ fields. Missing values are NaN.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import mmh3
@@ -83,5 +84,6 @@ def unpack(raws: Sequence[bytes | None], layout: int, width: int) -> tuple[np.nd
     return (rows["magic"] == MAGIC) & (rows["layout"] == layout), rows
 
 
+@functools.lru_cache(maxsize=256)
 def _row(width: int) -> np.dtype:
     return np.dtype([*HEADER.descr, ("values", "<f4", (width,))])

@@ -132,7 +132,9 @@ class OnlineReader:
         fetches = [
             _Fetch(
                 group,
-                [k for k, hit in zip(keys, hits, strict=True) if hit is None],
+                keys
+                if self.cache is None
+                else [k for k, hit in zip(keys, hits, strict=True) if hit is None],
                 len(group.fields) >= self._hgetall_from,
             )
             for group, (keys, _), hits in zip(plan.groups, work, cached, strict=True)
@@ -333,7 +335,9 @@ class OnlineReader:
                 distinct = np.array(list(index), np.int64)
                 built = encoder.keys([distinct[:, i] for i in range(len(columns))])
             raw, width = built.tobytes(), built.shape[1]
-            return [raw[i : i + width] for i in range(0, len(raw), width)], inverse.ravel()
+            keys = _Keys(raw[i : i + width] for i in range(0, len(raw), width))
+            keys.matrix = built
+            return keys, inverse.ravel()
         index: dict[tuple, int] = {}
         inverse = np.empty(n, np.intp)
         for row, key in enumerate(zip(*columns, strict=True)):
@@ -421,8 +425,25 @@ def _command_parts(name: bytes, fields: tuple[bytes, ...]) -> tuple[bytes, bytes
     return head, command_args(*fields)
 
 
+class _Keys(list):
+    """Distinct keys of a group, built at once as the rows of a uint8 `matrix` (int64 join
+    keys: every key the same width), so their commands can be built at once too."""
+
+    matrix: np.ndarray
+
+
 def _commands(name: bytes, keys: list[bytes], fields: tuple[bytes, ...]) -> bytes:
     head, tail = _command_parts(name, fields)
+    matrix = getattr(keys, "matrix", None)
+    if matrix is not None and len(matrix) == len(keys):
+        width = matrix.shape[1]
+        before = np.frombuffer(head + b"$%d\r\n" % width, np.uint8)
+        after = np.frombuffer(b"\r\n" + tail, np.uint8)
+        out = np.empty((len(keys), len(before) + width + len(after)), np.uint8)
+        out[:, : len(before)] = before
+        out[:, len(before) : len(before) + width] = matrix
+        out[:, len(before) + width :] = after
+        return out.tobytes()
     return b"".join(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in keys)
 
 
