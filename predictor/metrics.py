@@ -57,9 +57,11 @@ FEATURES_STALE = Counter(
     "Feature values older than their view's TTL (treated as missing)",
     ["model"],
 )
+AGE_SAMPLES_PER_S = 100  # calls a second whose feature ages are observed, per service
 FEATURE_AGE = Histogram(
     "augur_feature_age_seconds",
-    "Now minus the event time of the feature view row that was served",
+    "Now minus the event time of the feature view row that was served (sampled: at most "
+    f"{AGE_SAMPLES_PER_S} calls a second per feature service)",
     ["feature_view"],
     buckets=(
         1,
