@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,9 @@ def materialize(
         for name in selected:
             began = time.perf_counter()
             if name not in pulls:
+                # Feast's engine queries the same offline store (one DuckDB connection, not
+                # safe to share between threads): never beside a pull still running.
+                futures.wait(pending.values())
                 _feast_engine(store, name, start, end)
                 rows = written = None
             else:

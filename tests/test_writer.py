@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import redis
 
+from examples.fraud.scaffold import feast_apply
 from featurestore.connection import connect
 from featurestore.packed import vector_field
 from featurestore.reader import OnlineReader
@@ -48,16 +49,22 @@ def _feasts_part(dump: Dump) -> Dump:
     }
 
 
-def test_materialize_writes_feasts_exact_bytes(store_repo):
-    server, path, _ = store_repo
-    client = connect(server.address)
+def _materialized_both_ways(address: str, path) -> tuple[Dump, Dump, dict]:
+    """The whole history materialized into an empty Redis by Feast's engine, then by
+    Augur's: both stores' contents, and what Augur's run reported per view."""
+    client = connect(address)
     end = dt.datetime.now(dt.UTC)
     client.flushall()
-    materialize(path, server.address, start=START, end=end, engine="feast", progress=False)
+    materialize(path, address, start=START, end=end, engine="feast", progress=False)
     feast = _dump(client)
     client.flushall()
-    materialize(path, server.address, start=START, end=end, engine="augur", progress=False)
-    augur = _dump(client)
+    runs = materialize(path, address, start=START, end=end, engine="augur", progress=False)
+    return feast, _dump(client), runs
+
+
+def test_materialize_writes_feasts_exact_bytes(store_repo):
+    server, path, _ = store_repo
+    feast, augur, _ = _materialized_both_ways(server.address, path)
 
     assert len(feast) > 1_000
     assert _feasts_part(augur) == feast
@@ -134,3 +141,38 @@ def test_push_matches_feasts_online_write(store_repo):
     # A second push of the same rows changes nothing: none is newer than what is stored.
     assert push(path, server.address, "user_stats", rows).written == 0
     assert _dump(client) == augur
+
+
+SEGMENTS = """
+from feast import FeatureView, Field
+from feast.types import String
+
+from features import _source, user
+
+user_segments = FeatureView(
+    name="user_segments",
+    entities=[user],
+    ttl=None,
+    schema=[Field(name="segment", dtype=String)],
+    source=_source("user_segments"),
+    online=True,
+)
+"""
+
+
+def test_a_view_augur_cannot_write_takes_feasts_engine_in_the_same_run(store_repo):
+    """A String feature is Feast's engine's to write; the numeric views in the same run are
+    Augur's, their offline queries running beside it. Every byte is still Feast's."""
+    server, path, _ = store_repo
+    users = pd.read_parquet(path / "data" / "user_stats.parquet")[["user_id", "event_timestamp"]]
+    segments = users.assign(segment=[f"segment-{i % 7}" for i in range(len(users))])
+    segments.to_parquet(path / "data" / "user_segments.parquet", index=False)
+    (path / "segments.py").write_text(SEGMENTS)
+    feast_apply(path, server.address)
+    feast, augur, runs = _materialized_both_ways(server.address, path)
+
+    assert runs["user_segments"].rows is None  # Feast's engine wrote it
+    assert runs["user_stats"].rows > 0  # Augur's writer wrote these
+    assert _feasts_part(augur) == feast
+    assert any(b"_ts:user_segments" in fields for fields in augur.values())
+    assert not any(vector_field("user_segments") in fields for fields in augur.values())
