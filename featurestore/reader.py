@@ -6,8 +6,9 @@ HMGET asks for each view's packed vector and `_ts` (featurestore.packed); an ent
 vector a plain Feast write has outdated is read again from Feast's fields in a second
 round trip, and a group whose vectors mostly fail (a store only Feast wrote) is read from
 the fields for a while (HGETALL when it is wide). Values are decoded straight into numpy
-(featurestore.decode); missing or expired values become NaN or the feature's declared
-default, and are counted per row.
+(featurestore.decode), or, for a read of a few rows, into Python scalars with numpy
+entered once for the result; missing or expired values become NaN or the feature's
+declared default, and are counted per row.
 """
 
 from __future__ import annotations
