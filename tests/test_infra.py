@@ -1162,6 +1162,14 @@ def test_redis_conf_persists_never_evicts_and_holds_no_password():
     assert directives["bind"]
 
 
+def test_redis_conf_encodes_hashes_as_the_embedded_redis_does():
+    from featurestore.redis_server import HASH_ENCODING
+
+    directives = _redis_directives()
+    for alias, value in HASH_ENCODING.items():
+        assert directives[alias.replace("ziplist", "listpack")] == value
+
+
 def test_redis_statefulset_uses_redis_conf_and_fits_its_memory_limit():
     directives = _redis_directives()
     statefulset = _manifest("StatefulSet", "augur-redis")
