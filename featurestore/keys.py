@@ -42,9 +42,7 @@ class KeyEncoder:
         self._tail = project.encode()
         self._layout: np.dtype | None = None  # of `keys`' rows, built on first use
         # One int64 join key (the common case) is one format: the key's only varying part.
-        self._one_int = (
-            self._head + _U32.pack(_INT64) + _U32.pack(8) if self.types == ("int64",) else None
-        )
+        self._one_int = self._head + _INT64_HEAD if self.types == ("int64",) else None
 
     def key(self, values: Sequence[int | str]) -> bytes:
         """`values` in the caller's join-key order (as given to the constructor)."""

@@ -136,7 +136,7 @@ class OnlineReader:
                 keys
                 if self.cache is None
                 else [k for k, hit in zip(keys, hits, strict=True) if hit is None],
-                len(group.fields) >= self._hgetall_from,
+                self._hgetall(group),
             )
             for group, (keys, _), hits in zip(plan.groups, work, cached, strict=True)
         ]
@@ -206,16 +206,12 @@ class OnlineReader:
         groups = plan.groups
         work = [self._few_keys(plan, g, entities) for g in groups]
         packed = [self._packed(g) for g in groups]
-        payload = []
-        for group, (keys, _), vectors in zip(groups, work, packed, strict=True):
-            if vectors:
-                payload.append(_commands(b"HMGET", keys, group.vector_fields))
-            elif len(group.fields) >= self._hgetall_from:
-                payload.append(_commands(b"HGETALL", keys, ()))
-            else:
-                payload.append(_commands(b"HMGET", keys, group.fields))
+        payload = b"".join(
+            _group_commands(group, keys, vectors, self._hgetall(group))
+            for group, (keys, _), vectors in zip(groups, work, packed, strict=True)
+        )
         count = sum(len(keys) for keys, _ in work)
-        replies = iter(round_trip(self._client, b"".join(payload), count, timeout_s, self._own))
+        replies = iter(round_trip(self._client, payload, count, timeout_s, self._own))
 
         decoded: list[list] = []  # per group, per distinct key: [values per view, times]
         again: list[list[int]] = []  # per group, the keys whose vectors are outdated
@@ -231,8 +227,7 @@ class OnlineReader:
                         outdated.append(i)
                 self._learn(group, True, len(outdated), with_data)
             else:
-                if len(group.fields) >= self._hgetall_from:
-                    mine = [hgetall_as_fields(reply, group.fields) for reply in mine]
+                mine = _as_fields(group, mine, self._hgetall(group))
                 out, outdated = [entity_from_fields(group, reply) for reply in mine], []
                 self._learn(group, False, 0, 0)
             decoded.append(out)
@@ -279,6 +274,10 @@ class OnlineReader:
             sum(len(keys) for keys, _ in work),
             0,
         )
+
+    def _hgetall(self, group: KeyGroup) -> bool:
+        """Whether the group's fields are read with HGETALL rather than an HMGET naming each."""
+        return len(group.fields) >= self._hgetall_from
 
     def _packed(self, group: KeyGroup) -> bool:
         """Whether this read takes `group` from its packed vectors."""
@@ -339,16 +338,13 @@ class OnlineReader:
             keys = _Keys(raw[i : i + width] for i in range(0, len(raw), width))
             keys.matrix = built
             return keys, inverse.ravel()
-        index: dict[tuple, int] = {}
-        inverse = np.empty(n, np.intp)
-        for row, key in enumerate(zip(*columns, strict=True)):
-            inverse[row] = index.setdefault(key, len(index))
-        return [encoder.key(k) for k in index], inverse
+        keys, inverse = self._few_keys(plan, group, entities)
+        return keys, np.array(inverse, np.intp)
 
     def _few_keys(
         self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence]
     ) -> tuple[list[bytes], list[int]]:
-        """`_keys` for a few rows, in plain lists."""
+        """`_keys` in plain lists: a dict and one key built per distinct entity."""
         encoder = self._encoder(plan, group)
         index: dict[tuple, int] = {}
         rows = zip(*(entities[k] for k in group.join_keys), strict=True)
@@ -390,17 +386,12 @@ class _Fetch:
         self.with_data = 0  # entities with a value in at least one view
 
     def payload(self) -> bytes:
-        if self.packed:
-            return _commands(b"HMGET", self.keys, self.group.vector_fields)
-        if self.hgetall:
-            return _commands(b"HGETALL", self.keys, ())
-        return _commands(b"HMGET", self.keys, self.group.fields)
+        return _group_commands(self.group, self.keys, self.packed, self.hgetall)
 
     def decode(self, replies: list, offset: int) -> int:
         mine = replies[offset : offset + len(self.keys)]
         if not self.packed:
-            if self.hgetall:
-                mine = [hgetall_as_fields(reply, self.group.fields) for reply in mine]
+            mine = _as_fields(self.group, mine, self.hgetall)
             self.vals, self.ts = decode_fields(self.group, mine)
         else:
             self.vals, self.ts, fallback, self.with_data = decode_vectors(self.group, mine)
@@ -417,6 +408,23 @@ class _Fetch:
         mine = replies[offset : offset + len(self.fallback)]
         self.vals[self.fallback], self.ts[self.fallback] = decode_fields(self.group, mine)
         return offset + len(self.fallback)
+
+
+def _group_commands(group: KeyGroup, keys: list[bytes], packed: bool, hgetall: bool) -> bytes:
+    """A group's commands for its keys: HMGET of the vectors, else HGETALL or HMGET of the
+    fields."""
+    if packed:
+        return _commands(b"HMGET", keys, group.vector_fields)
+    if hgetall:
+        return _commands(b"HGETALL", keys, ())
+    return _commands(b"HMGET", keys, group.fields)
+
+
+def _as_fields(group: KeyGroup, replies: list, hgetall: bool) -> list:
+    """Replies of `_group_commands` for the fields, each as an HMGET reply of `group.fields`."""
+    if hgetall:
+        return [hgetall_as_fields(reply, group.fields) for reply in replies]
+    return replies
 
 
 @functools.lru_cache(maxsize=1024)
