@@ -180,6 +180,9 @@ def _serve(args, cfg) -> int:
         from predictor.supervisor import serve_many
 
         return serve_many(cfg, args.config)
+    from predictor.supervisor import metrics_in_memory
+
+    metrics_in_memory()
     from predictor.server import serve
 
     serve(cfg)

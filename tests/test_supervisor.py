@@ -1,4 +1,5 @@
-"""`server.processes: 2`: two server processes share one port, metrics add up across them."""
+"""`server.processes: 2`: two server processes share one port, metrics add up across them;
+one process keeps its metrics in memory whatever multiprocess directory it inherits."""
 
 import os
 import re
@@ -21,6 +22,59 @@ def _requests_in(db: Path) -> float:
         for key, value, *_ in MmapedDict.read_all_values_from_file(str(db))
         if '"augur_requests_total"' in key and '"Predict"' in key
     )
+
+
+def _predict_requests_served(metrics_port: int) -> float:
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    return sum(
+        float(m)
+        for m in re.findall(
+            r'^augur_requests_total\{[^}]*code="OK"[^}]*method="Predict"[^}]*\} (\S+)$',
+            text,
+            re.M,
+        )
+    )
+
+
+def test_one_process_ignores_an_inherited_multiprocess_dir(fraud_repo, model_repo, tmp_path):
+    """Importing Feast sets PROMETHEUS_MULTIPROC_DIR for every process started afterwards;
+    a lone server must not write its metrics to files there."""
+    port, metrics_port = free_port(), free_port()
+    config = write_config(
+        tmp_path / "augur.yaml", fraud_repo, model_repo, port=port, metrics_port=metrics_port
+    )
+    inherited = tmp_path / "feast_metrics"
+    inherited.mkdir()
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(inherited),
+        "PROMETHEUS_MULTIPROCESS_DIR": str(inherited),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with PredictorClient(f"127.0.0.1:{port}") as client:
+            client.wait_serving(["fraud_lgbm"], 120, server)
+            for i in range(3):
+                client.predict(
+                    "fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [1.0]}
+                )
+        assert _predict_requests_served(metrics_port) == 3
+        assert list(inherited.iterdir()) == []
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert "ignoring PROMETHEUS_MULTIPROC_DIR" in server.stdout.read().decode()
 
 
 def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_repo, tmp_path):
@@ -59,20 +113,8 @@ def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_rep
         assert len(served_by) == 2, per_process  # both processes took traffic
         assert sum(per_process.values()) == calls
 
-        text = (
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-            .read()
-            .decode()
-        )
-        total = sum(
-            float(m)
-            for m in re.findall(
-                r'^augur_requests_total\{[^}]*code="OK"[^}]*method="Predict"[^}]*\} (\S+)$',
-                text,
-                re.M,
-            )
-        )
-        assert total == calls  # the parent serves the sum over its children
+        # the parent serves the sum over its children
+        assert _predict_requests_served(metrics_port) == calls
 
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(60) == 0
