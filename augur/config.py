@@ -55,7 +55,7 @@ class ServerConfig:
     admin_port: int = 0  # 0: Admin shares the gRPC port; else its own listener (same TLS/auth)
     processes: int = 1  # server processes sharing the port (SO_REUSEPORT); ~ one per core
     batch_max_rows: int = 0  # dynamic batching: merge concurrent calls up to this many rows
-    batch_max_delay_us: int = 500  # ...or until the first call has waited this long
+    batch_max_delay_us: int = 500  # ...or the first call waited this long; none coming: at once
     reuse_port: bool = False  # set for the children by `processes`; rarely by hand
     max_in_flight: int = 64  # calls admitted at once; more get RESOURCE_EXHAUSTED at once
     model_queue: int = 32  # calls per model in flight; more get RESOURCE_EXHAUSTED at once

@@ -1,8 +1,11 @@
 """Dynamic batching: concurrent calls for one model share one feature read and model call.
 
-One thread per model takes queued calls; a batch closes when it holds `max_rows` rows or
-the first call has waited `max_delay_s` (Triton's max batch size and max queue delay).
-Each caller blocks on its own call until the batch that carried it is done.
+One thread per model takes queued calls; a batch closes when it holds `max_rows` rows, when
+the first call has waited `max_delay_s` (Triton's max batch size and max queue delay), or
+as soon as no other call is on its way: a call announces itself (`arrival`) before it
+decodes its request, and a batch waits only for calls it knows are coming. So a lone caller
+never waits out the delay, and under load a batch takes what has queued meanwhile. Each
+caller blocks on its own call until the batch that carried it is done.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def _held() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass
 class Call:
     entities: dict[str, list]
@@ -24,7 +33,9 @@ class Call:
     route: Any
     result: Any = None
     error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    # Released when the call's batch is done. A bare lock, not an Event: Event's wait and
+    # set go through a Condition in Python, several times a lock's cost, once per call.
+    done: threading.Lock = field(default_factory=_held)
 
 
 class Batcher:
@@ -35,19 +46,33 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self._run = run
         self._queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self._arriving = 0  # calls announced and not yet queued
+        self._count = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=f"augur-batch-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, call: Call) -> Any:
-        self._queue.put(call)
-        call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.result
+    def arrival(self) -> Arrival:
+        """Announce a call before decoding its request; submit it through what this returns,
+        used as a context manager (leaving it unsubmitted withdraws the announcement)."""
+        with self._count:
+            self._arriving += 1
+        return Arrival(self)
 
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(5)
+
+    def _submit(self, call: Call) -> Any:
+        self._queue.put(call)  # queued before it stops counting as arriving: never neither
+        self._arrived()
+        call.done.acquire()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _arrived(self) -> None:
+        with self._count:
+            self._arriving -= 1
 
     def _loop(self) -> None:
         while True:
@@ -62,7 +87,7 @@ class Batcher:
                     call.error = e
             finally:
                 for call in batch:
-                    call.done.set()
+                    call.done.release()
             if stopping:
                 return
 
@@ -70,15 +95,42 @@ class Batcher:
         batch, rows = [first], first.rows
         closes = time.monotonic() + self.max_delay_s
         while rows < self.max_rows:
-            left = closes - time.monotonic()
-            if left <= 0:
-                break
             try:
-                nxt = self._queue.get(timeout=left)
+                nxt = self._queue.get_nowait()
             except queue.Empty:
-                break
+                left = closes - time.monotonic()
+                if self._arriving <= 0 or left <= 0:
+                    break
+                try:
+                    # Short waits: an announced call may yet fail validation and never come.
+                    nxt = self._queue.get(timeout=min(left, 0.0002))
+                except queue.Empty:
+                    continue
             if nxt is None:
                 return batch, True
             batch.append(nxt)
             rows += nxt.rows
         return batch, False
+
+
+class Arrival:
+    """One announced call: `submit` it, or leave the `with` block to withdraw it."""
+
+    __slots__ = ("_batcher", "_pending")
+
+    def __init__(self, batcher: Batcher):
+        self._batcher = batcher
+        self._pending = True
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pending:
+            self._pending = False
+            self._batcher._arrived()
+
+    def submit(self, call: Call) -> Any:
+        """Queue the call and wait for its batch; its result, or the batch's error."""
+        self._pending = False
+        return self._batcher._submit(call)

@@ -137,19 +137,15 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                     f"{', '.join(route.loaded)}; aliases: "
                     f"{', '.join(f'{k}={v}' for k, v in route.aliases.items()) or 'none'}"
                 )
-        spec = model.version.spec
-        owner = f"model {route.name}"
-        entities, n = decode_entities(request.entities, model.plan, self.max_rows, owner)
-        extra = decode_request_features(request.request_features, spec.request_features, n, owner)
-        _check_deadline(context, route.name, "features")
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
         batcher = self._batcher(route) if not request.version else None
-        if batcher is not None:
-            scored = batcher.submit(Call(entities, extra, n, deadline, route))
-        else:
+        if batcher is None:
+            entities, extra, n, deadline = self._inputs(request, context, route, model)
             mask = route.canary_rows(entities) if not request.version else None
             scored = self._score(route, model, entities, extra, mask, deadline)
+        else:
+            with batcher.arrival() as arrival:  # announced before decoding: a batch waits for it
+                entities, extra, n, deadline = self._inputs(request, context, route, model)
+                scored = arrival.submit(Call(entities, extra, n, deadline, route))
         answered.extend(scored.versions)
 
         response = pb.PredictResponse(
@@ -171,6 +167,22 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             response.features.names.extend(model.version.features)
             response.features.values.extend(scored.batch.ravel().tolist())
         return response
+
+    def _inputs(
+        self,
+        request: pb.PredictRequest,
+        context: grpc.ServicerContext,
+        route: Route,
+        model: ServingModel,
+    ) -> tuple[dict[str, list], dict[str, np.ndarray], int, float | None]:
+        """The call's entity columns, request features, row count and deadline (monotonic)."""
+        owner = f"model {route.name}"
+        spec = model.version.spec
+        entities, n = decode_entities(request.entities, model.plan, self.max_rows, owner)
+        extra = decode_request_features(request.request_features, spec.request_features, n, owner)
+        _check_deadline(context, route.name, "features")
+        remaining = context.time_remaining()
+        return entities, extra, n, None if remaining is None else time.monotonic() + remaining
 
     def _score(
         self,

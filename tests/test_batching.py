@@ -1,9 +1,12 @@
 """Dynamic batching: concurrent calls merge into shared reads and model calls, and every
-caller gets exactly the answer it would have got alone."""
+caller gets exactly the answer it would have got alone; a batch waits only for calls on
+their way."""
 
 import threading
 
+import grpc
 import numpy as np
+import pytest
 from prometheus_client import REGISTRY
 
 from predictor.client import PredictorClient
@@ -57,3 +60,26 @@ def test_concurrent_calls_share_batches_and_get_their_own_answers(fraud_repo, mo
     batches = _sample("augur_batch_calls_count", model="fraud_mlp") - batches_before
     assert calls == len(requests)
     assert batches < calls  # some calls shared a batch
+
+
+def test_a_lone_call_is_not_held_for_the_batch_delay(fraud_repo, model_repo, client):
+    """A batch waits only for calls on their way: with a 30 s queue delay, a lone call (and
+    one after a call that failed validation, whose announcement is withdrawn) is answered
+    within its 5 s deadline."""
+    config = server_config(fraud_repo, model_repo)
+    config.server.batch_max_rows = 64
+    config.server.batch_max_delay_us = 30_000_000
+    running = start(config)
+    entities, amounts = {"user_id": [3], "merchant_id": [5]}, {"amount": [12.5]}
+    try:
+        with PredictorClient(f"127.0.0.1:{running.port}", timeout=5) as own:
+            first = own.predict("fraud_mlp", entities, amounts).scores
+            with pytest.raises(grpc.RpcError) as refused:
+                own.predict("fraud_mlp", {"user_id": [3]}, amounts)  # merchant_id missing
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            again = own.predict("fraud_mlp", entities, amounts).scores
+    finally:
+        running.stop()
+    alone = client.predict("fraud_mlp", entities, amounts).scores
+    np.testing.assert_allclose(first, alone, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(again, alone, rtol=1e-6, atol=1e-7)
