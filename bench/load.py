@@ -2,7 +2,8 @@
 
     python -m bench.load PLAN.json OUT.json     (the harness writes the plan and runs this)
 
-Steps run in order over one channel (loopback only), each bounded in requests and seconds:
+Steps run in order over `connections` channels of their own (loopback only; default 16,
+callers and requests spread round-robin over them), each bounded in requests and seconds:
 closed loop (C callers, each sending its next request when the last is answered) and open
 loop (requests start on a fixed schedule whatever the answers do, so a slow server's queue
 shows in the latencies; at most `max_in_flight` outstanding, more are counted as dropped and
@@ -11,6 +12,10 @@ millisecond late, which would otherwise be counted against the server; how late 
 was is reported as `send_lag_p99_ms` (large values mean this process could not keep up).
 Each step also records the CPU seconds this process and the server's process tree spent,
 per request. Nothing here knows which server it is talking to.
+
+Several connections because SO_REUSEPORT spreads connections, not calls, over the processes
+sharing a port: over one connection a second server process would never see a call. A
+service calling Augur from many pods reaches it over many connections too.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
+    # A connection per channel: by default channels to one address share one.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
+CONNECTIONS = 16
 
 
 def request(model: str, raw: dict) -> pb.PredictRequest:
@@ -91,27 +99,28 @@ class Recorder:
         return out
 
 
-async def closed_loop(predict, pool, concurrency, max_requests, max_seconds, timeout) -> tuple:
+async def closed_loop(predicts, pool, concurrency, max_requests, max_seconds, timeout) -> tuple:
+    """Caller i calls through connection i modulo their number."""
     rec, issued = Recorder(), 0
     start = time.perf_counter()
     stop_at = start + max_seconds
 
-    async def caller() -> None:
+    async def caller(predict) -> None:
         nonlocal issued
         while issued < max_requests and time.perf_counter() < stop_at:
             req = pool[issued % len(pool)]
             issued += 1
             await rec.call(predict, req, timeout)
 
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    await asyncio.gather(*(caller(predicts[i % len(predicts)]) for i in range(concurrency)))
     return rec, time.perf_counter() - start
 
 
-async def open_loop(predict, pool, rate, max_requests, max_seconds, max_in_flight, timeout):
+async def open_loop(predicts, pool, rate, max_requests, max_seconds, max_in_flight, timeout):
     rec, in_flight, tasks = Recorder(), 0, set()
     count = max(1, min(max_requests, int(rate * max_seconds)))
 
-    async def one(req) -> None:
+    async def one(predict, req) -> None:
         nonlocal in_flight
         try:
             await rec.call(predict, req, timeout)
@@ -129,7 +138,7 @@ async def open_loop(predict, pool, rate, max_requests, max_seconds, max_in_fligh
             continue
         rec.send_lag.append(max(time.perf_counter() - scheduled, 0.0))
         in_flight += 1
-        task = asyncio.create_task(one(pool[k % len(pool)]))
+        task = asyncio.create_task(one(predicts[k % len(predicts)], pool[k % len(pool)]))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*list(tasks))
@@ -157,18 +166,22 @@ async def run(plan: dict) -> list[dict]:
     pools = {int(k): [request(plan["model"], r) for r in v] for k, v in plan["pools"].items()}
     timeout = plan.get("timeout_s", 10.0)
     server_cpu = ProcessCpu(plan.get("server_pid"))
-    async with grpc.aio.insecure_channel(plan["address"], options=CHANNEL_OPTIONS) as channel:
-        predict = pb_grpc.PredictorStub(channel).Predict
-        for pool in pools.values():  # connection, server-side caches, lazy imports
+    channels = [
+        grpc.aio.insecure_channel(plan["address"], options=CHANNEL_OPTIONS)
+        for _ in range(plan.get("connections", CONNECTIONS))
+    ]
+    predicts = [pb_grpc.PredictorStub(channel).Predict for channel in channels]
+    try:
+        for pool in pools.values():  # connections, server-side caches, lazy imports
             warm = plan.get("warmup_requests", 50), plan.get("warmup_seconds", 2.0)
-            await closed_loop(predict, pool, 4, *warm, timeout)
+            await closed_loop(predicts, pool, max(4, len(predicts)), *warm, timeout)
         results = []
         for step in plan["steps"]:
             pool = pools[step["rows"]]
             cpu_server, cpu_own = server_cpu.seconds(), time.process_time()
             if step["mode"] == "closed":
                 rec, elapsed = await closed_loop(
-                    predict,
+                    predicts,
                     pool,
                     step["concurrency"],
                     step["max_requests"],
@@ -177,7 +190,7 @@ async def run(plan: dict) -> list[dict]:
                 )
             else:
                 rec, elapsed = await open_loop(
-                    predict,
+                    predicts,
                     pool,
                     step["rate"],
                     step["max_requests"],
@@ -192,6 +205,9 @@ async def run(plan: dict) -> list[dict]:
             )
             entry["client_cpu_ms_per_req"] = round((time.process_time() - cpu_own) * 1e3 / sent, 4)
             results.append(entry)
+    finally:
+        for channel in channels:
+            await channel.close()
     return results
 
 
