@@ -59,7 +59,7 @@ def pack(
     """One vector per row of `values` (float32 (n, features), NaN where absent); `stamps`
     are the rows' `_ts:<view>` bytes."""
     n, width = values.shape
-    out = np.zeros(n, _row(width))
+    out = np.zeros(n, packed_row(width))
     out["magic"] = MAGIC
     out["layout"] = layout
     out["seconds"] = seconds
@@ -75,7 +75,7 @@ def unpack(raws: Sequence[bytes | None], layout: int, width: int) -> tuple[np.nd
     a structured array of the header fields and values (float32 (n, width)), meaningful
     only where ok. Whether a vector is current (its stamp equals `_ts:<view>`) is the
     reader's to judge."""
-    row = _row(width)
+    row = packed_row(width)
     blank = bytes(row.itemsize)  # fails the magic check: stands in for absent vectors
     size = row.itemsize
     rows = np.frombuffer(
@@ -85,5 +85,6 @@ def unpack(raws: Sequence[bytes | None], layout: int, width: int) -> tuple[np.nd
 
 
 @functools.lru_cache(maxsize=256)
-def _row(width: int) -> np.dtype:
+def packed_row(width: int) -> np.dtype:
+    """The structured dtype of a stored vector of `width` features."""
     return np.dtype([*HEADER.descr, ("values", "<f4", (width,))])

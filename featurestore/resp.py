@@ -161,9 +161,10 @@ _ABSENT_FIELD = b"*1\r\n$-1\r\n"  # HMGET key field, RESP2, when the field is no
 
 
 def _raise_errors(replies: list) -> None:
-    for reply in replies:
-        if isinstance(reply, hiredis.ReplyError):
-            raise redis.ResponseError(str(reply))
+    if hiredis.ReplyError in map(type, replies):  # the scan stays in C; errors are rare
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise redis.ResponseError(str(reply))
 
 
 def _skip_integers(sock, count: int) -> bytes:
@@ -191,14 +192,15 @@ def _raise_line_errors(lines: bytes) -> None:
 
 
 def _read_replies(sock, count: int, already: bytes = b"") -> list:
+    """The next `count` replies. The reader is first fed an array header of `count`, so it
+    returns them all as one list from a single call: hiredis walks the replies in C, where
+    a `gets()` per reply cost about 0.5 us of Python each (a tenth of a 100-entity read)."""
+    if not count:
+        return []
     reader = hiredis.Reader()
+    reader.feed(b"*%d\r\n" % count)
     if already:
         reader.feed(already)
-    out: list = []
-    while len(out) < count:
-        reply = reader.gets()
-        if reply is False:
-            reader.feed(_recv(sock))
-        else:
-            out.append(reply)
-    return out
+    while (replies := reader.gets()) is False:
+        reader.feed(_recv(sock))
+    return replies
