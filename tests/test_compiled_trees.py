@@ -4,6 +4,7 @@ compiled once per artifact and then loaded from a cache that cannot serve stale 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 import sys
 
@@ -127,6 +128,30 @@ def test_a_damaged_cache_entry_is_compiled_again_not_loaded(repo, tmp_path):
     assert not runtime.cache_hit
     (rewritten,) = (cache / version.metadata["sha256"]).glob("*.o")
     assert rewritten.read_bytes() != bytes(damaged)
+    rows = _rows(200)
+    expected = lgb.Booster(model_file=str(version.artifact)).predict(rows)
+    np.testing.assert_allclose(runtime.predict(rows)[:, 0], expected, rtol=0, atol=1e-6)
+
+
+def test_a_truncated_entry_named_by_its_own_checksum_is_not_loaded(repo, tmp_path):
+    """A full disk cut the object file short before it was named: its checksum matches,
+    the object does not; it is compiled again, never handed to the loader."""
+    version = _publish(repo, _train("binary", True), tmp_path)
+    cache = tmp_path / "cache"
+    load_runtime(version, compile_cache=cache)
+    (entry,) = (cache / version.metadata["sha256"]).glob("*.o")
+    short = entry.read_bytes()[: entry.stat().st_size * 2 // 3]
+    build = entry.name.rsplit("-", 1)[0]
+    entry.unlink()
+    truncated = entry.with_name(f"{build}-{hashlib.sha256(short).hexdigest()}.o")
+    truncated.write_bytes(short)
+
+    runtime = load_runtime(version, compile_cache=cache)
+
+    assert not runtime.cache_hit
+    assert not truncated.exists()
+    (rewritten,) = (cache / version.metadata["sha256"]).glob("*.o")
+    assert rewritten.stat().st_size > len(short)
     rows = _rows(200)
     expected = lgb.Booster(model_file=str(version.artifact)).predict(rows)
     np.testing.assert_allclose(runtime.predict(rows)[:, 0], expected, rtol=0, atol=1e-6)

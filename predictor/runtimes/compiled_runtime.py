@@ -3,7 +3,9 @@
 Compiling takes seconds (about 7 s for 200 trees of 31 leaves), so the object code is kept
 in a cache and a later load, restart or sibling process reads it in milliseconds. An entry
 is named for the artifact's sha256, what built it (lleaves, llvmlite, host CPU, flags) and
-its own sha256, so a changed model, an upgrade or a damaged file never loads stale code.
+its own sha256, so a changed model, an upgrade or a damaged file never loads stale code;
+an object file cut short (a full disk) is refused too, since LLVM's loader aborts the
+process on one.
 Scoring only: training, SHAP and the model file's format stay LightGBM's.
 """
 
@@ -14,6 +16,7 @@ import hashlib
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import time
 from importlib import metadata
@@ -77,8 +80,18 @@ class CompiledTreeRuntime:
             written = staging / "object.o"
             began = time.perf_counter()
             self.model.compile(cache=str(written), **FLAGS)
-            digest = hashlib.sha256(written.read_bytes()).hexdigest()
-            os.replace(written, entry_dir / f"{build}-{digest}.o")
+            data = written.read_bytes() if written.exists() else b""
+            if not _whole_object(data):
+                # lleaves writes the file from inside an LLVM callback, which swallows any
+                # error: a full disk leaves a short file, which must not become an entry
+                log.warning(
+                    "compile cache: lleaves wrote an incomplete object file (%d bytes; disk "
+                    "full?); %s is compiled but not cached",
+                    len(data),
+                    self.model.model_file,
+                )
+                return
+            os.replace(written, entry_dir / f"{build}-{hashlib.sha256(data).hexdigest()}.o")
             log.info(
                 "compiled %s with lleaves in %.1fs; cached in %s",
                 self.model.model_file,
@@ -112,9 +125,26 @@ def _build_key() -> str:
 
 
 def _intact(path: Path) -> bool:
-    """Whether the file still holds the bytes whose sha256 ends its name."""
+    """Whether the file still holds the bytes whose sha256 ends its name, and those are a
+    whole object file (an entry cut short before it was named would pass its checksum)."""
     try:
         data = path.read_bytes()
     except OSError:  # removed by another process since the listing
         return False
-    return hashlib.sha256(data).hexdigest() == path.stem.rsplit("-", 1)[-1]
+    return hashlib.sha256(data).hexdigest() == path.stem.rsplit("-", 1)[-1] and _whole_object(data)
+
+
+_ELF64_LE = b"\x7fELF\x02\x01"
+
+
+def _whole_object(data: bytes) -> bool:
+    """Whether `data` looks like a complete object file. For 64-bit little-endian ELF (Linux
+    on x86-64 and arm64): LLVM writes the section header table last, so it must end exactly
+    where the file does. Other formats are only checked for being non-empty."""
+    if not data.startswith(_ELF64_LE):
+        return bool(data) and not data.startswith(b"\x7fELF")
+    if len(data) < 64:  # shorter than the ELF header itself
+        return False
+    (table_at,) = struct.unpack_from("<Q", data, 0x28)
+    entry_size, entries = struct.unpack_from("<HH", data, 0x3A)
+    return table_at + entry_size * entries == len(data)
