@@ -17,7 +17,7 @@ import numpy as np
 
 from featurestore.packed import HEADER_BYTES, MAGIC, STAMP_BYTES, packed_row
 from featurestore.packed import unpack as unpack_vectors
-from featurestore.plan import KeyGroup
+from featurestore.plan import KeyGroup, ViewRead
 from featurestore.ragged import Ragged
 from featurestore.values import decode_column, decode_number, decode_timestamp
 
@@ -98,7 +98,7 @@ def _vectors_columnar(group: KeyGroup, replies: list):
     return vals, ts, fallback, int(with_data.sum())
 
 
-def _all_current(vectors: list, stamps: list, view) -> np.ndarray | None:
+def _all_current(vectors: list, stamps: list, view: ViewRead) -> np.ndarray | None:
     """Every entity's vector of `view`, decoded, if all are present and current (the common
     case: a store Augur's writer keeps): a handful of whole-array checks, where the general
     path makes a pass per check and pads the stamps; else None."""
