@@ -73,8 +73,9 @@ def _vectors_columnar(group: KeyGroup, replies: list):
     start = 0
     for j, view in enumerate(group.views):
         width = len(view.features)
+        vectors = list(map(operator.itemgetter(j), replies))
         stamps = list(map(operator.itemgetter(n_views + j), replies))
-        rows = _all_current(list(map(operator.itemgetter(j), replies)), stamps, view)
+        rows = _all_current(vectors, stamps, view)
         if rows is not None:
             vals[:, start : start + width] = rows["values"][:, group.packed_index[j]]
             ts[:, j] = rows["seconds"] + rows["nanos"] / 1e9
@@ -82,7 +83,7 @@ def _vectors_columnar(group: KeyGroup, replies: list):
             start += width
             continue
         have = np.fromiter((raw is not None for raw in stamps), bool, n)
-        ok, rows = unpack_vectors([reply[j] for reply in replies], view.layout, view.width)
+        ok, rows = unpack_vectors(vectors, view.layout, view.width)
         stored = Ragged.from_bytes([raw or b"" for raw in stamps])
         valid = ok & have & (rows["stamp_size"] == stored.lengths)
         if stored.data.shape[1] <= STAMP_BYTES:
