@@ -52,7 +52,7 @@ class ScalarView:
     """What reading one view of one entity in Python scalars needs (featurestore.decode's
     per-entity path), worked out once per plan."""
 
-    __slots__ = ("absent", "fields", "layout", "pick", "size", "ttl", "values")
+    __slots__ = ("absent", "defaults", "fields", "layout", "pick", "size", "ttl", "values")
 
     def __init__(self, view: ViewRead, fields: slice):
         self.layout = view.layout
@@ -61,6 +61,9 @@ class ScalarView:
         self.pick: Callable[[tuple], tuple] = _picker(view.packed)  # the plan's features
         self.ttl = view.ttl_seconds or math.inf
         self.absent = (math.nan,) * len(view.features)
+        # What a missing feature is served as: its declared default; None when none has one.
+        declared = tuple(float(np.float32(f.default)) for f in view.features)
+        self.defaults = None if all(math.isnan(d) for d in declared) else declared
         self.fields = fields  # the view's features within the group's HMGET of `fields`
 
 

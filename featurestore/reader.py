@@ -30,6 +30,7 @@ from featurestore.decode import (
     entity_from_vectors,
     expire,
     expire_entity,
+    fill_entity,
     hgetall_as_fields,
 )
 from featurestore.keys import KeyEncoder
@@ -204,7 +205,7 @@ class OnlineReader:
         Python scalars and numpy is entered once, for the result. A one-entity read through
         the columnar path makes some 40 numpy calls of about 1 us each: most of its cost."""
         groups = plan.groups
-        work = [self._few_keys(plan, g, entities) for g in groups]
+        work = [self._few_keys(plan, g, entities, n) for g in groups]
         packed = [self._packed(g) for g in groups]
         payload = b"".join(
             _group_commands(group, keys, vectors, self._hgetall(group))
@@ -244,35 +245,44 @@ class OnlineReader:
                     out[i] = entity_from_fields(group, next(replies))
 
         now = self._clock()
-        stale = [
-            [expire_entity(g, values, times, now) if enforce_ttl else 0 for values, times in out]
+        counted = [  # per group, per distinct key: (values blanked past TTL, values missing)
+            [
+                (expire_entity(g, values, times, now) if enforce_ttl else 0, fill_entity(g, values))
+                for values, times in out
+            ]
             for g, out in zip(groups, decoded, strict=True)
         ]
         n_views, width = len(plan.views), len(plan.columns)
         flat: list[tuple] = []  # every row's views' values, rows and views in plan order
         event_ts: list[float] = []
         stale_rows: list[int] = []
+        missing_rows: list[int] = []
         for row in range(n):
             parts: list[tuple] = [()] * n_views
             times_of_row = [math.nan] * n_views
-            blanked = 0
-            for group, (_, index), out, counts in zip(groups, work, decoded, stale, strict=True):
-                values, times = out[index[row]]
-                blanked += counts[index[row]]
+            blanked = gaps = 0
+            for group, (_, index), out, counts in zip(groups, work, decoded, counted, strict=True):
+                i = index[row]
+                values, times = out[i]
+                stale, missing = counts[i]
+                blanked += stale
+                gaps += missing
                 for position, part, at in zip(group.positions, values, times, strict=True):
                     parts[position] = part
                     times_of_row[position] = at
             flat += parts
             event_ts += times_of_row
             stale_rows.append(blanked)
+            missing_rows.append(gaps)
+        # Defaults are in and gaps counted already: numpy is entered only to hold the result,
+        # each call costing several us here, just after the round trip has left the caches cold.
         values = np.fromiter(itertools.chain.from_iterable(flat), np.float32, n * width)
-        return _rows(
-            plan,
+        return FeatureRows(
             values.reshape(n, width),
+            np.array(missing_rows, np.int32),
             np.array(stale_rows, np.int32),
             np.array(event_ts, np.float64).reshape(n, n_views),
             sum(len(keys) for keys, _ in work),
-            0,
         )
 
     def _hgetall(self, group: KeyGroup) -> bool:
@@ -336,14 +346,16 @@ class OnlineReader:
             keys = _Keys(raw[i : i + width] for i in range(0, len(raw), width))
             keys.matrix = built
             return keys, inverse.ravel()
-        keys, inverse = self._few_keys(plan, group, entities)
+        keys, inverse = self._few_keys(plan, group, entities, n)
         return keys, np.array(inverse, np.intp)
 
     def _few_keys(
-        self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence]
+        self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence], n: int
     ) -> tuple[list[bytes], list[int]]:
         """`_keys` in plain lists: a dict and one key built per distinct entity."""
         encoder = self._encoder(plan, group)
+        if n == 1:  # the commonest read of all: nothing to deduplicate
+            return [encoder.key([entities[k][0] for k in group.join_keys])], [0]
         index: dict[tuple, int] = {}
         rows = zip(*(entities[k] for k in group.join_keys), strict=True)
         inverse = [index.setdefault(key, len(index)) for key in rows]
