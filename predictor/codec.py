@@ -5,6 +5,7 @@ Every refusal names the field, the value and what was expected.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ from proto.augur.v1 import predictor_pb2 as pb
 # The smallest double that float32 rounds to infinity: its largest finite value plus half a
 # unit in the last place (a tie, which rounds to even: infinity).
 _FLOAT32_LIMIT = float(np.finfo(np.float32).max) + 2.0**103
+# Request features of up to this many rows are checked in a Python loop, not numpy.
+_CHECKED_IN_PYTHON = 16
 
 
 def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple[dict, int]:
@@ -74,23 +77,36 @@ def decode_request_features(
     for name in wanted:
         if name not in columns:
             raise invalid(f"request_features.{name}: missing; {owner} needs it for every row")
-        values = np.array(columns[name].values, np.float64)
+        values = columns[name].values
         if len(values) != n:
             raise invalid(f"request_features.{name}: {len(values)} values for {n} entity rows")
-        # Models take float32: a finite double beyond its range would reach them as inf (and
-        # come back as NaN scores), so it is refused like inf itself. Checked on the doubles
-        # (NaN fails the comparison too), so the cast never overflows.
-        bad = np.flatnonzero(~(np.abs(values) < _FLOAT32_LIMIT))
-        if len(bad):
-            i, value = bad[0], values[bad[0]]
-            problem = (
-                "is beyond the float32 range models take (±3.4e38)"
-                if np.isfinite(value)
-                else "is not a finite number"
-            )
-            raise invalid(f"request_features.{name}[{i}]: {value} {problem}")
-        out[name] = values.astype(np.float32)
+        out[name] = _float32_column(name, values, n)
     return out
+
+
+def _float32_column(name: str, raw: Sequence[float], n: int) -> np.ndarray:
+    """Request feature `name`'s doubles as float32. Models take float32: a finite double
+    beyond its range would reach them as inf (and come back as NaN scores), so it is
+    refused like inf itself. Checked on the doubles (NaN fails the comparison too), so the
+    cast never overflows; a few values in Python, where numpy's calls would cost more."""
+    if n <= _CHECKED_IN_PYTHON:
+        raw = list(raw)
+        bad = next((i for i, v in enumerate(raw) if not abs(v) < _FLOAT32_LIMIT), None)
+        if bad is None:
+            return np.array(raw, np.float32)
+    else:
+        values = np.array(raw, np.float64)
+        beyond = np.flatnonzero(~(np.abs(values) < _FLOAT32_LIMIT))
+        if not len(beyond):
+            return values.astype(np.float32)
+        bad = int(beyond[0])
+    value = raw[bad]
+    problem = (
+        "is beyond the float32 range models take (±3.4e38)"
+        if math.isfinite(value)
+        else "is not a finite number"
+    )
+    raise invalid(f"request_features.{name}[{bad}]: {value} {problem}")
 
 
 def feature_status(
