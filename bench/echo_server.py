@@ -1,11 +1,17 @@
 """The gRPC floor: an augur.v1.Predictor whose Predict answers at once with a canned reply.
 
-    python -m bench.echo_server --port PORT --model NAME
+    python -m bench.echo_server --port PORT --model NAME [--redis ADDRESS --plan PLAN.json]
 
 The reply has the size of a real one (the request's row count, one score per row), built
 once per row count, so a call costs what Python gRPC itself costs: parse the request,
 serialise the reply, two trips through the loopback. Same server options as `augur serve`
 (a thread pool of 8 handlers), health reporting NAME as SERVING. Not a model server.
+
+With `--redis` and `--plan`, each call first makes the Redis round trip a read of its
+entities needs (HMGET of each distinct key's packed vectors, as the in-process floor),
+decoding nothing; the commands are packed once per distinct request. That is the floor of
+any server that must read the features before it answers: gRPC plus one round trip, with
+the handler thread waiting on Redis mid-call.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import signal
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,10 +30,13 @@ from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 
 
 class EchoPredictor(pb_grpc.PredictorServicer):
-    def __init__(self) -> None:
+    def __init__(self, floor: RedisFloor | None = None) -> None:
         self._replies: dict[tuple[str, int], pb.PredictResponse] = {}
+        self._floor = floor
 
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
+        if self._floor is not None:
+            self._floor.round_trip(request)
         rows = row_count(request)
         reply = self._replies.get((request.model, rows))
         if reply is None:
@@ -37,6 +47,35 @@ class EchoPredictor(pb_grpc.PredictorServicer):
         return reply
 
 
+class RedisFloor:
+    """The Redis round trip of a request's keys, packed once per distinct request."""
+
+    def __init__(self, address: str, plan_path: Path):
+        from bench.inprocess import floor_payloads
+        from featurestore.connection import connect
+        from featurestore.plan import ReadPlan
+        from featurestore.resp import OwnConnections
+
+        self._client = connect(address)
+        self._own = OwnConnections(self._client)
+        self._pack = floor_payloads(ReadPlan.from_json(plan_path.read_text()), "vectors")
+        self._packed: dict[bytes, tuple[bytes, int]] = {}
+
+    def round_trip(self, request: pb.PredictRequest) -> list:
+        """The replies of the request's keys' HMGETs, undecoded."""
+        from featurestore.resp import round_trip
+
+        seen = request.SerializeToString(deterministic=True)
+        packed = self._packed.get(seen)
+        if packed is None:
+            entities = {
+                name: list(getattr(column, column.WhichOneof("values")).values)
+                for name, column in request.entities.items()
+            }
+            packed = self._packed.setdefault(seen, self._pack(entities))
+        return round_trip(self._client, *packed, own=self._own)
+
+
 def row_count(request: pb.PredictRequest) -> int:
     """Rows of a request: the length of its first entity column."""
     for column in request.entities.values():
@@ -45,7 +84,7 @@ def row_count(request: pb.PredictRequest) -> int:
     return 0
 
 
-def serve(port: int, model: str, workers: int = 8) -> None:
+def serve(port: int, model: str, workers: int = 8, floor: RedisFloor | None = None) -> None:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="echo"),
         options=[
@@ -53,7 +92,7 @@ def serve(port: int, model: str, workers: int = 8) -> None:
             ("grpc.max_send_message_length", 16 << 20),
         ],
     )
-    pb_grpc.add_PredictorServicer_to_server(EchoPredictor(), server)
+    pb_grpc.add_PredictorServicer_to_server(EchoPredictor(floor), server)
     status = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(status, server)
     if not server.add_insecure_port(f"127.0.0.1:{port}"):
@@ -73,8 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--redis", help="make each call's Redis round trip on this server...")
+    parser.add_argument("--plan", type=Path, help="...for the keys of this read plan (JSON)")
     args = parser.parse_args(argv)
-    serve(args.port, args.model, args.workers)
+    if (args.redis is None) != (args.plan is None):
+        parser.error("--redis and --plan go together")
+    floor = RedisFloor(args.redis, args.plan) if args.redis else None
+    serve(args.port, args.model, args.workers, floor)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 Builds the scenario in a temporary folder on a private Redis (bench/scenarios.py), times the
 in-process floors (bench/inprocess.py), then starts each server as its own process in turn
 - Augur (`augur serve`), the Feast baseline (bench/baseline_server.py), the gRPC echo floor
-(bench/echo_server.py) - and drives Predict at it from a load generator process
+(bench/echo_server.py), and for one caller the echo floor that first makes the request's
+Redis round trip - and drives Predict at it from a load generator process
 (bench/load.py): closed loop at several concurrencies and open loop at fixed rates, the
 same requests for every server. Writes bench/results/<scenario>.json, .md and .png.
 `--quick` is a tiny version for the smoke test. `--augur processes=2` sets an Augur
@@ -156,6 +157,17 @@ def run(
                 servers[target], series[target] = _serve_and_load(
                     target, scenario, pools, profile, augur_options, work, profile.steps()
                 )
+            # The floor of a Predict that reads Redis: one caller, at every request size.
+            _say(started, f"{report.LABELS[report.ECHO_REDIS]}: start, then load")
+            servers[report.ECHO_REDIS], series[report.ECHO_REDIS] = _serve_and_load(
+                report.ECHO_REDIS,
+                scenario,
+                pools,
+                profile,
+                augur_options,
+                work,
+                profile.variant_steps([(n, 1) for n in profile.rows]),
+            )
             variants = {}
             for variant, (options, points) in profile.variants.items():
                 _say(started, f"Augur, {variant} ({options}): start, then load")
@@ -261,6 +273,8 @@ def _serve_and_load(
         command = targets.augur_command(scenario, work, port, augur_options)
     elif target == "baseline":
         command = targets.baseline_command(scenario, port, pools[1][0]["entities"])
+    elif target == report.ECHO_REDIS:
+        command = targets.echo_command(scenario, port, work / "plan.json")
     else:
         command = targets.echo_command(scenario, port)
     server = targets.start(target, command, port, scenario.model, work)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,25 +47,21 @@ def _cycle(items: list) -> Callable[[], object]:
 FLOORS = ("hmget", "hgetall", "vectors")
 
 
-def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> dict:
-    """Time the round trip of each request's distinct keys, commands packed beforehand:
-    HMGET of the plan's fields, HGETALL of the whole hash, or HMGET of the vectors. The
-    transport is Augur's own (featurestore.resp: hiredis straight off the socket, on a
-    connection this thread keeps, as the reader's), so the floor is what any reader of
-    these keys pays before decoding a single value. (Through redis-py's pool, as it was
-    measured up to commit 3f1950e, each round trip paid 50-170 us more.)"""
+def floor_payloads(plan, mode: str) -> Callable[[Mapping[str, Sequence]], tuple[bytes, int]]:
+    """A function packing one request's entity columns into the floor's pipeline for `mode`
+    (one of FLOORS): every distinct key's command, and how many commands."""
     from featurestore.keys import KeyEncoder
-    from featurestore.resp import OwnConnections, command_args, round_trip
+    from featurestore.resp import command_args
 
     encoders = [
         KeyEncoder(g.join_keys, [plan.entity_types[k] for k in g.join_keys], plan.project)
         for g in plan.groups
     ]
-    packed = []
-    for r in requests:
+
+    def pack(entities: Mapping[str, Sequence]) -> tuple[bytes, int]:
         commands = []
         for group, encoder in zip(plan.groups, encoders, strict=True):
-            rows = zip(*(r["entities"][k] for k in group.join_keys), strict=True)
+            rows = zip(*(entities[k] for k in group.join_keys), strict=True)
             keys = [encoder.key(k) for k in dict.fromkeys(rows)]
             if mode == "hgetall":
                 commands += [(b"HGETALL", key) for key in keys]
@@ -73,7 +69,22 @@ def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> 
                 fields = group.vector_fields if mode == "vectors" else group.fields
                 commands += [(b"HMGET", key, *fields) for key in keys]
         payload = b"".join(b"*%d\r\n" % len(c) + command_args(*c) for c in commands)
-        packed.append((payload, len(commands)))
+        return payload, len(commands)
+
+    return pack
+
+
+def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> dict:
+    """Time the round trip of each request's distinct keys, commands packed beforehand:
+    HMGET of the plan's fields, HGETALL of the whole hash, or HMGET of the vectors. The
+    transport is Augur's own (featurestore.resp: hiredis straight off the socket, on a
+    connection this thread keeps, as the reader's), so the floor is what any reader of
+    these keys pays before decoding a single value. (Through redis-py's pool, as it was
+    measured up to commit 3f1950e, each round trip paid 50-170 us more.)"""
+    from featurestore.resp import OwnConnections, round_trip
+
+    pack = floor_payloads(plan, mode)
+    packed = [pack(r["entities"]) for r in requests]
     nxt = _cycle(packed)
     own = OwnConnections(client)
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 TARGETS = ("augur", "baseline", "echo")
-LABELS = {"augur": "Augur", "baseline": "Feast baseline", "echo": "gRPC echo floor"}
+ECHO_REDIS = "echo_redis"  # measured with one caller only, at each request size
+LABELS = {
+    "augur": "Augur",
+    "baseline": "Feast baseline",
+    "echo": "gRPC echo floor",
+    ECHO_REDIS: "gRPC echo + Redis round trip floor",
+}
 
 
 def load_point(step: dict) -> str:
@@ -75,33 +81,42 @@ def ratios(result: dict) -> dict:
 def breakdown(result: dict) -> dict:
     """Where one caller's Predict time goes (p50 ms, closed loop c=1): the gRPC echo floor,
     the in-process read + assemble + predict (of which Redis floor and model), and the rest
-    (the servicer's own work: validation, metrics, building the reply, thread hand-offs)."""
+    (the servicer's own work: validation, metrics, building the reply, thread hand-offs);
+    and Predict against the echo floor that makes the same Redis round trip first."""
     out = {}
     for step in result["series"].get("augur", []):
         size = str(step["rows"])
         if step["mode"] != "closed" or step["concurrency"] != 1 or size not in result["inprocess"]:
             continue
-        echo = next(
-            (
-                s
-                for s in result["series"].get("echo", [])
-                if s["rows"] == step["rows"] and s["mode"] == "closed" and s["concurrency"] == 1
-            ),
-            None,
-        )
+        echo, echo_redis = (_one_caller(result, t, step["rows"]) for t in ("echo", ECHO_REDIS))
         if echo is None or "p50_ms" not in step:
             continue
         m = result["inprocess"][size]
         pipeline = m["augur_pipeline"]["p50_ms"]
+        with_redis = (echo_redis or {}).get("p50_ms")
         out[size] = {
             "predict_p50_ms": step["p50_ms"],
             "echo_floor_p50_ms": echo["p50_ms"],
+            "echo_redis_floor_p50_ms": with_redis,
+            "p50_vs_echo_redis_floor": _ratio(step["p50_ms"], with_redis),
             "pipeline_p50_ms": pipeline,
             "redis_floor_p50_ms": m["redis_floor"]["p50_ms"],
             "model_p50_ms": m["model"]["p50_ms"],
             "rest_p50_ms": round(step["p50_ms"] - echo["p50_ms"] - pipeline, 4),
         }
     return out
+
+
+def _one_caller(result: dict, target: str, rows: int) -> dict | None:
+    """`target`'s closed-loop step with one caller at `rows` rows, if measured."""
+    return next(
+        (
+            s
+            for s in result["series"].get(target, [])
+            if s["rows"] == rows and s["mode"] == "closed" and s["concurrency"] == 1
+        ),
+        None,
+    )
 
 
 def _ms(step: dict | None) -> str:
@@ -203,13 +218,21 @@ def markdown(result: dict) -> str:
         "",
         "### Where one caller's Predict time goes (closed loop c=1, p50 ms)",
         "",
-        "| rows | Predict | gRPC echo floor | read+assemble+predict in process "
-        "| of which Redis floor | of which model | rest (servicer glue) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "The echo + Redis floor is the echo server making the request's Redis round trip "
+        "(HMGET of its keys' vectors, nothing decoded) before it answers: what any server "
+        "that reads the features pays.",
+        "",
+        "| rows | Predict | gRPC echo floor | gRPC echo + Redis floor | Predict vs echo + Redis "
+        "| read+assemble+predict in process | of which Redis floor | of which model "
+        "| rest (servicer glue) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, b in r["breakdown"].items():
+        with_redis = b.get("echo_redis_floor_p50_ms")
         lines.append(
             f"| {size} | {b['predict_p50_ms']:.2f} | {b['echo_floor_p50_ms']:.2f} "
+            f"| {'-' if with_redis is None else f'{with_redis:.2f}'} "
+            f"| {_x(b.get('p50_vs_echo_redis_floor'))} "
             f"| {b['pipeline_p50_ms']:.2f} | {b['redis_floor_p50_ms']:.2f} "
             f"| {b['model_p50_ms']:.2f} | {b['rest_p50_ms']:.2f} |"
         )
@@ -233,7 +256,7 @@ def markdown(result: dict) -> str:
         "| peak RSS, MiB |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for target in TARGETS:
+    for target in (*TARGETS, ECHO_REDIS):
         s = result["servers"].get(target)
         if s:
             lines.append(

@@ -96,8 +96,11 @@ def baseline_command(scenario: Scenario, port: int, warm: dict) -> list[str]:
     ]
 
 
-def echo_command(scenario: Scenario, port: int) -> list[str]:
+def echo_command(scenario: Scenario, port: int, plan: Path | None = None) -> list[str]:
+    """The gRPC echo floor; given the read `plan`, the echo + Redis round trip floor."""
     port_args = ["--port", str(port), "--model", scenario.model]
+    if plan is not None:
+        port_args += ["--redis", scenario.redis_address, "--plan", str(plan)]
     return [sys.executable, "-m", "bench.echo_server", *port_args]
 
 

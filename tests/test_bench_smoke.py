@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
+
+from predictor.codec import encode_entities
+from proto.augur.v1 import predictor_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 GRPC_TARGETS = ("augur", "baseline", "echo")
@@ -74,6 +78,44 @@ def test_ratios_against_baseline_and_floors_are_computed(quick_run):
                 assert value is not None and value > 0, (point, name)
     for size, ratios in result["ratios"]["inprocess"].items():
         assert all(v is not None and v > 0 for v in ratios.values()), (size, ratios)
+
+
+@pytest.mark.slow
+def test_one_caller_predict_is_compared_with_the_echo_and_redis_floor(quick_run):
+    result, out, _ = quick_run
+    floor = result["series"]["echo_redis"]
+    assert {(s["rows"], s["concurrency"]) for s in floor} == {(1, 1), (10, 1)}
+    assert all(s["ok"] > 0 and s["errors"] == {} for s in floor), floor
+    for size, b in result["ratios"]["breakdown"].items():
+        assert b["echo_redis_floor_p50_ms"] > 0 and b["p50_vs_echo_redis_floor"] > 0, (size, b)
+    assert "gRPC echo + Redis floor" in (out / "fraud-quick.md").read_text()
+
+
+def test_the_echo_and_redis_floor_reads_each_requests_own_keys(fraud_repo, tmp_path):
+    from bench.echo_server import EchoPredictor, RedisFloor
+    from featurestore.connection import connect
+    from featurestore.repo import build_plans
+
+    plan = build_plans(fraud_repo.store)["fraud_lgbm"]
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    floor = RedisFloor(fraud_repo.address, tmp_path / "plan.json")
+    seen = pd.read_parquet(fraud_repo.data / "transactions.parquet")
+    rows = seen[["user_id", "merchant_id"]].drop_duplicates().head(3)
+    request = pb.PredictRequest(
+        model="fraud", entities=encode_entities({k: rows[k].tolist() for k in rows})
+    )
+    redis = connect(fraud_repo.address)
+    before = _calls(redis, "hmget")
+    replies = floor.round_trip(request)
+    # one HMGET per distinct key of each key group, each finding the key's rows
+    distinct = sum(len(rows[list(g.join_keys)].drop_duplicates()) for g in plan.groups)
+    assert len(replies) == distinct == _calls(redis, "hmget") - before
+    assert all(any(v is not None for v in reply) for reply in replies)
+    assert EchoPredictor(floor).Predict(request, None).rows == 3
+
+
+def _calls(redis, command: str) -> int:
+    return redis.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
 
 
 @pytest.mark.slow
