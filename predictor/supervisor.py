@@ -27,6 +27,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # feature server's workers), and every process started from that one inherits them.
 _MULTIPROC_VARS = (MULTIPROC_ENV, "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
 CHILD_ENV = "AUGUR_SUPERVISED"  # set for the children of serve_many, and only for them
+# What Feast names the directory its import makes up when none is set (feast.metrics): a
+# temporary folder it removes at exit, not one an operator chose.
+_FEAST_DIR_PREFIX = "feast_metrics_"
 
 
 def metrics_in_memory() -> None:
@@ -49,8 +52,9 @@ def metrics_in_memory() -> None:
 
 
 def serve_many(config: Config, config_path: Path | None) -> int:
-    own_dir = MULTIPROC_ENV not in os.environ
-    metrics_dir = Path(os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="augur-metrics-"))
+    chosen = _operators_dir()
+    own_dir = chosen is None
+    metrics_dir = chosen or Path(tempfile.mkdtemp(prefix="augur-metrics-"))
     for stale in metrics_dir.glob("*.db"):  # counters of an earlier run must not add up
         stale.unlink()
     env = {
@@ -108,6 +112,23 @@ def serve_many(config: Config, config_path: Path | None) -> int:
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return code or max((c.returncode or 0) for c in children)
+
+
+def _operators_dir() -> Path | None:
+    """The multiprocess directory the operator set, if any. Feast's (inherited from a parent
+    that imported Feast) is not one: Feast removes it when that parent exits, and files of
+    its own may be in it, which serve_many would delete as stale."""
+    value = os.environ.get(MULTIPROC_ENV)
+    if not value:
+        return None
+    if Path(value).name.startswith(_FEAST_DIR_PREFIX):
+        log.info(
+            "ignoring %s=%s, made up by Feast's import; using a directory of our own",
+            MULTIPROC_ENV,
+            value,
+        )
+        return None
+    return Path(value)
 
 
 def _serve_metrics(config: Config) -> None:

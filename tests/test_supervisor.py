@@ -77,6 +77,48 @@ def test_one_process_ignores_an_inherited_multiprocess_dir(fraud_repo, model_rep
     assert "ignoring PROMETHEUS_MULTIPROC_DIR" in server.stdout.read().decode()
 
 
+def test_two_processes_keep_out_of_the_directory_feasts_import_made(
+    fraud_repo, model_repo, tmp_path
+):
+    """A supervisor started from a process that imported Feast inherits Feast's temporary
+    metrics directory; its children's files go to a directory of its own instead."""
+    port, metrics_port = free_port(), free_port()
+    config = write_config(
+        tmp_path / "augur.yaml",
+        fraud_repo,
+        model_repo,
+        port=port,
+        metrics_port=metrics_port,
+        processes=2,
+    )
+    feasts = tmp_path / "feast_metrics_x1y2z3"
+    feasts.mkdir()
+    theirs = feasts / "counter_12345.db"  # a file of Feast's own, not stale
+    theirs.write_bytes(b"feast")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(feasts)}
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with PredictorClient(f"127.0.0.1:{port}") as client:
+            client.wait_serving(["fraud_lgbm"], 120, parent)
+            for i in range(4):
+                client.predict(
+                    "fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [1.0]}
+                )
+        assert _predict_requests_served(metrics_port) == 4  # still added up, elsewhere
+        assert list(feasts.iterdir()) == [theirs] and theirs.read_bytes() == b"feast"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert "made up by Feast's import" in parent.stdout.read().decode()
+
+
 def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_repo, tmp_path):
     port, metrics_port = free_port(), free_port()
     config = write_config(
