@@ -220,7 +220,8 @@ def markdown(result: dict) -> str:
         "",
         "The echo + Redis floor is the echo server making the request's Redis round trip "
         "(HMGET of its keys' vectors, nothing decoded) before it answers: what any server "
-        "that reads the features pays.",
+        "that reads the features pays (the lower p50 of two measurements, before and after "
+        "the main series).",
         "",
         "| rows | Predict | gRPC echo floor | gRPC echo + Redis floor | Predict vs echo + Redis "
         "| read+assemble+predict in process | of which Redis floor | of which model "

@@ -40,33 +40,51 @@ def _predict_requests_served(metrics_port: int) -> float:
     )
 
 
-def test_one_process_ignores_an_inherited_multiprocess_dir(fraud_repo, model_repo, tmp_path):
-    """Importing Feast sets PROMETHEUS_MULTIPROC_DIR for every process started afterwards;
-    a lone server must not write its metrics to files there."""
+def _config(tmp_path: Path, fraud_repo, model_repo, **server: object) -> tuple[Path, int, int]:
+    """augur.yaml on free ports: (its path, the gRPC port, the metrics port)."""
     port, metrics_port = free_port(), free_port()
     config = write_config(
-        tmp_path / "augur.yaml", fraud_repo, model_repo, port=port, metrics_port=metrics_port
+        tmp_path / "augur.yaml",
+        fraud_repo,
+        model_repo,
+        port=port,
+        metrics_port=metrics_port,
+        **server,
     )
-    inherited = tmp_path / "feast_metrics"
-    inherited.mkdir()
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": str(inherited),
-        "PROMETHEUS_MULTIPROCESS_DIR": str(inherited),
-    }
-    server = subprocess.Popen(
+    return config, port, metrics_port
+
+
+def _serve(config: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
-        env=env,
+        env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def _predict_a_few(port: int, server: subprocess.Popen, calls: int) -> None:
+    with PredictorClient(f"127.0.0.1:{port}") as client:
+        client.wait_serving(["fraud_lgbm"], 120, server)
+        for i in range(calls):
+            client.predict("fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [1.0]})
+
+
+def test_one_process_ignores_an_inherited_multiprocess_dir(fraud_repo, model_repo, tmp_path):
+    """Importing Feast sets PROMETHEUS_MULTIPROC_DIR for every process started afterwards;
+    a lone server must not write its metrics to files there."""
+    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo)
+    inherited = tmp_path / "feast_metrics"
+    inherited.mkdir()
+    server = _serve(
+        config,
+        {
+            "PROMETHEUS_MULTIPROC_DIR": str(inherited),
+            "PROMETHEUS_MULTIPROCESS_DIR": str(inherited),
+        },
+    )
     try:
-        with PredictorClient(f"127.0.0.1:{port}") as client:
-            client.wait_serving(["fraud_lgbm"], 120, server)
-            for i in range(3):
-                client.predict(
-                    "fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [1.0]}
-                )
+        _predict_a_few(port, server, 3)
         assert _predict_requests_served(metrics_port) == 3
         assert list(inherited.iterdir()) == []
         server.send_signal(signal.SIGTERM)
@@ -82,33 +100,14 @@ def test_two_processes_keep_out_of_the_directory_feasts_import_made(
 ):
     """A supervisor started from a process that imported Feast inherits Feast's temporary
     metrics directory; its children's files go to a directory of its own instead."""
-    port, metrics_port = free_port(), free_port()
-    config = write_config(
-        tmp_path / "augur.yaml",
-        fraud_repo,
-        model_repo,
-        port=port,
-        metrics_port=metrics_port,
-        processes=2,
-    )
+    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo, processes=2)
     feasts = tmp_path / "feast_metrics_x1y2z3"
     feasts.mkdir()
     theirs = feasts / "counter_12345.db"  # a file of Feast's own, not stale
     theirs.write_bytes(b"feast")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(feasts)}
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(feasts)})
     try:
-        with PredictorClient(f"127.0.0.1:{port}") as client:
-            client.wait_serving(["fraud_lgbm"], 120, parent)
-            for i in range(4):
-                client.predict(
-                    "fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [1.0]}
-                )
+        _predict_a_few(port, parent, 4)
         assert _predict_requests_served(metrics_port) == 4  # still added up, elsewhere
         assert list(feasts.iterdir()) == [theirs] and theirs.read_bytes() == b"feast"
         parent.send_signal(signal.SIGTERM)
@@ -120,24 +119,10 @@ def test_two_processes_keep_out_of_the_directory_feasts_import_made(
 
 
 def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_repo, tmp_path):
-    port, metrics_port = free_port(), free_port()
-    config = write_config(
-        tmp_path / "augur.yaml",
-        fraud_repo,
-        model_repo,
-        port=port,
-        metrics_port=metrics_port,
-        processes=2,
-    )
+    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo, processes=2)
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    parent = subprocess.Popen(
-        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     calls = 0
     try:
         with PredictorClient(f"127.0.0.1:{port}") as probe:
