@@ -27,6 +27,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # feature server's workers), and every process started from that one inherits them.
 _MULTIPROC_VARS = (MULTIPROC_ENV, "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
 CHILD_ENV = "AUGUR_SUPERVISED"  # set for the children of serve_many, and only for them
+TERMINATED = 143  # how `augur` exits on SIGTERM before `serve` installs its drain handler
 # What Feast names the directory its import makes up when none is set (feast.metrics): a
 # temporary folder it removes at exit, not one an operator chose.
 _FEAST_DIR_PREFIX = "feast_metrics_"
@@ -111,7 +112,16 @@ def serve_many(config: Config, config_path: Path | None) -> int:
             multiprocess.mark_process_dead(child.pid)
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    return code or max((c.returncode or 0) for c in children)
+    return code or max(_exit_code(c.returncode, stopping.is_set()) for c in children)
+
+
+def _exit_code(returncode: int | None, stopped: bool) -> int:
+    """A child's exit as the replica's. After a requested stop, a child the SIGTERM caught
+    still starting (it exits as the CLI does on SIGTERM, 143, or by the signal itself) had
+    no calls to drain: that is a clean stop too, not a failure to report."""
+    if stopped and returncode in (TERMINATED, -signal.SIGTERM):
+        return 0
+    return returncode or 0
 
 
 def _operators_dir() -> Path | None:

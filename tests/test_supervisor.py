@@ -118,6 +118,22 @@ def test_two_processes_keep_out_of_the_directory_feasts_import_made(
     assert "made up by Feast's import" in parent.stdout.read().decode()
 
 
+def test_a_stop_while_the_processes_start_is_a_clean_stop(fraud_repo, model_repo, tmp_path):
+    """SIGTERM as the supervisor has just started its children (a rollout that changes its
+    mind): none has served a call, so the replica stops with 0, not a child's 143."""
+    config, _, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
+    parent = _serve(config, {})
+    try:
+        for line in parent.stdout:  # logged once both children are started
+            if b"started 2 server processes" in line:
+                break
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_repo, tmp_path):
     config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo, processes=2)
     metrics_dir = tmp_path / "metrics"
