@@ -38,10 +38,12 @@ def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
             n = 10_000
             entities = {"user_id": rng.integers(0, 400, n), "merchant_id": rng.integers(0, 80, n)}
             results: list[tuple[float, float, str]] = []  # (sent, answered, outcome)
+            pending: list[float] = []  # when the call not yet answered was sent
 
             def call() -> None:
                 while len(results) < 20:  # large calls back to back until the server refuses
                     sent = time.monotonic()
+                    pending[:] = [sent]
                     try:
                         shape = client.predict(
                             "fraud_mlp", entities, {"amount": np.ones(n)}, timeout=30
@@ -49,15 +51,25 @@ def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
                         outcome = "OK" if shape == (n, 1) else f"shape {shape}"
                     except grpc.RpcError as e:
                         outcome = e.code().name
+                    pending.clear()
                     results.append((sent, time.monotonic(), outcome))
                     if outcome != "OK":
                         return
 
             worker = threading.Thread(target=call)
             worker.start()
-            while not results:  # one full call first, so the next is surely mid-flight
+            while not results:  # one full call first, to learn how long one takes
                 time.sleep(0.01)
-            time.sleep(0.05)
+            # SIGTERM a quarter of a call's time after the next was sent: the server has
+            # accepted it by then. A SIGTERM a few ms after the send can beat the call to
+            # the server, which then cancels it rather than draining it.
+            quarter = (results[0][1] - results[0][0]) / 4
+            give_up = time.monotonic() + 30
+            while time.monotonic() < give_up:
+                sent = pending[:1]
+                if sent and time.monotonic() - sent[0] >= quarter:
+                    break
+                time.sleep(0.001)
             sigterm_at = time.monotonic()
             process.send_signal(signal.SIGTERM)
             worker.join(60)
