@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -30,6 +31,7 @@ from predictor.admin import AdminServicer
 from predictor.lifecycle import ModelManager
 from predictor.repository import ModelRepository
 from predictor.servicer import PredictorServicer
+from predictor.supervisor import supervisor_pid
 from proto.augur.v1 import admin_pb2, admin_pb2_grpc
 from proto.augur.v1 import predictor_pb2 as pb
 from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
@@ -185,7 +187,13 @@ def serve(config: Config) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    # A child of serve_many whose supervisor died (SIGKILL, the OOM killer) would go on
+    # holding the port, its metrics served by nobody: it stops too, as if told to.
+    supervisor = supervisor_pid()
+    while not stop.wait(1.0):
+        if supervisor is not None and os.getppid() != supervisor:
+            log.error("the supervisor (pid %d) is gone; stopping", supervisor)
+            break
     log.info("stopping: draining in-flight calls for up to %.1fs", running.grace_seconds)
     running.stop()
     log.info("stopped")

@@ -26,7 +26,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Both names prometheus_client reads; importing Feast sets both (feast.metrics, for its own
 # feature server's workers), and every process started from that one inherits them.
 _MULTIPROC_VARS = (MULTIPROC_ENV, "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
-CHILD_ENV = "AUGUR_SUPERVISED"  # set for the children of serve_many, and only for them
+# Set for the children of serve_many, and only for them: the supervisor's pid.
+CHILD_ENV = "AUGUR_SUPERVISED"
 TERMINATED = 143  # how `augur` exits on SIGTERM before `serve` installs its drain handler
 # What Feast names the directory its import makes up when none is set (feast.metrics): a
 # temporary folder it removes at exit, not one an operator chose.
@@ -42,7 +43,7 @@ def metrics_in_memory() -> None:
     directory: a lock, a pid check and an mmap write per update, 15-20% of a busy server's
     throughput (measured with 64 callers), for an aggregation nobody reads, since a lone
     process serves its own metrics."""
-    if os.environ.get(CHILD_ENV) == "1":
+    if supervisor_pid() is not None:
         return
     for name in _MULTIPROC_VARS:
         inherited = os.environ.pop(name, None)
@@ -50,6 +51,12 @@ def metrics_in_memory() -> None:
             log.info(
                 "ignoring %s=%s: a lone server process keeps metrics in memory", name, inherited
             )
+
+
+def supervisor_pid() -> int | None:
+    """The pid of the serve_many that started this process; None when it runs alone."""
+    value = os.environ.get(CHILD_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 def serve_many(config: Config, config_path: Path | None) -> int:
@@ -61,7 +68,7 @@ def serve_many(config: Config, config_path: Path | None) -> int:
     env = {
         **os.environ,
         MULTIPROC_ENV: str(metrics_dir),
-        CHILD_ENV: "1",
+        CHILD_ENV: str(os.getpid()),
         "AUGUR_SERVER__PROCESSES": "1",
         "AUGUR_SERVER__REUSE_PORT": "true",
         "AUGUR_SERVER__METRICS_PORT": "0",

@@ -1,6 +1,7 @@
 """`server.processes: 2`: two server processes share one port, metrics add up across them;
 one process keeps its metrics in memory whatever multiprocess directory it inherits."""
 
+import contextlib
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import psutil
 from prometheus_client.mmap_dict import MmapedDict
 
 from featurestore.redis_server import free_port
@@ -130,6 +132,28 @@ def test_a_stop_while_the_processes_start_is_a_clean_stop(fraud_repo, model_repo
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(60) == 0
     finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_the_processes_stop_when_their_supervisor_is_killed(fraud_repo, model_repo, tmp_path):
+    """A supervisor killed outright (SIGKILL, the OOM killer) must not leave its children
+    serving on the port with nobody to stop them."""
+    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
+    parent = _serve(config, {})
+    children: list[psutil.Process] = []
+    try:
+        _predict_a_few(port, parent, 1)
+        children = psutil.Process(parent.pid).children()
+        assert len(children) == 2
+        parent.kill()
+        parent.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [c.cmdline() for c in alive]
+    finally:
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         if parent.poll() is None:
             parent.kill()
 
