@@ -14,6 +14,7 @@ from pathlib import Path
 
 from augur import config as config_mod
 from augur import logs, models_cmd
+from predictor.supervisor import TERMINATED
 
 _CONFIG_HELP = (
     "Augur config file (YAML); options can be overridden by AUGUR_<SECTION>__<OPTION> "
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure()
     # SIGTERM ends a command like Ctrl-C does, so what it started (an embedded Redis, a
     # predictor process) is stopped on the way out; `serve` installs its own drain handler.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(TERMINATED))
     try:
         return args.handler(args, cfg) or 0
     except KeyboardInterrupt:

@@ -54,8 +54,9 @@ class RedisFloor:
         from bench.inprocess import floor_payloads
         from featurestore.connection import connect
         from featurestore.plan import ReadPlan
-        from featurestore.resp import OwnConnections
+        from featurestore.resp import OwnConnections, round_trip
 
+        self._round_trip = round_trip  # imported here: the plain echo floor needs none of it
         self._client = connect(address)
         self._own = OwnConnections(self._client)
         self._pack = floor_payloads(ReadPlan.from_json(plan_path.read_text()), "vectors")
@@ -63,8 +64,6 @@ class RedisFloor:
 
     def round_trip(self, request: pb.PredictRequest) -> list:
         """The replies of the request's keys' HMGETs, undecoded."""
-        from featurestore.resp import round_trip
-
         seen = request.SerializeToString(deterministic=True)
         packed = self._packed.get(seen)
         if packed is None:
@@ -73,7 +72,7 @@ class RedisFloor:
                 for name, column in request.entities.items()
             }
             packed = self._packed.setdefault(seen, self._pack(entities))
-        return round_trip(self._client, *packed, own=self._own)
+        return self._round_trip(self._client, *packed, own=self._own)
 
 
 def row_count(request: pb.PredictRequest) -> int:

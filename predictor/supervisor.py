@@ -28,7 +28,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _MULTIPROC_VARS = (MULTIPROC_ENV, "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
 # Set for the children of serve_many, and only for them: the supervisor's pid.
 CHILD_ENV = "AUGUR_SUPERVISED"
-TERMINATED = 143  # how `augur` exits on SIGTERM before `serve` installs its drain handler
+TERMINATED = 143  # `augur`'s exit on SIGTERM before `serve` installs its drain handler
 # What Feast names the directory its import makes up when none is set (feast.metrics): a
 # temporary folder it removes at exit, not one an operator chose.
 _FEAST_DIR_PREFIX = "feast_metrics_"

@@ -1,5 +1,7 @@
-"""`server.processes: 2`: two server processes share one port, metrics add up across them;
-one process keeps its metrics in memory whatever multiprocess directory it inherits."""
+"""`server.processes: 2`: two server processes share one port, metrics add up across them
+(in a directory of their own, never Feast's), a stop is clean even mid-start, and the
+processes stop when their supervisor is killed; one process keeps its metrics in memory
+whatever multiprocess directory it inherits."""
 
 import contextlib
 import os
