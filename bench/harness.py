@@ -286,16 +286,13 @@ def _serve_and_load(
         command = targets.echo_command(scenario, port)
     server = targets.start(target, command, port, scenario.model, work)
     try:
-        plan = {
-            "address": server.address,
-            "model": scenario.model,
-            "server_pid": server.process.pid,
-            "timeout_s": 10.0,
-            "warmup_requests": 20 if profile is QUICK else 200,
-            "warmup_seconds": 2.0,
-            "pools": {str(n): pools[n] for n in sorted({s["rows"] for s in steps})},
-            "steps": steps,
-        }
+        plan = targets.load_plan(
+            server,
+            scenario.model,
+            {str(n): pools[n] for n in sorted({s["rows"] for s in steps})},
+            steps,
+            warmup_requests=20 if profile is QUICK else 200,
+        )
         budget = len(steps) * (profile.step_seconds + 12) + 120
         series = json.loads(_subprocess("bench.load", plan, work / f"load-{target}", budget))
         rss_after, rss_peak = server.rss_mb(), server.rss_mb(peak=True)

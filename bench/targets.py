@@ -121,6 +121,28 @@ def start(name: str, command: list[str], port: int, model: str, work: Path) -> S
     return server
 
 
+def load_plan(
+    server: ServerProcess,
+    model: str,
+    pools: dict[str, list],
+    steps: list[dict],
+    warmup_requests: int = 200,
+    warmup_seconds: float = 2.0,
+) -> dict:
+    """What bench/load.py runs against `server`: warm-up, then `steps` from `pools` (row
+    count -> requests), reading the server's CPU time as it goes."""
+    return {
+        "address": server.address,
+        "model": model,
+        "server_pid": server.process.pid,
+        "timeout_s": 10.0,
+        "warmup_requests": warmup_requests,
+        "warmup_seconds": warmup_seconds,
+        "pools": pools,
+        "steps": steps,
+    }
+
+
 def wait_serving(server: ServerProcess, model: str, timeout_s: float) -> None:
     """Poll health every 20 ms. Not PredictorClient.wait_serving: its channel backs off
     reconnecting (1 s and growing) while the port is still closed, which would add up to

@@ -165,3 +165,22 @@ def test_report_files_are_written_and_nothing_is_left_behind(quick_run):
         if str(work) in " ".join(p.info["cmdline"] or [])
     ]
     assert not leftovers
+
+
+@pytest.mark.slow
+def test_the_batching_comparison_counts_each_servers_reads(tmp_path):
+    from bench import batching
+
+    rows = batching.run("fraud", rounds=1, callers=4, seconds=1.0, quick=True, workdir=tmp_path)
+    by_server = {row["server"]: row for row in rows}
+    assert list(by_server) == list(batching.SERVERS)
+    assert all(row["ok"] > 0 and not row["errors"] for row in rows)
+    assert by_server["off"]["reads_per_call"] == 1  # every call reads alone
+    assert by_server["off"]["calls_per_batch"] is None
+    batched = by_server["batching"]
+    # a batch is one read however many calls it carries
+    assert batched["reads_per_call"] * batched["calls_per_batch"] == pytest.approx(1, abs=0.01)
+    # the ceiling scores the first call for real and answers the rest from memory
+    assert 0 < by_server["ceiling"]["reads_per_call"] < 0.01
+    assert "| ceiling |" in batching.table(rows)
+    assert not list(tmp_path.iterdir())  # the scenario folder is gone

@@ -1,0 +1,170 @@
+"""Where dynamic batching's throughput goes: Augur with batching off, with batching on, and
+with each call's read, assembly and model call made free, in alternating rounds.
+
+    python -m bench.batching [--scenario fraud|wide] [--rounds 3] [--callers 64] [--seconds 5]
+
+Each round starts, in turn: `augur serve` with batching off; with batching on as `make
+bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000); and
+bench/ceiling_server.py, the same server with the three stages answered from memory, which
+is the throughput any batching could approach. Closed-loop callers send 1-row Predicts
+from another process (bench/load.py), which also reads the server's CPU time per call;
+calls per batch come from the server's own metrics. These machines drift by tens of
+percent within minutes, so the rounds alternate the servers and the ratios are taken
+within a round. Prints a Markdown table; not part of `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench import scenarios, targets
+from bench.harness import _subprocess
+from featurestore.redis_server import EmbeddedRedis, free_port
+
+# name -> server options; "ceiling" is bench/ceiling_server.py with the options of "off"
+SERVERS = {
+    "off": {},
+    "batching": {"batch_max_rows": 64, "batch_max_delay_us": 1000},
+    "ceiling": {},
+}
+COLUMNS = (
+    "throughput_rps",
+    "p50_ms",
+    "p99_ms",
+    "server_cpu_ms_per_req",
+    "calls_per_batch",
+    "reads_per_call",
+)
+
+
+def run(
+    scenario_name: str,
+    rounds: int,
+    callers: int,
+    seconds: float,
+    quick: bool = False,
+    workdir: Path | None = None,
+) -> list[dict]:
+    """One row per server and round; the temporary folder and every process started are
+    gone when this returns."""
+    with tempfile.TemporaryDirectory(prefix="augur-batching-", dir=workdir) as tmp:
+        work = Path(tmp)
+        with EmbeddedRedis(data_dir=work / "redis") as redis:
+            scenario = scenarios.build(scenario_name, work, redis.address, quick)
+            scenarios.set_compile(scenario, "lleaves")
+            pool = scenarios.requests(scenario, 1, 256)
+            rows = []
+            for round_ in range(rounds):
+                for name, options in SERVERS.items():
+                    began = time.perf_counter()
+                    row = _measure(name, options, scenario, pool, callers, seconds, work)
+                    rows.append({"round": round_, "server": name, **row})
+                    print(
+                        f"[round {round_ + 1}/{rounds}] {name}: {row['throughput_rps']:.0f} "
+                        f"calls/s ({time.perf_counter() - began:.0f}s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            return rows
+
+
+def _measure(name, options, scenario, pool, callers, seconds, work: Path) -> dict:
+    port, metrics_port = free_port(), free_port()
+    command = targets.augur_command(scenario, work, port, {**options, "metrics_port": metrics_port})
+    if name == "ceiling":  # the config augur_command wrote, served by the instrument
+        command = [sys.executable, "-m", "bench.ceiling_server", "--config", command[-1]]
+    server = targets.start(name, command, port, scenario.model, work)
+    try:
+        step = {
+            "rows": 1,
+            "mode": "closed",
+            "concurrency": callers,
+            "max_requests": 10**6,
+            "max_seconds": seconds,
+        }
+        plan = targets.load_plan(
+            server, scenario.model, {"1": pool}, [step], warmup_seconds=min(2.0, seconds)
+        )
+        out = _subprocess("bench.load", plan, work / f"load-{name}", seconds + 120)
+        (measured,) = json.loads(out)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+    finally:
+        server.stop()
+    calls = _sample(metrics, r'augur_requests_total\{(?=[^}]*method="Predict")(?=[^}]*code="OK")')
+    return {
+        "ok": measured["ok"],
+        "errors": measured["errors"],
+        **{k: measured[k] for k in COLUMNS[:4]},
+        "calls_per_batch": _ratio(
+            _sample(metrics, r"augur_batch_calls_sum\{"),
+            _sample(metrics, r"augur_batch_calls_count\{"),
+        ),
+        # Feature reads the server made per call answered (warm-up included): 1 when each
+        # call reads alone, 1/calls-per-batch when batched, ~0 for the ceiling server
+        "reads_per_call": _ratio(
+            _sample(metrics, r'augur_stage_latency_seconds_count\{[^}]*stage="features"'), calls
+        ),
+    }
+
+
+def _sample(metrics: str, prefix: str) -> float:
+    """The sum of the samples whose line matches the pattern `prefix` (0 when none)."""
+    return sum(float(v) for v in re.findall(rf"^{prefix}[^\n]* (\S+)$", metrics, re.M))
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def table(rows: list[dict]) -> str:
+    """Median of each column over the rounds, and throughput against batching off."""
+    off = {r["round"]: r["throughput_rps"] for r in rows if r["server"] == "off"}
+    lines = [
+        "| server | calls/s | vs off (per round) | p50 ms | p99 ms | server CPU ms/call "
+        "| calls/batch | reads/call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in SERVERS:
+        mine = [r for r in rows if r["server"] == name]
+        ratios = ", ".join(f"{r['throughput_rps'] / off[r['round']]:.2f}x" for r in mine)
+        cells = [_median([r[c] for r in mine if r[c] is not None]) for c in COLUMNS]
+        lines.append(
+            f"| {name} | {cells[0]} | {ratios} | {cells[1]} | {cells[2]} | {cells[3]} "
+            f"| {cells[4]} | {cells[5]} |"
+        )
+    return "\n".join(lines)
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.4g}" if values else "-"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=("fraud", "wide"), default="fraud")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--callers", type=int, default=64, help="closed-loop callers (64)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load per server (5 s)")
+    parser.add_argument("--quick", action="store_true", help="a toy scenario: the smoke test")
+    parser.add_argument("--workdir", type=Path, help="where the temporary scenario folder goes")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.callers < 1 or args.seconds <= 0:
+        parser.error("--rounds and --callers must be at least 1, --seconds above 0")
+    rows = run(args.scenario, args.rounds, args.callers, args.seconds, args.quick, args.workdir)
+    for row in rows:
+        print(json.dumps(row))
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
