@@ -3,8 +3,9 @@ dynamic batching can approach.
 
     python -m bench.ceiling_server --config augur.yaml
 
-A batch big enough makes the read, assembly and model call per call vanish, and leaves what
-every call still costs: gRPC, decoding the request, building the reply, the metrics. This
+A batch big enough makes the read, assembly and model call per call vanish (and their stage
+metrics, which a batch records once), and leaves what every call still costs: gRPC,
+decoding the request, building the reply, the call's own metrics. This
 server is `augur serve` (one process) with those three stages answered from memory: the
 first call of each row count is scored for real, later calls of that row count get its
 answer back. Not a model server: an instrument, like bench/echo_server.py.
