@@ -31,6 +31,7 @@ class Call:
     rows: int
     deadline: float | None  # monotonic time the caller gives up, None: no deadline
     route: Any
+    queued: float = 0.0  # perf_counter when it joined the queue
     result: Any = None
     error: BaseException | None = None
     # Released when the call's batch is done. A bare lock, not an Event: Event's wait and
@@ -58,11 +59,16 @@ class Batcher:
             self._arriving += 1
         return Arrival(self)
 
+    def waiting(self) -> int:
+        """Calls queued and not yet taken into a batch."""
+        return self._queue.qsize()
+
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(5)
 
     def _submit(self, call: Call) -> Any:
+        call.queued = time.perf_counter()
         self._queue.put(call)  # queued before it stops counting as arriving: never neither
         self._arrived()
         call.done.acquire()

@@ -42,7 +42,8 @@ LATENCY = Histogram(
 )
 STAGE = Histogram(
     "augur_stage_latency_seconds",
-    "Latency of one stage of a call: features, assemble, inference",
+    "Latency of one stage of a call: queue (waiting for its dynamic batch), features, "
+    "assemble, inference",
     ["model", "stage"],
     buckets=_LATENCY,
 )
@@ -90,6 +91,7 @@ class ModelMetrics:
     """One model's label children, bound once, so that scoring a call looks up no labels."""
 
     def __init__(self, model: str):
+        self.queue = STAGE.labels(model, "queue")  # batching on only
         self.features = STAGE.labels(model, "features")
         self.assemble = STAGE.labels(model, "assemble")
         self.inference = STAGE.labels(model, "inference")
@@ -198,6 +200,12 @@ BATCH_ROWS = Histogram(
     "Rows per dynamic batch (one feature read and one model call)",
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+BATCH_QUEUE = Gauge(
+    "augur_batch_queue_depth",
+    "Calls of a model left waiting for a dynamic batch when its latest batch closed",
+    ["model"],
+    multiprocess_mode="livesum",
 )
 BATCH_CALLS = Histogram(
     "augur_batch_calls",

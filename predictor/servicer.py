@@ -247,9 +247,15 @@ class PredictorServicer(pb_grpc.PredictorServicer):
 
     def _score_calls(self, calls: list[Call]) -> None:
         """One batch: calls routed alike share one read and one model call, then split."""
+        began = time.perf_counter()
         groups: dict[int, list[Call]] = {}
         for call in calls:
             groups.setdefault(id(call.route), []).append(call)
+        name = calls[0].route.name  # one batcher per model: every call is for this model
+        queue = metrics.for_model(name).queue
+        for call in calls:
+            queue.observe(began - call.queued)
+        metrics.BATCH_QUEUE.labels(name).set(self._batchers[name].waiting())
         for group in groups.values():
             route = group[0].route
             keys = group[0].entities.keys()

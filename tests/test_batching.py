@@ -1,6 +1,6 @@
 """Dynamic batching: concurrent calls merge into shared reads and model calls, and every
 caller gets exactly the answer it would have got alone; a batch waits only for calls on
-their way."""
+their way; each call's wait in the queue, and the queue's depth, are metrics."""
 
 import threading
 
@@ -25,6 +25,7 @@ def test_concurrent_calls_share_batches_and_get_their_own_answers(fraud_repo, mo
     running = start(config)
     calls_before = _sample("augur_batch_calls_sum", model="fraud_mlp")
     batches_before = _sample("augur_batch_calls_count", model="fraud_mlp")
+    waits_before = _sample("augur_stage_latency_seconds_count", model="fraud_mlp", stage="queue")
     requests = [
         (
             {"user_id": [i, i + 1], "merchant_id": [i % 80, (i + 7) % 80]},
@@ -60,6 +61,10 @@ def test_concurrent_calls_share_batches_and_get_their_own_answers(fraud_repo, mo
     batches = _sample("augur_batch_calls_count", model="fraud_mlp") - batches_before
     assert calls == len(requests)
     assert batches < calls  # some calls shared a batch
+    # each call's wait for its batch is timed, and the queue it left behind is reported
+    waits = _sample("augur_stage_latency_seconds_count", model="fraud_mlp", stage="queue")
+    assert waits - waits_before == len(requests)
+    assert REGISTRY.get_sample_value("augur_batch_queue_depth", {"model": "fraud_mlp"}) >= 0
 
 
 def test_a_lone_call_is_not_held_for_the_batch_delay(fraud_repo, model_repo, client):
