@@ -66,10 +66,14 @@ class ServerConfig:
 
     @property
     def handler_threads(self) -> int:
+        return self.threads_for(self.batch_max_rows)
+
+    def threads_for(self, batch_max_rows: int) -> int:
+        """gRPC handler threads for a server whose largest batch is `batch_max_rows` rows."""
         if self.workers > 0:
             return self.workers
-        if self.batch_max_rows > 0:  # a call waiting for its batch holds a thread, not the GIL
-            return max(2, min(self.batch_max_rows, self.max_in_flight))
+        if batch_max_rows > 0:  # a call waiting for its batch holds a thread, not the GIL
+            return max(2, min(batch_max_rows, self.max_in_flight))
         return 2
 
 

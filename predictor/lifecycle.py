@@ -214,6 +214,7 @@ class ModelManager:
             guard,
             shadow,
             threshold,
+            spec.batching,
         )
         if previous is not None and _same(previous, route):
             return previous
@@ -258,4 +259,5 @@ def _same(a: Route, b: Route) -> bool:
         and a.guard is b.guard
         and a.sticky_key == b.sticky_key
         and a.shadow_threshold == b.shadow_threshold
+        and a.batching == b.batching
     )

@@ -1,7 +1,8 @@
 """The model repository on disk: models/<name>/model.yaml and immutable versions beside it.
 
     models/<name>/model.yaml    what the model is (kind, feature service, request features,
-                                outputs), how it runs (device, compile) and how it is served:
+                                outputs), how it runs (device, compile, batching) and how
+                                it is served:
                                 aliases (stable: v2), canary (version, weight, guardrails),
                                 shadow, last rollback
     models/<name>/<version>/    model.txt (LightGBM) or model.pt (TorchScript), metadata.json
@@ -69,6 +70,15 @@ class ShadowSpec:
 
 
 @dataclass(frozen=True)
+class BatchingSpec:
+    """A model's own dynamic batching (model.yaml `batching`), in Triton's terms; it
+    overrides server.batch_max_rows and server.batch_max_delay_us for this model."""
+
+    max_batch_size: int  # rows a batch closes at; 0: this model's calls are scored alone
+    max_queue_delay_us: int | None = None  # None: the server's batch_max_delay_us
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     kind: str
@@ -84,6 +94,7 @@ class ModelSpec:
     # flagged `degraded`) when the online store cannot be read
     on_feature_store_error: str = "unavailable"
     compile: str = "none"
+    batching: BatchingSpec | None = None  # None: the server's batching settings
 
 
 @dataclass(frozen=True)
@@ -350,6 +361,7 @@ def _parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
     if raw.get("shadow"):
         s = raw["shadow"]
         shadow = ShadowSpec(str(s["version"]), float(s.get("threshold", 0.5)))
+    batching = _parse_batching(raw.get("batching"), path)
     return ModelSpec(
         name,
         kind,
@@ -363,4 +375,31 @@ def _parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         raw.get("last_rollback"),
         policy,
         compiler,
+        batching,
     )
+
+
+def _parse_batching(raw: object, path: Path) -> BatchingSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RepositoryError(
+            f"{path}: batching must be a mapping (max_batch_size, max_queue_delay_us), got {raw!r}"
+        )
+    unknown = sorted(set(raw) - {"max_batch_size", "max_queue_delay_us"})
+    if unknown:
+        raise RepositoryError(
+            f"{path}: batching.{unknown[0]} is not an option; batching takes "
+            f"max_batch_size and max_queue_delay_us"
+        )
+    values = {}
+    for key in ("max_batch_size", "max_queue_delay_us"):
+        value = raw.get(key)
+        if value is None and key == "max_queue_delay_us":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RepositoryError(
+                f"{path}: batching.{key} must be a whole number >= 0, got {value!r}"
+            )
+        values[key] = value
+    return BatchingSpec(**values)

@@ -2,6 +2,7 @@
 
 A `Route` is immutable; the model manager builds a new one on every change and swaps it
 in with one assignment, so a request sees one consistent routing table from start to end.
+It carries model.yaml's batching too, so an edit takes effect without a new version.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from predictor.guardrails import CanaryGuard
 from predictor.models import ServingModel
+from predictor.repository import BatchingSpec
 
 _BUCKETS = 10_000
 
@@ -29,6 +31,7 @@ class Route:
     guard: CanaryGuard | None = None
     shadow: ServingModel | None = None
     shadow_threshold: float = 0.5
+    batching: BatchingSpec | None = None  # model.yaml's, read on every refresh
 
     def named(self, version: str) -> ServingModel | None:
         """A loaded version by id or alias (`canary` names the canary while there is one)."""

@@ -121,7 +121,8 @@ def start(config: Config) -> RunningServer:
     limit = config.server.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=config.server.handler_threads, thread_name_prefix="augur-grpc"
+            max_workers=config.server.threads_for(_largest_batch(config, manager)),
+            thread_name_prefix="augur-grpc",
         ),
         options=[
             ("grpc.max_receive_message_length", limit),
@@ -178,6 +179,13 @@ def start(config: Config) -> RunningServer:
         admin_server,
         admin_port,
     )
+
+
+def _largest_batch(config: Config, manager: ModelManager) -> int:
+    """The most rows a batch may hold, over the server's setting and the models serving now
+    (a model that turns batching on later gets the threads set here, or server.workers)."""
+    own = [r.batching.max_batch_size for r in manager.routes.values() if r.batching is not None]
+    return max([config.server.batch_max_rows, *own])
 
 
 def serve(config: Config) -> None:

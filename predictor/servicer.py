@@ -232,17 +232,27 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         return Scored(rows, batch, scores, row_versions, degraded)
 
     def _batcher(self, route: Route) -> Batcher | None:
-        if self.batch_max_rows <= 0:
+        """The model's batcher, or None when its calls are scored alone: model.yaml's
+        `batching` where it has one, else the server's batch_max_rows / batch_max_delay_us."""
+        own = route.batching
+        if own is None:
+            rows, delay_s = self.batch_max_rows, self.batch_max_delay_s
+        else:
+            rows = own.max_batch_size
+            delay_us = own.max_queue_delay_us
+            delay_s = self.batch_max_delay_s if delay_us is None else delay_us / 1e6
+        if rows <= 0:
             return None
         batcher = self._batchers.get(route.name)
         if batcher is None:
             with self._batchers_lock:
                 batcher = self._batchers.get(route.name)
                 if batcher is None:
-                    batcher = Batcher(
-                        route.name, self._score_calls, self.batch_max_rows, self.batch_max_delay_s
-                    )
+                    batcher = Batcher(route.name, self._score_calls, rows, delay_s)
                     self._batchers[route.name] = batcher
+        elif batcher.max_rows != rows or batcher.max_delay_s != delay_s:
+            # model.yaml changed while serving: the batches that close from now on follow it
+            batcher.max_rows, batcher.max_delay_s = rows, delay_s
         return batcher
 
     def _score_calls(self, calls: list[Call]) -> None:

@@ -2,6 +2,7 @@
 caller gets exactly the answer it would have got alone; a batch waits only for calls on
 their way; each call's wait in the queue, and the queue's depth, are metrics."""
 
+import shutil
 import threading
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from predictor.client import PredictorClient
-from predictor.server import start
+from predictor.server import _largest_batch, start
 from tests.conftest import server_config
 
 
@@ -88,3 +89,49 @@ def test_a_lone_call_is_not_held_for_the_batch_delay(fraud_repo, model_repo, cli
     alone = client.predict("fraud_mlp", entities, amounts).scores
     np.testing.assert_allclose(first, alone, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(again, alone, rtol=1e-6, atol=1e-7)
+
+
+def test_a_model_yaml_turns_batching_on_for_its_model_only(fraud_repo, model_repo, tmp_path):
+    """model.yaml's `batching` overrides the server's settings for that model: fraud_mlp
+    batches on a server whose batching is off, fraud_lgbm beside it scores each call alone."""
+    models = tmp_path / "models"
+    shutil.copytree(model_repo, models)
+    spec = models / "fraud_mlp" / "model.yaml"
+    spec.write_text(spec.read_text() + "batching: {max_batch_size: 64, max_queue_delay_us: 3000}\n")
+    config = server_config(fraud_repo, models)
+    assert config.server.batch_max_rows == 0
+    running = start(config)
+    # handler threads are sized for the largest batch of the models serving at start
+    assert _largest_batch(config, running.manager) == 64
+    before = {m: _sample("augur_batch_calls_sum", model=m) for m in ("fraud_mlp", "fraud_lgbm")}
+    batches_before = _sample("augur_batch_calls_count", model="fraud_mlp")
+    entities, amounts = {"user_id": [4, 5], "merchant_id": [6, 7]}, {"amount": [1.0, 2.0]}
+    failures: list[str] = []
+
+    def caller() -> None:
+        with PredictorClient(f"127.0.0.1:{running.port}", timeout=10) as own:
+            for _ in range(10):
+                for model in ("fraud_mlp", "fraud_lgbm"):
+                    try:
+                        own.predict(model, entities, amounts)
+                    except Exception as e:
+                        failures.append(repr(e))
+
+    try:
+        threads = [threading.Thread(target=caller) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        # an edit of model.yaml applies on the next refresh, with no new version
+        spec.write_text(spec.read_text().replace("max_batch_size: 64", "max_batch_size: 0"))
+        running.manager.refresh()
+        route = running.manager.route("fraud_mlp")
+        assert route.batching.max_batch_size == 0
+        assert running.servicer._batcher(route) is None
+    finally:
+        running.stop()
+    assert failures == []
+    assert _sample("augur_batch_calls_sum", model="fraud_mlp") - before["fraud_mlp"] == 80
+    assert _sample("augur_batch_calls_count", model="fraud_mlp") - batches_before < 80
+    assert _sample("augur_batch_calls_sum", model="fraud_lgbm") == before["fraud_lgbm"]

@@ -8,7 +8,7 @@ import pytest
 
 from featurestore.repo import build_plans
 from predictor.models import ModelLoadError, load_model
-from predictor.repository import ModelRepository, RepositoryError
+from predictor.repository import BatchingSpec, ModelRepository, RepositoryError
 
 
 @pytest.fixture
@@ -44,6 +44,26 @@ def test_publish_adds_the_next_version_and_keeps_aliases(repo_copy):
     assert repo_copy.resolve("fraud_lgbm").version == "v1"  # stable alias wins over newest
     assert repo_copy.resolve("fraud_lgbm", "v2").version == "v2"
     assert repo_copy.spec("fraud_lgbm").aliases == {"stable": "v1"}
+
+
+def test_batching_in_model_yaml_is_read_and_checked_by_name(repo_copy):
+    path = repo_copy.root / "fraud_mlp" / "model.yaml"
+    base = path.read_text()
+    assert repo_copy.spec("fraud_mlp").batching is None  # the server's settings apply
+    path.write_text(base + "batching: {max_batch_size: 32, max_queue_delay_us: 2000}\n")
+    assert repo_copy.spec("fraud_mlp").batching == BatchingSpec(32, 2000)
+    path.write_text(base + "batching: {max_batch_size: 0}\n")  # this model: off
+    assert repo_copy.spec("fraud_mlp").batching == BatchingSpec(0, None)
+    for bad, named in (
+        ("batching: 64", "batching must be a mapping"),
+        ("batching: {max_batch_size: -1}", "batching.max_batch_size"),
+        ("batching: {max_batch_size: 8, max_queue_delay_us: 0.5}", "batching.max_queue_delay_us"),
+        ("batching: {max_queue_delay_us: 100}", "batching.max_batch_size"),
+        ("batching: {max_batch_size: 8, max_delay: 100}", "batching.max_delay is not an option"),
+    ):
+        path.write_text(base + bad + "\n")
+        with pytest.raises(RepositoryError, match=named):
+            repo_copy.spec("fraud_mlp")
 
 
 def test_unknown_version_is_an_error(repo_copy):
