@@ -215,6 +215,7 @@ class ModelManager:
             shadow,
             threshold,
             spec.batching,
+            spec.on_feature_store_error,
         )
         if previous is not None and _same(previous, route):
             return previous
@@ -260,4 +261,5 @@ def _same(a: Route, b: Route) -> bool:
         and a.sticky_key == b.sticky_key
         and a.shadow_threshold == b.shadow_threshold
         and a.batching == b.batching
+        and a.on_feature_store_error == b.on_feature_store_error
     )

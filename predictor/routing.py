@@ -2,7 +2,8 @@
 
 A `Route` is immutable; the model manager builds a new one on every change and swaps it
 in with one assignment, so a request sees one consistent routing table from start to end.
-It carries model.yaml's batching too, so an edit takes effect without a new version.
+It carries model.yaml's batching and feature-store error policy too, so an edit of either
+takes effect at the next refresh, with no new version.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ class Route:
     guard: CanaryGuard | None = None
     shadow: ServingModel | None = None
     shadow_threshold: float = 0.5
-    batching: BatchingSpec | None = None  # model.yaml's, read on every refresh
+    # model.yaml's serving settings, read on every refresh (a loaded version keeps the
+    # model.yaml of its load time): dynamic batching, and what a failed feature read does
+    batching: BatchingSpec | None = None
+    on_feature_store_error: str = "unavailable"
 
     def named(self, version: str) -> ServingModel | None:
         """A loaded version by id or alias (`canary` names the canary while there is one)."""

@@ -22,7 +22,6 @@ from predictor.codec import decode_entities, decode_request_features, feature_st
 from predictor.errors import RequestError, deadline_exceeded, invalid, not_found, shown
 from predictor.lifecycle import ModelManager
 from predictor.models import ServingModel
-from predictor.repository import ModelSpec
 from predictor.routing import Route
 from predictor.shadow import ShadowScorer
 from proto.augur.v1 import predictor_pb2 as pb
@@ -194,10 +193,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         deadline: float | None,
     ) -> Scored:
         """Read, assemble and score rows (one call's, or a batch's): the request path."""
-        spec = model.version.spec
         name = route.name
         t0 = time.perf_counter()
-        rows, degraded = self._features(model.plan, entities, deadline, spec)
+        rows, degraded = self._features(model.plan, entities, deadline, route)
         t1 = time.perf_counter()
         if deadline is not None and time.monotonic() > deadline:
             metrics.DEADLINE_DROPPED.labels(name, "inference").inc()
@@ -294,10 +292,11 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         plan: ReadPlan,
         entities: Mapping[str, list],
         deadline: float | None,
-        spec: ModelSpec | None,
+        route: Route | None,
     ) -> tuple[FeatureRows, bool]:
         """Read features within the call's deadline, through the circuit breaker. On failure:
-        UNAVAILABLE, or declared defaults (flagged degraded) where the model's policy says so."""
+        UNAVAILABLE, or declared defaults (flagged degraded) where the model's policy says so
+        (`route` None: no model, no policy)."""
         # Keep a fifth of what is left for scoring and answering: a reply after the caller's
         # deadline is wasted work, an UNAVAILABLE before it lets the caller fall back.
         budget = None if deadline is None else max(deadline - time.monotonic(), 0.0) * 0.8
@@ -317,9 +316,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             kind = "circuit_open" if isinstance(e, CircuitOpenError) else type(e).__name__
             metrics.STORE_ERRORS.labels(kind).inc()
             metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
-            if spec is None or spec.on_feature_store_error != "serve_defaults":
+            if route is None or route.on_feature_store_error != "serve_defaults":
                 raise
-            metrics.DEGRADED.labels(spec.name).inc()
+            metrics.DEGRADED.labels(route.name).inc()
             return FeatureRows.unavailable(plan, len(next(iter(entities.values())))), True
         finally:
             if self.breaker.state == "closed":

@@ -146,6 +146,14 @@ def test_serve_defaults_policy_answers_degraded(fraud_repo, model_repo, own_redi
         with pytest.raises(grpc.RpcError) as strict:  # the other model keeps the default policy
             client.predict("fraud_mlp", ENTITIES, AMOUNTS)
         assert strict.value.code() == grpc.StatusCode.UNAVAILABLE
+        # an operator switching the policy mid-outage: it applies at the next refresh,
+        # though the loaded version is not loaded again
+        mlp_path = models / "fraud_mlp" / "model.yaml"
+        mlp = yaml.safe_load(mlp_path.read_text())
+        mlp_path.write_text(yaml.safe_dump({**mlp, "on_feature_store_error": "serve_defaults"}))
+        running.manager.refresh()
+        request.model = "fraud_mlp"
+        assert client.stub.Predict(request, timeout=5).degraded
     finally:
         running.stop()
         client.close()
