@@ -107,6 +107,7 @@ def start(config: Config) -> RunningServer:
         cache = RowCache(config.redis.row_cache_entries, config.redis.row_cache_ttl_ms)
     reader = OnlineReader(connect(config.redis.address, timeouts), cache=cache)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
+    threads = config.server.threads_for(_largest_batch(config, manager))
     servicer = PredictorServicer(
         manager,
         plans,
@@ -116,12 +117,13 @@ def start(config: Config) -> RunningServer:
         model_queue=config.server.model_queue,
         batch_max_rows=config.server.batch_max_rows,
         batch_max_delay_us=config.server.batch_max_delay_us,
+        handler_threads=0 if config.server.workers else threads,
     )
 
     limit = config.server.max_message_bytes
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=config.server.threads_for(_largest_batch(config, manager)),
+            max_workers=threads,
             thread_name_prefix="augur-grpc",
         ),
         options=[

@@ -67,6 +67,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         model_queue: int = 32,
         batch_max_rows: int = 0,
         batch_max_delay_us: int = 500,
+        handler_threads: int = 0,
     ):
         self.manager = manager
         self.plans = dict(plans)
@@ -80,6 +81,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self.batch_max_delay_s = batch_max_delay_us / 1e6
         self._batchers: dict[str, Batcher] = {}
         self._batchers_lock = threading.Lock()
+        # gRPC handler threads when sized at start for the batches then configured (0:
+        # server.workers set them, or unknown): a batch turned on later may outgrow them
+        self.handler_threads = handler_threads
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
         route = self.manager.route(request.model)
@@ -248,10 +252,27 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 if batcher is None:
                     batcher = Batcher(route.name, self._score_calls, rows, delay_s)
                     self._batchers[route.name] = batcher
+                    self._check_threads(route.name, rows)
         elif batcher.max_rows != rows or batcher.max_delay_s != delay_s:
             # model.yaml changed while serving: the batches that close from now on follow it
+            if batcher.max_rows != rows:
+                self._check_threads(route.name, rows)
             batcher.max_rows, batcher.max_delay_s = rows, delay_s
         return batcher
+
+    def _check_threads(self, model: str, rows: int) -> None:
+        """Say so when a model batches more calls than this server has handler threads for:
+        each call waiting for its batch holds one, so they cap the calls a batch can take."""
+        if 0 < self.handler_threads < min(rows, self.model_queue):
+            log.warning(
+                "model %s batches up to %d rows, but this server sized its gRPC handler "
+                "threads at start (%d) and a call waiting for its batch holds one: a batch "
+                "takes at most %d calls; restart the server or set server.workers",
+                model,
+                rows,
+                self.handler_threads,
+                self.handler_threads,
+            )
 
     def _score_calls(self, calls: list[Call]) -> None:
         """One batch: calls routed alike share one read and one model call, then split."""

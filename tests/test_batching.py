@@ -135,3 +135,25 @@ def test_a_model_yaml_turns_batching_on_for_its_model_only(fraud_repo, model_rep
     assert _sample("augur_batch_calls_sum", model="fraud_mlp") - before["fraud_mlp"] == 80
     assert _sample("augur_batch_calls_count", model="fraud_mlp") - batches_before < 80
     assert _sample("augur_batch_calls_sum", model="fraud_lgbm") == before["fraud_lgbm"]
+
+
+def test_a_batch_turned_on_after_start_warns_of_the_threads_it_lacks(
+    fraud_repo, model_repo, tmp_path, caplog
+):
+    """Handler threads are sized at start; a model.yaml that turns batching on later gets
+    a warning naming the fix, and its calls are still answered."""
+    models = tmp_path / "models"
+    shutil.copytree(model_repo, models)
+    running = start(server_config(fraud_repo, models))  # no batching anywhere: 2 threads
+    try:
+        spec = models / "fraud_mlp" / "model.yaml"
+        spec.write_text(spec.read_text() + "batching: {max_batch_size: 16}\n")
+        running.manager.refresh()
+        entities, amounts = {"user_id": [1], "merchant_id": [2]}, {"amount": [3.0]}
+        with PredictorClient(f"127.0.0.1:{running.port}", timeout=10) as own:
+            scores = own.predict("fraud_mlp", entities, amounts)
+    finally:
+        running.stop()
+    assert scores.scores.shape == (1, 1)
+    warned = [r.getMessage() for r in caplog.records if "handler" in r.getMessage()]
+    assert len(warned) == 1 and "fraud_mlp" in warned[0] and "server.workers" in warned[0]
