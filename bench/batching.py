@@ -40,6 +40,7 @@ COLUMNS = (
     "p50_ms",
     "p99_ms",
     "server_cpu_ms_per_req",
+    "machine_busy_cores",
     "calls_per_batch",
     "reads_per_call",
 )
@@ -65,7 +66,9 @@ def run(
             for round_ in range(rounds):
                 for name, options in SERVERS.items():
                     began = time.perf_counter()
-                    row = _measure(name, options, scenario, pool, callers, seconds, work)
+                    row = _measure(
+                        name, options, scenario, pool, callers, seconds, work, redis.process.pid
+                    )
                     rows.append({"round": round_, "server": name, **row})
                     print(
                         f"[round {round_ + 1}/{rounds}] {name}: {row['throughput_rps']:.0f} "
@@ -76,7 +79,7 @@ def run(
             return rows
 
 
-def _measure(name, options, scenario, pool, callers, seconds, work: Path) -> dict:
+def _measure(name, options, scenario, pool, callers, seconds, work: Path, redis_pid: int) -> dict:
     port, metrics_port = free_port(), free_port()
     command = targets.augur_command(scenario, work, port, {**options, "metrics_port": metrics_port})
     if name == "ceiling":  # the config augur_command wrote, served by the instrument
@@ -91,7 +94,12 @@ def _measure(name, options, scenario, pool, callers, seconds, work: Path) -> dic
             "max_seconds": seconds,
         }
         plan = targets.load_plan(
-            server, scenario.model, {"1": pool}, [step], warmup_seconds=min(2.0, seconds)
+            server,
+            scenario.model,
+            {"1": pool},
+            [step],
+            warmup_seconds=min(2.0, seconds),
+            redis_pid=redis_pid,
         )
         out = _subprocess("bench.load", plan, work / f"load-{name}", seconds + 120)
         (measured,) = json.loads(out)
@@ -103,7 +111,7 @@ def _measure(name, options, scenario, pool, callers, seconds, work: Path) -> dic
     return {
         "ok": measured["ok"],
         "errors": measured["errors"],
-        **{k: measured[k] for k in COLUMNS[:4]},
+        **{k: measured[k] for k in COLUMNS[:5]},
         "calls_per_batch": _ratio(
             _sample(metrics, r"augur_batch_calls_sum\{"),
             _sample(metrics, r"augur_batch_calls_count\{"),
@@ -130,8 +138,8 @@ def table(rows: list[dict]) -> str:
     off = {r["round"]: r["throughput_rps"] for r in rows if r["server"] == "off"}
     lines = [
         "| server | calls/s | vs off (per round) | p50 ms | p99 ms | server CPU ms/call "
-        "| calls/batch | reads/call |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| cores busy | calls/batch | reads/call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in SERVERS:
         mine = [r for r in rows if r["server"] == name]
@@ -139,7 +147,7 @@ def table(rows: list[dict]) -> str:
         cells = [_median([r[c] for r in mine if r[c] is not None]) for c in COLUMNS]
         lines.append(
             f"| {name} | {cells[0]} | {ratios} | {cells[1]} | {cells[2]} | {cells[3]} "
-            f"| {cells[4]} | {cells[5]} |"
+            f"| {cells[4]} | {cells[5]} | {cells[6]} |"
         )
     return "\n".join(lines)
 

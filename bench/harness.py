@@ -157,13 +157,21 @@ def run(
             # measured before and after the main series, and the lower p50 kept, so that a
             # burst of noise on these shared cores cannot raise the floor (it would flatter
             # Augur's ratio against it).
-            floor_runs = [_echo_redis(scenario, pools, profile, work, started)]
+            redis_pid = redis.process.pid
+            floor_runs = [_echo_redis(scenario, pools, profile, work, started, redis_pid)]
             for target in report.TARGETS:
                 _say(started, f"{report.LABELS[target]}: start, then load")
                 servers[target], series[target] = _serve_and_load(
-                    target, scenario, pools, profile, augur_options, work, profile.steps()
+                    target,
+                    scenario,
+                    pools,
+                    profile,
+                    augur_options,
+                    work,
+                    profile.steps(),
+                    redis_pid,
                 )
-            floor_runs.append(_echo_redis(scenario, pools, profile, work, started))
+            floor_runs.append(_echo_redis(scenario, pools, profile, work, started, redis_pid))
             servers[report.ECHO_REDIS] = floor_runs[0][0]
             series[report.ECHO_REDIS] = [
                 min(steps, key=lambda s: s.get("p50_ms", math.inf))
@@ -180,6 +188,7 @@ def run(
                     {**augur_options, **options},
                     work,
                     profile.variant_steps(points),
+                    redis_pid,
                 )
                 variants[variant] = {
                     "options": options,
@@ -266,14 +275,21 @@ def _inprocess(scenario, pools: dict, profile: Profile, work: Path) -> dict:
     return {size: {**measured[size], **feast[size]} for size in sizes}
 
 
-def _echo_redis(scenario, pools, profile: Profile, work: Path, started: float):
+def _echo_redis(scenario, pools, profile: Profile, work: Path, started: float, redis_pid: int):
     _say(started, f"{report.LABELS[report.ECHO_REDIS]}: start, then load")
     points = profile.variant_steps([(n, 1) for n in profile.rows])
-    return _serve_and_load(report.ECHO_REDIS, scenario, pools, profile, {}, work, points)
+    return _serve_and_load(report.ECHO_REDIS, scenario, pools, profile, {}, work, points, redis_pid)
 
 
 def _serve_and_load(
-    target, scenario, pools, profile: Profile, augur_options, work: Path, steps: list[dict]
+    target,
+    scenario,
+    pools,
+    profile: Profile,
+    augur_options,
+    work: Path,
+    steps: list[dict],
+    redis_pid: int | None = None,
 ):
     port = free_port()
     if target == "augur":
@@ -292,6 +308,7 @@ def _serve_and_load(
             {str(n): pools[n] for n in sorted({s["rows"] for s in steps})},
             steps,
             warmup_requests=20 if profile is QUICK else 200,
+            redis_pid=redis_pid,
         )
         budget = len(steps) * (profile.step_seconds + 12) + 120
         series = json.loads(_subprocess("bench.load", plan, work / f"load-{target}", budget))

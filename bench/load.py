@@ -10,8 +10,10 @@ shows in the latencies; at most `max_in_flight` outstanding, more are counted as
 never sent). Latency runs from the call's actual start: the event loop's timer wakes up to a
 millisecond late, which would otherwise be counted against the server; how late each start
 was is reported as `send_lag_p99_ms` (large values mean this process could not keep up).
-Each step also records the CPU seconds this process and the server's process tree spent,
-per request. Nothing here knows which server it is talking to.
+Each step also records the CPU seconds this process, the server's process tree and Redis
+(when the plan names its pid) spent per request, and how many of the machine's cores were
+busy on average: whether a server could have served more on these cores, or the machine
+was already full. Nothing here knows which server it is talking to.
 
 Several connections because SO_REUSEPORT spreads connections, not calls, over the processes
 sharing a port: over one connection a second server process would never see a call. A
@@ -162,10 +164,28 @@ class ProcessCpu:
         return total
 
 
+class MachineCpu:
+    """Cores the whole machine kept busy (every process, the kernel included) since `start`:
+    what a second server process, or any saving, has to work with."""
+
+    def start(self) -> None:
+        self._busy, self._wall = self._busy_seconds(), time.perf_counter()
+
+    def cores(self) -> float:
+        return (self._busy_seconds() - self._busy) / max(time.perf_counter() - self._wall, 1e-9)
+
+    @staticmethod
+    def _busy_seconds() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 async def run(plan: dict) -> list[dict]:
     pools = {int(k): [request(plan["model"], r) for r in v] for k, v in plan["pools"].items()}
     timeout = plan.get("timeout_s", 10.0)
     server_cpu = ProcessCpu(plan.get("server_pid"))
+    redis_cpu = ProcessCpu(plan["redis_pid"]) if plan.get("redis_pid") else None
+    machine = MachineCpu()
     channels = [
         grpc.aio.insecure_channel(plan["address"], options=CHANNEL_OPTIONS)
         for _ in range(plan.get("connections", CONNECTIONS))
@@ -179,6 +199,8 @@ async def run(plan: dict) -> list[dict]:
         for step in plan["steps"]:
             pool = pools[step["rows"]]
             cpu_server, cpu_own = server_cpu.seconds(), time.process_time()
+            cpu_redis = redis_cpu.seconds() if redis_cpu else 0.0
+            machine.start()
             if step["mode"] == "closed":
                 rec, elapsed = await closed_loop(
                     predicts,
@@ -198,12 +220,18 @@ async def run(plan: dict) -> list[dict]:
                     step.get("max_in_flight", 256),
                     timeout,
                 )
+            busy_cores = machine.cores()
             entry = {**step, **rec.summary(elapsed, step["rows"])}
             sent = max(entry["sent"], 1)
             entry["server_cpu_ms_per_req"] = round(
                 (server_cpu.seconds() - cpu_server) * 1e3 / sent, 4
             )
             entry["client_cpu_ms_per_req"] = round((time.process_time() - cpu_own) * 1e3 / sent, 4)
+            if redis_cpu:
+                entry["redis_cpu_ms_per_req"] = round(
+                    (redis_cpu.seconds() - cpu_redis) * 1e3 / sent, 4
+                )
+            entry["machine_busy_cores"] = round(busy_cores, 3)
             results.append(entry)
     finally:
         for channel in channels:

@@ -241,13 +241,18 @@ def markdown(result: dict) -> str:
         "",
         "### CPU per answered request at the highest closed-loop concurrency (ms)",
         "",
-        "| rows | Augur server | baseline server | echo server | load generator (Augur run) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "Redis and the machine's busy cores (every process, the kernel's work included) are"
+        " from the Augur run.",
+        "",
+        "| rows | Augur server | baseline server | echo server | load generator (Augur run) "
+        "| Redis (Augur run) | cores busy (Augur run) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, cpu in _cpu_at_peak(result).items():
         lines.append(
             f"| {size} | {cpu.get('augur', '-')} | {cpu.get('baseline', '-')} "
-            f"| {cpu.get('echo', '-')} | {cpu.get('client', '-')} |"
+            f"| {cpu.get('echo', '-')} | {cpu.get('client', '-')} "
+            f"| {cpu.get('redis', '-')} | {cpu.get('busy', '-')} |"
         )
     lines += [
         "",
@@ -302,6 +307,12 @@ def variant_ratios(result: dict) -> list[dict]:
                         step.get("throughput_rps"), base.get("throughput_rps")
                     ),
                     "p99_vs_base": _ratio(step.get("p99_ms"), base.get("p99_ms")),
+                    # The most any variant could serve if each call cost the machine the
+                    # CPU it cost in the main series: a bound on more processes, which
+                    # add no saving; batching exists to lower that cost.
+                    "cores_allow_vs_base": _ratio(
+                        result["machine"]["cpus"], base.get("machine_busy_cores")
+                    ),
                 }
             )
     return out
@@ -318,9 +329,14 @@ def _variant_lines(result: dict) -> list[str]:
         "",
         "Options: " + "; ".join(f"{n}: {o}" for n, o in options.items()) + ".",
         "",
+        "Cores busy: the machine's average over the point (every process). Cores allow: the"
+        " machine's cores over the Augur point's busy cores, the most a variant can serve if"
+        " each call costs the machine what it cost there: a bound on more processes, not on"
+        " batching, whose purpose is to lower that cost.",
+        "",
         "| variant | rows | callers | Augur req/s, p99 ms | variant req/s, p99 ms "
-        "| req/s vs Augur | p99 vs Augur | not OK |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| req/s vs Augur | p99 vs Augur | cores busy (Augur / variant) | cores allow | not OK |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for p in points:
         base, step = p["base"], p["step"]
@@ -329,9 +345,15 @@ def _variant_lines(result: dict) -> list[str]:
             f"| {base.get('throughput_rps', 0):,.0f}, {base.get('p99_ms', 0):.2f} "
             f"| {step.get('throughput_rps', 0):,.0f}, {step.get('p99_ms', 0):.2f} "
             f"| {_x(p['throughput_vs_base'])} | {_x(p['p99_vs_base'])} "
+            f"| {_cores(base)} / {_cores(step)} | {_x(p.get('cores_allow_vs_base'))} "
             f"| {_errors({'variant': step})} |"
         )
     return lines
+
+
+def _cores(step: dict) -> str:
+    busy = step.get("machine_busy_cores")
+    return "-" if busy is None else f"{busy:.2f}"
 
 
 def _compiled(compiler: str) -> str:
@@ -347,6 +369,10 @@ def _cpu_at_peak(result: dict) -> dict:
             out.setdefault(rows, {})[target] = f"{top['server_cpu_ms_per_req']:.2f}"
             if target == "augur":
                 out[rows]["client"] = f"{top['client_cpu_ms_per_req']:.2f}"
+                if "redis_cpu_ms_per_req" in top:
+                    out[rows]["redis"] = f"{top['redis_cpu_ms_per_req']:.3f}"
+                if "machine_busy_cores" in top:
+                    out[rows]["busy"] = f"{top['machine_busy_cores']:.2f}"
     return out
 
 

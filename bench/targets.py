@@ -128,13 +128,16 @@ def load_plan(
     steps: list[dict],
     warmup_requests: int = 200,
     warmup_seconds: float = 2.0,
+    redis_pid: int | None = None,
 ) -> dict:
     """What bench/load.py runs against `server`: warm-up, then `steps` from `pools` (row
-    count -> requests), reading the server's CPU time as it goes."""
+    count -> requests), reading the server's CPU time (and Redis's, given its pid) as it
+    goes."""
     return {
         "address": server.address,
         "model": model,
         "server_pid": server.process.pid,
+        "redis_pid": redis_pid,
         "timeout_s": 10.0,
         "warmup_requests": warmup_requests,
         "warmup_seconds": warmup_seconds,

@@ -12,6 +12,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from bench import report
 from predictor.codec import encode_entities
 from proto.augur.v1 import predictor_pb2 as pb
 
@@ -122,8 +123,15 @@ def _calls(redis, command: str) -> int:
 def test_batching_and_processes_variants_are_compared_at_the_same_points(quick_run):
     result, out, _ = quick_run
     assert set(result["variants"]) == {"batching", "processes_2"}
+    cpus = result["machine"]["cpus"]
     for point in result["ratios"]["variants"]:
         assert point["throughput_vs_base"] > 0 and point["p99_vs_base"] > 0, point
+        assert point["cores_allow_vs_base"] >= 0.95, point
+    for point in report.variant_ratios(result):
+        # the whole machine's busy cores, from its own counters: a load step keeps some busy
+        for step in (point["base"], point["step"]):
+            assert 0 < step["machine_busy_cores"] <= cpus * 1.05, step
+            assert step["redis_cpu_ms_per_req"] >= 0, step
     assert len(result["variants"]["processes_2"]["server"]["rss_ready_mb"]) >= 3  # 2 workers
     assert "### Serving variants" in (out / "fraud-quick.md").read_text()
 
@@ -175,6 +183,7 @@ def test_the_batching_comparison_counts_each_servers_reads(tmp_path):
     by_server = {row["server"]: row for row in rows}
     assert list(by_server) == list(batching.SERVERS)
     assert all(row["ok"] > 0 and not row["errors"] for row in rows)
+    assert all(row["machine_busy_cores"] > 0 for row in rows)
     assert by_server["off"]["reads_per_call"] == 1  # every call reads alone
     assert by_server["off"]["calls_per_batch"] is None
     batched = by_server["batching"]
