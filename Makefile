@@ -14,7 +14,7 @@ help:
 	@echo "make bench  Augur vs a Feast-based server vs the floors, fraud and wide (~10 min)"
 	@echo "make soak   fault and soak run: load while Redis stops, pauses, slows; 3x overload"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py featurestore/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

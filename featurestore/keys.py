@@ -59,6 +59,13 @@ class KeyEncoder:
         parts.append(self._tail)
         return b"".join(parts)
 
+    def int64_parts(self) -> tuple[bytes, bytes, bytes]:
+        """(head, what precedes each value, tail) of a key whose join keys are all int64:
+        head + (part + 8-byte value, per join key in key order) + tail."""
+        if any(kind != "int64" for kind in self.types):
+            raise ValueError("int64_parts needs int64 join keys")
+        return self._head, _INT64_HEAD, self._tail
+
     def keys(self, columns: Sequence[np.ndarray]) -> np.ndarray:
         """The keys of many entities at once, as uint8 rows: the same bytes as `key` on each.
         `columns` in the caller's join-key order; only for keys that are all int64."""

@@ -97,6 +97,11 @@ class KeyGroup:
     scalar: tuple[ScalarView, ...] = field(init=False, compare=False, repr=False)
     # Every view has a known vector layout, so the group can be read from vectors.
     packable: bool = field(init=False, compare=False, repr=False)
+    # Per view, what featurestore._native's decode_vectors needs: (layout, stored width,
+    # first group column, int32 position in the vector of each of its features); and what
+    # its assemble needs: plan column, view and TTL per feature, plan position per view.
+    native_views: tuple = field(init=False, compare=False, repr=False)
+    native_assembly: tuple = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         stamps = [timestamp_field(v.name) for v in self.views]
@@ -117,6 +122,18 @@ class KeyGroup:
         )
         object.__setattr__(self, "scalar", scalar)
         object.__setattr__(self, "packable", all(v.layout for v in self.views))
+        native = tuple(
+            (v.layout, v.width, starts[j], np.array(v.packed, np.int32))
+            for j, v in enumerate(self.views)
+        )
+        object.__setattr__(self, "native_views", native)
+        assembly = (
+            np.array(self.columns, np.int64),
+            np.array(positions, np.int64),
+            self.ttl_of_column,
+            np.array(self.positions, np.int64),
+        )
+        object.__setattr__(self, "native_assembly", assembly)
 
 
 def _index(positions: tuple[int, ...]) -> slice | np.ndarray:

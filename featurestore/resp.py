@@ -16,6 +16,8 @@ import threading
 import hiredis
 import redis
 
+from featurestore.native import native
+
 
 def command_args(*args: bytes) -> bytes:
     """Arguments of a command in RESP, without the array header: bulk strings in a row."""
@@ -45,9 +47,15 @@ def round_trip(
     count: int,
     timeout_s: float | None = None,
     own: OwnConnections | None = None,
-) -> list:
+    *,
+    raw: bool = False,
+) -> list | bytearray:
     """Send `payload` (`count` commands) on one connection (this thread's own, else one from
     the pool) and read every reply.
+
+    `raw` (only with featurestore._native built): the replies as the bytes received, all of
+    them there and none an error, for the caller to decode in C; the rare RESP its scanner
+    does not know (RESP3 attributes) comes back parsed, a list, as without `raw`.
 
     `timeout_s` bounds this round trip's socket waits (a caller's remaining deadline),
     never beyond the client's configured read timeout. A connection found dead (Redis
@@ -67,7 +75,7 @@ def round_trip(
             if narrowed:
                 sock.settimeout(max(timeout_s, 0.001))
             conn.send_packed_command([payload], check_health=False)
-            replies = _read_replies(sock, count)
+            replies = _read_raw(sock, count) if raw else _read_replies(sock, count)
             if narrowed:
                 sock.settimeout(conn.socket_timeout)  # back to the configured timeout
         except (redis.ConnectionError, ConnectionError) as e:
@@ -84,7 +92,8 @@ def round_trip(
         finally:
             if own is None:
                 pool.release(conn)
-        _raise_errors(replies)
+        if isinstance(replies, list):
+            _raise_errors(replies)
         return replies
     raise AssertionError("unreachable")
 
@@ -196,6 +205,24 @@ def _raise_line_errors(lines: bytes) -> None:
         raise redis.ResponseError(message)
 
 
+def _read_raw(sock, count: int) -> list | bytearray:
+    """The next `count` replies as received, found complete by the C scanner (each read is
+    scanned from the start: a few ns a reply). Error replies raise redis.ResponseError."""
+    data = bytearray()
+    while True:
+        data += _recv(sock)
+        end, errors = native.scan(data, 0, count)
+        if end >= 0:
+            break
+        if end == -2:  # RESP the scanner does not know: hiredis reads it and the rest
+            return _read_replies(sock, count, bytes(data))
+    if end != len(data):  # a pipeline's replies are all there is: never expected
+        raise ConnectionError("Redis sent more than the replies to this round trip")
+    if errors:
+        _raise_errors(_read_replies(None, count, bytes(data)))
+    return data
+
+
 def _read_replies(sock, count: int, already: bytes = b"") -> list:
     """The next `count` replies. The reader is first fed an array header of `count`, so it
     returns them all as one list from a single call: hiredis walks the replies in C, where
@@ -208,4 +235,18 @@ def _read_replies(sock, count: int, already: bytes = b"") -> list:
         reader.feed(already)
     while (replies := reader.gets()) is False:
         reader.feed(_recv(sock))
+    return replies
+
+
+def parse(data: bytes | bytearray, start: int, end: int, count: int) -> list:
+    """The `count` whole replies in data[start:end] (bytes `round_trip` returned raw), parsed
+    as `round_trip` would have parsed them."""
+    if not count:
+        return []
+    reader = hiredis.Reader()
+    reader.feed(b"*%d\r\n" % count)
+    reader.feed(data, start, end - start)
+    replies = reader.gets()
+    if replies is False:
+        raise ValueError(f"bytes {start}-{end} do not hold {count} whole replies")
     return replies

@@ -54,9 +54,13 @@ def plan(fraud_repo):
     return build_plan(fraud_repo.store, "fraud_lgbm")
 
 
+# Reads of many entities are decoded and assembled in C where featurestore._native is built
+# (the default), else in numpy: both are checked against Feast.
 READ_PATHS = {
     "vectors": {},
+    "vectors-numpy": {"use_native": False},
     "fields": {"vectors": False},
+    "fields-numpy": {"vectors": False, "use_native": False},
     "hgetall": {"vectors": False, "hgetall_from": 1},
 }
 
@@ -187,10 +191,11 @@ def test_feast_writes_newer_than_the_vector_are_served(fraud_repo, plan):
     )
     column = plan.feature_names.index("user_stats__txn_count_7d")
     known_users, known_merchants = _entities(fraud_repo, n=120)
-    for many in (False, True):  # a few entities are decoded one at a time, many at once
+    # a few entities are decoded one at a time, many at once (in C, or in numpy)
+    for many, use_native in ((False, True), (True, True), (True, False)):
         users = [user] * 3 + (known_users.tolist() if many else [])
         merchants = [0, 1, 2] + (known_merchants.tolist() if many else [])
-        rows = OnlineReader(connect(fraud_repo.address)).read(
+        rows = OnlineReader(connect(fraud_repo.address), use_native=use_native).read(
             plan, {"user_id": users, "merchant_id": merchants}
         )
         assert rows.values[:3, column].tolist() == [2.0] * 3

@@ -1226,3 +1226,6 @@ def test_dockerfile_installs_the_pinned_torch_and_the_augur_command():
     assert f"--index-url https://download.pytorch.org/whl/cpu {torch_pin}" in dockerfile
     assert "augur" in project["scripts"]
     assert 'ENTRYPOINT ["augur"]' in dockerfile
+    # the wheel is built beside a compiler, so the image has the read path's C loops
+    assert re.search(r"^FROM python:3\.11-slim AS build$", dockerfile, re.M)
+    assert "COPY --from=build" in dockerfile and "featurestore.native" in dockerfile

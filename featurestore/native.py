@@ -1,0 +1,25 @@
+"""The read path's C loops (featurestore._native), when they were built.
+
+setup.py builds them where a C compiler is present; the install goes on without one. The
+reader uses them for reads of many entities when they are here, and its numpy and hiredis
+paths otherwise: the same results, checked by the same tests (tests/test_native.py runs
+both). `AUGUR_NATIVE=0` turns them off for a process.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("AUGUR_NATIVE", "1") == "0":
+        return None
+    try:
+        from featurestore import _native
+    except ImportError:
+        return None
+    return _native
+
+
+native: ModuleType | None = _load()
