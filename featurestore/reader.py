@@ -514,13 +514,16 @@ class _NativeKeys:
 
     def __init__(self, encoder: KeyEncoder, columns: list[np.ndarray], first: np.ndarray):
         self._encoder = encoder
-        self.columns = columns  # in key order
+        self.columns = columns  # in key order: int64 arrays or lists of ints
         self.first = first  # per distinct entity, the request row it first appears in
 
     @classmethod
     def build(cls, encoder: KeyEncoder, columns: list, n: int) -> tuple[_NativeKeys, np.ndarray]:
         """The group's distinct keys and, per request row, its index among them."""
-        ordered = [np.ascontiguousarray(columns[i], np.int64) for i in encoder.order]
+        ordered = [  # lists (the request decoder's) go to C as they are
+            c if isinstance(c, list | tuple) else np.ascontiguousarray(c, np.int64)
+            for c in (columns[i] for i in encoder.order)
+        ]
         inverse, first = np.empty(n, np.int64), np.empty(n, np.int64)
         distinct = native.dedupe_int64(ordered, inverse, first)
         return cls(encoder, ordered, first[:distinct]), inverse
@@ -531,7 +534,8 @@ class _NativeKeys:
     def __getitem__(self, i: int) -> bytes:
         head, part, tail = self._encoder.int64_parts()
         row = self.first[i]
-        return head + b"".join(part + c[row].tobytes() for c in self.columns) + tail
+        values = (int(c[row]).to_bytes(8, "little", signed=True) for c in self.columns)
+        return head + b"".join(part + v for v in values) + tail
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

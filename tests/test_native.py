@@ -52,6 +52,23 @@ def test_dedupe_numbers_rows_in_order_of_first_appearance(rows):
     assert distinct == len(index)
     assert inverse.tolist() == expected
     assert [rows[i] for i in first[:distinct]] == list(index)
+    # the request decoder's lists of ints are read as they are, to the same numbering
+    again = np.empty(len(rows), np.int64)
+    assert native.dedupe_int64([c.tolist() for c in columns], again, first) == distinct
+    assert again.tolist() == expected
+
+
+@needs_native
+def test_columns_that_are_not_int64_are_refused():
+    inverse, first = np.empty(2, np.int64), np.empty(2, np.int64)
+    with pytest.raises(ValueError, match="int64"):
+        native.dedupe_int64([np.array([1.0, 2.0])], inverse, first)
+    with pytest.raises(TypeError):
+        native.dedupe_int64([[1, 2.5]], inverse, first)
+    with pytest.raises(OverflowError):
+        native.dedupe_int64([[1, 2**63]], inverse, first)
+    with pytest.raises(ValueError, match="one length"):
+        native.dedupe_int64([[1, 2], [1]], inverse, first)
 
 
 @needs_native
