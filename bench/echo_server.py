@@ -51,19 +51,19 @@ class RedisFloor:
     """The Redis round trip of a request's keys, packed once per distinct request."""
 
     def __init__(self, address: str, plan_path: Path):
-        from bench.inprocess import floor_payloads
+        from bench.inprocess import floor_payloads, floor_round_trip
         from featurestore.connection import connect
         from featurestore.plan import ReadPlan
-        from featurestore.resp import OwnConnections, round_trip
+        from featurestore.resp import OwnConnections
 
-        self._round_trip = round_trip  # imported here: the plain echo floor needs none of it
+        self._round_trip = floor_round_trip  # imported here: the plain echo floor needs none
         self._client = connect(address)
         self._own = OwnConnections(self._client)
         self._pack = floor_payloads(ReadPlan.from_json(plan_path.read_text()), "vectors")
         self._packed: dict[bytes, tuple[bytes, int]] = {}
 
-    def round_trip(self, request: pb.PredictRequest) -> list:
-        """The replies of the request's keys' HMGETs, undecoded."""
+    def round_trip(self, request: pb.PredictRequest) -> tuple[list | bytearray, int]:
+        """The replies of the request's keys' HMGETs, undecoded, and how many there are."""
         seen = request.SerializeToString(deterministic=True)
         packed = self._packed.get(seen)
         if packed is None:
@@ -72,7 +72,7 @@ class RedisFloor:
                 for name, column in request.entities.items()
             }
             packed = self._packed.setdefault(seen, self._pack(entities))
-        return self._round_trip(self._client, *packed, own=self._own)
+        return self._round_trip(self._client, *packed, self._own), packed[1]
 
 
 def row_count(request: pb.PredictRequest) -> int:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from bench import report
+from bench.inprocess import floor_replies
 from predictor.codec import encode_entities
 from proto.augur.v1 import predictor_pb2 as pb
 
@@ -107,7 +108,8 @@ def test_the_echo_and_redis_floor_reads_each_requests_own_keys(fraud_repo, tmp_p
     )
     redis = connect(fraud_repo.address)
     before = _calls(redis, "hmget")
-    replies = floor.round_trip(request)
+    got, count = floor.round_trip(request)
+    replies = floor_replies(got, count)
     # one HMGET per distinct key of each key group, each finding the key's rows
     distinct = sum(len(rows[list(g.join_keys)].drop_duplicates()) for g in plan.groups)
     assert len(replies) == distinct == _calls(redis, "hmget") - before
