@@ -1,9 +1,10 @@
 """The read path's C loops (featurestore._native), when they were built.
 
 setup.py builds them where a C compiler is present; the install goes on without one. The
-reader uses them for reads of many entities when they are here, and its numpy and hiredis
-paths otherwise: the same results, checked by the same tests (tests/test_native.py runs
-both). `AUGUR_NATIVE=0` turns them off for a process.
+reader uses them for reads of more than a few entities when they are here, and its numpy and
+hiredis paths otherwise: the same results (tests/test_differential.py checks both against
+Feast; tests/test_native.py checks the C functions one by one). `AUGUR_NATIVE=0` turns
+them off for a process.
 """
 
 from __future__ import annotations
