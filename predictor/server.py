@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from augur.config import Config
 from featurestore.breaker import CircuitBreaker
 from featurestore.connection import RedisTimeouts, connect
+from featurestore.native import native
 from featurestore.plan_cache import load_plans
 from featurestore.reader import OnlineReader
 from featurestore.row_cache import RowCache
@@ -163,6 +164,11 @@ def start(config: Config) -> RunningServer:
     gc.freeze()
     server.start()
     manager.watch(config.server.watch_interval_s)
+    if native is None:  # the same answers, more CPU per read of many entities
+        log.info(
+            "reads run in numpy: featurestore._native is not built here (a C compiler at "
+            "install time builds it) or AUGUR_NATIVE=0"
+        )
     log.info(
         "serving %d model(s) on %s:%d: %s",
         len(manager.routes),

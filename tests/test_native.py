@@ -7,7 +7,10 @@ there runs in C and in numpy); this file checks the C functions one by one.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +23,10 @@ from featurestore.keys import KeyEncoder
 from featurestore.native import native
 from featurestore.packed import HEADER_BYTES
 from featurestore.reader import OnlineReader, _commands, _NativeKeys
+from featurestore.redis_server import free_port
 from featurestore.repo import build_plan
+from predictor.client import PredictorClient
+from tests.conftest import write_config
 
 needs_native = pytest.mark.skipif(native is None, reason="featurestore._native is not built")
 
@@ -234,3 +240,33 @@ def test_the_c_assembly_applies_ttl_and_defaults_like_numpy(fraud_repo, plan):
             assert x.distinct_keys == y.distinct_keys
             if clock is not None and enforce:
                 assert x.stale.sum() > 0  # the far-off clock did expire values
+
+
+def test_a_server_without_the_c_loops_says_so_and_answers_the_same(
+    fraud_repo, model_repo, client, tmp_path
+):
+    """`augur serve` with AUGUR_NATIVE=0 (as on a machine without a compiler) logs that its
+    reads run in numpy, and answers what the C path answers, features and status included."""
+    port = free_port()
+    config = write_config(tmp_path / "augur.yaml", fraud_repo, model_repo, port=port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "AUGUR_NATIVE": "0"},
+    )
+    rng = np.random.default_rng(3)
+    entities = {"user_id": rng.integers(0, 450, 60), "merchant_id": rng.integers(0, 90, 60)}
+    amounts = {"amount": rng.uniform(1, 500, 60)}
+    try:
+        with PredictorClient(f"127.0.0.1:{port}", timeout=30) as plain:
+            plain.wait_serving(["fraud_lgbm"], 90, process)
+            got = plain.predict("fraud_lgbm", entities, amounts, return_features=True)
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode()
+    want = client.predict("fraud_lgbm", entities, amounts, return_features=True)
+    assert "reads run in numpy" in output
+    np.testing.assert_array_equal(got.features, want.features)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert got.missing.tolist() == want.missing.tolist() and (want.missing > 0).any()
