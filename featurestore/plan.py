@@ -127,9 +127,9 @@ class KeyGroup:
             for j, v in enumerate(self.views)
         )
         object.__setattr__(self, "native_views", native)
-        assembly = (
-            np.array(self.columns, np.int64),
-            np.array(positions, np.int64),
+        assembly = (  # the arrays above, as the int64 the C reads (the same objects on 64-bit)
+            np.asarray(self.column_index, np.int64),
+            np.asarray(self.view_of_column, np.int64),
             self.ttl_of_column,
             np.array(self.positions, np.int64),
         )
