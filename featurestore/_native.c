@@ -11,6 +11,7 @@
  *   scan(buf, pos, count) -> (end, errors)
  *   decode_vectors(buf, pos, count, views, vals, ts, flags) -> (end, fallbacks, with data)
  *   assemble(groups, now, enforce_ttl, defaults, values, missing, stale, event_ts)
+ *   read_few(buf, pos, groups, now, enforce_ttl, defaults, values, ...) -> (end, fallbacks)
  *
  * Every buffer is checked for size before it is touched: the replies are Redis's, but a
  * reader must never read past what it was given. A reply of a shape this file does not
@@ -368,80 +369,74 @@ typedef struct {
     Py_ssize_t picks;
 } View;
 
-static PyObject *decode_vectors(PyObject *self, PyObject *args) {
-    Py_buffer buf, vals, ts, flags;
-    Py_ssize_t pos, count, columns;
-    PyObject *views_obj, *vals_obj, *ts_obj, *flags_obj;
-    if (!PyArg_ParseTuple(args, "y*nnOnOOO", &buf, &pos, &count, &views_obj, &columns, &vals_obj,
-                          &ts_obj, &flags_obj))
-        return NULL;
-    PyObject *result = NULL;
-    View views[64];
-    Py_ssize_t nv = 0, got = 0;
+/* The views of a group from Python (see decode_vectors); 0, or -1 with an exception set.
+ * Whatever it got, `*got` says how many picks to release, even on failure. */
+static int views_get(PyObject *views_obj, Py_ssize_t columns, View *views, Py_ssize_t *nv,
+                     Py_ssize_t *got) {
+    *got = 0;
+    int failed = 0;
     PyObject *fast = PySequence_Fast(views_obj, "views: expected a sequence");
-    int have_vals = 0, have_ts = 0, have_flags = 0;
-    if (fast == NULL) goto out;
-    nv = PySequence_Fast_GET_SIZE(fast);
-    if (nv < 1 || nv > 64 || pos < 0 || pos > buf.len || count < 0 || columns < 0) {
-        PyErr_SetString(PyExc_ValueError, "decode_vectors: arguments out of range");
-        goto out;
+    if (fast == NULL) return -1;
+    *nv = PySequence_Fast_GET_SIZE(fast);
+    if (*nv < 1 || *nv > 64 || columns < 0) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "views: 1 to 64 views");
+        return -1;
     }
-    for (; got < nv; got++) {
-        View *v = &views[got];
+    for (; *got < *nv; (*got)++) {
+        View *v = &views[*got];
         PyObject *pick;
         unsigned long layout;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, got), "knnO", &layout, &v->width,
-                              &v->column, &pick))
-            goto out;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, *got), "knnO", &layout, &v->width,
+                              &v->column, &pick) ||
+            get_buffer(pick, &v->pick, 0, 4, -1, "pick") < 0) {
+            failed = 1;
+            break;
+        }
         v->layout = (uint32_t)layout;
-        if (get_buffer(pick, &v->pick, 0, 4, -1, "pick") < 0) goto out;
         v->picks = v->pick.len / 4;
         v->size = HEADER_BYTES + 4 * v->width;
         const int32_t *idx = v->pick.buf;
         int bad = v->width < 0 || v->column < 0 || v->column + v->picks > columns;
         for (Py_ssize_t f = 0; f < v->picks && !bad; f++) bad = idx[f] < 0 || idx[f] >= v->width;
         if (bad) {
-            got++;
+            (*got)++; /* its pick is held: released with the others */
             PyErr_SetString(PyExc_ValueError, "views: a column or pick out of range");
-            goto out;
+            failed = 1;
+            break;
         }
     }
-    if (get_buffer(vals_obj, &vals, 1, 4, count * columns, "vals") < 0) goto out;
-    have_vals = 1;
-    if (get_buffer(ts_obj, &ts, 1, 8, count * nv, "ts") < 0) goto out;
-    have_ts = 1;
-    if (get_buffer(flags_obj, &flags, 1, 1, count, "flags") < 0) goto out;
-    have_flags = 1;
+    Py_DECREF(fast);
+    return failed ? -1 : 0;
+}
 
-    const char *b = buf.buf;
-    Py_ssize_t len = buf.len, p = pos;
-    float *out_vals = vals.buf;
-    double *out_ts = ts.buf;
-    uint8_t *out_flags = flags.buf;
-    Py_ssize_t at[128], size[128], fallbacks = 0, with_data = 0;
+static void views_release(View *views, Py_ssize_t got) {
+    for (Py_ssize_t j = 0; j < got; j++) PyBuffer_Release(&views[j].pick);
+}
+
+/* `count` HMGET replies of the views' vectors and `_ts` from p, checked and decoded into
+ * vals (count, columns), ts (count, views) and flags (count,): the end, -1 if not all here,
+ * -2 for a reply of another shape. */
+static Py_ssize_t decode_replies(const char *b, Py_ssize_t len, Py_ssize_t p, Py_ssize_t count,
+                                 const View *views, Py_ssize_t nv, Py_ssize_t columns,
+                                 float *out_vals, double *out_ts, uint8_t *out_flags,
+                                 Py_ssize_t *fallbacks, Py_ssize_t *with_data) {
+    Py_ssize_t at[128], size[128];
+    *fallbacks = *with_data = 0;
     for (Py_ssize_t i = 0; i < count && p >= 0; i++) {
         /* the array header: exactly 2 * views elements */
-        if (p >= len || b[p] != '*') {
-            p = -2;
-            break;
-        }
+        if (p >= len || b[p] != '*') return -2;
         Py_ssize_t e = line_end(b, p + 1, len);
         long long n;
-        if (e < 0) {
-            p = -1;
-            break;
-        }
-        if (line_int(b, p + 1, e, &n) < 0 || n != 2 * nv) {
-            p = -2;
-            break;
-        }
+        if (e < 0) return -1;
+        if (line_int(b, p + 1, e, &n) < 0 || n != 2 * nv) return -2;
         p = e + 2;
         for (Py_ssize_t f = 0; f < 2 * nv && p >= 0; f++) p = bulk(b, p, len, &at[f], &size[f]);
-        if (p < 0) break;
+        if (p < 0) return p;
         float *row = out_vals + i * columns;
         uint8_t flag = 0;
         for (Py_ssize_t j = 0; j < nv; j++) {
-            View *v = &views[j];
+            const View *v = &views[j];
             Py_ssize_t stamp = size[nv + j], vec = size[j];
             const char *raw = b + at[j];
             int valid = 0;
@@ -471,21 +466,161 @@ static PyObject *decode_vectors(PyObject *self, PyObject *args) {
             }
         }
         out_flags[i] = flag;
-        fallbacks += flag & 1;
-        with_data += (flag & 2) >> 1;
+        *fallbacks += flag & 1;
+        *with_data += (flag & 2) >> 1;
     }
+    return p;
+}
+
+static PyObject *decode_vectors(PyObject *self, PyObject *args) {
+    Py_buffer buf, vals, ts, flags;
+    Py_ssize_t pos, count, columns;
+    PyObject *views_obj, *vals_obj, *ts_obj, *flags_obj;
+    if (!PyArg_ParseTuple(args, "y*nnOnOOO", &buf, &pos, &count, &views_obj, &columns, &vals_obj,
+                          &ts_obj, &flags_obj))
+        return NULL;
+    PyObject *result = NULL;
+    View views[64];
+    Py_ssize_t nv = 0, got = 0;
+    int have_vals = 0, have_ts = 0, have_flags = 0;
+    if (pos < 0 || pos > buf.len || count < 0) {
+        PyErr_SetString(PyExc_ValueError, "decode_vectors: arguments out of range");
+        goto out;
+    }
+    if (views_get(views_obj, columns, views, &nv, &got) < 0) goto out;
+    if (get_buffer(vals_obj, &vals, 1, 4, count * columns, "vals") < 0) goto out;
+    have_vals = 1;
+    if (get_buffer(ts_obj, &ts, 1, 8, count * nv, "ts") < 0) goto out;
+    have_ts = 1;
+    if (get_buffer(flags_obj, &flags, 1, 1, count, "flags") < 0) goto out;
+    have_flags = 1;
+    Py_ssize_t fallbacks, with_data;
+    Py_ssize_t p = decode_replies(buf.buf, buf.len, pos, count, views, nv, columns, vals.buf,
+                                  ts.buf, flags.buf, &fallbacks, &with_data);
     result = Py_BuildValue("nnn", p, fallbacks, with_data);
 out:
-    for (Py_ssize_t j = 0; j < got; j++) PyBuffer_Release(&views[j].pick);
+    views_release(views, got);
     if (have_vals) PyBuffer_Release(&vals);
     if (have_ts) PyBuffer_Release(&ts);
     if (have_flags) PyBuffer_Release(&flags);
-    Py_XDECREF(fast);
     PyBuffer_Release(&buf);
     return result;
 }
 
 /* ---- assembly --------------------------------------------------------------------- */
+
+/* The request's rows from each group's distinct entities: values past their view's TTL
+ * blanked and counted stale, event times placed, then, per row, missing values counted and
+ * replaced by the declared defaults (NaN where none). What the reader's numpy assembly
+ * does in some twenty array operations per read. Each group is a tuple of
+ * (vals float32 (d, c), ts float64 (d, v), inverse int64 (n,), column int64 (c,),
+ *  view int64 (c,), ttl float64 (c,), position int64 (v,)). */
+/* A read's outputs: values float32 (n, width), missing and stale int32 (n,), event times
+ * float64 (n, views), and the declared defaults float32 (width,) or None. */
+typedef struct {
+    Py_buffer values, missing, stale, event, defaults;
+    int held; /* how many of the five are held, in that order */
+    Py_ssize_t n, width, n_views;
+} Out;
+
+static void out_release(Out *o) {
+    Py_buffer *b[5] = {&o->values, &o->missing, &o->stale, &o->event, &o->defaults};
+    for (int k = o->held - 1; k >= 0; k--) PyBuffer_Release(b[k]);
+    o->held = 0;
+}
+
+static int out_get(PyObject *defaults, PyObject *values, PyObject *missing, PyObject *stale,
+                   PyObject *event, Out *o) {
+    o->held = 0;
+    if (get_buffer(values, &o->values, 1, 4, -1, "values") < 0) goto fail;
+    o->held = 1;
+    if (get_buffer(missing, &o->missing, 1, 4, -1, "missing") < 0) goto fail;
+    o->held = 2;
+    o->n = o->missing.len / 4;
+    if (o->n == 0 || o->values.len % (4 * o->n)) {
+        PyErr_SetString(PyExc_ValueError, "values: not (rows, columns) for the rows of missing");
+        goto fail;
+    }
+    o->width = o->values.len / (4 * o->n);
+    if (get_buffer(stale, &o->stale, 1, 4, o->n, "stale") < 0) goto fail;
+    o->held = 3;
+    if (get_buffer(event, &o->event, 1, 8, -1, "event_ts") < 0) goto fail;
+    o->held = 4;
+    if (o->event.len % (8 * o->n)) {
+        PyErr_SetString(PyExc_ValueError, "event_ts: not (rows, views)");
+        goto fail;
+    }
+    o->n_views = o->event.len / (8 * o->n);
+    if (defaults != Py_None) {
+        if (get_buffer(defaults, &o->defaults, 0, 4, o->width, "defaults") < 0) goto fail;
+        o->held = 5;
+    }
+    memset(o->stale.buf, 0, 4 * o->n);
+    return 0;
+fail:
+    out_release(o);
+    return -1;
+}
+
+/* One group's distinct entities (vals (d, c), ts (d, v)) into the rows, through inverse
+ * (n,): values past their view's TTL blanked and counted stale, event times placed. The
+ * lengths are of each array, in items; 0, or -1 with an exception if they do not fit. */
+static int assemble_group(Out *o, const float *vals, Py_ssize_t vals_len, const double *ts,
+                          Py_ssize_t ts_len, const int64_t *inv, Py_ssize_t inv_len,
+                          const int64_t *column, Py_ssize_t c, const int64_t *view,
+                          Py_ssize_t view_len, const double *ttl, Py_ssize_t ttl_len,
+                          const int64_t *position, Py_ssize_t v, double now, int enforce) {
+    Py_ssize_t n = o->n, width = o->width, n_views = o->n_views;
+    Py_ssize_t d = c ? vals_len / c : 0;
+    int bad = inv_len != n || view_len != c || ttl_len != c || (c && vals_len != c * d) ||
+              ts_len != v * d;
+    for (Py_ssize_t k = 0; k < c && !bad; k++)
+        bad = column[k] < 0 || column[k] >= width || view[k] < 0 || view[k] >= v;
+    for (Py_ssize_t j = 0; j < v && !bad; j++) bad = position[j] < 0 || position[j] >= n_views;
+    for (Py_ssize_t r = 0; r < n && !bad; r++) bad = inv[r] < 0 || inv[r] >= d;
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "assemble: a group's arrays do not fit");
+        return -1;
+    }
+    float *out = o->values.buf;
+    int32_t *out_stale = o->stale.buf;
+    double *out_event = o->event.buf;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        const float *src = vals + inv[r] * c;
+        const double *at = ts + inv[r] * v;
+        float *row = out + r * width;
+        int32_t blanked = 0;
+        for (Py_ssize_t k = 0; k < c; k++) {
+            float x = src[k];
+            if (enforce && now - at[view[k]] > ttl[k]) { /* NaN age: never */
+                blanked += x == x;
+                x = NAN;
+            }
+            row[column[k]] = x;
+        }
+        out_stale[r] += blanked;
+        for (Py_ssize_t j = 0; j < v; j++) out_event[r * n_views + position[j]] = at[j];
+    }
+    return 0;
+}
+
+/* Per row: missing values counted, and replaced by the declared defaults where given. */
+static void out_fill(Out *o) {
+    const float *fill = o->held >= 5 ? o->defaults.buf : NULL;
+    float *out = o->values.buf;
+    int32_t *out_missing = o->missing.buf;
+    for (Py_ssize_t r = 0; r < o->n; r++) {
+        float *row = out + r * o->width;
+        int32_t gaps = 0;
+        for (Py_ssize_t k = 0; k < o->width; k++) {
+            if (row[k] != row[k]) {
+                gaps++;
+                if (fill) row[k] = fill[k];
+            }
+        }
+        out_missing[r] = gaps;
+    }
+}
 
 /* The request's rows from each group's distinct entities: values past their view's TTL
  * blanked and counted stale, event times placed, then, per row, missing values counted and
@@ -500,106 +635,123 @@ static PyObject *assemble(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OdpOOOOO", &groups_obj, &now, &enforce, &defaults_obj,
                           &values_obj, &missing_obj, &stale_obj, &event_obj))
         return NULL;
-    Py_buffer values, missing, stale, event, defaults;
-    int have_defaults = defaults_obj != Py_None;
-    int held = 0; /* how many of values, missing, stale, event, defaults are held */
-    PyObject *fast = NULL, *result = NULL;
-    if (get_buffer(values_obj, &values, 1, 4, -1, "values") < 0) goto out;
-    held = 1;
-    if (get_buffer(missing_obj, &missing, 1, 4, -1, "missing") < 0) goto out;
-    held = 2;
-    Py_ssize_t n = missing.len / 4;
-    if (n == 0 || values.len % (4 * n)) {
-        PyErr_SetString(PyExc_ValueError, "values: not (rows, columns) for the rows of missing");
-        goto out;
-    }
-    Py_ssize_t width = values.len / (4 * n);
-    if (get_buffer(stale_obj, &stale, 1, 4, n, "stale") < 0) goto out;
-    held = 3;
-    if (get_buffer(event_obj, &event, 1, 8, -1, "event_ts") < 0) goto out;
-    held = 4;
-    if (event.len % (8 * n)) {
-        PyErr_SetString(PyExc_ValueError, "event_ts: not (rows, views)");
-        goto out;
-    }
-    Py_ssize_t n_views = event.len / (8 * n);
-    if (have_defaults) {
-        if (get_buffer(defaults_obj, &defaults, 0, 4, width, "defaults") < 0) goto out;
-        held = 5;
-    }
-    float *out = values.buf;
-    int32_t *out_missing = missing.buf, *out_stale = stale.buf;
-    double *out_event = event.buf;
-    memset(out_stale, 0, 4 * n);
-    fast = PySequence_Fast(groups_obj, "groups: expected a sequence");
+    Out o;
+    if (out_get(defaults_obj, values_obj, missing_obj, stale_obj, event_obj, &o) < 0) return NULL;
+    PyObject *result = NULL;
+    PyObject *fast = PySequence_Fast(groups_obj, "groups: expected a sequence");
     if (fast == NULL) goto out;
     for (Py_ssize_t g = 0; g < PySequence_Fast_GET_SIZE(fast); g++) {
-        PyObject *o[7];
+        PyObject *obj[7];
         Py_buffer b[7];
-        int got = 0, bad = 0;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, g), "OOOOOOO", &o[0], &o[1], &o[2],
-                              &o[3], &o[4], &o[5], &o[6]))
+        int got = 0, failed = 1;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, g), "OOOOOOO", &obj[0], &obj[1],
+                              &obj[2], &obj[3], &obj[4], &obj[5], &obj[6]))
             goto out;
         static const Py_ssize_t size[7] = {4, 8, 8, 8, 8, 8, 8};
         static const char *what[7] = {"vals", "ts", "inverse", "column", "view", "ttl", "position"};
         for (; got < 7; got++)
-            if (get_buffer(o[got], &b[got], 0, size[got], -1, what[got]) < 0) break;
-        if (got == 7) {
-            Py_ssize_t c = b[3].len / 8, v = b[6].len / 8;
-            Py_ssize_t d = (c ? b[0].len / (4 * c) : 0);
-            const float *vals = b[0].buf;
-            const double *ts = b[1].buf, *ttl = b[5].buf;
-            const int64_t *inv = b[2].buf, *column = b[3].buf, *view = b[4].buf,
-                          *position = b[6].buf;
-            bad = b[2].len != 8 * n || b[4].len != 8 * c || b[5].len != 8 * c ||
-                  (c && b[0].len != 4 * c * d) || b[1].len != 8 * v * d;
-            for (Py_ssize_t k = 0; k < c && !bad; k++)
-                bad = column[k] < 0 || column[k] >= width || view[k] < 0 || view[k] >= v;
-            for (Py_ssize_t j = 0; j < v && !bad; j++)
-                bad = position[j] < 0 || position[j] >= n_views;
-            for (Py_ssize_t r = 0; r < n && !bad; r++) bad = inv[r] < 0 || inv[r] >= d;
-            if (bad)
-                PyErr_SetString(PyExc_ValueError, "assemble: a group's arrays do not fit");
-            for (Py_ssize_t r = 0; r < n && !bad; r++) {
-                const float *src = vals + inv[r] * c;
-                const double *at = ts + inv[r] * v;
-                float *row = out + r * width;
-                int32_t blanked = 0;
-                for (Py_ssize_t k = 0; k < c; k++) {
-                    float x = src[k];
-                    if (enforce && now - at[view[k]] > ttl[k]) { /* NaN age: never */
-                        blanked += x == x;
-                        x = NAN;
-                    }
-                    row[column[k]] = x;
-                }
-                out_stale[r] += blanked;
-                for (Py_ssize_t j = 0; j < v; j++) out_event[r * n_views + position[j]] = at[j];
-            }
-        }
+            if (get_buffer(obj[got], &b[got], 0, size[got], -1, what[got]) < 0) break;
+        if (got == 7)
+            failed = assemble_group(&o, b[0].buf, b[0].len / 4, b[1].buf, b[1].len / 8, b[2].buf,
+                                    b[2].len / 8, b[3].buf, b[3].len / 8, b[4].buf, b[4].len / 8,
+                                    b[5].buf, b[5].len / 8, b[6].buf, b[6].len / 8, now, enforce);
         for (int k = 0; k < got; k++) PyBuffer_Release(&b[k]);
-        if (got < 7 || bad) goto out;
+        if (failed) goto out;
     }
-    const float *fill = have_defaults ? defaults.buf : NULL;
-    for (Py_ssize_t r = 0; r < n; r++) {
-        float *row = out + r * width;
-        int32_t gaps = 0;
-        for (Py_ssize_t k = 0; k < width; k++) {
-            if (row[k] != row[k]) {
-                gaps++;
-                if (fill) row[k] = fill[k];
-            }
-        }
-        out_missing[r] = gaps;
-    }
+    out_fill(&o);
     result = Py_NewRef(Py_None);
 out:
     Py_XDECREF(fast);
-    if (held >= 5) PyBuffer_Release(&defaults);
-    if (held >= 4) PyBuffer_Release(&event);
-    if (held >= 3) PyBuffer_Release(&stale);
-    if (held >= 2) PyBuffer_Release(&missing);
-    if (held >= 1) PyBuffer_Release(&values);
+    out_release(&o);
+    return result;
+}
+
+/* A read of a few rows in one call: per group, its `count` HMGET replies of vectors from
+ * pos, decoded and assembled into the rows as `decode_vectors` and `assemble` do, without a
+ * numpy array per group (their allocations were most of a one-entity read's C path). Each
+ * group is a tuple of (count, views, columns, inverse, column, view, ttl, position), inverse
+ * a list of ints or an int64 array. Returns (end, fallbacks): when an entity needs Feast's
+ * fields (fallbacks > 0) or a reply is of another shape (end < 0), the rows are not whole
+ * and the caller reads another way. */
+static PyObject *read_few(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t pos;
+    PyObject *groups_obj, *defaults_obj, *values_obj, *missing_obj, *stale_obj, *event_obj;
+    double now;
+    int enforce;
+    if (!PyArg_ParseTuple(args, "y*nOdpOOOOO", &buf, &pos, &groups_obj, &now, &enforce,
+                          &defaults_obj, &values_obj, &missing_obj, &stale_obj, &event_obj))
+        return NULL;
+    PyObject *result = NULL, *fast = NULL;
+    Out o;
+    o.held = 0;
+    if (pos < 0 || pos > buf.len) {
+        PyErr_SetString(PyExc_ValueError, "pos: out of range");
+        goto out;
+    }
+    if (out_get(defaults_obj, values_obj, missing_obj, stale_obj, event_obj, &o) < 0) goto out;
+    fast = PySequence_Fast(groups_obj, "groups: expected a sequence");
+    if (fast == NULL) goto out;
+    Py_ssize_t p = pos, fallbacks = 0;
+    for (Py_ssize_t g = 0; g < PySequence_Fast_GET_SIZE(fast) && p >= 0 && !fallbacks; g++) {
+        Py_ssize_t count, columns, nv = 0, got_views = 0, with_data;
+        PyObject *views_obj, *inv_obj, *obj[4];
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, g), "nOnOOOOO", &count, &views_obj,
+                              &columns, &inv_obj, &obj[0], &obj[1], &obj[2], &obj[3]))
+            goto out;
+        View views[64];
+        Columns inv;
+        inv.k = 0;
+        Py_buffer b[4];
+        int got = 0, failed = 1;
+        float *vals = NULL;
+        double *ts = NULL;
+        uint8_t *flags = NULL;
+        if (count < 0 || columns < 0) {
+            PyErr_SetString(PyExc_ValueError, "read_few: a group's count or columns out of range");
+            goto group_done;
+        }
+        if (views_get(views_obj, columns, views, &nv, &got_views) < 0) goto group_done;
+        PyObject *one = PyTuple_Pack(1, inv_obj);
+        if (one == NULL) goto group_done;
+        int inv_bad = columns_get(one, &inv);
+        Py_DECREF(one);
+        if (inv_bad < 0) goto group_done;
+        static const Py_ssize_t size[4] = {8, 8, 8, 8};
+        static const char *what[4] = {"column", "view", "ttl", "position"};
+        for (; got < 4; got++)
+            if (get_buffer(obj[got], &b[got], 0, size[got], -1, what[got]) < 0) break;
+        if (got < 4) goto group_done;
+        vals = PyMem_Malloc(sizeof(float) * (count * columns + 1));
+        ts = PyMem_Malloc(sizeof(double) * (count * nv + 1));
+        flags = PyMem_Malloc(count + 1);
+        if (vals == NULL || ts == NULL || flags == NULL) {
+            PyErr_NoMemory();
+            goto group_done;
+        }
+        p = decode_replies(buf.buf, buf.len, p, count, views, nv, columns, vals, ts, flags,
+                           &fallbacks, &with_data);
+        if (p >= 0 && !fallbacks &&
+            assemble_group(&o, vals, count * columns, ts, count * nv, inv.data[0], inv.n,
+                           b[0].buf, b[0].len / 8, b[1].buf, b[1].len / 8, b[2].buf,
+                           b[2].len / 8, b[3].buf, b[3].len / 8, now, enforce) < 0)
+            goto group_done;
+        failed = 0;
+    group_done:
+        PyMem_Free(vals);
+        PyMem_Free(ts);
+        PyMem_Free(flags);
+        for (int k = 0; k < got; k++) PyBuffer_Release(&b[k]);
+        columns_release(&inv);
+        views_release(views, got_views);
+        if (failed) goto out;
+    }
+    if (p >= 0 && !fallbacks) out_fill(&o);
+    result = Py_BuildValue("nn", p, fallbacks);
+out:
+    Py_XDECREF(fast);
+    out_release(&o);
+    PyBuffer_Release(&buf);
     return result;
 }
 
@@ -618,6 +770,9 @@ static PyMethodDef methods[] = {
      "decode_vectors(buf, pos, count, views, columns, vals, ts, flags) -> (end, fallbacks, "
      "with_data): HMGET replies of packed vectors and their _ts, checked and decoded (end "
      "-2: a reply of another shape), and how many entities have bit 0 and bit 1 of flags."},
+    {"read_few", read_few, METH_VARARGS,
+     "read_few(buf, pos, groups, now, enforce_ttl, defaults, values, missing, stale, event_ts) "
+     "-> (end, fallbacks): decode_vectors and assemble for a read of a few rows, in one call."},
     {"assemble", assemble, METH_VARARGS,
      "assemble(groups, now, enforce_ttl, defaults, values, missing, stale, event_ts): the "
      "request's rows from each group's distinct entities, TTL applied, gaps counted and "

@@ -99,6 +99,21 @@ def test_equal_to_feast_on_materialized_data(fraud_repo, plan, reader, n):
     assert rows.distinct_keys < 3 * len(users)  # repeated entities were read once
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])  # with the C loops, one C call (read_few)
+def test_a_few_known_entities_equal_feast(fraud_repo, plan, reader, n):
+    pairs = pd.read_parquet(fraud_repo.data / "user_merchant_stats.parquet").sample(
+        n, random_state=n
+    )
+    users, merchants = pairs["user_id"].to_numpy(np.int64), pairs["merchant_id"].to_numpy(np.int64)
+    expected = _feast_matrix(fraud_repo.store, plan, users, merchants)
+    defaults = np.array([c.default for c in plan.columns], np.float32)
+
+    rows = reader.read(plan, {"user_id": users.tolist(), "merchant_id": merchants.tolist()})
+
+    np.testing.assert_array_equal(rows.values, np.where(np.isnan(expected), defaults, expected))
+    assert (rows.missing < len(plan.columns)).all() and not np.isnan(rows.event_ts).all()
+
+
 def test_missing_values_are_counted_per_row(fraud_repo, plan, reader):
     rows = reader.read(plan, {"user_id": [999_999], "merchant_id": [999_999]})
     assert rows.missing.tolist() == [len(plan.columns)]

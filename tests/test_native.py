@@ -209,6 +209,8 @@ def test_an_error_reply_raises_on_either_path(fraud_repo, plan, use_native):
         users = [user, *range(40)]
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             reader.read(plan, {"user_id": users, "merchant_id": list(range(41))})
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):  # a read of one row
+            reader.read(plan, {"user_id": [user], "merchant_id": [0]})
         # the connection is still good for the next read
         rows = reader.read(plan, {"user_id": list(range(41)), "merchant_id": list(range(41))})
         assert rows.values.shape == (41, len(plan.columns))
@@ -217,11 +219,12 @@ def test_an_error_reply_raises_on_either_path(fraud_repo, plan, use_native):
 
 
 @needs_native
-def test_the_c_assembly_applies_ttl_and_defaults_like_numpy(fraud_repo, plan):
+@pytest.mark.parametrize("n", [1, 2, 3, 61])  # up to 3 rows: featurestore._native.read_few
+def test_the_c_assembly_applies_ttl_and_defaults_like_numpy(fraud_repo, plan, n):
     """The same entities, read through C and through numpy, with and without TTL, at a
     clock that puts every value past its view's TTL: equal values and counts."""
-    users = [*range(60), 999_999]
-    merchants = list(range(61))
+    users = [*range(1, n), 999_999]  # the last user unknown: defaults and gaps
+    merchants = list(range(1, n + 1))
     entities = {"user_id": users, "merchant_id": merchants}
     client = connect(fraud_repo.address)
     for clock in (None, lambda: 4e9):
