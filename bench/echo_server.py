@@ -51,12 +51,12 @@ class RedisFloor:
     """The Redis round trip of a request's keys, packed once per distinct request."""
 
     def __init__(self, address: str, plan_path: Path):
-        from bench.inprocess import floor_payloads, floor_round_trip
+        from bench.inprocess import floor_payloads, floor_transport
         from featurestore.connection import connect
         from featurestore.plan import ReadPlan
         from featurestore.resp import OwnConnections
 
-        self._round_trip = floor_round_trip  # imported here: the plain echo floor needs none
+        self._round_trip = floor_transport()  # imported here: the plain echo floor needs none
         self._client = connect(address)
         self._own = OwnConnections(self._client)
         self._pack = floor_payloads(ReadPlan.from_json(plan_path.read_text()), "vectors")
@@ -72,7 +72,7 @@ class RedisFloor:
                 for name, column in request.entities.items()
             }
             packed = self._packed.setdefault(seen, self._pack(entities))
-        return self._round_trip(self._client, *packed, self._own), packed[1]
+        return self._round_trip(self._client, *packed, own=self._own), packed[1]
 
 
 def row_count(request: pb.PredictRequest) -> int:

@@ -22,6 +22,7 @@ harness process instead, which has Feast imported already.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import sys
@@ -74,14 +75,16 @@ def floor_payloads(plan, mode: str) -> Callable[[Mapping[str, Sequence]], tuple[
     return pack
 
 
-def floor_round_trip(client, data: bytes, count: int, own) -> list | bytearray:
-    """One floor round trip on Augur's own transport: the replies read off the socket and
-    found complete by the C scanner where featurestore._native is built (what the reader
-    itself pays before decoding), else parsed by hiredis (what the reader pays without it)."""
+def floor_transport() -> Callable[..., list | bytearray]:
+    """The floor's round trip, `(client, data, count, own=...)`, on Augur's own transport:
+    the replies read off the socket and found complete by the C scanner where
+    featurestore._native is built (what the reader itself pays before decoding), else parsed
+    by hiredis (what the reader pays without it). Resolved once, so the timed calls pay no
+    import or lookup the reader does not."""
     from featurestore.native import native
     from featurestore.resp import round_trip
 
-    return round_trip(client, data, count, own=own, raw=native is not None)
+    return functools.partial(round_trip, raw=native is not None)
 
 
 def floor_replies(got: list | bytearray, count: int) -> list:
@@ -94,7 +97,7 @@ def floor_replies(got: list | bytearray, count: int) -> list:
 def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> dict:
     """Time the round trip of each request's distinct keys, commands packed beforehand:
     HMGET of the plan's fields, HGETALL of the whole hash, or HMGET of the vectors. The
-    transport is Augur's own (`floor_round_trip`, on a connection this thread keeps, as the
+    transport is Augur's own (`floor_transport`, on a connection this thread keeps, as the
     reader's), so the floor is what any reader of these keys pays before decoding a single
     value. (Through redis-py's pool, as it was measured up to commit 3f1950e, each round
     trip paid 50-170 us more; up to commit 046a69c it was parsed by hiredis, 0.03-0.2 ms
@@ -105,17 +108,18 @@ def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> 
     packed = [pack(r["entities"]) for r in requests]
     nxt = _cycle(packed)
     own = OwnConnections(client)
+    trip = floor_transport()
 
     def call() -> list | bytearray:
         data, count = nxt()
-        return floor_round_trip(client, data, count, own)
+        return trip(client, data, count, own=own)
 
     ms = timed(call, repeats)
     # A floor over keys that do not exist would be a fake: say how many were found.
     found = [
         any(v is not None for v in reply)
         for data, count in packed
-        for reply in floor_replies(floor_round_trip(client, data, count, own), count)
+        for reply in floor_replies(trip(client, data, count, own=own), count)
     ]
     return {**_summary(ms), "keys_found": round(sum(found) / max(len(found), 1), 3)}
 
