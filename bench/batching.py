@@ -4,9 +4,11 @@ with each call's read, assembly and model call made free, in alternating rounds.
     python -m bench.batching [--scenario fraud|wide] [--rounds 3] [--callers 64] [--seconds 5]
 
 Each round starts, in turn: `augur serve` with batching off; with batching on as `make
-bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000); and
-bench/ceiling_server.py, the same server with the three stages answered from memory, which
-is the throughput any batching could approach. Closed-loop callers send 1-row Predicts
+bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000); with batching off but
+as many gRPC handler threads as the batching server starts (one per call a batch may wait
+for, against 2), which is what those threads cost by themselves; and
+bench/ceiling_server.py, the server with batching off and the three stages answered from
+memory, which is the throughput any batching could approach. Closed-loop callers send 1-row Predicts
 from another process (bench/load.py), which also reads the server's CPU time per call;
 calls per batch come from the server's own metrics. These machines drift by tens of
 percent within minutes, so the rounds alternate the servers and the ratios are taken
@@ -25,14 +27,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+from augur.config import ServerConfig
 from bench import scenarios, targets
 from bench.harness import _subprocess
 from featurestore.redis_server import EmbeddedRedis, free_port
 
+BATCHING = {"batch_max_rows": 64, "batch_max_delay_us": 1000}
+# The gRPC handler threads the batching server starts: one for each call a batch may wait for
+BATCHING_THREADS = ServerConfig(**targets.AUGUR_SERVER, **BATCHING).handler_threads
 # name -> server options; "ceiling" is bench/ceiling_server.py with the options of "off"
 SERVERS = {
     "off": {},
-    "batching": {"batch_max_rows": 64, "batch_max_delay_us": 1000},
+    "batching": BATCHING,
+    f"off-{BATCHING_THREADS}-threads": {"workers": BATCHING_THREADS},
     "ceiling": {},
 }
 COLUMNS = (

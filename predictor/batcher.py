@@ -1,18 +1,27 @@
 """Dynamic batching: concurrent calls for one model share one feature read and model call.
 
-One thread per model takes queued calls; a batch closes when it holds `max_rows` rows, when
-the first call has waited `max_delay_s` (Triton's max batch size and max queue delay), or
-as soon as no other call is on its way: a call announces itself (`arrival`) before it
-decodes its request, and a batch waits only for calls it knows are coming. So a lone caller
-never waits out the delay, and under load a batch takes what has queued meanwhile. Each
-caller blocks on its own call until the batch that carried it is done.
+There is no batching thread. The calls' own handler threads take turns leading: a call
+that finds no batch running leads, takes what has queued and runs it, and once its own
+call is answered hands the lead to the oldest call still queued, whose thread goes on.
+Every other call blocks once on its own lock, released when its batch is done or when it
+is handed the lead. A batch closes when it holds `max_rows` rows, when its first call has
+waited `max_delay_s` (Triton's max batch size and max queue delay), or as soon as no other
+call is on its way: a call announces itself (`arrival`) before it decodes its request, and
+the leader waits only for calls it knows are coming. So a lone caller never waits out the
+delay, and under load a batch takes what queued while the one before it ran.
+
+Against the batching thread this module had before (the same rules, each call handed to
+that thread and back), this is one thread and two waits fewer per lone call, and a batch
+no longer passes `max_rows` by taking a call that does not fit. In `bench/batching.py`
+rounds the two served alike, at 1 caller and at 64: what dynamic batching costs on these
+two cores is the handler threads it keeps, one per waiting call (README, Benchmarks).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +43,10 @@ class Call:
     queued: float = 0.0  # perf_counter when it joined the queue
     result: Any = None
     error: BaseException | None = None
-    # Released when the call's batch is done. A bare lock, not an Event: Event's wait and
-    # set go through a Condition in Python, several times a lock's cost, once per call.
+    answered: bool = False
+    # Released once: when the call's batch is done, or when the call is handed the lead. A
+    # bare lock, not an Event: Event's wait and set go through a Condition in Python,
+    # several times a lock's cost, once per call.
     done: threading.Lock = field(default_factory=_held)
 
 
@@ -43,80 +54,96 @@ class Batcher:
     def __init__(
         self, name: str, run: Callable[[list[Call]], None], max_rows: int, max_delay_s: float
     ):
+        self.name = name
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self._run = run
-        self._queue: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards everything below
+        self._queued: deque[Call] = deque()
         self._arriving = 0  # calls announced and not yet queued
-        self._count = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name=f"augur-batch-{name}", daemon=True)
-        self._thread.start()
+        self._leading = False  # a thread is running batches
+        self._woken: threading.Lock | None = None  # held by a leader waiting for arrivals
 
     def arrival(self) -> Arrival:
         """Announce a call before decoding its request; submit it through what this returns,
         used as a context manager (leaving it unsubmitted withdraws the announcement)."""
-        with self._count:
+        with self._lock:
             self._arriving += 1
         return Arrival(self)
 
     def waiting(self) -> int:
         """Calls queued and not yet taken into a batch."""
-        return self._queue.qsize()
+        return len(self._queued)
 
     def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(5)
+        """Nothing to stop: batches run on their callers' threads."""
 
     def _submit(self, call: Call) -> Any:
         call.queued = time.perf_counter()
-        self._queue.put(call)  # queued before it stops counting as arriving: never neither
-        self._arrived()
-        call.done.acquire()
+        with self._lock:
+            self._arriving -= 1
+            self._queued.append(call)
+            lead = not self._leading
+            self._leading = True
+            self._wake()
+        if not lead:
+            call.done.acquire()
+        if not call.answered:  # the lead, found or handed over
+            self._lead(call)
         if call.error is not None:
             raise call.error
         return call.result
 
-    def _arrived(self) -> None:
-        with self._count:
+    def _withdraw(self) -> None:
+        with self._lock:
             self._arriving -= 1
+            self._wake()
 
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stopping = self._collect(first)
+    def _wake(self) -> None:
+        """With the lock held: let a leader waiting for arrivals look again."""
+        if self._woken is not None:
+            self._woken.release()
+            self._woken = None
+
+    def _lead(self, own: Call) -> None:
+        """Run batches until `own` is answered, then hand the lead on."""
+        while not own.answered:
+            batch = self._collect()
             try:
                 self._run(batch)
             except BaseException as e:  # every caller of the batch gets the same failure
                 for call in batch:
                     call.error = e
-            finally:
-                for call in batch:
+            for call in batch:
+                call.answered = True
+                if call is not own:
                     call.done.release()
-            if stopping:
-                return
+        with self._lock:
+            if self._queued:
+                self._queued[0].done.release()  # its thread leads next
+            else:
+                self._leading = False
 
-    def _collect(self, first: Call) -> tuple[list[Call], bool]:
-        batch, rows = [first], first.rows
-        closes = time.monotonic() + self.max_delay_s
-        while rows < self.max_rows:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                left = closes - time.monotonic()
-                if self._arriving <= 0 or left <= 0:
-                    break
-                try:
-                    # Short waits: an announced call may yet fail validation and never come.
-                    nxt = self._queue.get(timeout=min(left, 0.0002))
-                except queue.Empty:
-                    continue
-            if nxt is None:
-                return batch, True
-            batch.append(nxt)
-            rows += nxt.rows
-        return batch, False
+    def _collect(self) -> list[Call]:
+        batch: list[Call] = []
+        rows = 0
+        closes = None
+        while True:
+            with self._lock:
+                while self._queued and (not batch or rows + self._queued[0].rows <= self.max_rows):
+                    call = self._queued.popleft()
+                    batch.append(call)
+                    rows += call.rows
+                if closes is None:
+                    closes = batch[0].queued + self.max_delay_s
+                left = closes - time.perf_counter()
+                if rows >= self.max_rows or self._arriving <= 0 or left <= 0 or self._queued:
+                    self._woken = None
+                    return batch
+                woken = self._woken = _held()
+            # Released by the next call queued or withdrawn; the timeout bounds the batch's
+            # wait by the delay, whatever those announced calls do.
+            woken.acquire(timeout=left)
 
 
 class Arrival:
@@ -134,7 +161,7 @@ class Arrival:
     def __exit__(self, *exc: object) -> None:
         if self._pending:
             self._pending = False
-            self._batcher._arrived()
+            self._batcher._withdraw()
 
     def submit(self, call: Call) -> Any:
         """Queue the call and wait for its batch; its result, or the batch's error."""

@@ -287,11 +287,14 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         metrics.BATCH_QUEUE.labels(name).set(self._batchers[name].waiting())
         for group in groups.values():
             route = group[0].route
-            keys = group[0].entities.keys()
-            entities = {k: [v for c in group for v in c.entities[k]] for k in keys}
-            extra = {k: np.concatenate([c.extra[k] for c in group]) for k in group[0].extra}
-            deadlines = [c.deadline for c in group]
-            deadline = None if None in deadlines else max(deadlines)
+            if len(group) == 1:  # the usual batch at light load: nothing to merge or split
+                entities, extra, deadline = group[0].entities, group[0].extra, group[0].deadline
+            else:
+                keys = group[0].entities.keys()
+                entities = {k: [v for c in group for v in c.entities[k]] for k in keys}
+                extra = {k: np.concatenate([c.extra[k] for c in group]) for k in group[0].extra}
+                deadlines = [c.deadline for c in group]
+                deadline = None if None in deadlines else max(deadlines)
             try:
                 scored = self._score(
                     route, route.stable, entities, extra, route.canary_rows(entities), deadline
@@ -302,6 +305,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 continue
             metrics.BATCH_ROWS.labels(route.name).observe(len(scored.batch))
             metrics.BATCH_CALLS.labels(route.name).observe(len(group))
+            if len(group) == 1:
+                group[0].result = scored
+                continue
             start = 0
             for call in group:
                 part = slice(start, start + call.rows)
