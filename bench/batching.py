@@ -1,5 +1,6 @@
-"""Where dynamic batching's throughput goes: Augur with batching off, with batching on, and
-with each call's read, assembly and model call made free, in alternating rounds.
+"""Where dynamic batching's throughput goes: Augur with batching off, with batching on, with
+the batching server's threads but batching off, and with each call's read, assembly and
+model call made free, in alternating rounds.
 
     python -m bench.batching [--scenario fraud|wide] [--rounds 3] [--callers 64] [--seconds 5]
 
@@ -8,11 +9,11 @@ bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000); with batchin
 as many gRPC handler threads as the batching server starts (one per call a batch may wait
 for, against 2), which is what those threads cost by themselves; and
 bench/ceiling_server.py, the server with batching off and the three stages answered from
-memory, which is the throughput any batching could approach. Closed-loop callers send 1-row Predicts
-from another process (bench/load.py), which also reads the server's CPU time per call;
-calls per batch come from the server's own metrics. These machines drift by tens of
-percent within minutes, so the rounds alternate the servers and the ratios are taken
-within a round. Prints a Markdown table; not part of `make bench`.
+memory, which is the throughput any batching could approach. Closed-loop callers send
+1-row Predicts from another process (bench/load.py), which also reads the server's CPU
+time per call; calls per batch come from the server's own metrics. These machines drift by
+tens of percent within minutes, so the rounds alternate the servers and the ratios are
+taken within a round. Prints a Markdown table; not part of `make bench`.
 """
 
 from __future__ import annotations

@@ -10,11 +10,10 @@ call is on its way: a call announces itself (`arrival`) before it decodes its re
 the leader waits only for calls it knows are coming. So a lone caller never waits out the
 delay, and under load a batch takes what queued while the one before it ran.
 
-Against the batching thread this module had before (the same rules, each call handed to
-that thread and back), this is one thread and two waits fewer per lone call, and a batch
-no longer passes `max_rows` by taking a call that does not fit. In `bench/batching.py`
-rounds the two served alike, at 1 caller and at 64: what dynamic batching costs on these
-two cores is the handler threads it keeps, one per waiting call (README, Benchmarks).
+Up to d884b67 a thread of its own ran the batches, each call handed to it and back: two
+hand-offs between threads more per lone call than here. The two served alike in
+`bench/batching.py` rounds, at 1 caller and at 64; what dynamic batching costs on two
+cores is the handler threads it keeps, one per waiting call (README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -51,10 +50,7 @@ class Call:
 
 
 class Batcher:
-    def __init__(
-        self, name: str, run: Callable[[list[Call]], None], max_rows: int, max_delay_s: float
-    ):
-        self.name = name
+    def __init__(self, run: Callable[[list[Call]], None], max_rows: int, max_delay_s: float):
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self._run = run
@@ -74,9 +70,6 @@ class Batcher:
     def waiting(self) -> int:
         """Calls queued and not yet taken into a batch."""
         return len(self._queued)
-
-    def stop(self) -> None:
-        """Nothing to stop: batches run on their callers' threads."""
 
     def _submit(self, call: Call) -> Any:
         call.queued = time.perf_counter()

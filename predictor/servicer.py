@@ -250,7 +250,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             with self._batchers_lock:
                 batcher = self._batchers.get(route.name)
                 if batcher is None:
-                    batcher = Batcher(route.name, self._score_calls, rows, delay_s)
+                    batcher = Batcher(self._score_calls, rows, delay_s)
                     self._batchers[route.name] = batcher
                     self._check_threads(route.name, rows)
         elif batcher.max_rows != rows or batcher.max_delay_s != delay_s:

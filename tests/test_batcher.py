@@ -36,7 +36,7 @@ def test_concurrent_calls_share_batches_within_max_rows_and_get_their_own_answer
         for call in batch:
             call.result = (call.entities["id"][0], call.rows)
 
-    batcher = Batcher("m", run, max_rows=6, max_delay_s=0.001)
+    batcher = Batcher(run, max_rows=6, max_delay_s=0.001)
     answers: dict[tuple[int, int], object] = {}
 
     def caller(worker: int) -> None:
@@ -62,7 +62,7 @@ def test_a_call_wider_than_max_rows_runs_alone():
         for call in batch:
             call.result = call.rows
 
-    batcher = Batcher("m", run, max_rows=4, max_delay_s=0.001)
+    batcher = Batcher(run, max_rows=4, max_delay_s=0.001)
     assert _submit(batcher, _call(9, "wide")) == 9
     assert seen == [[9]]
 
@@ -79,7 +79,7 @@ def test_a_failing_batch_fails_its_own_calls_only():
         for call in batch:
             call.result = call.entities["id"][0]
 
-    batcher = Batcher("m", run, max_rows=8, max_delay_s=0.001)
+    batcher = Batcher(run, max_rows=8, max_delay_s=0.001)
     errors: dict[tuple[int, int], BaseException] = {}
     answers: dict[tuple[int, int], object] = {}
 
@@ -98,7 +98,7 @@ def test_a_failing_batch_fails_its_own_calls_only():
 
 
 def test_a_lone_call_does_not_wait_out_the_delay():
-    batcher = Batcher("m", lambda batch: setattr(batch[0], "result", "ok"), 64, max_delay_s=30)
+    batcher = Batcher(lambda batch: setattr(batch[0], "result", "ok"), 64, max_delay_s=30)
     began = time.monotonic()
     assert _submit(batcher, _call(1, 0)) == "ok"
     assert time.monotonic() - began < 5  # nowhere near the 30 s delay
@@ -113,7 +113,7 @@ def test_a_batch_waits_for_an_announced_call_only_while_it_is_on_its_way(announc
         for call in batch:
             call.result = call.entities["id"][0]
 
-    batcher = Batcher("m", run, max_rows=64, max_delay_s=30)
+    batcher = Batcher(run, max_rows=64, max_delay_s=30)
     answered = threading.Event()
     with batcher.arrival() as late:  # announced: still decoding its request
         waiter = threading.Thread(
