@@ -166,18 +166,29 @@ class ProcessCpu:
 
 class MachineCpu:
     """Cores the whole machine kept busy (every process, the kernel included) since `start`:
-    what a second server process, or any saving, has to work with."""
+    what a second server process, or any saving, has to work with. The busy share of the
+    time the kernel accounted on every CPU, times the CPUs: the kernel counts in ticks
+    (10 ms), which over a short step would move a count against the wall clock by tenths of
+    a core, past the machine's CPUs; against its own total they cancel."""
+
+    def __init__(self) -> None:
+        self._cpus = psutil.cpu_count() or 1  # the CPUs psutil.cpu_times() sums over
 
     def start(self) -> None:
-        self._busy, self._wall = self._busy_seconds(), time.perf_counter()
+        self._busy, self._total = self._seconds()
 
     def cores(self) -> float:
-        return (self._busy_seconds() - self._busy) / max(time.perf_counter() - self._wall, 1e-9)
+        busy, total = self._seconds()
+        spent = total - self._total
+        return (busy - self._busy) / spent * self._cpus if spent > 0 else 0.0
 
     @staticmethod
-    def _busy_seconds() -> float:
+    def _seconds() -> tuple[float, float]:
+        """(busy, all) seconds, summed over the CPUs."""
         t = psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        # Linux counts a guest's time in user's too: summed once
+        total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+        return total - t.idle - getattr(t, "iowait", 0.0), total
 
 
 async def run(plan: dict) -> list[dict]:
