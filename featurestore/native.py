@@ -1,10 +1,10 @@
 """The read path's C loops (featurestore._native), when they were built.
 
 setup.py builds them where a C compiler is present; the install goes on without one. The
-reader uses them for reads of more than a few entities when they are here, and its numpy and
-hiredis paths otherwise: the same results (tests/test_differential.py checks both against
-Feast; tests/test_native.py checks the C functions one by one). `AUGUR_NATIVE=0` turns
-them off for a process.
+reader uses them when they are here (a read of a few entities in one call, a larger one in
+a few), and its numpy, hiredis and Python-scalar paths otherwise: the same results
+(tests/test_differential.py checks both against Feast; tests/test_native.py checks the C
+functions one by one). `AUGUR_NATIVE=0` turns them off for a process.
 """
 
 from __future__ import annotations

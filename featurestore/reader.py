@@ -327,9 +327,7 @@ class OnlineReader:
         count = sum(len(keys) for keys, _ in work)
         got = round_trip(self._client, payload, count, timeout_s, self._own, raw=True)
         if isinstance(got, bytearray):
-            values = np.empty((n, len(plan.columns)), np.float32)
-            missing, stale = np.empty(n, np.int32), np.empty(n, np.int32)
-            event_ts = np.full((n, len(plan.views)), np.nan)
+            values, missing, stale, event_ts = _native_outputs(plan, n)
             spec = [
                 (len(keys), g.native_views, len(g.columns), inverse, *g.native_assembly)
                 for g, (keys, inverse) in zip(groups, work, strict=True)
@@ -429,12 +427,21 @@ class OnlineReader:
         return encoder
 
 
+def _native_outputs(plan: ReadPlan, n: int) -> tuple[np.ndarray, ...]:
+    """The arrays featurestore._native's assembly fills for `n` rows: values, missing and
+    stale counts, and each view's event time (NaN where no row of it was found)."""
+    return (
+        np.empty((n, len(plan.columns)), np.float32),
+        np.empty(n, np.int32),
+        np.empty(n, np.int32),
+        np.full((n, len(plan.views)), np.nan),
+    )
+
+
 def _assemble(plan: ReadPlan, n: int, work: list, fetches: list, now: float, enforce_ttl: bool):
     """The result of a read from its groups' distinct entities, assembled in C
     (featurestore._native): `read`'s numpy assembly and `_rows` in one call."""
-    values = np.empty((n, len(plan.columns)), np.float32)
-    missing, stale = np.empty(n, np.int32), np.empty(n, np.int32)
-    event_ts = np.full((n, len(plan.views)), np.nan)
+    values, missing, stale, event_ts = _native_outputs(plan, n)
     groups = [
         (
             np.ascontiguousarray(fetch.vals, np.float32),
