@@ -41,4 +41,4 @@ def load_runtime(
         return LightGBMRuntime(version.artifact, threads)
     from predictor.runtimes.torch_runtime import TorchRuntime
 
-    return TorchRuntime(version.artifact, version.spec.device, threads)
+    return TorchRuntime(version.artifact, version.spec.device, threads, len(version.features))
