@@ -3,6 +3,7 @@ the batching server's threads but batching off, and with each call's read, assem
 model call made free, in alternating rounds.
 
     python -m bench.batching [--scenario fraud|wide] [--rounds 3] [--callers 64] [--seconds 5]
+                             [--torch cpu|cuda]
 
 Each round starts, in turn: `augur serve` with batching off; with batching on as `make
 bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000); with batching off but
@@ -14,6 +15,11 @@ memory, which is the throughput any batching could approach. Closed-loop callers
 time per call; calls per batch come from the server's own metrics. These machines drift by
 tens of percent within minutes, so the rounds alternate the servers and the ratios are
 taken within a round. Prints a Markdown table; not part of `make bench`.
+
+The servers serve the scenario's LightGBM model compiled by lleaves, as `make bench` does;
+with `--torch DEVICE` (fraud only) they serve `augur train`'s torch MLP on that device
+instead, trained on the scenario's data: on a GPU a model call costs launches and a
+synchronisation whatever its rows, which is where batching earns most.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ def run(
     seconds: float,
     quick: bool = False,
     workdir: Path | None = None,
+    torch_device: str | None = None,
 ) -> list[dict]:
     """One row per server and round; the temporary folder and every process started are
     gone when this returns."""
@@ -68,7 +75,10 @@ def run(
         work = Path(tmp)
         with EmbeddedRedis(data_dir=work / "redis") as redis:
             scenario = scenarios.build(scenario_name, work, redis.address, quick)
-            scenarios.set_compile(scenario, "lleaves")
+            if torch_device:
+                scenario = scenarios.serve_mlp(scenario, torch_device)
+            else:
+                scenarios.set_compile(scenario, "lleaves")
             pool = scenarios.requests(scenario, 1, 256)
             rows = []
             for round_ in range(rounds):
@@ -172,10 +182,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="load per server (5 s)")
     parser.add_argument("--quick", action="store_true", help="a toy scenario: the smoke test")
     parser.add_argument("--workdir", type=Path, help="where the temporary scenario folder goes")
+    parser.add_argument(
+        "--torch",
+        metavar="DEVICE",
+        choices=("cpu", "cuda"),
+        help="serve the fraud torch MLP on DEVICE (cpu, cuda) instead of the LightGBM model",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.callers < 1 or args.seconds <= 0:
         parser.error("--rounds and --callers must be at least 1, --seconds above 0")
-    rows = run(args.scenario, args.rounds, args.callers, args.seconds, args.quick, args.workdir)
+    if args.torch and args.scenario != "fraud":
+        parser.error("--torch needs --scenario fraud (the wide scenario has no torch model)")
+    rows = run(
+        args.scenario, args.rounds, args.callers, args.seconds, args.quick, args.workdir, args.torch
+    )
     for row in rows:
         print(json.dumps(row))
     print()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +154,29 @@ def set_compile(scenario: Scenario, compiler: str) -> None:
     raw = yaml.safe_load(path.read_text())
     raw["compile"] = compiler
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def serve_mlp(scenario: Scenario, device: str) -> Scenario:
+    """The fraud scenario serving `augur train`'s torch MLP on `device` (cpu, cuda) in place
+    of its LightGBM model; the MLP is trained on the scenario's data and published beside it."""
+    import yaml
+
+    from pipelines.train import train
+
+    if scenario.name != "fraud":
+        raise ValueError(f"the {scenario.name} scenario has no torch model; fraud has")
+    train(
+        scenario.feature_repo,
+        scenario.model_repo,
+        scenario.redis_address,
+        only=["fraud_mlp"],
+        progress=False,
+    )
+    path = scenario.model_repo / "fraud_mlp" / "model.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["device"] = device
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return replace(scenario, model="fraud_mlp")
 
 
 def materialize_compared(repo: Path, address: str) -> dict:
