@@ -32,7 +32,7 @@ from predictor.admin import AdminServicer
 from predictor.lifecycle import ModelManager
 from predictor.repository import ModelRepository
 from predictor.servicer import PredictorServicer
-from predictor.supervisor import supervisor_pid
+from predictor.supervisor import await_siblings, supervisor_pid
 from proto.augur.v1 import admin_pb2, admin_pb2_grpc
 from proto.augur.v1 import predictor_pb2 as pb
 from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
@@ -155,6 +155,7 @@ def start(config: Config) -> RunningServer:
     elif config.server.admin:
         admin_server, admin_port = _admin_listener(config, manager)
     reflection.enable_server_reflection(services, server)
+    await_siblings()  # one of several processes listens when all are loaded (supervisor.py)
     port = security.bind(server, config)  # TLS / mutual TLS when server.tls_* are set
     if not port:
         raise RuntimeError(f"cannot listen on {config.server.host}:{config.server.port}")

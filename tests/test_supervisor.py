@@ -1,7 +1,8 @@
-"""`server.processes: 2`: two server processes share one port, metrics add up across them
-(in a directory of their own, never Feast's), a stop is clean even mid-start, and the
-processes stop when their supervisor is killed; one process keeps its metrics in memory
-whatever multiprocess directory it inherits."""
+"""`server.processes: 2`: two server processes share one port, listening together so the
+first connections reach both, metrics add up across them (in a directory of their own,
+never Feast's), a stop is clean even mid-start, and the processes stop when their
+supervisor is killed; one process keeps its metrics in memory whatever multiprocess
+directory it inherits."""
 
 import contextlib
 import os
@@ -12,11 +13,15 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import grpc
 import psutil
 from prometheus_client.mmap_dict import MmapedDict
 
 from featurestore.redis_server import free_port
 from predictor.client import PredictorClient
+from predictor.codec import encode_entities
+from proto.augur.v1 import predictor_pb2 as pb
+from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 from tests.conftest import write_config
 
 
@@ -192,3 +197,40 @@ def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_rep
             parent.kill()
     output = parent.stdout.read().decode()
     assert output.count("draining in-flight calls") == 2, output
+
+
+def test_connections_opened_as_the_replica_first_answers_reach_both_processes(
+    fraud_repo, model_repo, tmp_path
+):
+    """The processes bind the port together once both have loaded: one that listened
+    alone first would keep every connection a client opened as soon as health answered."""
+    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    try:
+        with PredictorClient(f"127.0.0.1:{port}") as probe:
+            probe.wait_serving(["fraud_lgbm"], 120, parent)
+        with contextlib.ExitStack() as stack:  # 16 connections, all open at once
+            for i in range(16):
+                # a subchannel pool of its own: channels alike share one connection otherwise
+                channel = stack.enter_context(
+                    grpc.insecure_channel(
+                        f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+                    )
+                )
+                request = pb.PredictRequest(
+                    model="fraud_lgbm",
+                    entities=encode_entities({"user_id": [i], "merchant_id": [i]}),
+                    request_features={"amount": pb.DoubleList(values=[1.0])},
+                )
+                pb_grpc.PredictorStub(channel).Predict(request, timeout=10)
+        per_process = {db.name: _requests_in(db) for db in metrics_dir.glob("counter_*.db")}
+        assert sum(per_process.values()) == 16
+        assert len([n for n in per_process.values() if n > 0]) == 2, per_process
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert "all 2 server processes loaded; listening on port" in parent.stdout.read().decode()
