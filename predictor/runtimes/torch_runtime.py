@@ -89,7 +89,7 @@ class _CudaCall:
         graph against the forward. A model that cannot be captured (it reads a value back
         to the host, say) or whose rows' scores depend on the other rows of the batch (a
         replay pads the batch to the graph's rows) runs without graphs; the log says why."""
-        sizes = [1 << i for i in range(max_rows.bit_length()) if 1 << i <= max_rows]
+        sizes = [1 << i for i in range(max_rows.bit_length())]  # 1, 2, 4 ... <= max_rows
         pool = torch.cuda.graph_pool_handle()  # one memory pool for all of them
         with self.lock, torch.inference_mode():
             try:
