@@ -34,7 +34,7 @@ def stand_in(path: Path, seed: int = 7) -> Path:
     """A binary LightGBM model shaped like fraud_lgbm, written to `path`."""
     import lightgbm as lgb
 
-    x = _inputs(20_000, seed)
+    x = inputs(20_000, seed)
     weights = np.random.default_rng(seed).normal(size=N_INPUTS)
     logit = np.nan_to_num(np.sign(x) * np.log1p(np.abs(x))) @ weights / 4
     y = (logit + np.random.default_rng(seed + 1).logistic(size=len(x)) > 2).astype(np.int64)
@@ -64,7 +64,7 @@ def run(model: Path, repeats: int, threads: int, sizes=(1, 256)) -> dict:
         "rows": {},
     }
     for rows in sizes:
-        batch = _inputs(rows, seed=rows, n_inputs=plain.n_features).astype(np.float32)
+        batch = inputs(rows, seed=rows, n_inputs=plain.n_features).astype(np.float32)
         gap = float(np.abs(plain.predict(batch) - compiled.predict(batch)).max())
         if gap > 1e-6:
             raise SystemExit(f"{rows} rows: compiled scores differ from LightGBM's by {gap}")
@@ -80,7 +80,7 @@ def run(model: Path, repeats: int, threads: int, sizes=(1, 256)) -> dict:
     return result
 
 
-def _inputs(rows: int, seed: int, n_inputs: int = N_INPUTS) -> np.ndarray:
+def inputs(rows: int, seed: int, n_inputs: int = N_INPUTS) -> np.ndarray:
     """Heavy-tailed counts and amounts, some missing, like the fraud features."""
     rng = np.random.default_rng(seed)
     x = rng.lognormal(mean=1.0, sigma=1.5, size=(rows, n_inputs))

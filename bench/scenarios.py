@@ -148,19 +148,22 @@ def _wide(work: Path, address: str, entities: int) -> Scenario:
 
 def set_compile(scenario: Scenario, compiler: str) -> None:
     """Serve the scenario's model with `compile: <compiler>` in its model.yaml."""
+    _set_option(scenario.model_repo, scenario.model, "compile", compiler)
+
+
+def _set_option(model_repo: Path, model: str, option: str, value: str) -> None:
+    """Set one option of a model's model.yaml, keeping the rest."""
     import yaml
 
-    path = scenario.model_repo / scenario.model / "model.yaml"
+    path = model_repo / model / "model.yaml"
     raw = yaml.safe_load(path.read_text())
-    raw["compile"] = compiler
+    raw[option] = value
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def serve_mlp(scenario: Scenario, device: str) -> Scenario:
     """The fraud scenario serving `augur train`'s torch MLP on `device` (cpu, cuda) in place
     of its LightGBM model; the MLP is trained on the scenario's data and published beside it."""
-    import yaml
-
     from pipelines.train import train
 
     if scenario.name != "fraud":
@@ -172,10 +175,7 @@ def serve_mlp(scenario: Scenario, device: str) -> Scenario:
         only=["fraud_mlp"],
         progress=False,
     )
-    path = scenario.model_repo / "fraud_mlp" / "model.yaml"
-    raw = yaml.safe_load(path.read_text())
-    raw["device"] = device
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    _set_option(scenario.model_repo, "fraud_mlp", "device", device)
     return replace(scenario, model="fraud_mlp")
 
 

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.model_call import N_INPUTS, inputs
 from bench.timing import stats, timed
 from pipelines.mlp import TabularMLP
 from predictor.batcher import Batcher, Call
 from predictor.runtimes.torch_runtime import TorchRuntime
 
-N_INPUTS = 38
 SIZES = (1, 64, 256, 1024, 4096)
 BATCH_ROWS, BATCH_DELAY_S = 64, 1e-3  # bench.batching.BATCHING
 
@@ -52,10 +52,7 @@ def scripted_mlp(path: Path, hidden: tuple[int, ...], seed: int = 0) -> Path:
 
 
 def _rows(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.lognormal(mean=1.0, sigma=1.5, size=(n, N_INPUTS)).astype(np.float32)
-    x[rng.random(x.shape) < 0.2] = np.nan
-    return x
+    return inputs(n, seed).astype(np.float32)
 
 
 def model_call(runtimes: dict[str, TorchRuntime], repeats: int) -> dict:
