@@ -29,16 +29,23 @@ class RedisConfig:
     row_cache_ttl_ms: int = 50  # a cached row is served at most this long after its read
 
 
+HANDLERS = ("auto", "green", "threads")
+
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 turns the metrics endpoint off
-    # gRPC handler threads; 0: 2, or with dynamic batching on enough to fill a batch (one
-    # thread per waiting call, up to max_in_flight). Python work shares one GIL: beyond 2
-    # threads (one computing while one waits on Redis) they only contend; scale with
-    # `processes` instead.
+    # How gRPC calls run. "auto": on the green pool (predictor/green.py: each call a
+    # greenlet, and one waiting for its batch or its request holds no thread) when dynamic
+    # batching is on at start, else on a thread pool. "green" / "threads": that one always.
+    handlers: str = "auto"
+    # gRPC handler threads; 0: 1 on the green pool (its batches take every call that waits
+    # on it); 2 on threads (one computing while one waits on Redis), or there, with
+    # batching on, one per call a batch may hold (up to max_in_flight). Python work shares
+    # one GIL: more threads only contend; scale with `processes` instead.
     workers: int = 0
     max_rows: int = 10_000  # entity rows per request; more is INVALID_ARGUMENT
     max_message_bytes: int = 16 * 1024 * 1024
@@ -68,10 +75,23 @@ class ServerConfig:
     def handler_threads(self) -> int:
         return self.threads_for(self.batch_max_rows)
 
+    def __post_init__(self) -> None:
+        if self.handlers not in HANDLERS:
+            raise ConfigError(
+                f"server.handlers: expected one of {', '.join(HANDLERS)}, got {self.handlers!r}"
+            )
+
+    def green_for(self, batch_max_rows: int) -> bool:
+        """Whether a server whose largest batch is `batch_max_rows` rows runs its calls on
+        the green pool."""
+        return self.handlers == "green" or (self.handlers == "auto" and batch_max_rows > 0)
+
     def threads_for(self, batch_max_rows: int) -> int:
         """gRPC handler threads for a server whose largest batch is `batch_max_rows` rows."""
         if self.workers > 0:
             return self.workers
+        if self.green_for(batch_max_rows):
+            return 1
         if batch_max_rows > 0:  # a call waiting for its batch holds a thread, not the GIL
             return max(2, min(batch_max_rows, self.max_in_flight))
         return 2

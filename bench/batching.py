@@ -1,20 +1,20 @@
-"""Where dynamic batching's throughput goes: Augur with batching off, with batching on, with
-the batching server's threads but batching off, and with each call's read, assembly and
-model call made free, in alternating rounds.
+"""Where dynamic batching's throughput goes: Augur with batching off, with batching on (on
+the green handler pool, as it serves), with batching on a thread pool, and with each call's
+read, assembly and model call made free, in alternating rounds.
 
     python -m bench.batching [--scenario fraud|wide] [--rounds 3] [--callers 64] [--seconds 5]
                              [--torch cpu|cuda]
 
 Each round starts, in turn: `augur serve` with batching off; with batching on as `make
-bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000); with batching off but
-as many gRPC handler threads as the batching server starts (one per call a batch may wait
-for, against 2), which is what those threads cost by themselves; and
-bench/ceiling_server.py, the server with batching off and the three stages answered from
-memory, which is the throughput any batching could approach. Closed-loop callers send
-1-row Predicts from another process (bench/load.py), which also reads the server's CPU
-time per call; calls per batch come from the server's own metrics. These machines drift by
-tens of percent within minutes, so the rounds alternate the servers and the ratios are
-taken within a round. Prints a Markdown table; not part of `make bench`.
+bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000), which runs the calls as
+greenlets on one thread (predictor/green.py); the same on a thread pool
+(server.handlers: threads), one thread per call a batch may wait for, as Augur batched
+before the green pool; and bench/ceiling_server.py, the server with batching off and the
+three stages answered from memory, which is the throughput any batching could approach.
+Closed-loop callers send 1-row Predicts from another process (bench/load.py), which also
+reads the server's CPU time per call; calls per batch come from the server's own metrics.
+These machines drift by tens of percent within minutes, so the rounds alternate the servers
+and the ratios are taken within a round. Prints a Markdown table; not part of `make bench`.
 
 The servers serve the scenario's LightGBM model compiled by lleaves, as `make bench` does;
 with `--torch DEVICE` (fraud only) they serve `augur train`'s torch MLP on that device
@@ -40,15 +40,15 @@ from bench.harness import _subprocess
 from featurestore.redis_server import EmbeddedRedis, free_port
 
 BATCHING = {"batch_max_rows": 64, "batch_max_delay_us": 1000}
-# The gRPC handler threads the batching server starts: one for each call a batch may wait for
-BATCHING_THREADS = ServerConfig(**targets.AUGUR_SERVER, **BATCHING).handler_threads
 # name -> server options; "ceiling" is bench/ceiling_server.py with the options of "off"
 SERVERS = {
     "off": {},
     "batching": BATCHING,
-    f"off-{BATCHING_THREADS}-threads": {"workers": BATCHING_THREADS},
+    "batching-threads": {**BATCHING, "handlers": "threads"},
     "ceiling": {},
 }
+# The threads batching on a thread pool starts: one for each call a batch may wait for
+POOL_THREADS = ServerConfig(**targets.AUGUR_SERVER, **SERVERS["batching-threads"]).handler_threads
 COLUMNS = (
     "throughput_rps",
     "p50_ms",

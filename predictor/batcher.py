@@ -1,19 +1,23 @@
 """Dynamic batching: concurrent calls for one model share one feature read and model call.
 
-There is no batching thread. The calls' own handler threads take turns leading: a call
-that finds no batch running leads, takes what has queued and runs it, and once its own
-call is answered hands the lead to the oldest call still queued, whose thread goes on.
-Every other call blocks once on its own lock, released when its batch is done or when it
-is handed the lead. A batch closes when it holds `max_rows` rows, when its first call has
-waited `max_delay_s` (Triton's max batch size and max queue delay), or as soon as no other
-call is on its way: a call announces itself (`arrival`) before it decodes its request, and
-the leader waits only for calls it knows are coming. So a lone caller never waits out the
-delay, and under load a batch takes what queued while the one before it ran.
+A batch closes when it holds `max_rows` rows, when its first call has waited `max_delay_s`
+(Triton's max batch size and max queue delay), or as soon as no other call is on its way, so
+a lone caller never waits out the delay and under load a batch takes what queued while the
+one before it ran. The calls wait in one of two ways, by where they run.
 
-Up to d884b67 a thread of its own ran the batches, each call handed to it and back: two
-hand-offs between threads more per lone call than here. The two served alike in
-`bench/batching.py` rounds, at 1 caller and at 64; what dynamic batching costs on two
-cores is the handler threads it keeps, one per waiting call (README, Benchmarks).
+On the green pool (predictor/green.py, the gRPC server's pool when batching is on) each call
+is a greenlet on one of the pool's threads. A call joins its thread's open batch and parks;
+the thread takes the next call, and runs the batch once no call is queued or still receiving
+its request, or once the delay is up. A waiting call holds no thread.
+
+Anywhere else (a thread pool, in-process callers) there is no batching thread either: the
+calls' own threads take turns leading. A call that finds no batch running leads, takes what
+has queued and runs it, and once its own call is answered hands the lead to the oldest call
+still queued, whose thread goes on. Every other call blocks once on its own lock, released
+when its batch is done or when it is handed the lead. A call announces itself (`arrival`)
+before it decodes its request, and the leader waits only for calls it knows are coming.
+Each waiting call holds a thread there, and on two cores those threads cost what batching
+saves (README, Benchmarks): the reason for the green pool.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import greenlet
+
+from predictor import green
 
 
 def _held() -> threading.Lock:
@@ -43,6 +51,7 @@ class Call:
     result: Any = None
     error: BaseException | None = None
     answered: bool = False
+    waiter: Any = None  # on a green pool: the call's greenlet, parked until answered
     # Released once: when the call's batch is done, or when the call is handed the lead. A
     # bare lock, not an Event: Event's wait and set go through a Condition in Python,
     # several times a lock's cost, once per call.
@@ -59,6 +68,7 @@ class Batcher:
         self._arriving = 0  # calls announced and not yet queued
         self._leading = False  # a thread is running batches
         self._woken: threading.Lock | None = None  # held by a leader waiting for arrivals
+        self._open: dict[green.Hub, _Open] = {}  # on a green pool: each hub's open batch
 
     def arrival(self) -> Arrival:
         """Announce a call before decoding its request; submit it through what this returns,
@@ -69,10 +79,13 @@ class Batcher:
 
     def waiting(self) -> int:
         """Calls queued and not yet taken into a batch."""
-        return len(self._queued)
+        return len(self._queued) + sum(len(b.calls) for b in list(self._open.values()))
 
     def _submit(self, call: Call) -> Any:
         call.queued = time.perf_counter()
+        hub = green.hub()
+        if hub is not None:
+            return self._park(hub, call)
         with self._lock:
             self._arriving -= 1
             self._queued.append(call)
@@ -86,6 +99,47 @@ class Batcher:
         if call.error is not None:
             raise call.error
         return call.result
+
+    def _park(self, hub: green.Hub, call: Call) -> Any:
+        """On a green pool: join this thread's open batch and park until it has run. The
+        hub runs the batch once no call is on its way or its delay is up; a call that fills
+        it runs it at once."""
+        with self._lock:
+            self._arriving -= 1
+            self._wake()
+        batch = self._open.get(hub)
+        if batch is not None and batch.rows + call.rows > self.max_rows:
+            self._close(hub)  # full without this call: it runs now, on this call's greenlet
+            batch = None
+        if batch is None:
+            batch = self._open[hub] = _Open()
+            hub.defer(self, call.queued + self.max_delay_s, lambda: self._close(hub))
+        batch.calls.append(call)
+        batch.rows += call.rows
+        call.waiter = greenlet.getcurrent()
+        if batch.rows >= self.max_rows:
+            self._close(hub)
+        else:
+            hub.park()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _close(self, hub: green.Hub) -> None:
+        """Run the hub's open batch, and let its parked calls go on once this greenlet
+        yields (at once, when the hub itself runs it)."""
+        hub.cancel(self)
+        batch = self._open.pop(hub).calls
+        try:
+            self._run(batch)
+        except BaseException as e:  # every caller of the batch gets the same failure
+            for call in batch:
+                call.error = e
+        here = greenlet.getcurrent()
+        for call in batch:
+            call.answered = True
+            if call.waiter is not here:
+                hub.resume(call.waiter)
 
     def _withdraw(self) -> None:
         with self._lock:
@@ -137,6 +191,14 @@ class Batcher:
             # Released by the next call queued or withdrawn; the timeout bounds the batch's
             # wait by the delay, whatever those announced calls do.
             woken.acquire(timeout=left)
+
+
+@dataclass
+class _Open:
+    """A batch a hub is filling: its calls and their rows."""
+
+    calls: list[Call] = field(default_factory=list)
+    rows: int = 0
 
 
 class Arrival:

@@ -29,6 +29,7 @@ from featurestore.reader import OnlineReader
 from featurestore.row_cache import RowCache
 from predictor import metrics, security
 from predictor.admin import AdminServicer
+from predictor.green import GreenPool
 from predictor.lifecycle import ModelManager
 from predictor.repository import ModelRepository
 from predictor.servicer import PredictorServicer
@@ -52,6 +53,7 @@ class RunningServer:
     grace_seconds: float
     admin_server: grpc.Server | None = None  # when Admin has a listener of its own
     admin_port: int = 0
+    pool: futures.Executor | None = None  # the gRPC handlers' (the server does not stop it)
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
@@ -60,6 +62,8 @@ class RunningServer:
         if self.admin_server is not None:
             self.admin_server.stop(1.0)
         self.server.stop(self.grace_seconds).wait()
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server, int]:
@@ -108,7 +112,9 @@ def start(config: Config) -> RunningServer:
         cache = RowCache(config.redis.row_cache_entries, config.redis.row_cache_ttl_ms)
     reader = OnlineReader(connect(config.redis.address, timeouts), cache=cache)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
-    threads = config.server.threads_for(_largest_batch(config, manager))
+    largest = _largest_batch(config, manager)
+    threads = config.server.threads_for(largest)
+    green = config.server.green_for(largest)
     servicer = PredictorServicer(
         manager,
         plans,
@@ -118,15 +124,18 @@ def start(config: Config) -> RunningServer:
         model_queue=config.server.model_queue,
         batch_max_rows=config.server.batch_max_rows,
         batch_max_delay_us=config.server.batch_max_delay_us,
-        handler_threads=0 if config.server.workers else threads,
+        # on the green pool a waiting call holds no thread: no batch outgrows them
+        handler_threads=0 if config.server.workers or green else threads,
     )
 
     limit = config.server.max_message_bytes
+    pool: futures.Executor
+    if green:
+        pool = GreenPool(threads, "augur-grpc")
+    else:
+        pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="augur-grpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=threads,
-            thread_name_prefix="augur-grpc",
-        ),
+        pool,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -171,10 +180,12 @@ def start(config: Config) -> RunningServer:
             "install time builds it) or AUGUR_NATIVE=0"
         )
     log.info(
-        "serving %d model(s) on %s:%d: %s",
+        "serving %d model(s) on %s:%d (%s, %d handler thread(s)): %s",
         len(manager.routes),
         config.server.host,
         port,
+        "green pool" if green else "thread pool",
+        threads,
         ", ".join(f"{n}@{r.stable.version.version}" for n, r in sorted(manager.routes.items()))
         or "none",
     )
@@ -187,6 +198,7 @@ def start(config: Config) -> RunningServer:
         config.server.grace_seconds,
         admin_server,
         admin_port,
+        pool,
     )
 
 

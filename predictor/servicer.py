@@ -81,8 +81,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self.batch_max_delay_s = batch_max_delay_us / 1e6
         self._batchers: dict[str, Batcher] = {}
         self._batchers_lock = threading.Lock()
-        # gRPC handler threads when sized at start for the batches then configured (0:
-        # server.workers set them, or unknown): a batch turned on later may outgrow them
+        # gRPC handler threads when a thread pool sized at start for the batches then
+        # configured (0: the green pool, server.workers set them, or unknown): a batch
+        # turned on later may outgrow them
         self.handler_threads = handler_threads
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
@@ -265,9 +266,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         each call waiting for its batch holds one, so they cap the calls a batch can take."""
         if 0 < self.handler_threads < min(rows, self.model_queue):
             log.warning(
-                "model %s batches up to %d rows, but this server sized its gRPC handler "
-                "threads at start (%d) and a call waiting for its batch holds one: a batch "
-                "takes at most %d calls; restart the server or set server.workers",
+                "model %s batches up to %d rows, but this server runs its calls on a "
+                "thread pool sized at start (%d threads) and a call waiting for its batch "
+                "holds one: a batch takes at most %d calls; restart the server (batching on "
+                "at start runs the calls on the green pool) or set server.handlers: green",
                 model,
                 rows,
                 self.handler_threads,

@@ -4,6 +4,7 @@ their way; each call's wait in the queue, and the queue's depth, are metrics."""
 
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from predictor.client import PredictorClient
+from predictor.green import GreenPool
 from predictor.server import _largest_batch, start
 from tests.conftest import server_config
 
@@ -101,8 +103,9 @@ def test_a_model_yaml_turns_batching_on_for_its_model_only(fraud_repo, model_rep
     config = server_config(fraud_repo, models)
     assert config.server.batch_max_rows == 0
     running = start(config)
-    # handler threads are sized for the largest batch of the models serving at start
+    # a model batching at start puts the server's calls on the green pool
     assert _largest_batch(config, running.manager) == 64
+    assert isinstance(running.pool, GreenPool)
     before = {m: _sample("augur_batch_calls_sum", model=m) for m in ("fraud_mlp", "fraud_lgbm")}
     batches_before = _sample("augur_batch_calls_count", model="fraud_mlp")
     entities, amounts = {"user_id": [4, 5], "merchant_id": [6, 7]}, {"amount": [1.0, 2.0]}
@@ -140,11 +143,12 @@ def test_a_model_yaml_turns_batching_on_for_its_model_only(fraud_repo, model_rep
 def test_a_batch_turned_on_after_start_warns_of_the_threads_it_lacks(
     fraud_repo, model_repo, tmp_path, caplog
 ):
-    """Handler threads are sized at start; a model.yaml that turns batching on later gets
-    a warning naming the fix, and its calls are still answered."""
+    """A server with no batching at start runs its calls on a thread pool; a model.yaml that
+    turns batching on later gets a warning naming the fix, and its calls are still answered."""
     models = tmp_path / "models"
     shutil.copytree(model_repo, models)
     running = start(server_config(fraud_repo, models))  # no batching anywhere: 2 threads
+    assert isinstance(running.pool, ThreadPoolExecutor)
     try:
         spec = models / "fraud_mlp" / "model.yaml"
         spec.write_text(spec.read_text() + "batching: {max_batch_size: 16}\n")
@@ -155,5 +159,5 @@ def test_a_batch_turned_on_after_start_warns_of_the_threads_it_lacks(
     finally:
         running.stop()
     assert scores.scores.shape == (1, 1)
-    warned = [r.getMessage() for r in caplog.records if "handler" in r.getMessage()]
-    assert len(warned) == 1 and "fraud_mlp" in warned[0] and "server.workers" in warned[0]
+    warned = [r.getMessage() for r in caplog.records if "thread pool" in r.getMessage()]
+    assert len(warned) == 1 and "fraud_mlp" in warned[0] and "server.handlers" in warned[0]

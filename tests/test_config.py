@@ -50,10 +50,24 @@ def test_compile_cache_is_relative_to_the_file_and_empty_by_default(tmp_path):
     assert load(None, environ={}).server.compile_cache == ""  # <model_repo>/.compiled
 
 
-def test_handler_threads_default_to_two_and_grow_to_fill_a_batch():
+def test_handler_threads_default_to_two_or_one_green_thread_with_batching():
     from augur.config import ServerConfig
 
-    assert ServerConfig().handler_threads == 2
-    assert ServerConfig(batch_max_rows=16).handler_threads == 16
-    assert ServerConfig(batch_max_rows=500, max_in_flight=64).handler_threads == 64
+    assert ServerConfig().handler_threads == 2 and not ServerConfig().green_for(0)
+    # batching on: the green pool, where a waiting call holds no thread
+    assert ServerConfig(batch_max_rows=16).green_for(16)
+    assert ServerConfig(batch_max_rows=16).handler_threads == 1
     assert ServerConfig(workers=8, batch_max_rows=64).handler_threads == 8
+    assert ServerConfig(handlers="green").green_for(0)
+    # on threads a waiting call holds one: they grow to fill a batch
+    threads = ServerConfig(handlers="threads", batch_max_rows=16)
+    assert not threads.green_for(16) and threads.handler_threads == 16
+    wide = ServerConfig(handlers="threads", batch_max_rows=500, max_in_flight=64)
+    assert wide.handler_threads == 64
+
+
+def test_an_unknown_handler_pool_is_refused_naming_the_choices(tmp_path):
+    path = tmp_path / "augur.yaml"
+    path.write_text("server: {handlers: fibers}\n")
+    with pytest.raises(ConfigError, match=r"server.handlers: expected one of auto, green, threads"):
+        load(path, environ={})

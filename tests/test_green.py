@@ -1,0 +1,173 @@
+"""The green handler pool: calls run as greenlets on a few threads, a call that waits (for
+its batch, or on gRPC's condition for its request) holds no thread, and the batcher on it
+answers each call with its own rows."""
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from predictor.batcher import Batcher, Call
+from predictor.green import GreenCondition, GreenPool, patch_grpc
+
+
+@pytest.fixture
+def pool():
+    own = GreenPool(1, "test-green")
+    yield own
+    own.shutdown()
+
+
+def test_the_pool_runs_calls_and_reports_their_results_and_failures(pool):
+    ok = pool.submit(lambda a, b=0: a + b, 2, b=3)
+    failing = pool.submit(lambda: 1 / 0)
+    assert ok.result(timeout=10) == 5
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=10)
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(lambda: None)
+
+
+def test_a_call_waiting_on_a_condition_leaves_its_one_thread_to_the_next_call(pool):
+    """On one thread, a call waiting for another call's notify would block it forever on a
+    plain Condition; the green one parks it, and the thread runs the notifying call."""
+    condition = GreenCondition()
+    told: list[str] = []
+
+    def waiter() -> str:
+        with condition:
+            while not told:
+                condition.wait()
+            return told[0]
+
+    def teller() -> None:
+        with condition:
+            told.append("go")
+            condition.notify_all()
+
+    waiting = pool.submit(waiter)
+    pool.submit(teller).result(timeout=10)
+    assert waiting.result(timeout=10) == "go"
+
+
+def test_a_notify_from_another_thread_resumes_the_parked_call(pool):
+    condition = GreenCondition()
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    def waiter() -> object:
+        with condition:
+            ready.set()
+            while "value" not in state:
+                condition.wait()
+            return state["value"]
+
+    waiting = pool.submit(waiter)
+    assert ready.wait(10)
+    assert pool.submit(lambda: "meanwhile").result(timeout=10) == "meanwhile"  # not blocked
+    with condition:
+        state["value"] = 42
+        condition.notify()
+    assert waiting.result(timeout=10) == 42
+
+
+def test_grpc_call_state_waits_on_a_green_condition():
+    """The patch took: each gRPC call's state is built with the condition that parks a call
+    on the green pool (a grpcio release that changed its server would show here first)."""
+    from grpc import _server
+
+    assert patch_grpc()
+    assert isinstance(_server._RPCState().condition, GreenCondition)
+    assert grpc.__version__ == "1.85.1"
+
+
+def _scored_batches(max_rows: int, delay_s: float):
+    batches: list[list[int]] = []
+
+    def run(calls: list[Call]) -> None:
+        batches.append([c.rows for c in calls])
+        for call in calls:
+            if call.extra.get("fail"):
+                raise ValueError(f"bad call {call.entities['id']}")
+            call.result = [v * 10 for v in call.entities["id"]]
+
+    return Batcher(run, max_rows, delay_s), batches
+
+
+def _call(batcher: Batcher, ids: list[int], fail: bool = False):
+    with batcher.arrival() as arrival:
+        return arrival.submit(Call({"id": ids}, {"fail": fail}, len(ids), None, route=None))
+
+
+def test_calls_queued_together_share_a_batch_and_get_their_own_rows(pool):
+    """Eight calls queued on one thread before it runs: each parks, and the thread runs
+    them as one batch once nothing more is queued, within max_rows."""
+    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    gate = threading.Event()
+    pool.submit(gate.wait, 10)  # holds the thread while the calls queue behind it
+    calls = [pool.submit(_call, batcher, [k, k + 100]) for k in range(8)]
+    gate.set()
+    assert [c.result(timeout=10) for c in calls] == [[k * 10, (k + 100) * 10] for k in range(8)]
+    assert batches == [[2] * 8]
+    assert batcher.waiting() == 0
+
+
+def test_a_batch_closes_at_max_rows_and_the_call_that_fills_it_runs_it(pool):
+    batcher, batches = _scored_batches(max_rows=4, delay_s=30.0)
+    gate = threading.Event()
+    pool.submit(gate.wait, 10)
+    calls = [pool.submit(_call, batcher, [k]) for k in range(10)]
+    gate.set()
+    assert [c.result(timeout=10) for c in calls] == [[k * 10] for k in range(10)]
+    assert batches == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1]]
+
+
+def test_a_lone_call_does_not_wait_out_the_delay(pool):
+    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    assert pool.submit(_call, batcher, [7]).result(timeout=10) == [70]
+    assert batches == [[1]]
+
+
+def test_a_failing_batch_fails_each_of_its_calls_and_the_next_batch_serves(pool):
+    batcher, _ = _scored_batches(max_rows=64, delay_s=30.0)
+    gate = threading.Event()
+    pool.submit(gate.wait, 10)
+    failed = [pool.submit(_call, batcher, [k], k == 1) for k in range(3)]
+    gate.set()
+    for call in failed:
+        with pytest.raises(ValueError, match="bad call"):
+            call.result(timeout=10)
+    assert pool.submit(_call, batcher, [5]).result(timeout=10) == [50]
+
+
+def test_a_batch_still_waiting_runs_at_its_delay_while_calls_keep_coming(pool):
+    """Under a stream of other calls the queue is never empty; the batch runs once its
+    delay is up (20 ms), not when the stream (100 calls of at least 1 ms) ends."""
+    done: list[int] = []
+    batcher, batches = _scored_batches(max_rows=64, delay_s=0.02)
+    run = batcher._run
+    batcher._run = lambda calls: (batches.append(len(done)), run(calls))
+    gate = threading.Event()
+    pool.submit(gate.wait, 10)
+    waiting = pool.submit(_call, batcher, [3])
+    stream = [pool.submit(lambda k: (time.sleep(0.001), done.append(k)), k) for k in range(100)]
+    gate.set()
+    assert waiting.result(timeout=10) == [30]
+    for call in stream:
+        call.result(timeout=10)
+    assert batches[0] < 60  # calls of the stream done when the batch ran
+    assert batches[1] == [1]
+
+
+def test_shutdown_answers_a_parked_call_first():
+    own = GreenPool(1, "test-green-stop")
+    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    gate = threading.Event()
+    own.submit(gate.wait, 10)
+    parked = own.submit(_call, batcher, [9])
+    own.shutdown(wait=False)  # queued behind the call: the call runs, then the pool stops
+    gate.set()
+    assert parked.result(timeout=10) == [90]
+    assert batches == [[1]]
