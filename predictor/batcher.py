@@ -126,8 +126,8 @@ class Batcher:
         return call.result
 
     def _close(self, hub: green.Hub) -> None:
-        """Run the hub's open batch, and let its parked calls go on once this greenlet
-        yields (at once, when the hub itself runs it)."""
+        """Run the hub's open batch, and let its parked calls go on once the greenlet
+        running this yields to the hub (the hub's own: once its deferred work is done)."""
         hub.cancel(self)
         batch = self._open.pop(hub).calls
         try:

@@ -111,8 +111,12 @@ class Hub:
                 item = self._queue.get(timeout=1.0)
             except Empty:
                 return  # a call gRPC never woke: nothing is left to answer it
-            if item is not _STOP and item[0] is _RESUME:
+            if item is _STOP:
+                continue
+            if item[0] is _RESUME:
                 item[1].switch()
+            else:  # not expected: calls are queued before the stop; run it all the same
+                greenlet.greenlet(_run_item, parent=self._greenlet).switch(item)
 
     def _next_or_run(self, queue: SimpleQueue) -> Any:
         """Nothing queued: wait for a call still receiving its request (it is on its way to
