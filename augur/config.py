@@ -42,10 +42,11 @@ class ServerConfig:
     # greenlet, and one waiting for its batch or its request holds no thread) when dynamic
     # batching is on at start, else on a thread pool. "green" / "threads": that one always.
     handlers: str = "auto"
-    # gRPC handler threads; 0: 1 on the green pool (its batches take every call that waits
-    # on it); 2 on threads (one computing while one waits on Redis), or there, with
-    # batching on, one per call a batch may hold (up to max_in_flight). Python work shares
-    # one GIL: more threads only contend; scale with `processes` instead.
+    # gRPC handler threads; 0: none of its own on the green pool (gRPC's polling thread
+    # runs the calls, and its batches take every call that waits); 2 on threads (one
+    # computing while one waits on Redis), or there, with batching on, one per call a batch
+    # may hold (up to max_in_flight). Python work shares one GIL: more threads only
+    # contend; scale with `processes` instead.
     workers: int = 0
     max_rows: int = 10_000  # entity rows per request; more is INVALID_ARGUMENT
     max_message_bytes: int = 16 * 1024 * 1024
@@ -91,7 +92,7 @@ class ServerConfig:
         if self.workers > 0:
             return self.workers
         if self.green_for(batch_max_rows):
-            return 1
+            return 0  # the polling thread's
         if batch_max_rows > 0:  # a call waiting for its batch holds a thread, not the GIL
             return max(2, min(batch_max_rows, self.max_in_flight))
         return 2

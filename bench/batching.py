@@ -7,7 +7,7 @@ read, assembly and model call made free, in alternating rounds.
 
 Each round starts, in turn: `augur serve` with batching off; with batching on as `make
 bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000), which runs the calls as
-greenlets on one thread (predictor/green.py); the same on a thread pool
+greenlets on gRPC's polling thread (predictor/green.py); the same on a thread pool
 (server.handlers: threads), one thread per call a batch may wait for, as Augur batched
 before the green pool; and bench/ceiling_server.py, the server with batching off and the
 three stages answered from memory, which is the throughput any batching could approach.

@@ -1,26 +1,37 @@
-"""The gRPC handler pool for dynamic batching: a few threads, each running its calls as
-greenlets, so that a call waiting for its batch, or for its request to arrive, holds no
-thread.
+"""The gRPC handler pool for dynamic batching: calls run as greenlets on gRPC's own polling
+thread, so that a call waiting for its batch, or for its request to arrive, holds no thread,
+and no call is handed from one thread to another.
 
-gRPC's synchronous server runs each call in a handler from the executor it is given. On a
-thread pool a call holds its thread from start to end: twice over, waiting for its request
-message and waiting for its batch. So a batching server needs a thread per call a batch may
-take, and on two cores those threads cost as much as batching saves (README, Benchmarks).
-Here each pool thread runs a loop (the `Hub`) that takes the next call gRPC queued and runs
-it in a greenlet of its own. A call that waits parks: it switches back to the hub, which
-takes the next call. The hub runs what parked calls wait for (their batch, `Hub.defer`)
-once no call is queued and none is still receiving its request, or when the batch's delay
-is up, and then resumes the calls it answered.
+gRPC's synchronous server has one thread polling its completion queue, which hands each
+call to a handler run by the executor it is given. On a thread pool a call holds its thread
+from start to end: twice over, waiting for its request message and waiting for its batch.
+So a batching server needs a thread per call a batch may take, and on two cores those
+threads cost as much as batching saves (README, Benchmarks). Here each call runs in a
+greenlet of its own, on a loop (the `Hub`) that takes the calls gRPC queued. A call that
+waits parks: it switches back to the hub, which takes the next call. The hub runs what
+parked calls wait for (their batch, `Hub.defer`) once no call is queued and none is still
+receiving its request, or when the batch's delay is up, and then resumes the calls it
+answered.
+
+`GreenPool(0)`, as the server builds it, runs the hub on gRPC's polling thread itself
+(`patch_grpc` gives `grpc._server._serve` a loop that runs the hub between the queue's
+events): one thread receives, runs and answers every call, with no hand-over between
+threads, each of which cost a wake-up and a turn of the GIL. `GreenPool(n)` runs n hubs on
+threads of their own, fed by the polling thread: what the pool falls back to should a gRPC
+release lay its server out differently.
 
 The request wait is gRPC's: each call's state has a `threading.Condition` that its handler
-waits on until gRPC's polling thread has the request. `patch_grpc` gives that state a
+waits on until the polling thread has the request. `patch_grpc` gives that state a
 `GreenCondition` instead, which parks a call on a hub rather than blocking its thread and
-behaves as `threading.Condition` everywhere else. It replaces a private class of
-`grpc._server`, checked at start: should a gRPC release change it, the pool still serves,
-its calls waiting for their requests on their thread (smaller batches), and the log says so.
+behaves as `threading.Condition` everywhere else. Both patches replace private parts of
+`grpc._server`, checked at start: should a gRPC release change them, the pool still serves
+(on a hub thread; and if the call state changed too, with calls waiting for their requests
+on that thread, in smaller batches), and the log says so.
 
 Greenlets switch only where a call parks, never inside a lock or a socket read, so the code
 a call runs needs nothing of this: a blocking read blocks its thread, as on a thread pool.
+The server's streaming calls park too: reflection's waits for its requests on gRPC's
+condition, and health's Watch sends its answers from callbacks, never waiting in its handler.
 """
 
 from __future__ import annotations
@@ -40,10 +51,14 @@ log = logging.getLogger(__name__)
 _STOP = object()
 _RESUME = object()
 _local = threading.local()
+# How long the polling thread blocks at most while calls are parked: a call woken from
+# another thread (none of gRPC's own wakes is) goes on within this, not the next event.
+_PARKED_POLL_S = 0.05
+_IDLE_POLL_S = 1.0  # as grpc._server._serve: a deallocated server is noticed within it
 
 
 class Hub:
-    """One pool thread's loop over its calls, and the work its parked calls wait for."""
+    """One thread's loop over its calls, and the work its parked calls wait for."""
 
     def __init__(self, queue: SimpleQueue) -> None:
         self._queue = queue
@@ -53,10 +68,15 @@ class Hub:
         # way or at `due` (perf_counter). A key deferred again before it ran keeps its due.
         self._deferred: dict[object, tuple[float, Callable[[], None]]] = {}
         self.receiving = 0  # calls parked until gRPC hands them their request
+        self.parked = 0  # calls parked, for whatever reason
 
     def park(self) -> None:
         """Suspend the calling greenlet until it is resumed; its thread takes other calls."""
-        self._greenlet.switch()
+        self.parked += 1
+        try:
+            self._greenlet.switch()
+        finally:
+            self.parked -= 1
 
     def resume(self, waiter: greenlet.greenlet) -> None:
         """On this hub's thread: let a parked call go on once the current work is done."""
@@ -75,6 +95,7 @@ class Hub:
         self._deferred.pop(key, None)
 
     def loop(self) -> None:
+        """A hub thread's loop: calls and wakes come from its queue."""
         queue, ready, deferred = self._queue, self._ready, self._deferred
         while True:
             while ready:
@@ -93,10 +114,26 @@ class Hub:
             if item is _STOP:
                 self._drain()
                 return
-            if item[0] is _RESUME:
-                item[1].switch()
-            else:
-                greenlet.greenlet(_run_item, parent=self._greenlet).switch(item)
+            self._take(item)
+
+    def run_pending(self) -> None:
+        """Run, without waiting, every call queued or woken until none is left."""
+        queue, ready = self._queue, self._ready
+        while True:
+            while ready:
+                ready.popleft().switch()
+            try:
+                item = queue.get_nowait()
+            except Empty:
+                return
+            if item is not _STOP:  # on the polling thread the server's stop ends the loop
+                self._take(item)
+
+    def _take(self, item: Any) -> None:
+        if item[0] is _RESUME:
+            item[1].switch()
+        else:
+            greenlet.greenlet(_run_item, parent=self._greenlet).switch(item)
 
     def _drain(self) -> None:
         """At shutdown (the server stopped, its calls ended or cancelled): answer what still
@@ -111,18 +148,14 @@ class Hub:
                 item = self._queue.get(timeout=1.0)
             except Empty:
                 return  # a call gRPC never woke: nothing is left to answer it
-            if item is _STOP:
-                continue
-            if item[0] is _RESUME:
-                item[1].switch()
-            else:  # not expected: calls are queued before the stop; run it all the same
-                greenlet.greenlet(_run_item, parent=self._greenlet).switch(item)
+            if item is not _STOP:  # a call item is not expected after the stop: run it anyway
+                self._take(item)
 
     def _next_or_run(self, queue: SimpleQueue) -> Any:
         """Nothing queued: wait for a call still receiving its request (it is on its way to
         the batch) until the first deferred work is due, else run the deferred work now."""
         if self.receiving > 0:
-            wait = min(due for due, _ in self._deferred.values()) - time.perf_counter()
+            wait = self.first_due() - time.perf_counter()
             if wait > 0:
                 try:
                     return queue.get(timeout=wait)
@@ -130,6 +163,9 @@ class Hub:
                     pass
         self._run_deferred(None)
         return None
+
+    def first_due(self) -> float:
+        return min(due for due, _ in self._deferred.values())
 
     def _run_deferred(self, now: float | None) -> None:
         """Run the deferred work due by `now` (None: all of it)."""
@@ -199,40 +235,94 @@ class GreenCondition(threading.Condition):
 
 
 def patch_grpc() -> bool:
-    """Give each gRPC call's state a GreenCondition (see the module's docstring); False,
-    and a warning, where this gRPC's server is not laid out as expected."""
+    """Give each gRPC call's state a GreenCondition, and gRPC's polling loop the hub of a
+    pool built to run on it (see the module's docstring). False, and a warning, where this
+    gRPC's server is not laid out as expected: then a GreenPool(0) runs a hub thread."""
     from grpc import _server
 
-    base = getattr(_server, "_RPCState", None)
-    if getattr(base, "green", False):
+    if getattr(_server._serve, "green", False):
         return True
+    base = getattr(_server, "_RPCState", None)
     try:
         laid_out = isinstance(base().condition, threading.Condition)  # type: ignore[misc]
+        laid_out = laid_out and all(
+            callable(getattr(_server, name, None))
+            for name in ("_serve", "_process_event_and_continue", "_begin_shutdown_once")
+        )
+        timeout = _server.cygrpc.CompletionType.queue_timeout
     except Exception:
         laid_out = False
     if not laid_out:
         log.warning(
-            "this grpcio's server state is not the one the green pool knows: calls wait for "
-            "their request on their thread, and batches take fewer calls"
+            "this grpcio's server is not the one the green pool knows: its calls run on a "
+            "thread of their own, and wait for their request there, in smaller batches"
         )
         return False
 
     class _GreenRPCState(base):  # type: ignore[misc, valid-type]
-        green = True
-
         def __init__(self) -> None:
             super().__init__()
             self.condition = GreenCondition()
 
+    plain = _server._serve
+
+    def _serve(state: Any) -> None:
+        pool = state.thread_pool
+        if not (isinstance(pool, GreenPool) and pool.on_polling_thread):
+            return plain(state)
+        _serve_green(state, pool, timeout)
+
+    _serve.green = True  # type: ignore[attr-defined]
     _server._RPCState = _GreenRPCState
+    _server._serve = _serve
     return True
 
 
+def _serve_green(state: Any, pool: GreenPool, timeout: Any) -> None:
+    """grpc._server._serve, running the pool's hub between the completion queue's events:
+    calls queued or woken by an event run once it is handled; deferred work runs once a
+    look at the queue finds nothing (and no call is receiving) or once it is due."""
+    from grpc import _server
+
+    _local.hub = hub = Hub(pool.queue)
+    deferred, queue = hub._deferred, state.completion_queue
+    while True:
+        hub.run_pending()
+        if deferred:
+            hub._run_deferred(time.perf_counter())  # what waited out its delay
+        if deferred:
+            event = queue.poll(time.time())  # no wait: take what has arrived first
+            if event.completion_type == timeout:
+                if hub.receiving > 0:  # wait for them, up to the first due
+                    wait = hub.first_due() - time.perf_counter()
+                    if wait > 0:
+                        event = queue.poll(time.time() + wait)
+                if event.completion_type == timeout:
+                    hub._run_deferred(None)
+                    continue
+        else:
+            event = queue.poll(time.time() + (_PARKED_POLL_S if hub.parked else _IDLE_POLL_S))
+        if state.server_deallocated:
+            _server._begin_shutdown_once(state)
+        if event.completion_type != timeout and not _server._process_event_and_continue(
+            state, event
+        ):
+            hub._drain()
+            return
+        # as gRPC's loop: let go of the event (and any call it holds) before polling again
+        event = None
+
+
 class GreenPool(futures.Executor):
-    """An executor for `grpc.server`: `threads` hubs, calls handed to them in turn."""
+    """An executor for `grpc.server`: with `threads` 0, the server's polling thread runs the
+    calls (one pool per server); else `threads` hubs of their own, calls handed to them in
+    turn."""
 
     def __init__(self, threads: int, name: str = "augur-green") -> None:
-        patch_grpc()
+        patched = patch_grpc()
+        self.on_polling_thread = threads == 0 and patched
+        threads = threads or (0 if patched else 1)
+        self.queue: SimpleQueue = SimpleQueue()  # the polling thread's hub's
         self._queues: list[SimpleQueue] = [SimpleQueue() for _ in range(threads)]
         self._turn = 0
         self._lock = threading.Lock()
@@ -245,17 +335,21 @@ class GreenPool(futures.Executor):
             thread.start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
-        future: futures.Future = futures.Future()
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
-            self._turn = (self._turn + 1) % len(self._queues)
-            self._queues[self._turn].put((future, fn, args, kwargs))
+            future: futures.Future = futures.Future()
+            if self.on_polling_thread:
+                self.queue.put((future, fn, args, kwargs))
+            else:
+                self._turn = (self._turn + 1) % len(self._queues)
+                self._queues[self._turn].put((future, fn, args, kwargs))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop once the calls queued so far have run (a server's calls have ended when it
-        has stopped); queued calls run even with `cancel_futures`."""
+        has stopped); queued calls run even with `cancel_futures`. On the polling thread the
+        calls end with the server's loop, which `wait` does not wait for."""
         with self._lock:
             if self._shutdown:
                 return

@@ -179,13 +179,17 @@ def start(config: Config) -> RunningServer:
             "reads run in numpy: featurestore._native is not built here (a C compiler at "
             "install time builds it) or AUGUR_NATIVE=0"
         )
+    if isinstance(pool, GreenPool) and pool.on_polling_thread:
+        handlers = "green pool on gRPC's polling thread"
+    else:
+        kind = "green pool" if green else "thread pool"
+        handlers = f"{kind}, {max(threads, 1)} handler thread(s)"
     log.info(
-        "serving %d model(s) on %s:%d (%s, %d handler thread(s)): %s",
+        "serving %d model(s) on %s:%d (%s): %s",
         len(manager.routes),
         config.server.host,
         port,
-        "green pool" if green else "thread pool",
-        threads,
+        handlers,
         ", ".join(f"{n}@{r.stable.version.version}" for n, r in sorted(manager.routes.items()))
         or "none",
     )

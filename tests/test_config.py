@@ -50,13 +50,13 @@ def test_compile_cache_is_relative_to_the_file_and_empty_by_default(tmp_path):
     assert load(None, environ={}).server.compile_cache == ""  # <model_repo>/.compiled
 
 
-def test_handler_threads_default_to_two_or_one_green_thread_with_batching():
+def test_handler_threads_default_to_two_or_the_polling_thread_with_batching():
     from augur.config import ServerConfig
 
     assert ServerConfig().handler_threads == 2 and not ServerConfig().green_for(0)
-    # batching on: the green pool, where a waiting call holds no thread
+    # batching on: the green pool, where a waiting call holds no thread, on gRPC's own
     assert ServerConfig(batch_max_rows=16).green_for(16)
-    assert ServerConfig(batch_max_rows=16).handler_threads == 1
+    assert ServerConfig(batch_max_rows=16).handler_threads == 0
     assert ServerConfig(workers=8, batch_max_rows=64).handler_threads == 8
     assert ServerConfig(handlers="green").green_for(0)
     # on threads a waiting call holds one: they grow to fill a batch

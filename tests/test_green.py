@@ -1,6 +1,6 @@
-"""The green handler pool: calls run as greenlets on a few threads, a call that waits (for
-its batch, or on gRPC's condition for its request) holds no thread, and the batcher on it
-answers each call with its own rows."""
+"""The green handler pool: calls run as greenlets on gRPC's polling thread (or on a hub
+thread of their own), a call that waits (for its batch, or on gRPC's condition for its
+request) holds no thread, and the batcher on it answers each call with its own rows."""
 
 import threading
 import time
@@ -80,7 +80,70 @@ def test_grpc_call_state_waits_on_a_green_condition():
 
     assert patch_grpc()
     assert isinstance(_server._RPCState().condition, GreenCondition)
+    assert getattr(_server._serve, "green", False)  # the polling loop that runs a hub
     assert grpc.__version__ == "1.85.1"
+
+
+def test_a_batching_server_runs_its_calls_on_the_polling_thread(fraud_repo, model_repo):
+    """With batching on the server's calls run on gRPC's polling thread: no handler thread
+    is started, concurrent calls share batches, an open health Watch stream holds none of
+    the other calls, and reflection's streaming call answers."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    from prometheus_client import REGISTRY
+
+    from predictor.client import PredictorClient
+    from predictor.server import start
+    from tests.conftest import server_config
+
+    config = server_config(fraud_repo, model_repo)
+    config.server.batch_max_rows = 64
+    config.server.batch_max_delay_us = 3_000
+    earlier = set(threading.enumerate())  # other tests' servers may have left theirs
+    running = start(config)
+    address = f"127.0.0.1:{running.port}"
+    batches = ("augur_batch_calls_count", {"model": "fraud_mlp"})
+    batches_before = REGISTRY.get_sample_value(*batches) or 0.0
+    channel = grpc.insecure_channel(address)
+    try:
+        assert isinstance(running.pool, GreenPool) and running.pool.on_polling_thread
+        started = set(threading.enumerate()) - earlier
+        assert not [t for t in started if t.name.startswith("augur-grpc")]
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        # the Watch stays open, waiting for a change: Predict still answers
+        answers: list[float] = []
+        failures: list[str] = []
+
+        def caller(k: int) -> None:
+            with PredictorClient(address, timeout=10) as own:
+                for i in range(10):
+                    try:
+                        scores = own.predict(
+                            "fraud_mlp",
+                            {"user_id": [k * 10 + i], "merchant_id": [i]},
+                            {"amount": [float(i)]},
+                        ).scores
+                        answers.append(float(scores[0, 0]))
+                    except Exception as e:
+                        failures.append(repr(e))
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert failures == [] and len(answers) == 80
+        batches_run = (REGISTRY.get_sample_value(*batches) or 0.0) - batches_before
+        assert 0 < batches_run < 80  # some calls shared a batch
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(stub.ServerReflectionInfo(iter([ask]), timeout=10))
+        assert "augur.v1.Predictor" in {s.name for s in reply.list_services_response.service}
+        watch.cancel()
+    finally:
+        channel.close()
+        running.stop()
 
 
 def _scored_batches(max_rows: int, delay_s: float):
