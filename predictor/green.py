@@ -284,7 +284,7 @@ def _serve_green(state: Any, pool: GreenPool, timeout: Any) -> None:
     look at the queue finds nothing (and no call is receiving) or once it is due."""
     from grpc import _server
 
-    _local.hub = hub = Hub(pool.queue)
+    _local.hub = hub = Hub(pool._queues[0])
     deferred, queue = hub._deferred, state.completion_queue
     while True:
         hub.run_pending()
@@ -319,17 +319,17 @@ class GreenPool(futures.Executor):
     turn."""
 
     def __init__(self, threads: int, name: str = "augur-green") -> None:
-        patched = patch_grpc()
+        patched = patch_grpc()  # hub threads, too, park their calls' request waits
         self.on_polling_thread = threads == 0 and patched
-        threads = threads or (0 if patched else 1)
-        self.queue: SimpleQueue = SimpleQueue()  # the polling thread's hub's
-        self._queues: list[SimpleQueue] = [SimpleQueue() for _ in range(threads)]
+        # a hub's queue each; on the polling thread one, and no thread of the pool's own
+        self._queues: list[SimpleQueue] = [SimpleQueue() for _ in range(max(threads, 1))]
         self._turn = 0
         self._lock = threading.Lock()
         self._shutdown = False
         self._threads = [
             threading.Thread(target=_work, args=(queue,), name=f"{name}_{i}", daemon=True)
             for i, queue in enumerate(self._queues)
+            if not self.on_polling_thread
         ]
         for thread in self._threads:
             thread.start()
@@ -339,11 +339,8 @@ class GreenPool(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
             future: futures.Future = futures.Future()
-            if self.on_polling_thread:
-                self.queue.put((future, fn, args, kwargs))
-            else:
-                self._turn = (self._turn + 1) % len(self._queues)
-                self._queues[self._turn].put((future, fn, args, kwargs))
+            self._turn = (self._turn + 1) % len(self._queues)
+            self._queues[self._turn].put((future, fn, args, kwargs))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
