@@ -99,7 +99,8 @@ def run(
 
 def _measure(name, options, scenario, pool, callers, seconds, work: Path, redis_pid: int) -> dict:
     port, metrics_port = free_port(), free_port()
-    command = targets.augur_command(scenario, work, port, {**options, "metrics_port": metrics_port})
+    options = {**options, "metrics_port": metrics_port}
+    command = targets.augur_command(scenario, work / f"{name}.yaml", port, options)
     if name == "ceiling":  # the config augur_command wrote, served by the instrument
         command = [sys.executable, "-m", "bench.ceiling_server", "--config", command[-1]]
     server = targets.start(name, command, port, scenario.model, work)
@@ -112,7 +113,7 @@ def _measure(name, options, scenario, pool, callers, seconds, work: Path, redis_
             "max_seconds": seconds,
         }
         plan = targets.load_plan(
-            server,
+            {name: server},
             scenario.model,
             {"1": pool},
             [step],

@@ -5,14 +5,15 @@
 Builds the scenario in a temporary folder on a private Redis (bench/scenarios.py), times the
 in-process floors (bench/inprocess.py), then starts each server as its own process in turn
 - Augur (`augur serve`), the Feast baseline (bench/baseline_server.py), the gRPC echo floor
-(bench/echo_server.py), and for one caller the echo floor that first makes the request's
-Redis round trip - and drives Predict at it from a load generator process
+(bench/echo_server.py) - and drives Predict at it from a load generator process
 (bench/load.py): closed loop at several concurrencies and open loop at fixed rates, the
-same requests for every server. Writes bench/results/<scenario>.json, .md and .png.
-`--quick` is a tiny version for the smoke test. `--augur processes=2` sets an Augur
-server option for the run (any `server.*` option of augur.yaml). Augur serves the model
-compiled with lleaves unless `--compile none`. After the main series, Augur is measured
-again at a few points with dynamic batching on and with two server processes.
+same requests for every server. Then the paired comparisons: the servers compared directly
+(Augur against the echo floors at one caller; against itself with dynamic batching on and
+with two server processes) are started together and loaded in alternating turns at each
+point, so that both sides of a ratio meet the same drift of the machine. Writes
+bench/results/<scenario>.json, .md and .png. `--quick` is a tiny version for the smoke test.
+`--augur processes=2` sets an Augur server option for the run (any `server.*` option of
+augur.yaml). Augur serves the model compiled with lleaves unless `--compile none`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import shutil
@@ -49,9 +49,11 @@ class Profile:
     step_requests: int  # ...or this many requests
     pool: int  # distinct requests per size, sent round-robin
     inprocess_repeats: dict[int, int]  # in-process timings per size (Feast: a quarter)
-    # Augur server variants, each measured again at a few closed-loop points of the main
-    # series: name -> (server options, ((rows, concurrency), ...)).
-    variants: dict = field(default_factory=dict)
+    # Paired comparisons: name -> (servers, ((rows, callers), ...)). At each point the
+    # servers take `rounds` turns each, in alternating order (bench/load.py), each turn
+    # bounded by a step's bounds over `rounds`: each server gets a main step's worth of load.
+    paired: dict = field(default_factory=dict)
+    rounds: int = 2
 
     @property
     def rows(self) -> tuple[int, ...]:
@@ -71,38 +73,67 @@ class Profile:
         ]
         return closed + opened
 
-    def variant_steps(self, points) -> list[dict]:
-        bounds = {"max_requests": self.step_requests, "max_seconds": self.step_seconds}
-        return [{"rows": n, "mode": "closed", "concurrency": c, **bounds} for n, c in points]
+    def paired_steps(self) -> list[dict]:
+        turn = {
+            "max_requests": max(self.step_requests // self.rounds, 1),
+            "max_seconds": self.step_seconds / self.rounds,
+        }
+        return [
+            {
+                "comparison": name,
+                "rows": n,
+                "mode": "closed",
+                "concurrency": c,
+                "targets": list(servers),
+                "rounds": self.rounds,
+                **turn,
+            }
+            for name, (servers, points) in self.paired.items()
+            for n, c in points
+        ]
 
 
-# Dynamic batching at up to 64 rows a batch, waiting at most 1 ms for a batch to fill; and
-# two server processes on one port. Compared at the same points of the main Augur series.
+# Augur server variants, by name: the server options each adds to the run's. Dynamic
+# batching at up to 64 rows a batch, waiting at most 1 ms for a batch to fill; and two
+# server processes on one port.
 VARIANTS = {
-    "batching": ({"batch_max_rows": 64, "batch_max_delay_us": 1000}, ((1, 16), (1, 64))),
-    "processes_2": ({"processes": 2}, ((1, 64), (100, 16), (100, 64))),
+    "batching": {"batch_max_rows": 64, "batch_max_delay_us": 1000},
+    "processes_2": {"processes": 2},
 }
+# The variants' options for the quick run: a batch as large as its callers
+QUICK_VARIANTS = {**VARIANTS, "batching": {"batch_max_rows": 8, "batch_max_delay_us": 1000}}
+BATCHING = (report.AUGUR, "batching")
+PROCESSES = (report.AUGUR, "processes_2")
+
+
+def _floors(rows: tuple[int, ...]) -> tuple:
+    """One caller's Predict against the echo floors, at each request size."""
+    return (report.AUGUR, report.ECHO, report.ECHO_REDIS), tuple((n, 1) for n in rows)
 
 
 FRAUD = Profile(
     concurrency={1: (1, 4, 16, 64), 100: (1, 4, 16, 64)},
     rates={1: (100, 300, 1000), 100: (10, 30, 100)},
-    step_seconds=3.0,
+    step_seconds=2.5,
     step_requests=20_000,
     pool=256,
     inprocess_repeats={1: 1000, 100: 200, 1000: 30},
-    variants=VARIANTS,
+    paired={
+        report.FLOORS: _floors((1, 100)),
+        "batching": (BATCHING, ((1, 4), (1, 16), (1, 64))),
+        "processes_2": (PROCESSES, ((1, 64), (100, 16), (100, 64))),
+    },
 )
 # 250 features per row: a 100-row request costs Feast a few hundred ms, so 64 callers would
 # queue past the calls' deadline; 16 already shows the curve.
 WIDE = Profile(
     concurrency={1: (1, 4, 16, 64), 100: (1, 4, 16)},
     rates={1: (100, 300, 1000), 100: (2, 5, 10)},
-    step_seconds=3.0,
+    step_seconds=2.5,
     step_requests=20_000,
     pool=256,
     inprocess_repeats={1: 1000, 100: 100, 1000: 10},
-    variants={"batching": VARIANTS["batching"]},
+    paired={report.FLOORS: _floors((1, 100)), "batching": (BATCHING, ((1, 16), (1, 64)))},
 )
 QUICK = Profile(
     concurrency={1: (1, 4), 10: (1, 4)},
@@ -111,9 +142,10 @@ QUICK = Profile(
     step_requests=60,
     pool=16,
     inprocess_repeats={1: 40, 10: 20},
-    variants={
-        "batching": ({"batch_max_rows": 8, "batch_max_delay_us": 1000}, ((1, 4),)),
-        "processes_2": ({"processes": 2}, ((1, 4),)),
+    paired={
+        report.FLOORS: _floors((1, 10)),
+        "batching": (BATCHING, ((1, 4),)),
+        "processes_2": (PROCESSES, ((1, 4),)),
     },
 )
 PROFILES = {"fraud": FRAUD, "wide": WIDE}
@@ -153,12 +185,6 @@ def run(
             _say(started, "in-process floors and read paths")
             measured = _inprocess(scenario, pools, profile, work)
             servers, series = {}, {}
-            # The floor of a Predict that reads Redis, one caller at every request size:
-            # measured before and after the main series, and the lower p50 kept, so that a
-            # burst of noise on these shared cores cannot raise the floor (it would flatter
-            # Augur's ratio against it).
-            redis_pid = redis.process.pid
-            floor_runs = [_echo_redis(scenario, pools, profile, work, started, redis_pid)]
             for target in report.TARGETS:
                 _say(started, f"{report.LABELS[target]}: start, then load")
                 servers[target], series[target] = _serve_and_load(
@@ -168,33 +194,13 @@ def run(
                     profile,
                     augur_options,
                     work,
-                    profile.steps(),
-                    redis_pid,
+                    redis.process.pid,
                 )
-            floor_runs.append(_echo_redis(scenario, pools, profile, work, started, redis_pid))
-            servers[report.ECHO_REDIS] = floor_runs[0][0]
-            series[report.ECHO_REDIS] = [
-                min(steps, key=lambda s: s.get("p50_ms", math.inf))
-                for steps in zip(*(run for _, run in floor_runs), strict=True)
-            ]
-            variants = {}
-            for variant, (options, points) in profile.variants.items():
-                _say(started, f"Augur, {variant} ({options}): start, then load")
-                server, measured_series = _serve_and_load(
-                    "augur",
-                    scenario,
-                    pools,
-                    profile,
-                    {**augur_options, **options},
-                    work,
-                    profile.variant_steps(points),
-                    redis_pid,
-                )
-                variants[variant] = {
-                    "options": options,
-                    "server": server,
-                    "series": measured_series,
-                }
+            variants = QUICK_VARIANTS if quick else VARIANTS
+            _say(started, "paired comparisons: " + ", ".join(profile.paired))
+            paired = _paired(
+                scenario, pools, profile, augur_options, variants, work, redis.process.pid
+            )
         result = {
             "scenario": name,
             "quick": quick,
@@ -219,7 +225,7 @@ def run(
             },
             "servers": servers,
             "series": series,
-            "variants": variants,
+            "paired": paired,
             "inprocess": measured,
             "compile": compile_model,
         }
@@ -275,53 +281,87 @@ def _inprocess(scenario, pools: dict, profile: Profile, work: Path) -> dict:
     return {size: {**measured[size], **feast[size]} for size in sizes}
 
 
-def _echo_redis(scenario, pools, profile: Profile, work: Path, started: float, redis_pid: int):
-    _say(started, f"{report.LABELS[report.ECHO_REDIS]}: start, then load")
-    points = profile.variant_steps([(n, 1) for n in profile.rows])
-    return _serve_and_load(report.ECHO_REDIS, scenario, pools, profile, {}, work, points, redis_pid)
+def _command(target: str, scenario, port: int, pools, options: dict, work: Path) -> list[str]:
+    """How to start `target`: the Feast baseline, one of the echo floors, or else Augur
+    with the server `options` (the main series' and each variant's)."""
+    if target == report.BASELINE:
+        return targets.baseline_command(scenario, port, pools[1][0]["entities"])
+    if target == report.ECHO_REDIS:
+        return targets.echo_command(scenario, port, work / "plan.json")
+    if target == report.ECHO:
+        return targets.echo_command(scenario, port)
+    return targets.augur_command(scenario, work / f"{target}.yaml", port, options)
 
 
 def _serve_and_load(
-    target,
-    scenario,
-    pools,
-    profile: Profile,
-    augur_options,
-    work: Path,
-    steps: list[dict],
-    redis_pid: int | None = None,
-):
+    target, scenario, pools, profile: Profile, augur_options, work: Path, redis_pid: int
+) -> tuple[dict, list]:
+    """Start `target`, run the main series of steps at it, stop it."""
     port = free_port()
-    if target == "augur":
-        command = targets.augur_command(scenario, work, port, augur_options)
-    elif target == "baseline":
-        command = targets.baseline_command(scenario, port, pools[1][0]["entities"])
-    elif target == report.ECHO_REDIS:
-        command = targets.echo_command(scenario, port, work / "plan.json")
-    else:
-        command = targets.echo_command(scenario, port)
+    command = _command(target, scenario, port, pools, augur_options, work)
     server = targets.start(target, command, port, scenario.model, work)
     try:
-        plan = targets.load_plan(
-            server,
-            scenario.model,
-            {str(n): pools[n] for n in sorted({s["rows"] for s in steps})},
-            steps,
-            warmup_requests=20 if profile is QUICK else 200,
-            redis_pid=redis_pid,
-        )
-        budget = len(steps) * (profile.step_seconds + 12) + 120
-        series = json.loads(_subprocess("bench.load", plan, work / f"load-{target}", budget))
-        rss_after, rss_peak = server.rss_mb(), server.rss_mb(peak=True)
+        series = _load({target: server}, scenario, pools, profile, profile.steps(), work, redis_pid)
+        info = _server_info(server)
     finally:
         server.stop()
-    info = {
+    return info, series
+
+
+def _paired(
+    scenario, pools, profile: Profile, augur_options, variants, work: Path, redis_pid: int
+) -> dict:
+    """Start every server the paired comparisons name, all at once (the idle ones wait for
+    calls, costing nothing), load them in paired steps from one load generator, stop them."""
+    names = dict.fromkeys(name for servers, _ in profile.paired.values() for name in servers)
+    servers = {}
+    try:
+        for name in names:
+            port = free_port()
+            options = {**augur_options, **variants.get(name, {})}
+            command = _command(name, scenario, port, pools, options, work)
+            servers[name] = targets.start(name, command, port, scenario.model, work)
+        steps = profile.paired_steps()
+        measured = _load(servers, scenario, pools, profile, steps, work, redis_pid)
+        info = {name: _server_info(server) for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    comparisons: dict[str, list] = {name: [] for name in profile.paired}
+    for entry in measured:
+        comparisons[entry.pop("comparison")].append(entry)
+    return {
+        "rounds": profile.rounds,
+        "options": {name: variants[name] for name in names if name in variants},
+        "servers": info,
+        "comparisons": comparisons,
+    }
+
+
+def _load(servers: dict, scenario, pools, profile: Profile, steps, work: Path, redis_pid: int):
+    """Run `steps` at `servers` (name -> ServerProcess) from the load generator's process."""
+    plan = targets.load_plan(
+        servers,
+        scenario.model,
+        {str(n): pools[n] for n in sorted({s["rows"] for s in steps})},
+        steps,
+        warmup_requests=20 if profile is QUICK else 200,
+        redis_pid=redis_pid,
+    )
+    turns = sum(len(s.get("targets", "-")) * s.get("rounds", 1) for s in steps)
+    budget = turns * (max(s["max_seconds"] for s in steps) + 12) + 120 * len(servers)
+    stem = work / ("load-" + "-".join(servers))
+    return json.loads(_subprocess("bench.load", plan, stem, budget))
+
+
+def _server_info(server: targets.ServerProcess) -> dict:
+    """Ready time, and resident memory at ready, now and at its peak."""
+    return {
         "ready_s": round(server.ready_s, 3),
         "rss_ready_mb": server.rss_ready_mb,
-        "rss_after_load_mb": rss_after,
-        "rss_peak_mb": rss_peak,
+        "rss_after_load_mb": server.rss_mb(),
+        "rss_peak_mb": server.rss_mb(peak=True),
     }
-    return info, series
 
 
 def _subprocess(module: str, spec: dict, stem: Path, timeout_s: float) -> str:

@@ -1,19 +1,23 @@
-"""The load generator: gRPC Predict calls against one server, from a process of its own.
+"""The load generator: gRPC Predict calls against the servers of a plan, from a process of
+its own.
 
     python -m bench.load PLAN.json OUT.json     (the harness writes the plan and runs this)
 
-Steps run in order over `connections` channels of their own (loopback only; default 16,
-callers and requests spread round-robin over them), each bounded in requests and seconds:
-closed loop (C callers, each sending its next request when the last is answered) and open
-loop (requests start on a fixed schedule whatever the answers do, so a slow server's queue
-shows in the latencies; at most `max_in_flight` outstanding, more are counted as dropped and
-never sent). Latency runs from the call's actual start: the event loop's timer wakes up to a
-millisecond late, which would otherwise be counted against the server; how late each start
-was is reported as `send_lag_p99_ms` (large values mean this process could not keep up).
+Steps run in order, each against one server over `connections` channels of its own
+(loopback only; default 16, callers and requests spread round-robin over them), each bounded
+in requests and seconds: closed loop (C callers, each sending its next request when the
+last is answered) and open loop (requests start on a fixed schedule whatever the answers
+do, so a slow server's queue shows in the latencies; at most `max_in_flight` outstanding,
+more are counted as dropped and never sent). Latency runs from the call's actual start:
+the event loop's timer wakes up to a millisecond late, which would otherwise be counted
+against the server; how late each start was is reported as `send_lag_p99_ms` (large values
+mean this process could not keep up).
 Each step also records the CPU seconds this process, the server's process tree and Redis
 (when the plan names its pid) spent per request, and how many of the machine's cores were
 busy on average: whether a server could have served more on these cores, or the machine
-was already full. Nothing here knows which server it is talking to.
+was already full. A paired step loads several servers in alternating turns (A B, B A) and
+pools each one's turns: servers compared that way meet the same drift of these shared cores,
+where steps minutes apart do not. Nothing here knows which server it is talking to.
 
 Several connections because SO_REUSEPORT spreads connections, not calls, over the processes
 sharing a port: over one connection a second server process would never see a call. A
@@ -23,10 +27,12 @@ service calling Augur from many pods reaches it over many connections too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -101,9 +107,12 @@ class Recorder:
         return out
 
 
-async def closed_loop(predicts, pool, concurrency, max_requests, max_seconds, timeout) -> tuple:
-    """Caller i calls through connection i modulo their number."""
-    rec, issued = Recorder(), 0
+async def closed_loop(
+    predicts, pool, concurrency, max_requests, max_seconds, timeout, rec: Recorder | None = None
+) -> float:
+    """Caller i calls through connection i modulo their number; returns the seconds it took,
+    the calls recorded in `rec`."""
+    rec, issued = rec if rec is not None else Recorder(), 0
     start = time.perf_counter()
     stop_at = start + max_seconds
 
@@ -115,11 +124,13 @@ async def closed_loop(predicts, pool, concurrency, max_requests, max_seconds, ti
             await rec.call(predict, req, timeout)
 
     await asyncio.gather(*(caller(predicts[i % len(predicts)]) for i in range(concurrency)))
-    return rec, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
-async def open_loop(predicts, pool, rate, max_requests, max_seconds, max_in_flight, timeout):
-    rec, in_flight, tasks = Recorder(), 0, set()
+async def open_loop(
+    predicts, pool, rate, max_requests, max_seconds, max_in_flight, timeout, rec: Recorder
+) -> float:
+    in_flight, tasks = 0, set()
     count = max(1, min(max_requests, int(rate * max_seconds)))
 
     async def one(predict, req) -> None:
@@ -144,7 +155,7 @@ async def open_loop(predicts, pool, rate, max_requests, max_seconds, max_in_flig
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*list(tasks))
-    return rec, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 class ProcessCpu:
@@ -191,62 +202,130 @@ class MachineCpu:
         return total - t.idle - getattr(t, "iowait", 0.0), total
 
 
+@dataclass
+class Target:
+    """One server under load: its connections and its process tree's CPU clock."""
+
+    predicts: list
+    channels: list
+    cpu: ProcessCpu
+
+
+@dataclass
+class Spent:
+    """What a step cost while it ran: seconds of wall clock, of CPU (the server's, this
+    process's, Redis's) and of busy cores (busy cores times seconds)."""
+
+    elapsed: float = 0.0
+    server: float = 0.0
+    client: float = 0.0
+    redis: float = 0.0
+    core_seconds: float = 0.0
+
+    def add(self, other: Spent) -> None:
+        for name in ("elapsed", "server", "client", "redis", "core_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+async def _measure(step: dict, target: Target, pool, timeout, redis_cpu, machine, rec) -> Spent:
+    """Run one step's load at `target`, recording into `rec`."""
+    cpu_server, cpu_own = target.cpu.seconds(), time.process_time()
+    cpu_redis = redis_cpu.seconds() if redis_cpu else 0.0
+    machine.start()
+    if step["mode"] == "closed":
+        elapsed = await closed_loop(
+            target.predicts,
+            pool,
+            step["concurrency"],
+            step["max_requests"],
+            step["max_seconds"],
+            timeout,
+            rec,
+        )
+    else:
+        elapsed = await open_loop(
+            target.predicts,
+            pool,
+            step["rate"],
+            step["max_requests"],
+            step["max_seconds"],
+            step.get("max_in_flight", 256),
+            timeout,
+            rec,
+        )
+    return Spent(
+        elapsed,
+        target.cpu.seconds() - cpu_server,
+        time.process_time() - cpu_own,
+        (redis_cpu.seconds() - cpu_redis) if redis_cpu else 0.0,
+        machine.cores() * elapsed,
+    )
+
+
+def _entry(step: dict, rec: Recorder, spent: Spent, redis: bool) -> dict:
+    entry = {**step, **rec.summary(spent.elapsed, step["rows"])}
+    sent = max(entry["sent"], 1)
+    entry["server_cpu_ms_per_req"] = round(spent.server * 1e3 / sent, 4)
+    entry["client_cpu_ms_per_req"] = round(spent.client * 1e3 / sent, 4)
+    if redis:
+        entry["redis_cpu_ms_per_req"] = round(spent.redis * 1e3 / sent, 4)
+    busy = spent.core_seconds / spent.elapsed if spent.elapsed > 0 else 0.0
+    entry["machine_busy_cores"] = round(busy, 3)
+    return entry
+
+
+def paired_order(names: list[str], rounds: int) -> list[str]:
+    """The servers' turns in a paired step: forward in even rounds, backward in odd ones
+    (A B, B A, ...), so that a machine speeding up or slowing down at a steady pace over
+    the step costs each server the same."""
+    return [n for r in range(rounds) for n in (names if r % 2 == 0 else names[::-1])]
+
+
 async def run(plan: dict) -> list[dict]:
+    """The plan's steps in order. A step naming `target` loads that server (the plan's
+    first when it names none); a paired step, naming `targets` and `rounds`, loads each of
+    them in turn (paired_order), each turn bounded as a step is, and gives one entry per
+    server, its turns' calls pooled."""
     pools = {int(k): [request(plan["model"], r) for r in v] for k, v in plan["pools"].items()}
     timeout = plan.get("timeout_s", 10.0)
-    server_cpu = ProcessCpu(plan.get("server_pid"))
     redis_cpu = ProcessCpu(plan["redis_pid"]) if plan.get("redis_pid") else None
     machine = MachineCpu()
-    channels = [
-        grpc.aio.insecure_channel(plan["address"], options=CHANNEL_OPTIONS)
-        for _ in range(plan.get("connections", CONNECTIONS))
-    ]
-    predicts = [pb_grpc.PredictorStub(channel).Predict for channel in channels]
+    targets: dict[str, Target] = {}
+    for name, server in plan["targets"].items():
+        channels = [
+            grpc.aio.insecure_channel(server["address"], options=CHANNEL_OPTIONS)
+            for _ in range(plan.get("connections", CONNECTIONS))
+        ]
+        predicts = [pb_grpc.PredictorStub(channel).Predict for channel in channels]
+        targets[name] = Target(predicts, channels, ProcessCpu(server.get("server_pid")))
     try:
-        for pool in pools.values():  # connections, server-side caches, lazy imports
-            warm = plan.get("warmup_requests", 50), plan.get("warmup_seconds", 2.0)
-            await closed_loop(predicts, pool, max(4, len(predicts)), *warm, timeout)
+        warm = plan.get("warmup_requests", 50), plan.get("warmup_seconds", 2.0)
+        for target in targets.values():  # connections, server-side caches, lazy imports
+            callers = max(4, len(target.predicts))
+            for pool in pools.values():
+                await closed_loop(target.predicts, pool, callers, *warm, timeout)
         results = []
+        measure = functools.partial(_measure, timeout=timeout, redis_cpu=redis_cpu, machine=machine)
         for step in plan["steps"]:
             pool = pools[step["rows"]]
-            cpu_server, cpu_own = server_cpu.seconds(), time.process_time()
-            cpu_redis = redis_cpu.seconds() if redis_cpu else 0.0
-            machine.start()
-            if step["mode"] == "closed":
-                rec, elapsed = await closed_loop(
-                    predicts,
-                    pool,
-                    step["concurrency"],
-                    step["max_requests"],
-                    step["max_seconds"],
-                    timeout,
-                )
-            else:
-                rec, elapsed = await open_loop(
-                    predicts,
-                    pool,
-                    step["rate"],
-                    step["max_requests"],
-                    step["max_seconds"],
-                    step.get("max_in_flight", 256),
-                    timeout,
-                )
-            busy_cores = machine.cores()
-            entry = {**step, **rec.summary(elapsed, step["rows"])}
-            sent = max(entry["sent"], 1)
-            entry["server_cpu_ms_per_req"] = round(
-                (server_cpu.seconds() - cpu_server) * 1e3 / sent, 4
-            )
-            entry["client_cpu_ms_per_req"] = round((time.process_time() - cpu_own) * 1e3 / sent, 4)
-            if redis_cpu:
-                entry["redis_cpu_ms_per_req"] = round(
-                    (redis_cpu.seconds() - cpu_redis) * 1e3 / sent, 4
-                )
-            entry["machine_busy_cores"] = round(busy_cores, 3)
-            results.append(entry)
+            if "targets" not in step:
+                rec = Recorder()
+                target = targets[step.get("target", next(iter(targets)))]
+                spent = await measure(step, target, pool, rec=rec)
+                results.append(_entry(step, rec, spent, redis_cpu is not None))
+                continue
+            turns = {name: (Recorder(), Spent()) for name in step["targets"]}
+            for name in paired_order(step["targets"], step["rounds"]):
+                rec, spent = turns[name]
+                spent.add(await measure(step, targets[name], pool, rec=rec))
+            shared = {k: v for k, v in step.items() if k != "targets"}
+            for name, (rec, spent) in turns.items():
+                entry = _entry({**shared, "target": name}, rec, spent, redis_cpu is not None)
+                results.append(entry)
     finally:
-        for channel in channels:
-            await channel.close()
+        for target in targets.values():
+            for channel in target.channels:
+                await channel.close()
     return results
 
 

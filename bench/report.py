@@ -2,19 +2,24 @@
 
 Ratios compare points measured in the same run at the same load: Augur against the Feast
 baseline (a: speedup, above 1 is better) and against the floors (c: how many times the
-floor, 1 is the floor itself). Pure functions of the result dict, plus the two writers.
+floor, 1 is the floor itself). Where two servers are compared directly - one caller against
+the echo floors, batching on against off, two processes against one - the ratio is taken
+within a paired step (bench/load.py), whose servers took turns. `goals` checks the
+performance issue's targets. Pure functions of the result dict, plus the two writers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-TARGETS = ("augur", "baseline", "echo")
+AUGUR, BASELINE, ECHO = "augur", "baseline", "echo"
+TARGETS = (AUGUR, BASELINE, ECHO)  # the main series: each server alone, every load point
 ECHO_REDIS = "echo_redis"  # measured with one caller only, at each request size
+FLOORS = "floors"  # the paired comparison of one caller's Predict with the echo floors
 LABELS = {
-    "augur": "Augur",
-    "baseline": "Feast baseline",
-    "echo": "gRPC echo floor",
+    AUGUR: "Augur",
+    BASELINE: "Feast baseline",
+    ECHO: "gRPC echo floor",
     ECHO_REDIS: "gRPC echo + Redis round trip floor",
 }
 
@@ -75,29 +80,41 @@ def ratios(result: dict) -> dict:
         "inprocess": inproc,
         "breakdown": breakdown(result),
         "variants": variants,
+        "goals": goals(result),
     }
 
 
+def paired(result: dict, comparison: str) -> dict[tuple[int, int], dict[str, dict]]:
+    """A paired comparison's entries: (rows, callers) -> server name -> its entry."""
+    out: dict = {}
+    for entry in (result.get("paired") or {}).get("comparisons", {}).get(comparison, []):
+        out.setdefault((entry["rows"], entry["concurrency"]), {})[entry["target"]] = entry
+    return out
+
+
 def breakdown(result: dict) -> dict:
-    """Where one caller's Predict time goes (p50 ms, closed loop c=1): the gRPC echo floor,
-    the in-process read + assemble + predict (of which Redis floor and model), and the rest
-    (the servicer's own work: validation, metrics, building the reply, thread hand-offs);
-    and Predict against the echo floor that makes the same Redis round trip first."""
+    """Where one caller's Predict time goes (p50 ms, closed loop c=1, from the paired
+    comparison with the floors): the gRPC echo floor, the in-process read + assemble +
+    predict (of which Redis floor and model), and the rest (the servicer's own work:
+    validation, metrics, building the reply); and Predict against the echo floor that makes
+    the same Redis round trip first."""
     out = {}
-    for step in result["series"].get("augur", []):
-        size = str(step["rows"])
-        if step["mode"] != "closed" or step["concurrency"] != 1 or size not in result["inprocess"]:
-            continue
-        echo, echo_redis = (_one_caller(result, t, step["rows"]) for t in ("echo", ECHO_REDIS))
-        if echo is None or "p50_ms" not in step:
+    for (rows, _), steps in paired(result, FLOORS).items():
+        size = str(rows)
+        step, echo, echo_redis = (steps.get(t) or {} for t in (AUGUR, ECHO, ECHO_REDIS))
+        if size not in result["inprocess"] or "p50_ms" not in step or "p50_ms" not in echo:
             continue
         m = result["inprocess"][size]
         pipeline = m["augur_pipeline"]["p50_ms"]
-        with_redis = (echo_redis or {}).get("p50_ms")
+        with_redis = echo_redis.get("p50_ms")
         out[size] = {
             "predict_p50_ms": step["p50_ms"],
+            "predict_p99_ms": step["p99_ms"],
             "echo_floor_p50_ms": echo["p50_ms"],
+            "echo_floor_p99_ms": echo["p99_ms"],
             "echo_redis_floor_p50_ms": with_redis,
+            "p50_vs_echo_floor": _ratio(step["p50_ms"], echo["p50_ms"]),
+            "p99_vs_echo_floor": _ratio(step["p99_ms"], echo["p99_ms"]),
             "p50_vs_echo_redis_floor": _ratio(step["p50_ms"], with_redis),
             "pipeline_p50_ms": pipeline,
             "redis_floor_p50_ms": m["redis_floor"]["p50_ms"],
@@ -107,16 +124,47 @@ def breakdown(result: dict) -> dict:
     return out
 
 
-def _one_caller(result: dict, target: str, rows: int) -> dict | None:
-    """`target`'s closed-loop step with one caller at `rows` rows, if measured."""
-    return next(
-        (
-            s
-            for s in result["series"].get(target, [])
-            if s["rows"] == rows and s["mode"] == "closed" and s["concurrency"] == 1
-        ),
-        None,
-    )
+def goals(result: dict) -> list[dict]:
+    """The performance issue's targets, each as measured in this run: what it asks, the
+    value, the bound, and whether the value meets it. Only what the run measured."""
+    out = []
+
+    def goal(name: str, value: float | None, bound: float, at_least: bool) -> None:
+        if value is not None:
+            met = value >= bound if at_least else value <= bound
+            out.append(
+                {"goal": name, "value": value, "bound": bound, "at_least": at_least, "met": met}
+            )
+
+    for size, m in result["inprocess"].items():
+        feast, augur, floor = m["feast_read"], m["augur_read"], m["redis_floor"]
+        least = 5 if size == "1" else 15
+        for q in ("p50", "p99"):
+            name = f"read, {size} row(s): Feast's {q} / Augur's"
+            goal(name, _ratio(feast[f"{q}_ms"], augur[f"{q}_ms"]), least, True)
+        name = f"read, {size} row(s): p50 / Redis floor's"
+        goal(name, _ratio(augur["p50_ms"], floor["p50_ms"]), 1.5, False)
+    one = breakdown(result).get("1")
+    if one:
+        goal("Predict 1 row, 1 caller: p50 / gRPC echo's", one["p50_vs_echo_floor"], 1.5, False)
+        goal("Predict 1 row, 1 caller: p99 ms", one["predict_p99_ms"], 2.0, False)
+    best = {t: _best_rows_per_s(result, t, 100) for t in (AUGUR, BASELINE)}
+    if best[AUGUR] is not None:
+        name = "Predict 100 rows: predictions/s, best closed-loop point"
+        goal(name, round(best[AUGUR]), 40_000, True)
+        name = "Predict 100 rows: predictions/s / Feast baseline's"
+        goal(name, _ratio(best[AUGUR], best[BASELINE]), 10, True)
+    for p in variant_ratios(result):
+        point = f"{p['rows']} row(s), {p['concurrency']} callers"
+        if p["variant"] == "batching" and p["concurrency"] >= 64:
+            goal(f"batching on / off, {point}: calls/s", p["throughput_vs_base"], 1.5, True)
+            goal(f"batching on / off, {point}: p99", p["p99_vs_base"], 1.0, False)
+        elif p["variant"].startswith("processes_"):
+            goal(f"2 processes / 1, {point}: calls/s", p["throughput_vs_base"], 1.5, True)
+    m = result.get("materialization")
+    if m:
+        goal("materialization: rows/s / Feast local engine's", m["augur_vs_feast"], 10, True)
+    return out
 
 
 def _ms(step: dict | None) -> str:
@@ -164,6 +212,7 @@ def markdown(result: dict) -> str:
         "Augur (above 1: Augur is faster; for req/s, Augur / baseline); vs floor = Augur / floor "
         "(1: Augur is at the floor). Every server runs alone, one process (unless `--augur "
         "processes=N`), beside the load generator on the same cores.",
+        *_goal_lines(result),
         "",
         "### Predict over gRPC (load generator in its own process; p50 / p99 ms, req/s)",
         "",
@@ -216,22 +265,25 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "### Where one caller's Predict time goes (closed loop c=1, p50 ms)",
+        "### One caller against the floors, and where its Predict time goes (paired, p50 ms)",
         "",
-        "The echo + Redis floor is the echo server making the request's Redis round trip "
-        "(HMGET of its keys' vectors, nothing decoded) before it answers: what any server "
-        "that reads the features pays (the lower p50 of two measurements, before and after "
-        "the main series).",
+        f"Augur, the gRPC echo floor and the echo + Redis floor in turns at each point "
+        f"({_turns(result)}). The echo + Redis floor is the echo server making the request's "
+        "Redis round trip (HMGET of its keys' vectors, nothing decoded) before it answers: "
+        "what any server that reads the features pays.",
         "",
-        "| rows | Predict | gRPC echo floor | gRPC echo + Redis floor | Predict vs echo + Redis "
+        "| rows | Predict p50 / p99 | gRPC echo floor p50 / p99 | Predict vs echo (p50 / p99) "
+        "| gRPC echo + Redis floor | Predict vs echo + Redis "
         "| read+assemble+predict in process | of which Redis floor | of which model "
         "| rest (servicer glue) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, b in r["breakdown"].items():
         with_redis = b.get("echo_redis_floor_p50_ms")
         lines.append(
-            f"| {size} | {b['predict_p50_ms']:.2f} | {b['echo_floor_p50_ms']:.2f} "
+            f"| {size} | {b['predict_p50_ms']:.2f} / {b['predict_p99_ms']:.2f} "
+            f"| {b['echo_floor_p50_ms']:.2f} / {b['echo_floor_p99_ms']:.2f} "
+            f"| {_x(b['p50_vs_echo_floor'])} / {_x(b['p99_vs_echo_floor'])} "
             f"| {'-' if with_redis is None else f'{with_redis:.2f}'} "
             f"| {_x(b.get('p50_vs_echo_redis_floor'))} "
             f"| {b['pipeline_p50_ms']:.2f} | {b['redis_floor_p50_ms']:.2f} "
@@ -262,12 +314,14 @@ def markdown(result: dict) -> str:
         "| peak RSS, MiB |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for target in (*TARGETS, ECHO_REDIS):
-        s = result["servers"].get(target)
-        if s:
+    both = [(LABELS[t], result["servers"].get(t)) for t in TARGETS]
+    for name, server in (result.get("paired") or {}).get("servers", {}).items():
+        both.append((f"paired: {LABELS.get(name, f'Augur, {name}')}", server))
+    for label, server in both:
+        if server:
             lines.append(
-                f"| {LABELS[target]} | {s['ready_s']:.2f} s | {_rss(s['rss_ready_mb'])} "
-                f"| {_rss(s['rss_after_load_mb'])} | {_rss(s.get('rss_peak_mb', {}))} |"
+                f"| {label} | {server['ready_s']:.2f} s | {_rss(server['rss_ready_mb'])} "
+                f"| {_rss(server['rss_after_load_mb'])} | {_rss(server['rss_peak_mb'])} |"
             )
     lines += _variant_lines(result)
     m = result.get("materialization")
@@ -285,22 +339,28 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _best_rows_per_s(result: dict, target: str, rows: int) -> float | None:
+    """`target`'s most predictions/s over the main series' closed-loop points at `rows`."""
+    steps = result["series"].get(target, [])
+    closed = [s["rows_per_s"] for s in steps if s["rows"] == rows and s["mode"] == "closed"]
+    return max(closed, default=None)
+
+
 def variant_ratios(result: dict) -> list[dict]:
-    """Each variant point against the main Augur series at the same rows and concurrency."""
+    """Each Augur variant against Augur as the run serves it, at each point of their paired
+    comparison."""
     out = []
-    main = {
-        (s["rows"], s["concurrency"]): s
-        for s in result["series"].get("augur", [])
-        if s["mode"] == "closed"
-    }
-    for name, variant in (result.get("variants") or {}).items():
-        for step in variant["series"]:
-            base = main.get((step["rows"], step["concurrency"]), {})
+    comparisons = (result.get("paired") or {}).get("comparisons", {})
+    for name in comparisons:
+        if name == FLOORS:
+            continue
+        for (rows, callers), steps in paired(result, name).items():
+            base, step = steps.get(AUGUR, {}), steps.get(name, {})
             out.append(
                 {
                     "variant": name,
-                    "rows": step["rows"],
-                    "concurrency": step["concurrency"],
+                    "rows": rows,
+                    "concurrency": callers,
                     "base": base,
                     "step": step,
                     "throughput_vs_base": _ratio(
@@ -308,8 +368,8 @@ def variant_ratios(result: dict) -> list[dict]:
                     ),
                     "p99_vs_base": _ratio(step.get("p99_ms"), base.get("p99_ms")),
                     # The most any variant could serve if each call cost the machine the
-                    # CPU it cost in the main series: a bound on more processes, which
-                    # add no saving; batching exists to lower that cost.
+                    # CPU it cost without it: a bound on more processes, which add no
+                    # saving; batching exists to lower that cost.
                     "cores_allow_vs_base": _ratio(
                         result["machine"]["cpus"], base.get("machine_busy_cores")
                     ),
@@ -322,12 +382,13 @@ def _variant_lines(result: dict) -> list[str]:
     points = variant_ratios(result)
     if not points:
         return []
-    options = {n: v["options"] for n, v in result["variants"].items()}
+    options = result["paired"]["options"]
     lines = [
         "",
-        "### Serving variants (closed loop, against the main Augur series at the same point)",
+        "### Serving variants (closed loop, paired with Augur as the run serves it)",
         "",
-        "Options: " + "; ".join(f"{n}: {o}" for n, o in options.items()) + ".",
+        "Options: " + "; ".join(f"{n}: {o}" for n, o in options.items()) + f". At each point "
+        f"Augur and the variant took turns ({_turns(result)}).",
         "",
         "Cores busy: the machine's average over the point (every process). Cores allow: the"
         " machine's cores over the Augur point's busy cores, the most a variant can serve if"
@@ -348,6 +409,31 @@ def _variant_lines(result: dict) -> list[str]:
             f"| {_cores(base)} / {_cores(step)} | {_x(p.get('cores_allow_vs_base'))} "
             f"| {_errors({'variant': step})} |"
         )
+    return lines
+
+
+def _turns(result: dict) -> str:
+    rounds = result["paired"]["rounds"]
+    seconds = result["profile"]["step_seconds"] / rounds
+    return f"{rounds} turns each of up to {seconds:g} s, in alternating order"
+
+
+def _goal_lines(result: dict) -> list[str]:
+    lines = [
+        "",
+        "### The performance issue's targets, as measured in this run",
+        "",
+        "The issue sets them for the fraud scenario (its reads for the fraud plan); other "
+        "scenarios show them for comparison. Reads: in process, Feast's time over Augur's "
+        "and Augur's over the cheapest Redis floor; one caller and the variants: from their "
+        "paired comparisons below; 100 rows: the best closed-loop point of the main series.",
+        "",
+        "| target | measured | bound | met |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for g in result["ratios"]["goals"]:
+        bound = ("at least " if g["at_least"] else "at most ") + f"{g['bound']:,g}"
+        lines.append(f"| {g['goal']} | {g['value']:,g} | {bound} | {'yes' if g['met'] else 'no'} |")
     return lines
 
 

@@ -60,9 +60,9 @@ def _peak(pid: int) -> int:
     raise OSError(f"no VmHWM for process {pid}")
 
 
-def augur_command(scenario: Scenario, work: Path, port: int, overrides: dict) -> list[str]:
-    """`augur serve` on a config file written for the scenario (overrides: server options)."""
-    config = work / "augur.yaml"
+def augur_command(scenario: Scenario, config: Path, port: int, overrides: dict) -> list[str]:
+    """`augur serve` on a config file written to `config` for the scenario (overrides:
+    server options)."""
     config.write_text(
         yaml.safe_dump(
             {
@@ -122,7 +122,7 @@ def start(name: str, command: list[str], port: int, model: str, work: Path) -> S
 
 
 def load_plan(
-    server: ServerProcess,
+    servers: dict[str, ServerProcess],
     model: str,
     pools: dict[str, list],
     steps: list[dict],
@@ -130,13 +130,15 @@ def load_plan(
     warmup_seconds: float = 2.0,
     redis_pid: int | None = None,
 ) -> dict:
-    """What bench/load.py runs against `server`: warm-up, then `steps` from `pools` (row
-    count -> requests), reading the server's CPU time (and Redis's, given its pid) as it
-    goes."""
+    """What bench/load.py runs against `servers` (name -> server; a step names its server,
+    else the first): warm-up, then `steps` from `pools` (row count -> requests), reading
+    each server's CPU time (and Redis's, given its pid) as it goes."""
     return {
-        "address": server.address,
+        "targets": {
+            name: {"address": server.address, "server_pid": server.process.pid}
+            for name, server in servers.items()
+        },
         "model": model,
-        "server_pid": server.process.pid,
         "redis_pid": redis_pid,
         "timeout_s": 10.0,
         "warmup_requests": warmup_requests,

@@ -14,6 +14,7 @@ import pytest
 
 from bench import report
 from bench.inprocess import floor_replies
+from bench.load import paired_order
 from predictor.codec import encode_entities
 from proto.augur.v1 import predictor_pb2 as pb
 
@@ -85,12 +86,57 @@ def test_ratios_against_baseline_and_floors_are_computed(quick_run):
 @pytest.mark.slow
 def test_one_caller_predict_is_compared_with_the_echo_and_redis_floor(quick_run):
     result, out, _ = quick_run
-    floor = result["series"]["echo_redis"]
-    assert {(s["rows"], s["concurrency"]) for s in floor} == {(1, 1), (10, 1)}
-    assert all(s["ok"] > 0 and s["errors"] == {} for s in floor), floor
+    floors = result["paired"]["comparisons"][report.FLOORS]
+    servers = ("augur", "echo", "echo_redis")
+    assert sorted((s["rows"], s["concurrency"], s["target"]) for s in floors) == sorted(
+        (rows, 1, server) for rows in (1, 10) for server in servers
+    )
+    assert all(s["ok"] > 0 and s["errors"] == {} for s in floors), floors
+    assert set(result["ratios"]["breakdown"]) == {"1", "10"}
     for size, b in result["ratios"]["breakdown"].items():
         assert b["echo_redis_floor_p50_ms"] > 0 and b["p50_vs_echo_redis_floor"] > 0, (size, b)
+        assert b["p50_vs_echo_floor"] > 0 and b["p99_vs_echo_floor"] > 0, (size, b)
     assert "gRPC echo + Redis floor" in (out / "fraud-quick.md").read_text()
+
+
+def test_a_paired_step_alternates_its_servers_turns():
+    assert paired_order(["a", "b"], 2) == ["a", "b", "b", "a"]
+    assert paired_order(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+
+
+@pytest.mark.slow
+def test_each_paired_server_gets_a_main_steps_worth_of_turns(quick_run):
+    result, _, _ = quick_run
+    assert result["paired"]["rounds"] == 2
+    bounds = result["profile"]["step_requests"], result["profile"]["step_seconds"]
+    for name, entries in result["paired"]["comparisons"].items():
+        assert entries, name
+        for entry in entries:
+            # each turn is bounded by half a step, so both turns by a whole one
+            assert entry["max_requests"] * entry["rounds"] == bounds[0], entry
+            assert entry["max_seconds"] * entry["rounds"] == bounds[1], entry
+            assert 0 < entry["sent"] <= bounds[0], entry
+            assert 0 < entry["elapsed_s"] <= bounds[1] * 1.5 + 1, entry
+
+
+@pytest.mark.slow
+def test_the_issues_targets_are_checked_against_what_was_measured(quick_run):
+    result, out, _ = quick_run
+    goals = {g["goal"]: g for g in result["ratios"]["goals"]}
+    expected = {
+        "read, 1 row(s): Feast's p50 / Augur's",
+        "read, 10 row(s): p50 / Redis floor's",
+        "Predict 1 row, 1 caller: p50 / gRPC echo's",
+        "Predict 1 row, 1 caller: p99 ms",
+        "2 processes / 1, 1 row(s), 4 callers: calls/s",
+        "materialization: rows/s / Feast local engine's",
+    }
+    assert expected <= set(goals), sorted(goals)
+    for g in goals.values():
+        assert g["met"] == (g["value"] >= g["bound"] if g["at_least"] else g["value"] <= g["bound"])
+    one = result["ratios"]["breakdown"]["1"]
+    assert goals["Predict 1 row, 1 caller: p99 ms"]["value"] == one["predict_p99_ms"]
+    assert "### The performance issue's targets" in (out / "fraud-quick.md").read_text()
 
 
 def test_the_echo_and_redis_floor_reads_each_requests_own_keys(fraud_repo, tmp_path):
@@ -124,7 +170,7 @@ def _calls(redis, command: str) -> int:
 @pytest.mark.slow
 def test_batching_and_processes_variants_are_compared_at_the_same_points(quick_run):
     result, out, _ = quick_run
-    assert set(result["variants"]) == {"batching", "processes_2"}
+    assert set(result["paired"]["options"]) == {"batching", "processes_2"}
     cpus = result["machine"]["cpus"]
     for point in result["ratios"]["variants"]:
         assert point["throughput_vs_base"] > 0 and point["p99_vs_base"] > 0, point
@@ -134,7 +180,7 @@ def test_batching_and_processes_variants_are_compared_at_the_same_points(quick_r
         for step in (point["base"], point["step"]):
             assert 0 < step["machine_busy_cores"] <= cpus * 1.05, step
             assert step["redis_cpu_ms_per_req"] >= 0, step
-    assert len(result["variants"]["processes_2"]["server"]["rss_ready_mb"]) >= 3  # 2 workers
+    assert len(result["paired"]["servers"]["processes_2"]["rss_ready_mb"]) >= 3  # 2 workers
     assert "### Serving variants" in (out / "fraud-quick.md").read_text()
 
 
