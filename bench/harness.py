@@ -348,7 +348,7 @@ def _load(servers: dict, scenario, pools, profile: Profile, steps, work: Path, r
         warmup_requests=20 if profile is QUICK else 200,
         redis_pid=redis_pid,
     )
-    turns = sum(len(s.get("targets", "-")) * s.get("rounds", 1) for s in steps)
+    turns = sum(len(s["targets"]) * s["rounds"] if "targets" in s else 1 for s in steps)
     budget = turns * (max(s["max_seconds"] for s in steps) + 12) + 120 * len(servers)
     stem = work / ("load-" + "-".join(servers))
     return json.loads(_subprocess("bench.load", plan, stem, budget))
