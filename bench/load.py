@@ -32,7 +32,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import grpc
@@ -223,8 +223,8 @@ class Spent:
     core_seconds: float = 0.0
 
     def add(self, other: Spent) -> None:
-        for name in ("elapsed", "server", "client", "redis", "core_seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 async def _measure(step: dict, target: Target, pool, timeout, redis_cpu, machine, rec) -> Spent:
@@ -308,14 +308,10 @@ async def run(plan: dict) -> list[dict]:
         measure = functools.partial(_measure, timeout=timeout, redis_cpu=redis_cpu, machine=machine)
         for step in plan["steps"]:
             pool = pools[step["rows"]]
-            if "targets" not in step:
-                rec = Recorder()
-                target = targets[step.get("target", next(iter(targets)))]
-                spent = await measure(step, target, pool, rec=rec)
-                results.append(_entry(step, rec, spent, redis_cpu is not None))
-                continue
-            turns = {name: (Recorder(), Spent()) for name in step["targets"]}
-            for name in paired_order(step["targets"], step["rounds"]):
+            # a plain step is a paired step of one server and one turn
+            names = step.get("targets") or [step.get("target", next(iter(targets)))]
+            turns = {name: (Recorder(), Spent()) for name in names}
+            for name in paired_order(names, step.get("rounds", 1)):
                 rec, spent = turns[name]
                 spent.add(await measure(step, targets[name], pool, rec=rec))
             shared = {k: v for k, v in step.items() if k != "targets"}
