@@ -120,13 +120,26 @@ def serve_many(config: Config, config_path: Path | None) -> int:
     command = [sys.executable, "-m", "augur.cli", "serve"]
     if config_path is not None:
         command += ["--config", str(config_path)]
+    stopping = threading.Event()
+    children: list[subprocess.Popen] = []
+
+    def stop(*_: object) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    # Before the first child starts: a SIGTERM while they start must reach them, not end
+    # this process by the CLI's handler (143) and leave them to notice on their own.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     env[START_GATE_ENV] = f"{ready_w},{go_r}"
-    children = [
-        subprocess.Popen(command, env=env, pass_fds=(ready_w, go_r))
-        for _ in range(config.server.processes)
-    ]
+    for _ in range(config.server.processes):
+        children.append(subprocess.Popen(command, env=env, pass_fds=(ready_w, go_r)))
+        if stopping.is_set():  # stopped while this one started: it is told now
+            stop()
     os.close(ready_w)  # the children's copies are the ones the gate counts
     os.close(go_r)
     threading.Thread(
@@ -142,16 +155,6 @@ def serve_many(config: Config, config_path: Path | None) -> int:
         ", ".join(str(c.pid) for c in children),
     )
 
-    stopping = threading.Event()
-
-    def stop(*_: object) -> None:
-        stopping.set()
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
     code = 0
     try:
         while any(c.poll() is None for c in children):
