@@ -1,17 +1,21 @@
-"""Where dynamic batching's throughput goes: Augur with batching off, with batching on (on
-the green handler pool, as it serves), with batching on a thread pool, and with each call's
-read, assembly and model call made free, in alternating rounds.
+"""Where dynamic batching's throughput goes: Augur with batching off (on a thread pool, as it
+serves, and on gRPC's polling thread), with batching on (on the green handler pool, as it
+serves), with batching on a thread pool, and with each call's read, assembly and model call
+made free, in alternating rounds.
 
     python -m bench.batching [--scenario fraud|wide] [--rounds 3] [--callers 64] [--seconds 5]
-                             [--torch cpu|cuda]
+                             [--rows 1] [--torch cpu|cuda]
 
-Each round starts, in turn: `augur serve` with batching off; with batching on as `make
+Each round starts, in turn: `augur serve` with batching off; the same with each call run
+on gRPC's polling thread (server.handlers: green) instead of handed to one of two handler
+threads; with batching on as `make
 bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000), which runs the calls as
 greenlets on gRPC's polling thread (predictor/green.py); the same on a thread pool
 (server.handlers: threads), one thread per call a batch may wait for, as Augur batched
 before the green pool; and bench/ceiling_server.py, the server with batching off and the
 three stages answered from memory, which is the throughput any batching could approach.
-Closed-loop callers send 1-row Predicts from another process (bench/load.py), which also
+Closed-loop callers send 1-row Predicts (or `--rows` rows) from another process
+(bench/load.py), which also
 reads the server's CPU time per call; calls per batch come from the server's own metrics.
 These machines drift by tens of percent within minutes, so the rounds alternate the servers
 and the ratios are taken within a round. Prints a Markdown table; not part of `make bench`.
@@ -43,6 +47,7 @@ BATCHING = {"batch_max_rows": 64, "batch_max_delay_us": 1000}
 # name -> server options; "ceiling" is bench/ceiling_server.py with the options of "off"
 SERVERS = {
     "off": {},
+    "off-green": {"handlers": "green"},
     "batching": BATCHING,
     "batching-threads": {**BATCHING, "handlers": "threads"},
     "ceiling": {},
@@ -68,6 +73,7 @@ def run(
     quick: bool = False,
     workdir: Path | None = None,
     torch_device: str | None = None,
+    request_rows: int = 1,
 ) -> list[dict]:
     """One row per server and round; the temporary folder and every process started are
     gone when this returns."""
@@ -79,13 +85,21 @@ def run(
                 scenario = scenarios.serve_mlp(scenario, torch_device)
             else:
                 scenarios.set_compile(scenario, "lleaves")
-            pool = scenarios.requests(scenario, 1, 256)
+            pool = scenarios.requests(scenario, request_rows, 256)
             rows = []
             for round_ in range(rounds):
                 for name, options in SERVERS.items():
                     began = time.perf_counter()
                     row = _measure(
-                        name, options, scenario, pool, callers, seconds, work, redis.process.pid
+                        name,
+                        options,
+                        scenario,
+                        pool,
+                        request_rows,
+                        callers,
+                        seconds,
+                        work,
+                        redis.process.pid,
                     )
                     rows.append({"round": round_, "server": name, **row})
                     print(
@@ -97,7 +111,9 @@ def run(
             return rows
 
 
-def _measure(name, options, scenario, pool, callers, seconds, work: Path, redis_pid: int) -> dict:
+def _measure(
+    name, options, scenario, pool, rows: int, callers, seconds, work: Path, redis_pid: int
+) -> dict:
     port, metrics_port = free_port(), free_port()
     options = {**options, "metrics_port": metrics_port}
     command = targets.augur_command(scenario, work / f"{name}.yaml", port, options)
@@ -106,7 +122,7 @@ def _measure(name, options, scenario, pool, callers, seconds, work: Path, redis_
     server = targets.start(name, command, port, scenario.model, work)
     try:
         step = {
-            "rows": 1,
+            "rows": rows,
             "mode": "closed",
             "concurrency": callers,
             "max_requests": 10**6,
@@ -115,7 +131,7 @@ def _measure(name, options, scenario, pool, callers, seconds, work: Path, redis_
         plan = targets.load_plan(
             {name: server},
             scenario.model,
-            {"1": pool},
+            {str(rows): pool},
             [step],
             warmup_seconds=min(2.0, seconds),
             redis_pid=redis_pid,
@@ -181,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--callers", type=int, default=64, help="closed-loop callers (64)")
     parser.add_argument("--seconds", type=float, default=5.0, help="load per server (5 s)")
+    parser.add_argument("--rows", type=int, default=1, help="entity rows per Predict (1)")
     parser.add_argument("--quick", action="store_true", help="a toy scenario: the smoke test")
     parser.add_argument("--workdir", type=Path, help="where the temporary scenario folder goes")
     parser.add_argument(
@@ -190,12 +207,19 @@ def main(argv: list[str] | None = None) -> None:
         help="serve the fraud torch MLP on DEVICE (cpu, cuda) instead of the LightGBM model",
     )
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.callers < 1 or args.seconds <= 0:
-        parser.error("--rounds and --callers must be at least 1, --seconds above 0")
+    if args.rounds < 1 or args.callers < 1 or args.rows < 1 or args.seconds <= 0:
+        parser.error("--rounds, --callers and --rows must be at least 1, --seconds above 0")
     if args.torch and args.scenario != "fraud":
         parser.error("--torch needs --scenario fraud (the wide scenario has no torch model)")
     rows = run(
-        args.scenario, args.rounds, args.callers, args.seconds, args.quick, args.workdir, args.torch
+        args.scenario,
+        args.rounds,
+        args.callers,
+        args.seconds,
+        args.quick,
+        args.workdir,
+        args.torch,
+        args.rows,
     )
     for row in rows:
         print(json.dumps(row))

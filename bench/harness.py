@@ -94,11 +94,13 @@ class Profile:
 
 
 # Augur server variants, by name: the server options each adds to the run's. Dynamic
-# batching at up to 64 rows a batch, waiting at most 1 ms for a batch to fill; and two
-# server processes on one port.
+# batching at up to 64 rows a batch, waiting at most 1 ms for a batch to fill; two server
+# processes on one port; and batching off with every call run on gRPC's polling thread
+# (predictor/green.py) instead of handed to a handler thread.
 VARIANTS = {
     "batching": {"batch_max_rows": 64, "batch_max_delay_us": 1000},
     "processes_2": {"processes": 2},
+    "green": {"handlers": "green"},
 }
 # The variants' options for the quick run: a batch as large as its callers
 QUICK_VARIANTS = {**VARIANTS, "batching": {"batch_max_rows": 8, "batch_max_delay_us": 1000}}
@@ -107,8 +109,10 @@ PROCESSES = (report.AUGUR, "processes_2")
 
 
 def _floors(rows: tuple[int, ...]) -> tuple:
-    """One caller's Predict against the echo floors, at each request size."""
-    return (report.AUGUR, report.ECHO, report.ECHO_REDIS), tuple((n, 1) for n in rows)
+    """One caller's Predict, as the run serves it and on the polling thread, against the
+    echo floors, at each request size."""
+    servers = (report.AUGUR, report.GREEN, report.ECHO, report.ECHO_REDIS)
+    return servers, tuple((n, 1) for n in rows)
 
 
 FRAUD = Profile(
