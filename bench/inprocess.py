@@ -17,7 +17,8 @@ request size, cycling through the same requests the load generator sends:
   model_lightgbm  the same through LightGBM's own predict, when the served model is compiled
   augur_pipeline  read + assemble + predict, what Predict does minus gRPC
 `feast_read` (Feast's get_online_features(...).to_dict() on the same requests) runs in the
-harness process instead, which has Feast imported already.
+harness process instead, which has Feast imported already, in turns with Augur's read of the
+same requests there (`augur_read_beside_feast`), the Augur side of the Feast ratio.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.timing import stats, timed
+from bench.timing import stats, timed, timed_together
 
 
 def _summary(ms: np.ndarray) -> dict:
@@ -95,13 +96,21 @@ def floor_replies(got: list | bytearray, count: int) -> list:
 
 
 def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> dict:
-    """Time the round trip of each request's distinct keys, commands packed beforehand:
-    HMGET of the plan's fields, HGETALL of the whole hash, or HMGET of the vectors. The
-    transport is Augur's own (`floor_transport`, on a connection this thread keeps, as the
-    reader's), so the floor is what any reader of these keys pays before decoding a single
-    value. (Through redis-py's pool, as it was measured up to commit 3f1950e, each round
-    trip paid 50-170 us more; up to commit 046a69c it was parsed by hiredis, 0.03-0.2 ms
-    more at 100 entities.)"""
+    """Time the round trip of each request's distinct keys (`floor_call`), alone."""
+    call, found = floor_call(client, plan, requests, mode)
+    return {**_summary(timed(call, repeats)), "keys_found": found()}
+
+
+def floor_call(
+    client, plan, requests: list[dict], mode: str
+) -> tuple[Callable[[], object], Callable[[], float]]:
+    """The round trip of each request's distinct keys in turn, commands packed beforehand:
+    HMGET of the plan's fields, HGETALL of the whole hash, or HMGET of the vectors; and how
+    to count the share of keys it finds. The transport is Augur's own (`floor_transport`, on
+    a connection this thread keeps, as the reader's), so the floor is what any reader of
+    these keys pays before decoding a single value. (Through redis-py's pool, as it was
+    measured up to commit 3f1950e, each round trip paid 50-170 us more; up to commit
+    046a69c it was parsed by hiredis, 0.03-0.2 ms more at 100 entities.)"""
     from featurestore.resp import OwnConnections
 
     pack = floor_payloads(plan, mode)
@@ -114,14 +123,16 @@ def redis_floor(client, plan, requests: list[dict], repeats: int, mode: str) -> 
         data, count = nxt()
         return trip(client, data, count, own=own)
 
-    ms = timed(call, repeats)
-    # A floor over keys that do not exist would be a fake: say how many were found.
-    found = [
-        any(v is not None for v in reply)
-        for data, count in packed
-        for reply in floor_replies(trip(client, data, count, own=own), count)
-    ]
-    return {**_summary(ms), "keys_found": round(sum(found) / max(len(found), 1), 3)}
+    def found() -> float:
+        """A floor over keys that do not exist would be a fake: how many were found."""
+        hits = [
+            any(v is not None for v in reply)
+            for data, count in packed
+            for reply in floor_replies(trip(client, data, count, own=own), count)
+        ]
+        return round(sum(hits) / max(len(hits), 1), 3)
+
+    return call, found
 
 
 def measure(spec: dict) -> dict:
@@ -156,49 +167,63 @@ def _measure_size(
         for r in requests
     ]
     batches = [model.assemble(reader.read(plan, e), x) for e, x in inputs]
-    next_input, next_batch, next_entities = _cycle(inputs), _cycle(batches), _cycle(inputs)
+    next_input, next_entities, next_fields = _cycle(inputs), _cycle(inputs), _cycle(inputs)
+    next_batch, next_plain = _cycle(batches), _cycle(batches)
 
     def pipeline() -> None:
         entities, extra = next_input()
         model.runtime.predict(model.assemble(reader.read(plan, entities), extra))
 
-    floors = {
-        f"redis_floor_{mode}": redis_floor(client, plan, requests, repeats, mode) for mode in FLOORS
-    }
-    return {
-        **floors,
-        "redis_floor": min(floors.values(), key=lambda f: f["p50_ms"]),
-        "augur_read": _summary(timed(lambda: reader.read(plan, next_entities()[0]), repeats)),
-        "augur_read_fields": _summary(
-            timed(lambda: fields_reader.read(plan, next_entities()[0]), repeats)
-        ),
-        "model": _summary(timed(lambda: model.runtime.predict(next_batch()), repeats)),
-        "augur_pipeline": _summary(timed(pipeline, repeats)),
-        **(
-            {"model_lightgbm": _summary(timed(lambda: plain.predict(next_batch()), repeats))}
-            if plain is not None
-            else {}
-        ),
-    }
+    floors = {f"redis_floor_{mode}": floor_call(client, plan, requests, mode) for mode in FLOORS}
+    calls = {name: call for name, (call, _) in floors.items()}
+    calls["augur_read"] = lambda: reader.read(plan, next_entities()[0])
+    calls["augur_read_fields"] = lambda: fields_reader.read(plan, next_fields()[0])
+    calls["model"] = lambda: model.runtime.predict(next_batch())
+    calls["augur_pipeline"] = pipeline
+    if plain is not None:
+        calls["model_lightgbm"] = lambda: plain.predict(next_plain())
+    out = {name: _summary(ms) for name, ms in timed_together(calls, repeats).items()}
+    for name, (_, found) in floors.items():
+        out[name]["keys_found"] = found()
+    out["redis_floor"] = min((out[name] for name in floors), key=lambda f: f["p50_ms"])
+    return out
 
 
-def feast_read(feature_repo: Path, redis_address: str, service: str, requests: dict, repeats: dict):
-    """Feast's own read path on the same requests, in the calling process (Feast loaded)."""
+def feast_read(
+    feature_repo: Path, redis_address: str, service: str, requests: dict, repeats: dict, plan=None
+) -> dict:
+    """Feast's own read path on the same requests, in the calling process (Feast loaded);
+    given the read `plan`, Augur's reader on them too, in alternating turns in this same
+    process (`augur_read_beside_feast`): the two sides of the Feast ratio meet the same
+    stretch of the machine, and Augur pays for sharing a process with Feast."""
+    from featurestore.connection import connect
+    from featurestore.reader import OnlineReader
     from featurestore.repo import open_store
 
     store = open_store(feature_repo, redis_address)
     feature_service = store.get_feature_service(service)
-    out = {}
-    for size, reqs in requests.items():
-        nxt = _cycle([r["entities"] for r in reqs])
-        ms = timed(
-            lambda n=nxt: store.get_online_features(
-                features=feature_service, entity_rows=n(), full_feature_names=True
-            ).to_dict(),
-            repeats[size],
-        )
-        out[size] = {"feast_read": _summary(ms)}
-    return out
+    reader = OnlineReader(connect(redis_address)) if plan is not None else None
+
+    def calls(entities: list) -> dict[str, Callable[[], object]]:
+        feast_next, augur_next = _cycle(entities), _cycle(entities)
+        out = {
+            "feast_read": lambda: store.get_online_features(
+                features=feature_service, entity_rows=feast_next(), full_feature_names=True
+            ).to_dict()
+        }
+        if reader is not None:
+            out["augur_read_beside_feast"] = lambda: reader.read(plan, augur_next())
+        return out
+
+    return {
+        size: {
+            name: _summary(ms)
+            for name, ms in timed_together(
+                calls([r["entities"] for r in reqs]), repeats[size]
+            ).items()
+        }
+        for size, reqs in requests.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

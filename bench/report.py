@@ -62,15 +62,14 @@ def ratios(result: dict) -> dict:
     inproc = {}
     for size, m in result["inprocess"].items():
         p50 = {name: v["p50_ms"] for name, v in m.items()}
+        beside = _beside_feast(m)
         inproc[size] = {
             "read_p50_vs_redis_floor": _ratio(p50["augur_read"], p50["redis_floor"]),
             "read_p99_vs_redis_floor": _ratio(
                 m["augur_read"]["p99_ms"], m["redis_floor"]["p99_ms"]
             ),
-            "feast_read_p50_vs_augur_read": _ratio(p50["feast_read"], p50["augur_read"]),
-            "feast_read_p99_vs_augur_read": _ratio(
-                m["feast_read"]["p99_ms"], m["augur_read"]["p99_ms"]
-            ),
+            "feast_read_p50_vs_augur_read": _ratio(p50["feast_read"], beside["p50_ms"]),
+            "feast_read_p99_vs_augur_read": _ratio(m["feast_read"]["p99_ms"], beside["p99_ms"]),
             "model_share_of_pipeline_p50": _ratio(p50["model"], p50["augur_pipeline"]),
         }
     variants = [
@@ -83,6 +82,12 @@ def ratios(result: dict) -> dict:
         "variants": variants,
         "goals": goals(result),
     }
+
+
+def _beside_feast(m: dict) -> dict:
+    """Augur's read as the Feast ratio takes it: timed in turns with Feast's, in Feast's
+    process (results before that was measured: the clean process's)."""
+    return m.get("augur_read_beside_feast") or m["augur_read"]
 
 
 def paired(result: dict, comparison: str) -> dict[tuple[int, int], dict[str, dict]]:
@@ -135,11 +140,22 @@ def goals(result: dict) -> list[dict]:
     1.504 misses a bound of 1.5). Only what the run measured."""
     out = []
 
-    def goal(name: str, value: float | None, bound: float, at_least: bool) -> None:
+    def goal(
+        name: str, value: float | None, bound: float, at_least: bool, floor: float | None = None
+    ) -> None:
+        """`floor`: the same quantity for the floor that bounds it (the echo + Redis floor,
+        the echo server, the cores the machine has left), where the run measured one."""
         if value is not None:
             met = value >= bound if at_least else value <= bound
             out.append(
-                {"goal": name, "value": value, "bound": bound, "at_least": at_least, "met": met}
+                {
+                    "goal": name,
+                    "value": value,
+                    "bound": bound,
+                    "at_least": at_least,
+                    "met": met,
+                    "floor": floor,
+                }
             )
 
     for size, m in result["inprocess"].items():
@@ -147,22 +163,23 @@ def goals(result: dict) -> list[dict]:
         least = 5 if size == "1" else 15
         for q in ("p50", "p99"):
             name = f"read, {size} row(s): Feast's {q} / Augur's"
-            goal(name, _quotient(feast[f"{q}_ms"], augur[f"{q}_ms"]), least, True)
+            goal(name, _quotient(feast[f"{q}_ms"], _beside_feast(m)[f"{q}_ms"]), least, True)
         name = f"read, {size} row(s): p50 / Redis floor's"
         goal(name, _quotient(augur["p50_ms"], floor["p50_ms"]), 1.5, False)
     one = paired(result, FLOORS).get((1, 1), {})
-    echo = one.get(ECHO, {})
+    echo, echo_redis = one.get(ECHO, {}), one.get(ECHO_REDIS, {})
     for server, how in ((AUGUR, ""), (GREEN, ", on the polling thread")):
         step = one.get(server, {})
         if "p50_ms" in step:
             name = f"Predict 1 row, 1 caller{how}"
             p50 = _quotient(step["p50_ms"], echo.get("p50_ms"))
-            goal(f"{name}: p50 / gRPC echo's", p50, 1.5, False)
-            goal(f"{name}: p99 ms", step["p99_ms"], 2.0, False)
-    best = {t: _best_rows_per_s(result, t, 100) for t in (AUGUR, BASELINE)}
+            floor = _quotient(echo_redis.get("p50_ms"), echo.get("p50_ms"))
+            goal(f"{name}: p50 / gRPC echo's", p50, 1.5, False, floor)
+            goal(f"{name}: p99 ms", step["p99_ms"], 2.0, False, echo_redis.get("p99_ms"))
+    best = {t: _best_rows_per_s(result, t, 100) for t in (AUGUR, BASELINE, ECHO)}
     if best[AUGUR] is not None:
         name = "Predict 100 rows: predictions/s, best closed-loop point"
-        goal(name, best[AUGUR], 40_000, True)
+        goal(name, best[AUGUR], 40_000, True, best[ECHO])
         name = "Predict 100 rows: predictions/s / Feast baseline's"
         goal(name, _quotient(best[AUGUR], best[BASELINE]), 10, True)
     for p in variant_ratios(result):
@@ -174,7 +191,8 @@ def goals(result: dict) -> list[dict]:
             p99 = _quotient(step.get("p99_ms"), base.get("p99_ms"))
             goal(f"batching on / off, {point}: p99", p99, 1.0, False)
         elif p["variant"].startswith("processes_"):
-            goal(f"2 processes / 1, {point}: calls/s", calls, 1.5, True)
+            allow = _quotient(result["machine"]["cpus"], base.get("machine_busy_cores"))
+            goal(f"2 processes / 1, {point}: calls/s", calls, 1.5, True, allow)
     m = result.get("materialization")
     if m:
         name = "materialization: rows/s / Feast local engine's"
@@ -263,13 +281,16 @@ def markdown(result: dict) -> str:
         "Redis floors: the same keys' round trip, no decoding, reading Feast's fields with "
         "HMGET, the whole hash with HGETALL, or Augur's packed vectors; ratios use the "
         'cheapest. "Augur read, fields" reads Feast\'s fields only (a store written by '
-        "plain `feast materialize`).",
+        "plain `feast materialize`). Everything but Feast's read is timed in one clean "
+        "process, in alternating turns; Feast's read in the harness's process, in turns with "
+        'Augur\'s read there ("Augur read beside Feast"), which the Feast ratios use.',
         "",
         "| rows | Redis floor (HMGET) | Redis floor (HGETALL) | Redis floor (vectors) "
-        "| Augur read | Augur read, fields | Feast read "
+        "| Augur read | Augur read, fields | Feast read | Augur read beside Feast "
         "| model alone | model alone, LightGBM predict | Augur read+assemble+predict "
         "| read vs Redis floor (p50 / p99) | Feast read vs Augur read (p50 / p99) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for size, m in result["inprocess"].items():
         q = r["inprocess"][size]
@@ -277,7 +298,8 @@ def markdown(result: dict) -> str:
             f"| {size} | {_ms(m.get('redis_floor_hmget'))} | {_ms(m.get('redis_floor_hgetall'))} "
             f"| {_ms(m.get('redis_floor_vectors'))} "
             f"| {_ms(m['augur_read'])} | {_ms(m.get('augur_read_fields'))} "
-            f"| {_ms(m['feast_read'])} | {_ms(m['model'])} | {_ms(m.get('model_lightgbm'))} "
+            f"| {_ms(m['feast_read'])} | {_ms(m.get('augur_read_beside_feast'))} "
+            f"| {_ms(m['model'])} | {_ms(m.get('model_lightgbm'))} "
             f"| {_ms(m['augur_pipeline'])} "
             f"| {_x(q['read_p50_vs_redis_floor'])} / {_x(q['read_p99_vs_redis_floor'])} "
             f"| {_x(q['feast_read_p50_vs_augur_read'])} / "
@@ -456,16 +478,29 @@ def _goal_lines(result: dict) -> list[str]:
         "The issue sets them for the fraud scenario (its reads for the fraud plan); other "
         "scenarios show them for comparison. Reads: in process, Feast's time over Augur's "
         "and Augur's over the cheapest Redis floor; one caller and the variants: from their "
-        "paired comparisons below; 100 rows: the best closed-loop point of the main series.",
+        "paired comparisons below; 100 rows: the best closed-loop point of the main series. "
+        "The floor: the same quantity for what bounds the target - one caller: the gRPC echo "
+        "+ Redis floor, which makes the round trip any feature server makes; 100 rows: the "
+        "gRPC echo floor's best point; 2 processes: the cores the machine had left (cores "
+        "allow, below). Where the floor itself misses the bound, so must Augur.",
         "",
-        "| target | measured | bound | met |",
-        "| --- | ---: | ---: | --- |",
+        "| target | measured | bound | met | the floor |",
+        "| --- | ---: | ---: | --- | ---: |",
     ]
     for g in result["ratios"]["goals"]:
         bound = ("at least " if g["at_least"] else "at most ") + f"{g['bound']:,g}"
-        value = f"{g['value']:,.0f}" if g["value"] >= 1000 else f"{g['value']:.3f}"
-        lines.append(f"| {g['goal']} | {value} | {bound} | {'yes' if g['met'] else 'no'} |")
+        met = "yes" if g["met"] else "no"
+        lines.append(
+            f"| {g['goal']} | {_goal_value(g['value'])} | {bound} | {met} "
+            f"| {_goal_value(g.get('floor'))} |"
+        )
     return lines
+
+
+def _goal_value(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3f}"
 
 
 def _cores(step: dict) -> str:

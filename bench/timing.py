@@ -1,35 +1,58 @@
-"""Timing helpers the benchmarks share: repeat a call and time it, summarise milliseconds.
+"""Timing helpers the benchmarks share: repeat calls and time them (several functions in
+alternating turns), summarise milliseconds.
 
 Only arithmetic on timings; nothing here starts servers or builds data.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 WARMUP_S = 0.5  # warm-up calls stop once they have taken this long (at least one runs)
+BLOCKS = 10  # timed_together's turns per function
 
 
 def timed(fn: Callable[[], object], repeats: int) -> np.ndarray:
-    """Milliseconds of `repeats` calls of `fn`, after a few untimed warm-up calls: up to
-    max(3, repeats / 20), fewer once they have taken WARMUP_S. What a warm-up is for (lazy
-    imports and caches, the first call's set-up) is done by the first; more only steady the
-    caches, which a call slower than WARMUP_S does not need (Feast reads 1,000 wide rows in
-    3 s)."""
+    """Milliseconds of `repeats` calls of `fn`, after a few untimed warm-up calls (`_warm`)."""
+    return timed_together({"fn": fn}, repeats, blocks=1)["fn"]
+
+
+def timed_together(
+    fns: Mapping[str, Callable[[], object]], repeats: int, blocks: int = BLOCKS
+) -> dict[str, np.ndarray]:
+    """Milliseconds of `repeats` calls of each of `fns`, each warmed up first, taken in
+    `blocks` turns that alternate their order (A B C, then C B A): a slow stretch of the
+    machine, which on these shared cores lasts seconds and can triple a call's time, falls
+    on every function alike instead of on whichever series it met, so their ratios hold."""
+    for fn in fns.values():
+        _warm(fn, repeats)
+    names = list(fns)
+    out = {name: np.empty(repeats) for name in names}
+    edges = np.linspace(0, repeats, max(min(blocks, repeats), 1) + 1).astype(int)
+    for turn, (first, last) in enumerate(itertools.pairwise(edges)):
+        for name in names if turn % 2 == 0 else reversed(names):
+            fn, ms = fns[name], out[name]
+            for i in range(first, last):
+                start = time.perf_counter()
+                fn()
+                ms[i] = time.perf_counter() - start
+    return {name: ms * 1e3 for name, ms in out.items()}
+
+
+def _warm(fn: Callable[[], object], repeats: int) -> None:
+    """Untimed calls: up to max(3, repeats / 20), fewer once they have taken WARMUP_S. What a
+    warm-up is for (lazy imports and caches, the first call's set-up) is done by the first;
+    more only steady the caches, which a call slower than WARMUP_S does not need (Feast reads
+    1,000 wide rows in 3 s)."""
     began = time.perf_counter()
     for _ in range(max(3, repeats // 20)):
         fn()
         if time.perf_counter() - began > WARMUP_S:
             break
-    out = np.empty(repeats)
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - start
-    return out * 1e3
 
 
 def stats(ms: np.ndarray) -> dict:

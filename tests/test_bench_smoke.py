@@ -15,6 +15,7 @@ import pytest
 from bench import report
 from bench.inprocess import floor_replies
 from bench.load import paired_order
+from bench.timing import timed_together
 from predictor.codec import encode_entities
 from proto.augur.v1 import predictor_pb2 as pb
 
@@ -28,6 +29,7 @@ IN_PROCESS = (
     "augur_read",
     "augur_read_fields",
     "feast_read",
+    "augur_read_beside_feast",
     "model",
     "augur_pipeline",
 )
@@ -102,6 +104,16 @@ def test_one_caller_predict_is_compared_with_the_echo_and_redis_floor(quick_run)
     assert "gRPC echo + Redis floor" in report_md and "on the polling thread" in report_md
 
 
+def test_in_process_timings_take_alternating_turns():
+    calls: list[str] = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    timings = timed_together(fns, repeats=4, blocks=2)
+    assert {name: len(ms) for name, ms in timings.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all((ms >= 0).all() for ms in timings.values())
+    # each warmed up alone (3 calls), then two turns of 2 calls each: a b c, then c b a
+    assert calls == [*"aaabbbccc", *"aabbcc", *"ccbbaa"]
+
+
 def test_a_paired_step_alternates_its_servers_turns():
     assert paired_order(["a", "b"], 2) == ["a", "b", "b", "a"]
     assert paired_order(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
@@ -140,6 +152,10 @@ def test_the_issues_targets_are_checked_against_what_was_measured(quick_run):
         assert g["met"] == (g["value"] >= g["bound"] if g["at_least"] else g["value"] <= g["bound"])
     one = result["ratios"]["breakdown"]["1"]
     assert goals["Predict 1 row, 1 caller: p99 ms"]["value"] == one["predict_p99_ms"]
+    # beside each one-caller target, the echo + Redis floor's own value of it
+    floor = report.paired(result, report.FLOORS)[(1, 1)]["echo_redis"]
+    assert goals["Predict 1 row, 1 caller: p99 ms"]["floor"] == floor["p99_ms"]
+    assert goals["Predict 1 row, 1 caller: p50 / gRPC echo's"]["floor"] > 0
     assert "### The performance issue's targets" in (out / "fraud-quick.md").read_text()
 
 
