@@ -265,7 +265,8 @@ def _code_version() -> dict:
 
 
 def _inprocess(scenario, pools: dict, profile: Profile, work: Path) -> dict:
-    """Floors and Augur's read path in a clean process; Feast's read path in this one."""
+    """Floors and Augur's read path in a clean process; Feast's read path in this one, in
+    turns with Augur's read there (the two sides of the Feast ratio)."""
     from featurestore.repo import build_plan, open_store
 
     store = open_store(scenario.feature_repo, scenario.redis_address)

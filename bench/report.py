@@ -233,6 +233,7 @@ def _errors(steps: dict) -> str:
 def markdown(result: dict) -> str:
     r = result["ratios"]
     d = result["described"]
+    green = any(GREEN in steps for steps in paired(result, FLOORS).values())
     lines = [
         f"## {result['scenario']}{' (quick)' if result['quick'] else ''}: "
         + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in d.items()),
@@ -309,12 +310,17 @@ def markdown(result: dict) -> str:
         "",
         "### One caller against the floors, and where its Predict time goes (paired, p50 ms)",
         "",
-        f"Augur, Augur on the polling thread, the gRPC echo floor and the echo + Redis floor "
-        f"in turns at each point ({_turns(result)}). The echo + Redis floor is the echo "
-        "server making the request's Redis round trip (HMGET of its keys' vectors, nothing "
-        "decoded) before it answers: what any server that reads the features pays. On the "
-        "polling thread (`server.handlers: green`, batching off), gRPC's polling thread runs "
-        "each call itself instead of handing it to a handler thread.",
+        f"Augur, {'Augur on the polling thread, ' if green else ''}the gRPC echo floor and "
+        f"the echo + Redis floor in turns at each point ({_turns(result)}). The echo + Redis "
+        "floor is the echo server making the request's Redis round trip (HMGET of its keys' "
+        "vectors, nothing decoded) before it answers: what any server that reads the "
+        "features pays."
+        + (
+            " On the polling thread (`server.handlers: green`, batching off), gRPC's polling "
+            "thread runs each call itself instead of handing it to a handler thread."
+            if green
+            else ""
+        ),
         "",
         "| rows | Predict p50 / p99 | gRPC echo floor p50 / p99 | Predict vs echo (p50 / p99) "
         "| gRPC echo + Redis floor | Predict vs echo + Redis "
