@@ -39,6 +39,7 @@ import grpc
 import numpy as np
 import psutil
 
+from bench.timing import paired_order
 from proto.augur.v1 import predictor_pb2 as pb
 from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 
@@ -272,13 +273,6 @@ def _entry(step: dict, rec: Recorder, spent: Spent, redis: bool) -> dict:
     busy = spent.core_seconds / spent.elapsed if spent.elapsed > 0 else 0.0
     entry["machine_busy_cores"] = round(busy, 3)
     return entry
-
-
-def paired_order(names: list[str], rounds: int) -> list[str]:
-    """The servers' turns in a paired step: forward in even rounds, backward in odd ones
-    (A B, B A, ...), so that a machine speeding up or slowing down at a steady pace over
-    the step costs each server the same."""
-    return [n for r in range(rounds) for n in (names if r % 2 == 0 else names[::-1])]
 
 
 async def run(plan: dict) -> list[dict]:

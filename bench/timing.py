@@ -6,7 +6,6 @@ Only arithmetic on timings; nothing here starts servers or builds data.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Mapping
 
@@ -33,14 +32,20 @@ def timed_together(
     names = list(fns)
     out = {name: np.empty(repeats) for name in names}
     edges = np.linspace(0, repeats, max(min(blocks, repeats), 1) + 1).astype(int)
-    for turn, (first, last) in enumerate(itertools.pairwise(edges)):
-        for name in names if turn % 2 == 0 else reversed(names):
-            fn, ms = fns[name], out[name]
-            for i in range(first, last):
-                start = time.perf_counter()
-                fn()
-                ms[i] = time.perf_counter() - start
+    for k, name in enumerate(paired_order(names, len(edges) - 1)):
+        fn, ms, turn = fns[name], out[name], k // len(names)
+        for i in range(edges[turn], edges[turn + 1]):
+            start = time.perf_counter()
+            fn()
+            ms[i] = time.perf_counter() - start
     return {name: ms * 1e3 for name, ms in out.items()}
+
+
+def paired_order(names: list[str], rounds: int) -> list[str]:
+    """Turns in alternating order: forward in even rounds, backward in odd ones (A B, B A,
+    ...), so that a machine speeding up or slowing down at a steady pace over the rounds
+    costs each the same. The load generator's paired steps take their turns so, too."""
+    return [n for r in range(rounds) for n in (names if r % 2 == 0 else names[::-1])]
 
 
 def _warm(fn: Callable[[], object], repeats: int) -> None:
