@@ -29,7 +29,7 @@ class RedisConfig:
     row_cache_ttl_ms: int = 50  # a cached row is served at most this long after its read
 
 
-HANDLERS = ("auto", "green", "threads")
+HANDLERS = ("green", "threads")
 
 
 @dataclass
@@ -38,15 +38,17 @@ class ServerConfig:
     port: int = 50051
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 turns the metrics endpoint off
-    # How gRPC calls run. "auto": on the green pool (predictor/green.py: each call a
-    # greenlet, and one waiting for its batch or its request holds no thread) when dynamic
-    # batching is on at start, else on a thread pool. "green" / "threads": that one always.
-    handlers: str = "auto"
+    # How gRPC calls run. "green": as greenlets on gRPC's polling thread (predictor/green.py):
+    # a call waiting for its request, its batch or Redis holds no thread, and the thread
+    # runs other calls meanwhile. "threads": each call on a thread of a pool, start to end
+    # (README, Choices, says what each costs).
+    handlers: str = "green"
     # gRPC handler threads; 0: none of its own on the green pool (gRPC's polling thread
-    # runs the calls, and its batches take every call that waits); 2 on threads (one
-    # computing while one waits on Redis), or there, with batching on, one per call a batch
-    # may hold (up to max_in_flight). Python work shares one GIL: more threads only
-    # contend; scale with `processes` instead.
+    # runs the calls); 2 on threads (one computing while one waits on Redis), or there, with
+    # batching on, one per call a batch may hold (up to max_in_flight). Set on the green
+    # pool, hubs on threads of their own, fed by the polling thread; their calls' Redis
+    # reads block their hub. Python work shares one GIL: more threads only contend; scale
+    # with `processes` instead.
     workers: int = 0
     max_rows: int = 10_000  # entity rows per request; more is INVALID_ARGUMENT
     max_message_bytes: int = 16 * 1024 * 1024
@@ -82,16 +84,16 @@ class ServerConfig:
                 f"server.handlers: expected one of {', '.join(HANDLERS)}, got {self.handlers!r}"
             )
 
-    def green_for(self, batch_max_rows: int) -> bool:
-        """Whether a server whose largest batch is `batch_max_rows` rows runs its calls on
-        the green pool."""
-        return self.handlers == "green" or (self.handlers == "auto" and batch_max_rows > 0)
+    @property
+    def green(self) -> bool:
+        """Whether the server runs its calls on the green pool."""
+        return self.handlers == "green"
 
     def threads_for(self, batch_max_rows: int) -> int:
         """gRPC handler threads for a server whose largest batch is `batch_max_rows` rows."""
         if self.workers > 0:
             return self.workers
-        if self.green_for(batch_max_rows):
+        if self.green:
             return 0  # the polling thread's
         if batch_max_rows > 0:  # a call waiting for its batch holds a thread, not the GIL
             return max(2, min(batch_max_rows, self.max_in_flight))

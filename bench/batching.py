@@ -1,24 +1,23 @@
-"""Where dynamic batching's throughput goes: Augur with batching off (on a thread pool, as it
-serves, and on gRPC's polling thread), with batching on (on the green handler pool, as it
+"""Where dynamic batching's throughput goes: Augur with batching off (on gRPC's polling
+thread, as it serves, and on a thread pool), with batching on (on the polling thread, as it
 serves), with batching on a thread pool, and with each call's read, assembly and model call
 made free, in alternating rounds.
 
     python -m bench.batching [--scenario fraud|wide] [--rounds 3] [--callers 64] [--seconds 5]
                              [--rows 1] [--torch cpu|cuda]
 
-Each round starts, in turn: `augur serve` with batching off; the same with each call run
-on gRPC's polling thread (server.handlers: green) instead of handed to one of two handler
-threads; with batching on as `make
-bench` runs it (server.batch_max_rows 64, batch_max_delay_us 1000), which runs the calls as
-greenlets on gRPC's polling thread (predictor/green.py); the same on a thread pool
-(server.handlers: threads), one thread per call a batch may wait for, as Augur batched
-before the green pool; and bench/ceiling_server.py, the server with batching off and the
-three stages answered from memory, which is the throughput any batching could approach.
-Closed-loop callers send 1-row Predicts (or `--rows` rows) from another process
-(bench/load.py), which also
-reads the server's CPU time per call; calls per batch come from the server's own metrics.
-These machines drift by tens of percent within minutes, so the rounds alternate the servers
-and the ratios are taken within a round. Prints a Markdown table; not part of `make bench`.
+Each round starts, in turn: `augur serve` with batching off, its calls run as greenlets on
+gRPC's polling thread (predictor/green.py); the same with each call handed to one of two
+handler threads instead (server.handlers: threads); with batching on as `make bench` runs
+it (server.batch_max_rows 64, batch_max_delay_us 1000), on the polling thread; the same on
+a thread pool, one thread per call a batch may wait for, as Augur batched before the green
+pool; and bench/ceiling_server.py, the server with batching off and the three stages
+answered from memory, which is the throughput any batching could approach. Closed-loop
+callers send 1-row Predicts (or `--rows` rows) from another process (bench/load.py), which
+also reads the server's CPU time per call; calls per batch come from the server's own
+metrics. These machines drift by tens of percent within minutes, so the rounds alternate
+the servers and the ratios are taken within a round. Prints a Markdown table; not part of
+`make bench`.
 
 The servers serve the scenario's LightGBM model compiled by lleaves, as `make bench` does;
 with `--torch DEVICE` (fraud only) they serve `augur train`'s torch MLP on that device
@@ -47,7 +46,7 @@ BATCHING = {"batch_max_rows": 64, "batch_max_delay_us": 1000}
 # name -> server options; "ceiling" is bench/ceiling_server.py with the options of "off"
 SERVERS = {
     "off": {},
-    "off-green": {"handlers": "green"},
+    "off-threads": {"handlers": "threads"},
     "batching": BATCHING,
     "batching-threads": {**BATCHING, "handlers": "threads"},
     "ceiling": {},

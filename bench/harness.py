@@ -95,12 +95,12 @@ class Profile:
 
 # Augur server variants, by name: the server options each adds to the run's. Dynamic
 # batching at up to 64 rows a batch, waiting at most 1 ms for a batch to fill; two server
-# processes on one port; and batching off with every call run on gRPC's polling thread
-# (predictor/green.py) instead of handed to a handler thread.
+# processes on one port; and batching off with each call handed from gRPC's polling thread
+# to a handler thread (server.handlers: threads) instead of run there.
 VARIANTS = {
     "batching": {"batch_max_rows": 64, "batch_max_delay_us": 1000},
     "processes_2": {"processes": 2},
-    "green": {"handlers": "green"},
+    "threads": {"handlers": "threads"},
 }
 # The variants' options for the quick run: a batch as large as its callers
 QUICK_VARIANTS = {**VARIANTS, "batching": {"batch_max_rows": 8, "batch_max_delay_us": 1000}}
@@ -108,11 +108,11 @@ BATCHING = (report.AUGUR, "batching")
 PROCESSES = (report.AUGUR, "processes_2")
 
 
-def _floors(rows: tuple[int, ...], green: bool = True) -> tuple:
-    """One caller's Predict, as the run serves it (and with `green` on the polling thread,
+def _floors(rows: tuple[int, ...], threads: bool = True) -> tuple:
+    """One caller's Predict, as the run serves it (and with `threads` on a thread pool,
     too), against the echo floors, at each request size."""
-    servers = (report.AUGUR, report.GREEN, report.ECHO, report.ECHO_REDIS)
-    return tuple(s for s in servers if green or s != report.GREEN), tuple((n, 1) for n in rows)
+    servers = (report.AUGUR, report.THREADS, report.ECHO, report.ECHO_REDIS)
+    return tuple(s for s in servers if threads or s != report.THREADS), tuple((n, 1) for n in rows)
 
 
 FRAUD = Profile(
@@ -140,9 +140,9 @@ WIDE = Profile(
     step_requests=20_000,
     pool=256,
     inprocess_repeats={1: 1000, 100: 100, 1000: 10},
-    # the issue's one-caller targets are fraud's: wide leaves out the polling thread
+    # the issue's one-caller targets are fraud's: wide leaves out the thread pool
     paired={
-        report.FLOORS: _floors((1, 100), green=False),
+        report.FLOORS: _floors((1, 100), threads=False),
         "batching": (BATCHING, ((1, 16), (1, 64))),
     },
 )

@@ -16,7 +16,7 @@ AUGUR, BASELINE, ECHO = "augur", "baseline", "echo"
 TARGETS = (AUGUR, BASELINE, ECHO)  # the main series: each server alone, every load point
 ECHO_REDIS = "echo_redis"  # measured with one caller only, at each request size
 FLOORS = "floors"  # the paired comparison of one caller's Predict with the echo floors
-GREEN = "green"  # the variant serving every call on gRPC's polling thread, compared there
+THREADS = "threads"  # the variant handing each call to a handler thread, compared there
 LABELS = {
     AUGUR: "Augur",
     BASELINE: "Feast baseline",
@@ -103,12 +103,12 @@ def breakdown(result: dict) -> dict:
     comparison with the floors): the gRPC echo floor, the in-process read + assemble +
     predict (of which Redis floor and model), and the rest (the servicer's own work:
     validation, metrics, building the reply); Predict against the echo floor that makes
-    the same Redis round trip first; and Predict served on gRPC's polling thread."""
+    the same Redis round trip first; and Predict served on a thread pool."""
     out = {}
     for (rows, _), steps in paired(result, FLOORS).items():
         size = str(rows)
         step, echo, echo_redis = (steps.get(t) or {} for t in (AUGUR, ECHO, ECHO_REDIS))
-        green = steps.get(GREEN) or {}
+        threads = steps.get(THREADS) or {}
         if size not in result["inprocess"] or "p50_ms" not in step or "p50_ms" not in echo:
             continue
         m = result["inprocess"][size]
@@ -127,9 +127,9 @@ def breakdown(result: dict) -> dict:
             "redis_floor_p50_ms": m["redis_floor"]["p50_ms"],
             "model_p50_ms": m["model"]["p50_ms"],
             "rest_p50_ms": round(step["p50_ms"] - echo["p50_ms"] - pipeline, 4),
-            "green_p50_ms": green.get("p50_ms"),
-            "green_p99_ms": green.get("p99_ms"),
-            "green_p50_vs_echo_floor": _ratio(green.get("p50_ms"), echo["p50_ms"]),
+            "threads_p50_ms": threads.get("p50_ms"),
+            "threads_p99_ms": threads.get("p99_ms"),
+            "threads_p50_vs_echo_floor": _ratio(threads.get("p50_ms"), echo["p50_ms"]),
         }
     return out
 
@@ -168,14 +168,13 @@ def goals(result: dict) -> list[dict]:
         goal(name, _quotient(augur["p50_ms"], floor["p50_ms"]), 1.5, False)
     one = paired(result, FLOORS).get((1, 1), {})
     echo, echo_redis = one.get(ECHO, {}), one.get(ECHO_REDIS, {})
-    for server, how in ((AUGUR, ""), (GREEN, ", on the polling thread")):
-        step = one.get(server, {})
-        if "p50_ms" in step:
-            name = f"Predict 1 row, 1 caller{how}"
-            p50 = _quotient(step["p50_ms"], echo.get("p50_ms"))
-            floor = _quotient(echo_redis.get("p50_ms"), echo.get("p50_ms"))
-            goal(f"{name}: p50 / gRPC echo's", p50, 1.5, False, floor)
-            goal(f"{name}: p99 ms", step["p99_ms"], 2.0, False, echo_redis.get("p99_ms"))
+    step = one.get(AUGUR, {})
+    if "p50_ms" in step:
+        name = "Predict 1 row, 1 caller"
+        p50 = _quotient(step["p50_ms"], echo.get("p50_ms"))
+        floor = _quotient(echo_redis.get("p50_ms"), echo.get("p50_ms"))
+        goal(f"{name}: p50 / gRPC echo's", p50, 1.5, False, floor)
+        goal(f"{name}: p99 ms", step["p99_ms"], 2.0, False, echo_redis.get("p99_ms"))
     best = {t: _best_rows_per_s(result, t, 100) for t in (AUGUR, BASELINE, ECHO)}
     if best[AUGUR] is not None:
         name = "Predict 100 rows: predictions/s, best closed-loop point"
@@ -233,7 +232,7 @@ def _errors(steps: dict) -> str:
 def markdown(result: dict) -> str:
     r = result["ratios"]
     d = result["described"]
-    green = any(GREEN in steps for steps in paired(result, FLOORS).values())
+    threads = any(THREADS in steps for steps in paired(result, FLOORS).values())
     lines = [
         f"## {result['scenario']}{' (quick)' if result['quick'] else ''}: "
         + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in d.items()),
@@ -310,31 +309,31 @@ def markdown(result: dict) -> str:
         "",
         "### One caller against the floors, and where its Predict time goes (paired, p50 ms)",
         "",
-        f"Augur, {'Augur on the polling thread, ' if green else ''}the gRPC echo floor and "
+        f"Augur, {'Augur on a thread pool, ' if threads else ''}the gRPC echo floor and "
         f"the echo + Redis floor in turns at each point ({_turns(result)}). The echo + Redis "
         "floor is the echo server making the request's Redis round trip (HMGET of its keys' "
         "vectors, nothing decoded) before it answers: what any server that reads the "
         "features pays."
         + (
-            " On the polling thread (`server.handlers: green`, batching off), gRPC's polling "
-            "thread runs each call itself instead of handing it to a handler thread."
-            if green
+            " On a thread pool (`server.handlers: threads`, batching off), gRPC's polling "
+            "thread hands each call to one of two handler threads instead of running it."
+            if threads
             else ""
         ),
         "",
         "| rows | Predict p50 / p99 | gRPC echo floor p50 / p99 | Predict vs echo (p50 / p99) "
         "| gRPC echo + Redis floor | Predict vs echo + Redis "
         "| read+assemble+predict in process | of which Redis floor | of which model "
-        "| rest (servicer glue) | on the polling thread: p50 / p99 (p50 vs echo) |",
+        "| rest (servicer glue) | on a thread pool: p50 / p99 (p50 vs echo) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, b in r["breakdown"].items():
         with_redis = b.get("echo_redis_floor_p50_ms")
-        green = "-"
-        if b.get("green_p50_ms") is not None:
-            green = (
-                f"{b['green_p50_ms']:.2f} / {b['green_p99_ms']:.2f} "
-                f"({_x(b['green_p50_vs_echo_floor'])})"
+        on_threads = "-"
+        if b.get("threads_p50_ms") is not None:
+            on_threads = (
+                f"{b['threads_p50_ms']:.2f} / {b['threads_p99_ms']:.2f} "
+                f"({_x(b['threads_p50_vs_echo_floor'])})"
             )
         lines.append(
             f"| {size} | {b['predict_p50_ms']:.2f} / {b['predict_p99_ms']:.2f} "
@@ -343,7 +342,7 @@ def markdown(result: dict) -> str:
             f"| {'-' if with_redis is None else f'{with_redis:.2f}'} "
             f"| {_x(b.get('p50_vs_echo_redis_floor'))} "
             f"| {b['pipeline_p50_ms']:.2f} | {b['redis_floor_p50_ms']:.2f} "
-            f"| {b['model_p50_ms']:.2f} | {b['rest_p50_ms']:.2f} | {green} |"
+            f"| {b['model_p50_ms']:.2f} | {b['rest_p50_ms']:.2f} | {on_threads} |"
         )
     lines += [
         "",
@@ -408,8 +407,8 @@ def variant_ratios(result: dict) -> list[dict]:
     out = []
     comparisons = (result.get("paired") or {}).get("comparisons", {})
     for comparison in comparisons:
-        # the floors' comparison holds one variant: Augur on the polling thread
-        name = GREEN if comparison == FLOORS else comparison
+        # the floors' comparison holds one variant: Augur on a thread pool
+        name = THREADS if comparison == FLOORS else comparison
         for (rows, callers), steps in paired(result, comparison).items():
             base, step = steps.get(AUGUR, {}), steps.get(name)
             if step is None:

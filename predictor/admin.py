@@ -10,6 +10,7 @@ import math
 
 import grpc
 
+from predictor import green
 from predictor.errors import RequestError, invalid, not_found
 from predictor.lifecycle import ModelManager
 from predictor.repository import RepositoryError
@@ -68,13 +69,18 @@ class AdminServicer(pb_grpc.AdminServicer):
                     f"{', '.join(self.repo.names()) or 'none'}"
                 )
             if change is not None:
-                change()
-                self.manager.refresh()
+                green.off_thread(lambda: self._apply(change))
             return status(self.manager, model)
         except RepositoryError as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except RequestError as e:
             context.abort(e.code, e.message)
+
+    def _apply(self, change) -> None:
+        """Change the repository and load what it now routes to: on the green pool, off
+        the thread its calls run on, since a model version may take seconds to load."""
+        change()
+        self.manager.refresh()
 
 
 def _required(version: str) -> str:

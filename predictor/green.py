@@ -1,22 +1,22 @@
-"""The gRPC handler pool for dynamic batching: calls run as greenlets on gRPC's own polling
-thread, so that a call waiting for its batch, or for its request to arrive, holds no thread,
-and no call is handed from one thread to another.
+"""The gRPC handler pool: calls run as greenlets on gRPC's own polling thread, so that a
+call waiting for its request, for its batch or for Redis holds no thread, and no call is
+handed from one thread to another.
 
 gRPC's synchronous server has one thread polling its completion queue, which hands each
 call to a handler run by the executor it is given. On a thread pool a call holds its thread
-from start to end: twice over, waiting for its request message and waiting for its batch.
-So a batching server needs a thread per call a batch may take, and on two cores those
-threads cost as much as batching saves (README, Benchmarks). Here each call runs in a
-greenlet of its own, on a loop (the `Hub`) that takes the calls gRPC queued. A call that
-waits parks: it switches back to the hub, which takes the next call. The hub runs what
-parked calls wait for (their batch, `Hub.defer`) once no call is queued and none is still
+from start to end: waiting for its request message, for its batch and for Redis. So a pool
+needs a thread per call waiting, and on two cores those threads, and the hand-over of each
+call between threads (a wake-up and a turn of the GIL each), cost more than they overlap
+(README, Benchmarks). Here each call runs in a greenlet of its own, on a loop (the `Hub`)
+that takes the calls gRPC queued. A call that waits parks: it switches back to the hub,
+which takes the next call. The hub runs what parked calls wait for (their batch,
+`Hub.defer`, itself in a greenlet of its own) once no call is queued and none is still
 receiving its request, or when the batch's delay is up, and then resumes the calls it
 answered.
 
 `GreenPool(0)`, as the server builds it, runs the hub on gRPC's polling thread itself
 (`patch_grpc` gives `grpc._server._serve` a loop that runs the hub between the queue's
-events): one thread receives, runs and answers every call, with no hand-over between
-threads, each of which cost a wake-up and a turn of the GIL. `GreenPool(n)` runs n hubs on
+events): one thread receives, runs and answers every call. `GreenPool(n)` runs n hubs on
 threads of their own, fed by the polling thread: what the pool falls back to should a gRPC
 release lay its server out differently.
 
@@ -28,26 +28,39 @@ behaves as `threading.Condition` everywhere else. Both patches replace private p
 (on a hub thread; and if the call state changed too, with calls waiting for their requests
 on that thread, in smaller batches), and the log says so.
 
-Greenlets switch only where a call parks, never inside a lock or a socket read, so the code
-a call runs needs nothing of this: a blocking read blocks its thread, as on a thread pool.
-The server's streaming calls park too: reflection's waits for its requests on gRPC's
-condition, and health's Watch sends its answers from callbacks, never waiting in its handler.
+The Redis wait is featurestore.resp's: on the polling thread a round trip parks its call
+until its socket is readable (`wait_readable`), each call on a connection of its own, and
+the hub looks at those sockets (`select`, for at most `_SOCKETS_POLL_S`) and at the
+completion queue in turns, so a call arriving meanwhile waits at most that long. A new
+connection's handshake, read by redis-py's own parser, and other slow work (`off_thread`:
+an Admin change loading a model) run on a thread of their own while their call parks. On a
+hub thread of the pool's own these block the thread, as on a thread pool.
+
+Greenlets switch only where a call parks, never inside a lock, so the code a call runs
+needs nothing of this beyond what the read path does. The server's streaming calls park
+too: reflection's waits for its requests on gRPC's condition, and health's Watch sends its
+answers from callbacks, never waiting in its handler.
 """
 
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent import futures
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import Any, TypeVar
 
 import greenlet
 
+from featurestore import resp
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _STOP = object()
 _RESUME = object()
 _local = threading.local()
@@ -59,6 +72,13 @@ _IDLE_POLL_S = 1.0  # as grpc._server._serve: a deallocated server is noticed wi
 # millisecond, so a deadline of now waits for events up to a millisecond (1.1 ms median,
 # measured); one already past looks once and returns (2 us).
 _NO_WAIT = 0.0
+# ...and while calls wait for work on another thread (off_thread), which wakes them: the
+# queue's own rounding makes it a millisecond or two.
+_WORK_POLL_S = 0.001
+# How long the polling thread waits on the sockets of calls waiting for Redis before it
+# looks at the completion queue again: what a call arriving meanwhile may wait at most.
+_SOCKETS_POLL_S = 0.0001
+_FD_SETSIZE = 1024  # select's limit: a socket numbered above it blocks its thread instead
 
 
 class Hub:
@@ -73,6 +93,12 @@ class Hub:
         self._deferred: dict[object, tuple[float, Callable[[], None]]] = {}
         self.receiving = 0  # calls parked until gRPC hands them their request
         self.parked = 0  # calls parked, for whatever reason
+        # sockets of calls parked until Redis answers: socket -> (call, due or None); only
+        # a hub that looks at them (the polling thread's) parks its calls' reads
+        self.readers: dict[socket.socket, tuple[greenlet.greenlet, float | None]] = {}
+        self.polls_sockets = False
+        self.working = 0  # calls parked until their work on another thread is done
+        self._timed_out: set[greenlet.greenlet] = set()
 
     def park(self) -> None:
         """Suspend the calling greenlet until it is resumed; its thread takes other calls."""
@@ -89,6 +115,32 @@ class Hub:
     def wake(self, waiter: greenlet.greenlet) -> None:
         """From any thread: let a call parked on this hub go on."""
         self._queue.put((_RESUME, waiter))
+
+    def wait_readable(self, sock: socket.socket) -> None:
+        """Park the calling call until `sock` has something to read; TimeoutError once the
+        socket's timeout has passed."""
+        timeout = sock.gettimeout()
+        me = greenlet.getcurrent()
+        self.readers[sock] = (me, None if timeout is None else time.perf_counter() + timeout)
+        self.park()
+        if me in self._timed_out:
+            self._timed_out.discard(me)
+            raise TimeoutError("timed out")
+
+    def poll_sockets(self, timeout: float) -> None:
+        """Wait up to `timeout` for a parked read's socket to be readable; resume the calls
+        whose sockets are, and those whose sockets' timeouts have passed."""
+        readers = self.readers
+        readable, _, _ = select.select(list(readers), (), (), max(timeout, 0.0))
+        for sock in readable:
+            self._ready.append(readers.pop(sock)[0])
+        if len(readers):
+            now = time.perf_counter()
+            for sock, (waiter, due) in list(readers.items()):
+                if due is not None and due <= now:
+                    del readers[sock]
+                    self._timed_out.add(waiter)
+                    self._ready.append(waiter)
 
     def defer(self, key: object, due: float, run: Callable[[], None]) -> None:
         """Run `run` on this hub once no call is queued or receiving, or at `due`."""
@@ -146,6 +198,9 @@ class Hub:
             self._run_deferred(None)
             while self._ready:
                 self._ready.popleft().switch()
+            if self.readers:
+                self.poll_sockets(_PARKED_POLL_S)
+                continue
             if self.receiving <= 0 and not self._deferred:
                 return
             try:
@@ -176,10 +231,15 @@ class Hub:
         for key, (due, run) in list(self._deferred.items()):
             if now is None or due <= now:
                 del self._deferred[key]
-                try:
-                    run()
-                except Exception:  # the work answers its own calls: a failure here is a bug
-                    log.exception("work deferred on the green pool failed")
+                # a greenlet of its own: work that waits for Redis parks, as a call does
+                greenlet.greenlet(_run_work, parent=self._greenlet).switch(run)
+
+
+def _run_work(run: Callable[[], None]) -> None:
+    try:
+        run()
+    except Exception:  # the work answers its own calls: a failure here is a bug
+        log.exception("work deferred on the green pool failed")
 
 
 def hub() -> Hub | None:
@@ -188,6 +248,46 @@ def hub() -> Hub | None:
     if here is None or greenlet.getcurrent() is here._greenlet:
         return None
     return here
+
+
+def wait_readable(sock: socket.socket) -> None:
+    """featurestore.resp's wait for Redis: on the polling thread a call parks until its
+    socket is readable, and the thread runs other calls meanwhile; elsewhere it returns at
+    once, and the read blocks its thread."""
+    here = hub()
+    if here is None or not here.polls_sockets or sock.fileno() >= _FD_SETSIZE:
+        return
+    pending = getattr(sock, "pending", None)  # TLS: bytes decrypted already, none on the wire
+    if pending is None or not pending():
+        here.wait_readable(sock)
+
+
+def off_thread(work: Callable[[], T]) -> T:
+    """`work()`, run on a thread of its own where the current call runs on a green pool, its
+    call parked meanwhile: slow work (a model version loading) would hold every call its
+    hub runs. Elsewhere it runs here."""
+    here = hub()
+    if here is None:
+        return work()
+    me = greenlet.getcurrent()
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["result"] = work()
+        except BaseException as e:
+            done["error"] = e
+        here.wake(me)  # handled once this call has parked: the hub runs one greenlet at a time
+
+    threading.Thread(target=run, name="augur-green-work", daemon=True).start()
+    here.working += 1
+    try:
+        here.park()
+    finally:
+        here.working -= 1
+    if "error" in done:
+        raise done["error"]
+    return done["result"]
 
 
 def _run_item(item: tuple[futures.Future, Callable[..., Any], tuple, dict]) -> None:
@@ -289,12 +389,24 @@ def _serve_green(state: Any, pool: GreenPool, timeout: Any) -> None:
     from grpc import _server
 
     _local.hub = hub = Hub(pool._queues[0])
-    deferred, queue = hub._deferred, state.completion_queue
+    hub.polls_sockets = True
+    deferred, readers, queue = hub._deferred, hub.readers, state.completion_queue
     while True:
         hub.run_pending()
         if deferred:
             hub._run_deferred(time.perf_counter())  # what waited out its delay
-        if deferred:
+        if readers:
+            event = queue.poll(_NO_WAIT)  # take what has arrived first
+            if event.completion_type == timeout:
+                if deferred and hub.receiving <= 0:
+                    hub._run_deferred(None)  # no call is on its way to the batch
+                else:
+                    wait = _SOCKETS_POLL_S
+                    if deferred:
+                        wait = min(wait, hub.first_due() - time.perf_counter())
+                    hub.poll_sockets(wait)
+                continue
+        elif deferred:
             event = queue.poll(_NO_WAIT)  # take what has arrived first
             if event.completion_type == timeout:
                 if hub.receiving > 0:  # wait for them, up to the first due
@@ -305,7 +417,10 @@ def _serve_green(state: Any, pool: GreenPool, timeout: Any) -> None:
                     hub._run_deferred(None)
                     continue
         else:
-            event = queue.poll(time.time() + (_PARKED_POLL_S if hub.parked else _IDLE_POLL_S))
+            wait = _IDLE_POLL_S
+            if hub.parked:
+                wait = _WORK_POLL_S if hub.working else _PARKED_POLL_S
+            event = queue.poll(time.time() + wait)
         if state.server_deallocated:
             _server._begin_shutdown_once(state)
         if event.completion_type != timeout and not _server._process_event_and_continue(
@@ -325,6 +440,8 @@ class GreenPool(futures.Executor):
     def __init__(self, threads: int, name: str = "augur-green") -> None:
         patched = patch_grpc()  # hub threads, too, park their calls' request waits
         self.on_polling_thread = threads == 0 and patched
+        if self.on_polling_thread:
+            resp.take_turns(wait_readable, off_thread)
         # a hub's queue each; on the polling thread one, and no thread of the pool's own
         self._queues: list[SimpleQueue] = [SimpleQueue() for _ in range(max(threads, 1))]
         self._turn = 0

@@ -114,7 +114,7 @@ def start(config: Config) -> RunningServer:
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
     largest = _largest_batch(config, manager)
     threads = config.server.threads_for(largest)
-    green = config.server.green_for(largest)
+    green = config.server.green
     servicer = PredictorServicer(
         manager,
         plans,

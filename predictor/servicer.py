@@ -268,8 +268,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             log.warning(
                 "model %s batches up to %d rows, but this server runs its calls on a "
                 "thread pool sized at start (%d threads) and a call waiting for its batch "
-                "holds one: a batch takes at most %d calls; restart the server (batching on "
-                "at start runs the calls on the green pool) or set server.handlers: green",
+                "holds one: a batch takes at most %d calls; restart the server (its pool is "
+                "sized for the batches set at start) or serve on the green pool, where a "
+                "waiting call holds no thread (server.handlers: green, the default)",
                 model,
                 rows,
                 self.handler_threads,

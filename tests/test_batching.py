@@ -143,11 +143,14 @@ def test_a_model_yaml_turns_batching_on_for_its_model_only(fraud_repo, model_rep
 def test_a_batch_turned_on_after_start_warns_of_the_threads_it_lacks(
     fraud_repo, model_repo, tmp_path, caplog
 ):
-    """A server with no batching at start runs its calls on a thread pool; a model.yaml that
-    turns batching on later gets a warning naming the fix, and its calls are still answered."""
+    """A server on a thread pool (server.handlers: threads) with no batching at start has
+    two handler threads; a model.yaml that turns batching on later gets a warning naming
+    the fix, and its calls are still answered."""
     models = tmp_path / "models"
     shutil.copytree(model_repo, models)
-    running = start(server_config(fraud_repo, models))  # no batching anywhere: 2 threads
+    config = server_config(fraud_repo, models)
+    config.server.handlers = "threads"
+    running = start(config)  # no batching anywhere: 2 threads
     assert isinstance(running.pool, ThreadPoolExecutor)
     try:
         spec = models / "fraud_mlp" / "model.yaml"

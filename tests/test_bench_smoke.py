@@ -89,7 +89,7 @@ def test_ratios_against_baseline_and_floors_are_computed(quick_run):
 def test_one_caller_predict_is_compared_with_the_echo_and_redis_floor(quick_run):
     result, out, _ = quick_run
     floors = result["paired"]["comparisons"][report.FLOORS]
-    servers = ("augur", "green", "echo", "echo_redis")
+    servers = ("augur", "threads", "echo", "echo_redis")
     assert sorted((s["rows"], s["concurrency"], s["target"]) for s in floors) == sorted(
         (rows, 1, server) for rows in (1, 10) for server in servers
     )
@@ -98,10 +98,10 @@ def test_one_caller_predict_is_compared_with_the_echo_and_redis_floor(quick_run)
     for size, b in result["ratios"]["breakdown"].items():
         assert b["echo_redis_floor_p50_ms"] > 0 and b["p50_vs_echo_redis_floor"] > 0, (size, b)
         assert b["p50_vs_echo_floor"] > 0 and b["p99_vs_echo_floor"] > 0, (size, b)
-        assert b["green_p50_ms"] > 0 and b["green_p50_vs_echo_floor"] > 0, (size, b)
-    assert result["paired"]["options"]["green"] == {"handlers": "green"}
+        assert b["threads_p50_ms"] > 0 and b["threads_p50_vs_echo_floor"] > 0, (size, b)
+    assert result["paired"]["options"]["threads"] == {"handlers": "threads"}
     report_md = (out / "fraud-quick.md").read_text()
-    assert "gRPC echo + Redis floor" in report_md and "on the polling thread" in report_md
+    assert "gRPC echo + Redis floor" in report_md and "on a thread pool" in report_md
 
 
 def test_in_process_timings_take_alternating_turns():
@@ -143,7 +143,6 @@ def test_the_issues_targets_are_checked_against_what_was_measured(quick_run):
         "read, 10 row(s): p50 / Redis floor's",
         "Predict 1 row, 1 caller: p50 / gRPC echo's",
         "Predict 1 row, 1 caller: p99 ms",
-        "Predict 1 row, 1 caller, on the polling thread: p50 / gRPC echo's",
         "2 processes / 1, 1 row(s), 4 callers: calls/s",
         "materialization: rows/s / Feast local engine's",
     }
@@ -190,9 +189,9 @@ def _calls(redis, command: str) -> int:
 @pytest.mark.slow
 def test_batching_and_processes_variants_are_compared_at_the_same_points(quick_run):
     result, out, _ = quick_run
-    assert set(result["paired"]["options"]) == {"batching", "processes_2", "green"}
+    assert set(result["paired"]["options"]) == {"batching", "processes_2", "threads"}
     compared = {(p["variant"], p["rows"], p["concurrency"]) for p in report.variant_ratios(result)}
-    assert {("green", 1, 1), ("green", 10, 1), ("batching", 1, 4)} <= compared, compared
+    assert {("threads", 1, 1), ("threads", 10, 1), ("batching", 1, 4)} <= compared, compared
     cpus = result["machine"]["cpus"]
     for point in result["ratios"]["variants"]:
         assert point["throughput_vs_base"] > 0 and point["p99_vs_base"] > 0, point
@@ -254,11 +253,11 @@ def test_the_batching_comparison_counts_each_servers_reads(tmp_path):
     assert list(by_server) == list(batching.SERVERS)
     assert all(row["ok"] > 0 and not row["errors"] for row in rows)
     assert all(row["machine_busy_cores"] > 0 for row in rows)
-    for name in ("off", "off-green"):  # on threads, and on the polling thread
+    for name in ("off", "off-threads"):  # on the polling thread, and on threads
         assert by_server[name]["reads_per_call"] == 1  # every call reads alone
         assert by_server[name]["calls_per_batch"] is None
     assert batching.POOL_THREADS > 2  # batching on threads starts more than batching off
-    for name in ("batching", "batching-threads"):  # on the green pool, and on threads
+    for name in ("batching", "batching-threads"):  # on the polling thread, and on threads
         batched = by_server[name]
         # a batch is one read however many calls it carries
         assert batched["reads_per_call"] * batched["calls_per_batch"] == pytest.approx(1, abs=0.01)

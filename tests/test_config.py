@@ -50,18 +50,18 @@ def test_compile_cache_is_relative_to_the_file_and_empty_by_default(tmp_path):
     assert load(None, environ={}).server.compile_cache == ""  # <model_repo>/.compiled
 
 
-def test_handler_threads_default_to_two_or_the_polling_thread_with_batching():
+def test_calls_run_on_the_polling_thread_by_default_and_threads_grow_to_fill_a_batch():
     from augur.config import ServerConfig
 
-    assert ServerConfig().handler_threads == 2 and not ServerConfig().green_for(0)
-    # batching on: the green pool, where a waiting call holds no thread, on gRPC's own
-    assert ServerConfig(batch_max_rows=16).green_for(16)
+    # the green pool on gRPC's own polling thread, batching on or off
+    assert ServerConfig().green and ServerConfig().handler_threads == 0
     assert ServerConfig(batch_max_rows=16).handler_threads == 0
     assert ServerConfig(workers=8, batch_max_rows=64).handler_threads == 8
-    assert ServerConfig(handlers="green").green_for(0)
-    # on threads a waiting call holds one: they grow to fill a batch
-    threads = ServerConfig(handlers="threads", batch_max_rows=16)
-    assert not threads.green_for(16) and threads.handler_threads == 16
+    # on threads: two, one computing while one waits on Redis, or, with batching on, one
+    # per call a batch may hold, since a waiting call holds its thread
+    assert not ServerConfig(handlers="threads").green
+    assert ServerConfig(handlers="threads").handler_threads == 2
+    assert ServerConfig(handlers="threads", batch_max_rows=16).handler_threads == 16
     wide = ServerConfig(handlers="threads", batch_max_rows=500, max_in_flight=64)
     assert wide.handler_threads == 64
 
@@ -69,5 +69,5 @@ def test_handler_threads_default_to_two_or_the_polling_thread_with_batching():
 def test_an_unknown_handler_pool_is_refused_naming_the_choices(tmp_path):
     path = tmp_path / "augur.yaml"
     path.write_text("server: {handlers: fibers}\n")
-    with pytest.raises(ConfigError, match=r"server.handlers: expected one of auto, green, threads"):
+    with pytest.raises(ConfigError, match=r"server.handlers: expected one of green, threads"):
         load(path, environ={})

@@ -12,6 +12,7 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -211,6 +212,67 @@ def test_bad_model_never_takes_traffic_and_the_rest_serve(fraud_repo, model_repo
         assert any(
             "fraud_mlp" in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records
         )
+    finally:
+        running.stop()
+        client.close()
+
+
+def test_calls_waiting_for_a_paused_redis_leave_the_server_to_others_and_get_their_own_rows(
+    fraud_repo, model_repo, own_redis
+):
+    """On the green pool (the default) a call waiting for Redis parks, and gRPC's polling
+    thread serves other calls meanwhile; calls waiting together read on connections of
+    their own, so each gets its own rows back once Redis answers."""
+    config = server_config(fraud_repo, model_repo, address=own_redis.address)
+    config.redis.read_timeout_ms = 8_000  # the reads outwait the pause
+    running = start(config)
+    client = PredictorClient(f"127.0.0.1:{running.port}", timeout=10)
+    calls = [({"user_id": [u], "merchant_id": [u + 7]}, {"amount": [u * 3.0]}) for u in (1, 2, 3)]
+    try:
+        alone = [client.predict("fraud_lgbm", e, a).scores for e, a in calls]
+        assert len({s.tobytes() for s in alone}) == 3  # rows that tell the calls apart
+        pool = ThreadPoolExecutor(len(calls))
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            waiting = [pool.submit(client.predict, "fraud_lgbm", e, a) for e, a in calls]
+            time.sleep(0.3)  # their reads sent, their replies not coming
+            assert {m.name for m in client.list_models(timeout=2)} == {"fraud_lgbm", "fraud_mlp"}
+            assert client.health(timeout=2) == "SERVING"
+            assert not any(f.done() for f in waiting)
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        together = [f.result(timeout=10).scores for f in waiting]
+        pool.shutdown()
+        for own, got in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(got, own)
+    finally:
+        running.stop()
+        client.close()
+
+
+def test_calls_on_threads_wait_for_a_paused_redis_holding_their_threads(
+    fraud_repo, model_repo, own_redis
+):
+    """The contrast that shows what the green pool buys: on two handler threads, two calls
+    waiting for Redis leave none for a third."""
+    config = server_config(fraud_repo, model_repo, address=own_redis.address)
+    config.redis.read_timeout_ms = 8_000
+    config.server.handlers = "threads"
+    running = start(config)
+    client = PredictorClient(f"127.0.0.1:{running.port}", timeout=10)
+    try:
+        pool = ThreadPoolExecutor(2)
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            waiting = [pool.submit(client.predict, "fraud_lgbm", ENTITIES, AMOUNTS) for _ in "ab"]
+            time.sleep(0.3)
+            with pytest.raises(grpc.RpcError) as blocked:
+                client.list_models(timeout=0.5)
+            assert blocked.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert all(len(f.result(timeout=10).scores) == 3 for f in waiting)
+        pool.shutdown()
     finally:
         running.stop()
         client.close()

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from predictor.batcher import Batcher, Call
-from predictor.green import GreenCondition, GreenPool, patch_grpc
+from predictor.green import GreenCondition, GreenPool, off_thread, patch_grpc
 
 
 @pytest.fixture
@@ -234,3 +234,23 @@ def test_shutdown_answers_a_parked_call_first():
     gate.set()
     assert parked.result(timeout=10) == [90]
     assert batches == [[1]]
+
+
+def test_work_run_off_thread_leaves_the_pool_to_other_calls(pool):
+    """A call's slow work (an Admin change loading a model) runs on a thread of its own;
+    its call parks, and the pool's one thread answers other calls meanwhile."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        assert release.wait(10)
+        return threading.current_thread().name
+
+    waiting = pool.submit(off_thread, slow)
+    assert started.wait(10)
+    assert pool.submit(lambda: "meanwhile").result(timeout=10) == "meanwhile"
+    assert not waiting.done()
+    release.set()
+    assert waiting.result(timeout=10) == "augur-green-work"
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(off_thread, lambda: 1 / 0).result(timeout=10)
