@@ -201,7 +201,7 @@ class Hub:
             if self.readers:
                 self.poll_sockets(_PARKED_POLL_S)
                 continue
-            if self.receiving <= 0 and not self._deferred:
+            if self.receiving <= 0 and not self._deferred and self.working <= 0:
                 return
             try:
                 item = self._queue.get(timeout=1.0)

@@ -217,14 +217,16 @@ def test_bad_model_never_takes_traffic_and_the_rest_serve(fraud_repo, model_repo
         client.close()
 
 
+@pytest.mark.parametrize("batch_rows", [0, 64], ids=["alone", "batched"])
 def test_calls_waiting_for_a_paused_redis_leave_the_server_to_others_and_get_their_own_rows(
-    fraud_repo, model_repo, own_redis
+    fraud_repo, model_repo, own_redis, batch_rows
 ):
-    """On the green pool (the default) a call waiting for Redis parks, and gRPC's polling
-    thread serves other calls meanwhile; calls waiting together read on connections of
-    their own, so each gets its own rows back once Redis answers."""
+    """On the green pool (the default) a call, or a batch, waiting for Redis parks, and
+    gRPC's polling thread serves other calls meanwhile; reads waiting together are made on
+    connections of their own, so each call gets its own rows back once Redis answers."""
     config = server_config(fraud_repo, model_repo, address=own_redis.address)
     config.redis.read_timeout_ms = 8_000  # the reads outwait the pause
+    config.server.batch_max_rows = batch_rows
     running = start(config)
     client = PredictorClient(f"127.0.0.1:{running.port}", timeout=10)
     calls = [({"user_id": [u], "merchant_id": [u + 7]}, {"amount": [u * 3.0]}) for u in (1, 2, 3)]
