@@ -29,7 +29,7 @@ def command_args(*args: bytes) -> bytes:
 class OwnConnections:
     """Connections of a thread's own, made from the client's pool settings and kept: one per
     round trip in flight on the thread (one, unless its calls wait for Redis in turns: see
-    `wait_readable`). A read then skips the pool's checkout and check-in, about 50 us in
+    `take_turns`). A read then skips the pool's checkout and check-in, about 50 us in
     redis-py 7.4 (a non-blocking recv looking for stray data, observability hooks): a sixth
     of a one-entity read. No stray data can be left on these: a round trip reads every reply
     or disconnects."""

@@ -131,7 +131,10 @@ class Hub:
         """Wait up to `timeout` for a parked read's socket to be readable; resume the calls
         whose sockets are, and those whose sockets' timeouts have passed."""
         readers = self.readers
-        readable, _, _ = select.select(list(readers), (), (), max(timeout, 0.0))
+        try:
+            readable, _, _ = select.select(list(readers), (), (), max(timeout, 0.0))
+        except (OSError, ValueError):  # a socket closed under its call: its read says why
+            readable = list(readers)
         for sock in readable:
             self._ready.append(readers.pop(sock)[0])
         if len(readers):

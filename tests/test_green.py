@@ -2,14 +2,17 @@
 thread of their own), a call that waits (for its batch, or on gRPC's condition for its
 request) holds no thread, and the batcher on it answers each call with its own rows."""
 
+import socket
 import threading
 import time
+from queue import SimpleQueue
 
+import greenlet
 import grpc
 import pytest
 
 from predictor.batcher import Batcher, Call
-from predictor.green import GreenCondition, GreenPool, off_thread, patch_grpc
+from predictor.green import GreenCondition, GreenPool, Hub, off_thread, patch_grpc
 
 
 @pytest.fixture
@@ -254,3 +257,42 @@ def test_work_run_off_thread_leaves_the_pool_to_other_calls(pool):
     assert waiting.result(timeout=10) == "augur-green-work"
     with pytest.raises(ZeroDivisionError):
         pool.submit(off_thread, lambda: 1 / 0).result(timeout=10)
+
+
+def test_a_hub_resumes_a_read_once_its_socket_is_readable_timed_out_or_closed():
+    """The polling thread's wait for Redis: a parked read goes on when its socket has data,
+    with TimeoutError once the socket's timeout has passed, and, should its socket be
+    closed under it, at once (its read then says why) rather than taking the loop down."""
+    hub = Hub(SimpleQueue())
+    outcome: dict[str, str] = {}
+
+    def read(name: str, sock: socket.socket) -> None:
+        try:
+            hub.wait_readable(sock)
+            outcome[name] = "readable"
+        except TimeoutError:
+            outcome[name] = "timed out"
+
+    def settle() -> None:
+        deadline = time.monotonic() + 5
+        while hub.readers and time.monotonic() < deadline:
+            hub.poll_sockets(0.01)
+            while hub._ready:
+                hub._ready.popleft().switch()
+
+    answered, redis_side = socket.socketpair()
+    slow, _silent = socket.socketpair()
+    slow.settimeout(0.05)
+    for name, sock in (("answered", answered), ("slow", slow)):
+        greenlet.greenlet(read).switch(name, sock)  # parks: back here, the hub's greenlet
+    assert hub.parked == 2 and set(hub.readers) == {answered, slow}
+    redis_side.sendall(b"+OK\r\n")
+    settle()
+    assert outcome == {"answered": "readable", "slow": "timed out"}
+    closed, _other = socket.socketpair()
+    greenlet.greenlet(read).switch("closed", closed)
+    closed.close()
+    settle()
+    assert outcome["closed"] == "readable" and not hub.readers and hub.parked == 0
+    for sock in (answered, redis_side, slow, _silent, _other):
+        sock.close()
