@@ -45,6 +45,7 @@ answers from callbacks, never waiting in its handler.
 from __future__ import annotations
 
 import logging
+import math
 import select
 import socket
 import threading
@@ -398,24 +399,18 @@ def _serve_green(state: Any, pool: GreenPool, timeout: Any) -> None:
         hub.run_pending()
         if deferred:
             hub._run_deferred(time.perf_counter())  # what waited out its delay
-        if readers:
+        if readers or deferred:
             event = queue.poll(_NO_WAIT)  # take what has arrived first
             if event.completion_type == timeout:
                 if deferred and hub.receiving <= 0:
                     hub._run_deferred(None)  # no call is on its way to the batch
-                else:
-                    wait = _SOCKETS_POLL_S
-                    if deferred:
-                        wait = min(wait, hub.first_due() - time.perf_counter())
-                    hub.poll_sockets(wait)
-                continue
-        elif deferred:
-            event = queue.poll(_NO_WAIT)  # take what has arrived first
-            if event.completion_type == timeout:
-                if hub.receiving > 0:  # wait for them, up to the first due
-                    wait = hub.first_due() - time.perf_counter()
-                    if wait > 0:
-                        event = queue.poll(time.time() + wait)
+                    continue
+                due = hub.first_due() - time.perf_counter() if deferred else math.inf
+                if readers:  # look at their sockets a while, then at the queue again
+                    hub.poll_sockets(min(_SOCKETS_POLL_S, due))
+                    continue
+                if due > 0:  # calls receiving: wait for them, up to the first due
+                    event = queue.poll(time.time() + due)
                 if event.completion_type == timeout:
                     hub._run_deferred(None)
                     continue
