@@ -40,11 +40,9 @@ class OwnConnections:
 
     def get(self):
         idle = getattr(self._local, "idle", None)
-        if idle:
-            return idle.pop()
         if idle is None:
-            self._local.idle = []
-        return self._pool.make_connection()
+            idle = self._local.idle = []
+        return idle.pop() if idle else self._pool.make_connection()
 
     def put(self, conn) -> None:
         """Give back a connection `get` gave this thread."""
@@ -57,7 +55,13 @@ class OwnConnections:
 # would block the thread (a new connection's handshake, read by redis-py's own parser) where
 # it holds no other call. Where the caller cannot take turns, both simply go on here.
 _wait_readable: Callable[[socket.socket], None] | None = None
-_run_blocking: Callable[[Callable[[], None]], None] | None = None
+
+
+def _run_here(work: Callable[[], None]) -> None:
+    work()
+
+
+_run_blocking: Callable[[Callable[[], None]], None] = _run_here
 
 
 def take_turns(
@@ -94,10 +98,8 @@ def round_trip(
     for attempt in (0, 1):
         conn = own.get() if own is not None else pool.get_connection()
         try:
-            if conn._sock is None and _run_blocking is not None:
+            if conn._sock is None:  # new, or dropped after a failure
                 _run_blocking(conn.connect)
-            else:
-                conn.connect()  # connected already: at once
             sock = conn._sock
             # Only a deadline shorter than the configured timeout narrows it, set on the
             # socket itself: the replies are read from it here, never by redis-py's parser,

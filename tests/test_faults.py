@@ -48,8 +48,10 @@ def own_redis(fraud_repo, tmp_path):
     server.stop()
 
 
-def _serve(fraud_repo, model_repo, address, **server_options):
+def _serve(fraud_repo, model_repo, address, read_timeout_ms: int | None = None, **server_options):
     config = server_config(fraud_repo, model_repo, address=address)
+    if read_timeout_ms is not None:
+        config.redis.read_timeout_ms = read_timeout_ms
     config.redis.breaker_failures = 3
     config.redis.breaker_cooldown_ms = 300
     for key, value in server_options.items():
@@ -224,11 +226,9 @@ def test_calls_waiting_for_a_paused_redis_leave_the_server_to_others_and_get_the
     """On the green pool (the default) a call, or a batch, waiting for Redis parks, and
     gRPC's polling thread serves other calls meanwhile; reads waiting together are made on
     connections of their own, so each call gets its own rows back once Redis answers."""
-    config = server_config(fraud_repo, model_repo, address=own_redis.address)
-    config.redis.read_timeout_ms = 8_000  # the reads outwait the pause
-    config.server.batch_max_rows = batch_rows
-    running = start(config)
-    client = PredictorClient(f"127.0.0.1:{running.port}", timeout=10)
+    running, client = _serve(  # the reads outwait the pause
+        fraud_repo, model_repo, own_redis.address, read_timeout_ms=8_000, batch_max_rows=batch_rows
+    )
     calls = [({"user_id": [u], "merchant_id": [u + 7]}, {"amount": [u * 3.0]}) for u in (1, 2, 3)]
     try:
         alone = [client.predict("fraud_lgbm", e, a).scores for e, a in calls]
@@ -257,11 +257,9 @@ def test_calls_on_threads_wait_for_a_paused_redis_holding_their_threads(
 ):
     """The contrast that shows what the green pool buys: on two handler threads, two calls
     waiting for Redis leave none for a third."""
-    config = server_config(fraud_repo, model_repo, address=own_redis.address)
-    config.redis.read_timeout_ms = 8_000
-    config.server.handlers = "threads"
-    running = start(config)
-    client = PredictorClient(f"127.0.0.1:{running.port}", timeout=10)
+    running, client = _serve(
+        fraud_repo, model_repo, own_redis.address, read_timeout_ms=8_000, handlers="threads"
+    )
     try:
         pool = ThreadPoolExecutor(2)
         os.kill(own_redis.process.pid, signal.SIGSTOP)
