@@ -27,6 +27,9 @@ class Scale:
     days: int = 30
 
 
+_EPOCH = pd.Timestamp(0, tz="UTC")
+
+
 def default_end() -> dt.datetime:
     """Today's midnight UTC: the same seed gives the same data all day, and fresh snapshots."""
     now = dt.datetime.now(dt.UTC)
@@ -167,6 +170,12 @@ def _window(daily: np.ndarray, width: int) -> np.ndarray:
     return cum[:, hi] - cum[:, lo]
 
 
+def _seconds(times: pd.Series) -> np.ndarray:
+    """Whole epoch seconds (floored) of a UTC datetime column, whatever its unit: pandas 3
+    keeps microseconds where pandas 2 had nanoseconds, so its raw int64s cannot be trusted."""
+    return ((times - _EPOCH) // pd.Timedelta(1, "s")).to_numpy(np.int64)
+
+
 def _snapshot_times(days: int, start_s: int) -> pd.DatetimeIndex:
     return pd.to_datetime(start_s + np.arange(days + 1) * DAY, unit="s", utc=True)
 
@@ -194,7 +203,7 @@ def _long(
 
 def _user_snapshots(t: pd.DataFrame, u: dict, s: Scale, start_s: int) -> pd.DataFrame:
     ids = t["user_id"].to_numpy()
-    secs = t["event_timestamp"].astype("int64").to_numpy() // 10**9 - start_s
+    secs = _seconds(t["event_timestamp"]) - start_s
     day = (secs // DAY).astype(np.int64)
     amount = t["amount"].to_numpy()
     nd = s.days
@@ -217,7 +226,7 @@ def _user_snapshots(t: pd.DataFrame, u: dict, s: Scale, start_s: int) -> pd.Data
     max30 = np.concatenate([np.zeros((s.users, 1)), np.maximum.accumulate(daily_max, 1)], 1)
 
     pair_first = t.groupby(["user_id", "merchant_id"])["event_timestamp"].min()
-    first_day = (pair_first.astype("int64").to_numpy() // 10**9 - start_s) // DAY
+    first_day = (_seconds(pair_first) - start_s) // DAY
     pair_user = pair_first.index.get_level_values(0).to_numpy()
     distinct = _window(_grid(pair_user, first_day.astype(np.int64), s.users, nd), nd + 1)
 
@@ -250,7 +259,7 @@ def _user_snapshots(t: pd.DataFrame, u: dict, s: Scale, start_s: int) -> pd.Data
 
 def _merchant_snapshots(t: pd.DataFrame, m: dict, s: Scale, start_s: int) -> pd.DataFrame:
     ids = t["merchant_id"].to_numpy()
-    secs = t["event_timestamp"].astype("int64").to_numpy() // 10**9 - start_s
+    secs = _seconds(t["event_timestamp"]) - start_s
     day = (secs // DAY).astype(np.int64)
     amount = t["amount"].to_numpy()
     nd = s.days
@@ -266,7 +275,7 @@ def _merchant_snapshots(t: pd.DataFrame, m: dict, s: Scale, start_s: int) -> pd.
         reports = np.where(c30 > 0, 0.5 * fraud30 / np.maximum(c30, 1), np.nan)
 
     pair_first = t.groupby(["merchant_id", "user_id"])["event_timestamp"].min()
-    first_day = (pair_first.astype("int64").to_numpy() // 10**9 - start_s) // DAY
+    first_day = (_seconds(pair_first) - start_s) // DAY
     pair_m = pair_first.index.get_level_values(0).to_numpy()
     distinct = _window(_grid(pair_m, first_day.astype(np.int64), s.merchants, nd), nd + 1)
 
@@ -294,7 +303,7 @@ def _merchant_snapshots(t: pd.DataFrame, m: dict, s: Scale, start_s: int) -> pd.
 
 def _pair_snapshots(t: pd.DataFrame, start_s: int) -> pd.DataFrame:
     """One row per pair per day after a day with activity: the pair's running history."""
-    secs = t["event_timestamp"].astype("int64").to_numpy() // 10**9 - start_s
+    secs = _seconds(t["event_timestamp"]) - start_s
     frame = pd.DataFrame(
         {
             "user_id": t["user_id"].to_numpy(),
