@@ -102,6 +102,8 @@ class KeyGroup:
     # its assemble needs: plan column, view and TTL per feature, plan position per view.
     native_views: tuple = field(init=False, compare=False, repr=False)
     native_assembly: tuple = field(init=False, compare=False, repr=False)
+    # read_few's whole spec of the group for a one-entity read, built once
+    native_one: tuple = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         stamps = [timestamp_field(v.name) for v in self.views]
@@ -134,6 +136,8 @@ class KeyGroup:
             np.array(self.positions, np.int64),
         )
         object.__setattr__(self, "native_assembly", assembly)
+        one = (1, native, len(self.columns), [0], *assembly)
+        object.__setattr__(self, "native_one", one)
 
 
 def _index(positions: tuple[int, ...]) -> slice | np.ndarray:
@@ -152,6 +156,7 @@ class ReadPlan:
     columns: tuple[FeatureColumn, ...] = field(init=False, compare=False, repr=False)
     defaults: np.ndarray = field(init=False, compare=False, repr=False)  # float32, NaN: none
     has_defaults: bool = field(init=False, compare=False, repr=False)
+    int64_keys: bool = field(init=False, compare=False, repr=False)  # every join key int64
 
     def __post_init__(self) -> None:
         by_keys: dict[tuple[str, ...], list[ViewRead]] = {}
@@ -172,6 +177,8 @@ class ReadPlan:
         defaults = np.array([c.default for c in columns], np.float32)
         object.__setattr__(self, "defaults", defaults)
         object.__setattr__(self, "has_defaults", not np.isnan(defaults).all())
+        int64_keys = all(kind == "int64" for kind in self.entity_types.values())
+        object.__setattr__(self, "int64_keys", int64_keys)
 
     @property
     def feature_names(self) -> tuple[str, ...]:

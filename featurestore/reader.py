@@ -59,7 +59,6 @@ _FEW_VIEW_READS = 96
 # few dozen calls: fraud plan (3 views), vs the Redis floor in the same run, 1.52x / 1.69x
 # at 4 rows, 1.59x / 1.72x at 8, 1.71x both at 16, 1.70x / 1.60x at 32.
 _FEW_VIEW_READS_NATIVE = 48
-_FIRST = [0]  # a one-row read's only row, as featurestore._native's read_few takes it
 _I64 = struct.Struct("<q")
 
 
@@ -324,11 +323,10 @@ class OnlineReader:
         groups = plan.groups
         if not all(self._packed(g) for g in groups):
             return self._read_few(plan, entities, n, enforce_ttl, timeout_s)
-        if n == 1 and all(plan.entity_types[k] == "int64" for k in plan.entity_types):
-            # The commonest read of all: one command per group from its template.
+        if n == 1 and plan.int64_keys:  # the commonest read: commands from templates
             payload = b"".join(self._one_entity_command(plan, g, entities) for g in groups)
             count = len(groups)
-            spec = [(1, g.native_views, len(g.columns), _FIRST, *g.native_assembly) for g in groups]
+            spec = [g.native_one for g in groups]
         else:
             work = [self._few_keys(plan, g, entities, n) for g in groups]
             payload = b"".join(
