@@ -115,9 +115,9 @@ def _measure(
 ) -> dict:
     port, metrics_port = free_port(), free_port()
     options = {**options, "metrics_port": metrics_port}
-    command = targets.augur_command(scenario, work / f"{name}.yaml", port, options)
-    if name == "ceiling":  # the config augur_command wrote, served by the instrument
-        command = [sys.executable, "-m", "bench.ceiling_server", "--config", command[-1]]
+    command = (targets.ceiling_command if name == "ceiling" else targets.augur_command)(
+        scenario, work / f"{name}.yaml", port, options
+    )
     server = targets.start(name, command, port, scenario.model, work)
     try:
         step = {

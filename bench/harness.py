@@ -104,7 +104,10 @@ VARIANTS = {
 }
 # The variants' options for the quick run: a batch as large as its callers
 QUICK_VARIANTS = {**VARIANTS, "batching": {"batch_max_rows": 8, "batch_max_delay_us": 1000}}
-BATCHING = (report.AUGUR, "batching")
+# Batching against off, and against the ceiling server (bench/ceiling_server.py): batching
+# off with each call's read, assembly and model call answered from memory, what no batch
+# can beat, the floor of batching's ratio
+BATCHING = (report.AUGUR, "batching", report.CEILING)
 PROCESSES = (report.AUGUR, "processes_2")
 
 
@@ -303,6 +306,10 @@ def _command(target: str, scenario, port: int, pools, options: dict, work: Path)
         return targets.echo_command(scenario, port, work / "plan.json")
     if target == report.ECHO:
         return targets.echo_command(scenario, port)
+    if target == report.CEILING:
+        # one process: the instrument patches the servicer in the process it starts
+        one = {**options, "processes": 1}
+        return targets.ceiling_command(scenario, work / f"{target}.yaml", port, one)
     return targets.augur_command(scenario, work / f"{target}.yaml", port, options)
 
 

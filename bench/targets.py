@@ -76,6 +76,13 @@ def augur_command(scenario: Scenario, config: Path, port: int, overrides: dict) 
     return [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)]
 
 
+def ceiling_command(scenario: Scenario, config: Path, port: int, overrides: dict) -> list[str]:
+    """`augur_command`'s server with each call's read, assembly and model call answered from
+    memory (bench/ceiling_server.py): what dynamic batching can approach."""
+    augur = augur_command(scenario, config, port, overrides)
+    return [sys.executable, "-m", "bench.ceiling_server", "--config", augur[-1]]
+
+
 def baseline_command(scenario: Scenario, port: int, warm: dict) -> list[str]:
     return [
         sys.executable,

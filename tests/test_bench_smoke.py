@@ -192,6 +192,7 @@ def test_batching_and_processes_variants_are_compared_at_the_same_points(quick_r
     assert set(result["paired"]["options"]) == {"batching", "processes_2", "threads"}
     compared = {(p["variant"], p["rows"], p["concurrency"]) for p in report.variant_ratios(result)}
     assert {("threads", 1, 1), ("threads", 10, 1), ("batching", 1, 4)} <= compared, compared
+    assert ("ceiling", 1, 4) in compared, compared  # batching's bound, in the same turns
     cpus = result["machine"]["cpus"]
     for point in result["ratios"]["variants"]:
         assert point["throughput_vs_base"] > 0 and point["p99_vs_base"] > 0, point
@@ -203,6 +204,34 @@ def test_batching_and_processes_variants_are_compared_at_the_same_points(quick_r
             assert step["redis_cpu_ms_per_req"] >= 0, step
     assert len(result["paired"]["servers"]["processes_2"]["rss_ready_mb"]) >= 3  # 2 workers
     assert "### Serving variants" in (out / "fraud-quick.md").read_text()
+
+
+def test_batchings_target_shows_the_ceiling_servers_calls_as_its_floor():
+    def entry(target: str, calls: float, p99: float) -> dict:
+        return {
+            "target": target,
+            "rows": 1,
+            "concurrency": 64,
+            "throughput_rps": calls,
+            "p99_ms": p99,
+            "machine_busy_cores": 1.6,
+        }
+
+    entries = [entry("augur", 2000, 40), entry("batching", 2900, 30), entry("ceiling", 2950, 29)]
+    result = {
+        "inprocess": {},
+        "series": {},
+        "machine": {"cpus": 2},
+        "paired": {"comparisons": {"batching": entries}},
+    }
+
+    goals = {g["goal"]: g for g in report.goals(result)}
+
+    calls = goals["batching on / off, 1 row(s), 64 callers: calls/s"]
+    assert calls["value"] == pytest.approx(1.45) and not calls["met"]
+    assert calls["floor"] == pytest.approx(1.475)  # the ceiling's calls over batching off's
+    ceiling = [p for p in report.variant_ratios(result) if p["variant"] == "ceiling"]
+    assert [p["throughput_vs_base"] for p in ceiling] == [pytest.approx(1.475, abs=0.01)]
 
 
 @pytest.mark.slow
