@@ -157,6 +157,7 @@ class ReadPlan:
     defaults: np.ndarray = field(init=False, compare=False, repr=False)  # float32, NaN: none
     has_defaults: bool = field(init=False, compare=False, repr=False)
     int64_keys: bool = field(init=False, compare=False, repr=False)  # every join key int64
+    packable: bool = field(init=False, compare=False, repr=False)  # every group's
 
     def __post_init__(self) -> None:
         by_keys: dict[tuple[str, ...], list[ViewRead]] = {}
@@ -179,6 +180,7 @@ class ReadPlan:
         object.__setattr__(self, "has_defaults", not np.isnan(defaults).all())
         int64_keys = all(kind == "int64" for kind in self.entity_types.values())
         object.__setattr__(self, "int64_keys", int64_keys)
+        object.__setattr__(self, "packable", all(g.packable for g in groups))
 
     @property
     def feature_names(self) -> tuple[str, ...]:

@@ -60,6 +60,7 @@ _FEW_VIEW_READS = 96
 # at 4 rows, 1.59x / 1.72x at 8, 1.71x both at 16, 1.70x / 1.60x at 32.
 _FEW_VIEW_READS_NATIVE = 48
 _I64 = struct.Struct("<q")
+_PLANS_KEPT = 64  # plans whose one-entity templates a reader keeps (a few per model)
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,8 @@ class OnlineReader:
         self._hgetall_from = hgetall_from
         self._clock = clock
         self._encoders: dict[tuple, KeyEncoder] = {}
-        # per (project, join keys, vector fields): `_one_entity_command`'s template
-        self._one_entity: dict[tuple, tuple] = {}
+        # id(plan) -> (plan, `_one_entity`'s templates and spec)
+        self._one_entity_plans: dict[int, tuple] = {}
         # key groups read from Feast's fields instead of vectors: reads left until a retry
         self._fields_mode: dict[int, int] = {}
         self.cache = cache
@@ -321,12 +322,12 @@ class OnlineReader:
         whose vector is outdated, or a reply the C does not expect, sends the read to
         `_read_few`, which reads again and takes Feast's fields where needed."""
         groups = plan.groups
-        if not all(self._packed(g) for g in groups):
+        every_packed = not self._fields_mode and self._vectors and plan.packable  # the usual
+        if not (every_packed or all(self._packed(g) for g in groups)):
             return self._read_few(plan, entities, n, enforce_ttl, timeout_s)
-        if n == 1 and plan.int64_keys:  # the commonest read: commands from templates
-            payload = b"".join(self._one_entity_command(plan, g, entities) for g in groups)
+        if n == 1 and plan.int64_keys:  # the commonest read: its commands from templates
+            payload, spec = self._one_entity(plan, entities)
             count = len(groups)
-            spec = [g.native_one for g in groups]
         else:
             work = [self._few_keys(plan, g, entities, n) for g in groups]
             payload = b"".join(
@@ -349,27 +350,39 @@ class OnlineReader:
                 return FeatureRows(values, missing, stale, event_ts, count)
         return self._read_few(plan, entities, n, enforce_ttl, timeout_s)
 
-    def _one_entity_command(
-        self, plan: ReadPlan, group: KeyGroup, entities: Mapping[str, Sequence]
-    ) -> bytes:
-        """HMGET of the group's vectors for the one entity of `entities` (int64 join keys):
-        the bytes `_group_commands` builds, from a template kept per key and field set, so
-        a read packs only the ids (a fifth of a one-entity read's own time, built per key)."""
-        template = self._one_entity.get((plan.project, group.join_keys, group.vector_fields))
-        if template is None:
+    def _one_entity(self, plan: ReadPlan, entities: Mapping[str, Sequence]) -> tuple[bytes, list]:
+        """The commands (HMGET of each group's vectors) and read_few's spec of a read of one
+        entity, every join key int64: the bytes `_group_commands` builds, from templates
+        built once per plan that leave only the ids to pack. Built per read, a key and its
+        command were about a fifth of such a read's own time."""
+        kept = self._one_entity_plans.get(id(plan))
+        if kept is None or kept[0] is not plan:
+            if len(self._one_entity_plans) >= _PLANS_KEPT:  # plans a reload has replaced
+                self._one_entity_plans.clear()
+            kept = (plan, self._one_entity_template(plan), [g.native_one for g in plan.groups])
+            self._one_entity_plans[id(plan)] = kept
+        _, (first, rest), spec = kept
+        parts = [first]
+        for name, after in rest:
+            parts += (_I64.pack(entities[name][0]), after)
+        return b"".join(parts), spec
+
+    def _one_entity_template(self, plan: ReadPlan) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The RESP of every group's HMGET of its vectors, as the bytes before the first id
+        and, per id in order, its join key and the bytes after it up to the next id."""
+        texts, names = [b""], []
+        for group in plan.groups:
             encoder = self._encoder(plan, group)
             head, part, tail = encoder.int64_parts()
             size = len(head) + len(group.join_keys) * (len(part) + 8) + len(tail)
             before, after = _command_parts(b"HMGET", group.vector_fields)
-            before += b"$%d\r\n" % size + head
-            after = tail + b"\r\n" + after
-            names = tuple(group.join_keys[i] for i in encoder.order)
-            template = (names, before, part, after)
-            self._one_entity[(plan.project, group.join_keys, group.vector_fields)] = template
-        names, before, part, after = template
-        if len(names) == 1:
-            return before + part + _I64.pack(entities[names[0]][0]) + after
-        return before + b"".join(part + _I64.pack(entities[k][0]) for k in names) + after
+            texts[-1] += before + b"$%d\r\n" % size + head
+            for i in encoder.order:
+                texts[-1] += part
+                names.append(group.join_keys[i])
+                texts.append(b"")
+            texts[-1] += tail + b"\r\n" + after
+        return texts[0], list(zip(names, texts[1:], strict=True))
 
     def _hgetall(self, group: KeyGroup) -> bool:
         """Whether the group's fields are read with HGETALL rather than an HMGET naming each."""

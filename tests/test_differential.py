@@ -166,6 +166,24 @@ def _user_key(fraud_repo, plan, user: int) -> bytes:
     return KeyEncoder(["user_id"], ["int64"], plan.project).key([user])
 
 
+def test_a_reader_builds_each_plans_keys_for_that_plan(fraud_repo, plan):
+    """A one-entity read's commands come from templates a reader keeps per plan: a plan
+    like another but for its project (another Feast repo on the same Redis) reads its own
+    keys, none of which exist here, even right after the first plan's read."""
+    import dataclasses
+
+    pairs = pd.read_parquet(fraud_repo.data / "user_merchant_stats.parquet").head(1)
+    entity = {"user_id": pairs["user_id"].tolist(), "merchant_id": pairs["merchant_id"].tolist()}
+    other = dataclasses.replace(plan, project="another_project")
+    reader = OnlineReader(connect(fraud_repo.address))
+
+    here, elsewhere, again = (reader.read(p, entity) for p in (plan, other, plan))
+
+    assert (here.missing < len(plan.columns)).all()
+    assert np.isnan(elsewhere.event_ts).all() and elsewhere.distinct_keys == len(plan.groups)
+    np.testing.assert_array_equal(again.values, here.values)
+
+
 def test_vectors_are_read_when_present(fraud_repo, plan):
     """With a view's feature fields gone but its vector and _ts intact, the vector path still
     serves every value and the fields path none: proof that vectors are what is read."""
