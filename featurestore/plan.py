@@ -157,7 +157,7 @@ class ReadPlan:
     defaults: np.ndarray = field(init=False, compare=False, repr=False)  # float32, NaN: none
     has_defaults: bool = field(init=False, compare=False, repr=False)
     int64_keys: bool = field(init=False, compare=False, repr=False)  # every join key int64
-    packable: bool = field(init=False, compare=False, repr=False)  # every group's
+    packable: bool = field(init=False, compare=False, repr=False)  # every group's `packable`
 
     def __post_init__(self) -> None:
         by_keys: dict[tuple[str, ...], list[ViewRead]] = {}
