@@ -373,15 +373,14 @@ class OnlineReader:
         texts, names = [b""], []
         for group in plan.groups:
             encoder = self._encoder(plan, group)
-            head, part, tail = encoder.int64_parts()
-            size = len(head) + len(group.join_keys) * (len(part) + 8) + len(tail)
-            before, after = _command_parts(b"HMGET", group.vector_fields)
-            texts[-1] += before + b"$%d\r\n" % size + head
+            head, tail = _command_parts(b"HMGET", group.vector_fields)
+            before, part, after = _around_int64_ids(encoder, head, tail)
+            texts[-1] += before
             for i in encoder.order:
                 texts[-1] += part
                 names.append(group.join_keys[i])
                 texts.append(b"")
-            texts[-1] += tail + b"\r\n" + after
+            texts[-1] += after
         return texts[0], list(zip(names, texts[1:], strict=True))
 
     def _hgetall(self, group: KeyGroup) -> bool:
@@ -636,11 +635,17 @@ class _NativeKeys:
 
     def commands(self, head: bytes, tail: bytes) -> bytes:
         """`head` + the key as a bulk string + `tail`, per key."""
-        key_head, part, key_tail = self._encoder.int64_parts()
-        size = len(key_head) + len(self.columns) * (len(part) + 8) + len(key_tail)
-        before = head + b"$%d\r\n" % size + key_head
-        after = key_tail + b"\r\n" + tail
+        before, part, after = _around_int64_ids(self._encoder, head, tail)
         return native.commands_int64(self.columns, self.first, len(self), before, part, after)
+
+
+def _around_int64_ids(encoder: KeyEncoder, head: bytes, tail: bytes) -> tuple[bytes, bytes, bytes]:
+    """`head` + a key of `encoder` (int64 join keys) as a bulk string + `tail`, in the parts
+    around the key's 8-byte ids: the bytes before the ids, what precedes each id, and the
+    bytes after the last."""
+    key_head, part, key_tail = encoder.int64_parts()
+    size = len(key_head) + len(encoder.order) * (len(part) + 8) + len(key_tail)
+    return head + b"$%d\r\n" % size + key_head, part, key_tail + b"\r\n" + tail
 
 
 class _Keys(list):
