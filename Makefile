@@ -9,12 +9,12 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make demo   install into .venv, start an embedded Redis, run the fraud flow end to end"
 	@echo "make test   run the test suite (what CI runs)"
-	@echo "make proto  regenerate the gRPC stubs from proto/augur/v1/*.proto"
+	@echo "make proto  regenerate the gRPC stubs from augur/api/v1/*.proto"
 	@echo "make lint   ruff"
 	@echo "make bench  Augur vs a Feast-based server vs the floors, fraud and wide (~10 min)"
 	@echo "make soak   fault and soak run: load while Redis stops, pauses, slows; 3x overload"
 
-$(STAMP): pyproject.toml setup.py featurestore/_native.c
+$(STAMP): pyproject.toml setup.py augur/features/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 proto: $(STAMP)
-	$(BIN)/python -m proto.generate
+	$(BIN)/python -m augur.api.generate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

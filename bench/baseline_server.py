@@ -25,9 +25,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from predictor.repository import ModelRepository
-from proto.augur.v1 import predictor_pb2 as pb
-from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
+from augur.api.v1 import predictor_pb2 as pb
+from augur.api.v1 import predictor_pb2_grpc as pb_grpc
+from augur.modelrepo.repository import ModelRepository
 
 
 class FeastPredictor(pb_grpc.PredictorServicer):

@@ -38,9 +38,9 @@ import urllib.request
 from pathlib import Path
 
 from augur.config import ServerConfig
+from augur.features.redis_server import EmbeddedRedis, free_port
 from bench import scenarios, targets
 from bench.harness import _subprocess
-from featurestore.redis_server import EmbeddedRedis, free_port
 
 BATCHING = {"batch_max_rows": 64, "batch_max_delay_us": 1000}
 # name -> server options; "ceiling" is bench/ceiling_server.py with the options of "off"

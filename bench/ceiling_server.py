@@ -18,12 +18,12 @@ from pathlib import Path
 
 from augur import logs
 from augur.config import load
-from predictor.supervisor import metrics_in_memory
+from augur.serving.supervisor import metrics_in_memory
 
 
 def remember_scores() -> None:
     """Make PredictorServicer._score answer each row count from its first answer."""
-    from predictor.servicer import PredictorServicer
+    from augur.serving.servicer import PredictorServicer
 
     score = PredictorServicer._score
     answers: dict[int, object] = {}
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(config.logging.level, config.logging.json)
     metrics_in_memory()  # before prometheus_client is imported, as `augur serve` does
     remember_scores()
-    from predictor.server import serve
+    from augur.serving.server import serve
 
     serve(config)
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from proto.augur.v1 import predictor_pb2 as pb
-from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
+from augur.api.v1 import predictor_pb2 as pb
+from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 
 
 class EchoPredictor(pb_grpc.PredictorServicer):
@@ -51,10 +51,10 @@ class RedisFloor:
     """The Redis round trip of a request's keys, packed once per distinct request."""
 
     def __init__(self, address: str, plan_path: Path):
+        from augur.features.connection import connect
+        from augur.features.plan import ReadPlan
+        from augur.features.resp import OwnConnections
         from bench.inprocess import floor_payloads, floor_transport
-        from featurestore.connection import connect
-        from featurestore.plan import ReadPlan
-        from featurestore.resp import OwnConnections
 
         self._round_trip = floor_transport()  # imported here: the plain echo floor needs none
         self._client = connect(address)

@@ -30,12 +30,12 @@ import psutil
 import redis
 import yaml
 
+from augur.client.client import PredictorClient
+from augur.features.redis_server import EmbeddedRedis, free_port
+from augur.pipelines.materialize import materialize
+from augur.pipelines.train import train
 from examples.fraud.generate import Scale
 from examples.fraud.scaffold import scaffold
-from featurestore.redis_server import EmbeddedRedis, free_port
-from pipelines.materialize import materialize
-from pipelines.train import train
-from predictor.client import PredictorClient
 
 RESULTS = Path(__file__).parent / "results"
 DEADLINE_S = 0.25
@@ -124,7 +124,7 @@ def run(phase_seconds: float, clients: int) -> dict:
             )
         )
         process = subprocess.Popen(
-            [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+            [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from augur.features.redis_server import EmbeddedRedis, free_port
 from bench import inprocess, report, scenarios, targets
-from featurestore.redis_server import EmbeddedRedis, free_port
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -270,7 +270,7 @@ def _code_version() -> dict:
 def _inprocess(scenario, pools: dict, profile: Profile, work: Path) -> dict:
     """Floors and Augur's read path in a clean process; Feast's read path in this one, in
     turns with Augur's read there (the two sides of the Feast ratio)."""
-    from featurestore.repo import build_plan, open_store
+    from augur.features.repo import build_plan, open_store
 
     store = open_store(scenario.feature_repo, scenario.redis_address)
     plan = build_plan(store, scenario.feature_service)

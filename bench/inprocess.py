@@ -52,8 +52,8 @@ FLOORS = ("hmget", "hgetall", "vectors")
 def floor_payloads(plan, mode: str) -> Callable[[Mapping[str, Sequence]], tuple[bytes, int]]:
     """A function packing one request's entity columns into the floor's pipeline for `mode`
     (one of FLOORS): every distinct key's command, and how many commands."""
-    from featurestore.keys import KeyEncoder
-    from featurestore.resp import command_args
+    from augur.features.keys import KeyEncoder
+    from augur.features.resp import command_args
 
     encoders = [
         KeyEncoder(g.join_keys, [plan.entity_types[k] for k in g.join_keys], plan.project)
@@ -79,18 +79,18 @@ def floor_payloads(plan, mode: str) -> Callable[[Mapping[str, Sequence]], tuple[
 def floor_transport() -> Callable[..., list | bytearray]:
     """The floor's round trip, `(client, data, count, own=...)`, on Augur's own transport:
     the replies read off the socket and found complete by the C scanner where
-    featurestore._native is built (what the reader itself pays before decoding), else parsed
+    augur.features._native is built (what the reader itself pays before decoding), else parsed
     by hiredis (what the reader pays without it). Resolved once, so the timed calls pay no
     import or lookup the reader does not."""
-    from featurestore.native import native
-    from featurestore.resp import round_trip
+    from augur.features.native import native
+    from augur.features.resp import round_trip
 
     return functools.partial(round_trip, raw=native is not None)
 
 
 def floor_replies(got: list | bytearray, count: int) -> list:
     """A floor round trip's replies, parsed (to check what was found, outside the timing)."""
-    from featurestore.resp import parse
+    from augur.features.resp import parse
 
     return got if isinstance(got, list) else parse(got, 0, len(got), count)
 
@@ -111,7 +111,7 @@ def floor_call(
     these keys pays before decoding a single value. (Through redis-py's pool, as it was
     measured up to commit 3f1950e, each round trip paid 50-170 us more; up to commit
     046a69c it was parsed by hiredis, 0.03-0.2 ms more at 100 entities.)"""
-    from featurestore.resp import OwnConnections
+    from augur.features.resp import OwnConnections
 
     pack = floor_payloads(plan, mode)
     packed = [pack(r["entities"]) for r in requests]
@@ -136,11 +136,11 @@ def floor_call(
 
 
 def measure(spec: dict) -> dict:
-    from featurestore.connection import connect
-    from featurestore.plan import ReadPlan
-    from featurestore.reader import OnlineReader
-    from predictor.models import load_model
-    from predictor.repository import ModelRepository
+    from augur.features.connection import connect
+    from augur.features.plan import ReadPlan
+    from augur.features.reader import OnlineReader
+    from augur.modelrepo.repository import ModelRepository
+    from augur.serving.models import load_model
 
     plan = ReadPlan.from_json(Path(spec["plan"]).read_text())
     client = connect(spec["redis_address"])
@@ -148,7 +148,7 @@ def measure(spec: dict) -> dict:
     model = load_model(ModelRepository(spec["model_repo"]), spec["model"], {plan.service: plan})
     plain = None
     if model.version.spec.kind == "lightgbm" and model.version.spec.compile != "none":
-        from predictor.runtimes.lightgbm_runtime import LightGBMRuntime
+        from augur.serving.runtimes.lightgbm_runtime import LightGBMRuntime
 
         plain = LightGBMRuntime(model.version.artifact)
     return {
@@ -196,9 +196,9 @@ def feast_read(
     given the read `plan`, Augur's reader on them too, in alternating turns in this same
     process (`augur_read_beside_feast`): the two sides of the Feast ratio meet the same
     stretch of the machine, and Augur pays for sharing a process with Feast."""
-    from featurestore.connection import connect
-    from featurestore.reader import OnlineReader
-    from featurestore.repo import open_store
+    from augur.features.connection import connect
+    from augur.features.reader import OnlineReader
+    from augur.features.repo import open_store
 
     store = open_store(feature_repo, redis_address)
     feature_service = store.get_feature_service(service)

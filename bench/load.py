@@ -39,9 +39,9 @@ import grpc
 import numpy as np
 import psutil
 
+from augur.api.v1 import predictor_pb2 as pb
+from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from bench.timing import paired_order
-from proto.augur.v1 import predictor_pb2 as pb
-from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),

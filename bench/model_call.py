@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from augur.modelrepo.repository import sha256_of
+from augur.pipelines.train import LIGHTGBM_PARAMS
+from augur.serving.runtimes.compiled_runtime import CompiledTreeRuntime
+from augur.serving.runtimes.lightgbm_runtime import LightGBMRuntime
 from bench.timing import stats, timed
-from pipelines.train import LIGHTGBM_PARAMS
-from predictor.repository import sha256_of
-from predictor.runtimes.compiled_runtime import CompiledTreeRuntime
-from predictor.runtimes.lightgbm_runtime import LightGBMRuntime
 
 N_INPUTS = 38
 MISSING = 0.2  # share of inputs that are NaN, as for entities with no row in a view

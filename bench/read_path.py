@@ -19,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from augur.features.connection import connect
+from augur.features.reader import OnlineReader
+from augur.features.redis_server import EmbeddedRedis
+from augur.features.repo import build_plan, open_store
+from augur.pipelines.materialize import materialize
 from bench.inprocess import FLOORS, redis_floor
 from bench.timing import stats as _stats
 from bench.timing import timed as _timed
 from examples.fraud.generate import Scale
 from examples.fraud.scaffold import scaffold
-from featurestore.connection import connect
-from featurestore.reader import OnlineReader
-from featurestore.redis_server import EmbeddedRedis
-from featurestore.repo import build_plan, open_store
-from pipelines.materialize import materialize
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from augur.features.connection import connect
+from augur.features.repo import build_plan, open_store
+from augur.features.writer import WRITE_TIMEOUTS
+from augur.pipelines.materialize import materialize
 from bench import wide_repo
 from examples.fraud.generate import Scale
 from examples.fraud.scaffold import feast_apply, scaffold
-from featurestore.connection import connect
-from featurestore.repo import build_plan, open_store
-from featurestore.writer import WRITE_TIMEOUTS
-from pipelines.materialize import materialize
 
 FRAUD_FULL = Scale(users=200_000, merchants=20_000, transactions=300_000, days=30)
 FRAUD_QUICK = Scale(users=400, merchants=80, transactions=8_000, days=30)
@@ -67,7 +67,7 @@ def requests(scenario: Scenario, rows: int, count: int, seed: int = 0) -> list[d
 
 
 def _fraud(work: Path, address: str, scale: Scale) -> Scenario:
-    from pipelines.train import train
+    from augur.pipelines.train import train
 
     repo, models = work / "feature_repo", work / "models"
     spent = {}
@@ -164,7 +164,7 @@ def _set_option(model_repo: Path, model: str, option: str, value: str) -> None:
 def serve_mlp(scenario: Scenario, device: str) -> Scenario:
     """The fraud scenario serving `augur train`'s torch MLP on `device` (cpu, cuda) in place
     of its LightGBM model; the MLP is trained on the scenario's data and published beside it."""
-    from pipelines.train import train
+    from augur.pipelines.train import train
 
     if scenario.name != "fraud":
         raise ValueError(f"the {scenario.name} scenario has no torch model; fraud has")

@@ -73,7 +73,7 @@ def augur_command(scenario: Scenario, config: Path, port: int, overrides: dict) 
             }
         )
     )
-    return [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)]
+    return [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)]
 
 
 def ceiling_command(scenario: Scenario, config: Path, port: int, overrides: dict) -> list[str]:

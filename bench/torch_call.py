@@ -8,11 +8,11 @@ Two parts, both in this one process, no Redis and no gRPC:
    graphs (as the server loads it), after checking the CUDA scores equal the CPU's (1e-5).
 2. Closed-loop caller threads, each scoring 1 row at a time for `--seconds`: once straight
    through the runtime (batching off: the calls queue on the model's lock) and once through
-   `predictor.batcher.Batcher` with `make bench`'s settings (64 rows, 1 ms), which merges
+   `augur.serving.batcher.Batcher` with `make bench`'s settings (64 rows, 1 ms), which merges
    the waiting calls into one model call. Each batched answer is checked against the
    unbatched score of the same row.
 
-The model is the family `augur train` builds (`pipelines.mlp.TabularMLP`, imputation and
+The model is the family `augur train` builds (`augur.pipelines.mlp.TabularMLP`, imputation and
 scaling inside) with the fraud model's 38 inputs and random weights; `--hidden` sets its
 layers. CUDA parts are skipped, saying so, where torch sees no GPU.
 
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from augur.pipelines.mlp import TabularMLP
+from augur.serving.batcher import Batcher, Call
+from augur.serving.runtimes.torch_runtime import TorchRuntime
 from bench.model_call import N_INPUTS, inputs
 from bench.timing import stats, timed
-from pipelines.mlp import TabularMLP
-from predictor.batcher import Batcher, Call
-from predictor.runtimes.torch_runtime import TorchRuntime
 
 SIZES = (1, 64, 256, 1024, 4096)
 BATCH_ROWS, BATCH_DELAY_S = 64, 1e-3  # bench.batching.BATCHING

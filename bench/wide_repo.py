@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from predictor.repository import ModelRepository, ModelSpec, ModelVersion
+from augur.modelrepo.repository import ModelRepository, ModelSpec, ModelVersion
 
 VIEWS, FEATURES = 25, 10
 SERVICE = "wide"

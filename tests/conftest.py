@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from augur.config import Config, RedisConfig, ServerConfig
+from augur.features.redis_server import EmbeddedRedis, free_port
 from examples.fraud.generate import Scale
 from examples.fraud.scaffold import scaffold
-from featurestore.redis_server import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = Scale(users=400, merchants=80, transactions=8_000, days=30)
@@ -45,8 +45,8 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture(scope="session")
 def fraud_repo(redis_server: EmbeddedRedis, tmp_path_factory) -> FraudRepo:
-    from featurestore.repo import open_store
-    from pipelines.materialize import materialize
+    from augur.features.repo import open_store
+    from augur.pipelines.materialize import materialize
 
     path = make_repo(tmp_path_factory.mktemp("fraud") / "feature_repo", redis_server.address)
     materialize(path, redis_server.address)
@@ -55,7 +55,7 @@ def fraud_repo(redis_server: EmbeddedRedis, tmp_path_factory) -> FraudRepo:
 
 @pytest.fixture(scope="session")
 def model_repo(fraud_repo: FraudRepo, tmp_path_factory) -> Path:
-    from pipelines.train import train
+    from augur.pipelines.train import train
 
     models = tmp_path_factory.mktemp("models")
     train(fraud_repo.path, models, fraud_repo.address, progress=False)
@@ -90,7 +90,7 @@ def write_config(path: Path, repo: FraudRepo, models: Path, **server: object) ->
 
 @pytest.fixture(scope="session")
 def server(fraud_repo: FraudRepo, model_repo: Path):
-    from predictor.server import start
+    from augur.serving.server import start
 
     running = start(server_config(fraud_repo, model_repo))
     yield running
@@ -99,7 +99,7 @@ def server(fraud_repo: FraudRepo, model_repo: Path):
 
 @pytest.fixture(scope="session")
 def client(server):
-    from predictor.client import PredictorClient
+    from augur.client.client import PredictorClient
 
     with PredictorClient(f"127.0.0.1:{server.port}") as c:
         c.wait_ready(10)

@@ -9,7 +9,7 @@ import lightgbm as lgb
 import numpy as np
 import torch
 
-from predictor.repository import ModelRepository, ModelVersion
+from augur.modelrepo.repository import ModelRepository, ModelVersion
 
 
 def publish_lightgbm_variant(

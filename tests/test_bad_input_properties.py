@@ -23,11 +23,11 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from augur.api.v1 import predictor_pb2 as pb
 from augur.config import ServerConfig
-from featurestore.plan import ReadPlan
-from featurestore.repo import build_plans
-from predictor.repository import ModelRepository
-from proto.augur.v1 import predictor_pb2 as pb
+from augur.features.plan import ReadPlan
+from augur.features.repo import build_plans
+from augur.modelrepo.repository import ModelRepository
 from tests.conftest import MAX_ROWS
 
 TIMEOUT = 5.0  # per call: a hang shows up as DEADLINE_EXCEEDED, which no oracle accepts

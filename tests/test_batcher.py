@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from predictor.batcher import Batcher, Call
+from augur.serving.batcher import Batcher, Call
 
 
 def _call(rows: int, tag: object) -> Call:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from predictor.client import PredictorClient
-from predictor.green import GreenPool
-from predictor.server import _largest_batch, start
+from augur.client.client import PredictorClient
+from augur.serving.green import GreenPool
+from augur.serving.server import _largest_batch, start
 from tests.conftest import server_config
 
 

@@ -12,12 +12,12 @@ import pandas as pd
 import psutil
 import pytest
 
+from augur.api.v1 import predictor_pb2 as pb
+from augur.serving.codec import encode_entities
 from bench import report
 from bench.inprocess import floor_replies
 from bench.load import paired_order
 from bench.timing import timed_together
-from predictor.codec import encode_entities
-from proto.augur.v1 import predictor_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 GRPC_TARGETS = ("augur", "baseline", "echo")
@@ -159,9 +159,9 @@ def test_the_issues_targets_are_checked_against_what_was_measured(quick_run):
 
 
 def test_the_echo_and_redis_floor_reads_each_requests_own_keys(fraud_repo, tmp_path):
+    from augur.features.connection import connect
+    from augur.features.repo import build_plans
     from bench.echo_server import EchoPredictor, RedisFloor
-    from featurestore.connection import connect
-    from featurestore.repo import build_plans
 
     plan = build_plans(fraud_repo.store)["fraud_lgbm"]
     (tmp_path / "plan.json").write_text(plan.to_json())

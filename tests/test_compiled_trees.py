@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from featurestore.repo import build_plans
-from predictor.client import PredictorClient
-from predictor.models import ModelLoadError, load_model
-from predictor.repository import ModelRepository, ModelSpec, RepositoryError
-from predictor.runtimes import load_runtime
-from predictor.server import start
+from augur.client.client import PredictorClient
+from augur.features.repo import build_plans
+from augur.modelrepo.repository import ModelRepository, ModelSpec, RepositoryError
+from augur.serving.models import ModelLoadError, load_model
+from augur.serving.runtimes import load_runtime
+from augur.serving.server import start
 from tests.conftest import server_config
 from tests.lifecycle_helpers import publish_lightgbm_variant
 

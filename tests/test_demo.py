@@ -23,7 +23,7 @@ def _demo(workdir: Path) -> subprocess.CompletedProcess:
         [
             sys.executable,
             "-m",
-            "augur.cli",
+            "augur.cli.main",
             "demo",
             "--workdir",
             str(workdir),
@@ -71,12 +71,15 @@ def test_demo_runs_end_to_end_cleans_up_and_reruns(tmp_path):
 
 def test_help_explains_every_command():
     help_text = subprocess.run(
-        [sys.executable, "-m", "augur.cli", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "augur.cli.main", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     for command in ("demo", "serve", "materialize", "train", "push", "models", "redis"):
         assert command in help_text
     sub = subprocess.run(
-        [sys.executable, "-m", "augur.cli", "serve", "--help"],
+        [sys.executable, "-m", "augur.cli.main", "serve", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

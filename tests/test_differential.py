@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featurestore.connection import connect
-from featurestore.reader import EntityError, OnlineReader
-from featurestore.repo import build_plan
+from augur.features.connection import connect
+from augur.features.reader import EntityError, OnlineReader
+from augur.features.repo import build_plan
 
 STALE_USERS = [900_001, 900_002, 900_003]  # ids the generator never makes
 
@@ -54,7 +54,7 @@ def plan(fraud_repo):
     return build_plan(fraud_repo.store, "fraud_lgbm")
 
 
-# Reads of many entities are decoded and assembled in C where featurestore._native is built
+# Reads of many entities are decoded and assembled in C where augur.features._native is built
 # (the default), else in numpy: both are checked against Feast.
 READ_PATHS = {
     "vectors": {},
@@ -81,7 +81,7 @@ def stale_rows(fraud_repo):
 
 
 # A few rows are decoded in Python scalars, a few dozen an entity at a time into numpy, and
-# more in columnar numpy passes (featurestore.reader, featurestore.decode).
+# more in columnar numpy passes (augur.features.reader, augur.features.decode).
 @pytest.mark.parametrize("n", [5, 40, 300])
 def test_equal_to_feast_on_materialized_data(fraud_repo, plan, reader, n):
     users, merchants = _entities(fraud_repo, n)
@@ -161,7 +161,7 @@ def test_string_and_missing_entity_columns_are_refused(plan, reader):
 
 
 def _user_key(fraud_repo, plan, user: int) -> bytes:
-    from featurestore.keys import KeyEncoder
+    from augur.features.keys import KeyEncoder
 
     return KeyEncoder(["user_id"], ["int64"], plan.project).key([user])
 
@@ -187,7 +187,7 @@ def test_a_reader_builds_each_plans_keys_for_that_plan(fraud_repo, plan):
 def test_vectors_are_read_when_present(fraud_repo, plan):
     """With a view's feature fields gone but its vector and _ts intact, the vector path still
     serves every value and the fields path none: proof that vectors are what is read."""
-    from featurestore.keys import feature_field
+    from augur.features.keys import feature_field
 
     client = connect(fraud_repo.address)
     user = int(pd.read_parquet(fraud_repo.data / "user_stats.parquet")["user_id"].iloc[-1])
@@ -212,7 +212,7 @@ def test_vectors_are_read_when_present(fraud_repo, plan):
 def test_feast_writes_newer_than_the_vector_are_served(fraud_repo, plan):
     """Augur's push writes a vector; a later plain Feast write replaces the fields and _ts but
     not the vector; the reader notices and serves Feast's newer values."""
-    from pipelines.push import push
+    from augur.pipelines.push import push
 
     user = 900_200  # an id the generator never makes
     template = pd.read_parquet(fraud_repo.data / "user_stats.parquet").tail(1)

@@ -3,7 +3,7 @@
 import grpc
 import pytest
 
-from proto.augur.v1 import predictor_pb2 as pb
+from augur.api.v1 import predictor_pb2 as pb
 from tests.conftest import MAX_ROWS
 
 

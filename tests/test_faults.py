@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import yaml
 
-from featurestore.redis_server import EmbeddedRedis
-from pipelines.materialize import materialize
-from predictor import metrics
-from predictor.client import PredictorClient
-from predictor.codec import encode_entities
-from predictor.server import start
-from proto.augur.v1 import predictor_pb2 as pb
+from augur.api.v1 import predictor_pb2 as pb
+from augur.client.client import PredictorClient
+from augur.features.redis_server import EmbeddedRedis
+from augur.pipelines.materialize import materialize
+from augur.serving import metrics
+from augur.serving.codec import encode_entities
+from augur.serving.server import start
 from tests.conftest import server_config
 
 ENTITIES = {"user_id": [1, 2, 3], "merchant_id": [4, 5, 6]}

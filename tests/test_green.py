@@ -11,8 +11,8 @@ import greenlet
 import grpc
 import pytest
 
-from predictor.batcher import Batcher, Call
-from predictor.green import GreenCondition, GreenPool, Hub, off_thread, patch_grpc
+from augur.serving.batcher import Batcher, Call
+from augur.serving.green import GreenCondition, GreenPool, Hub, off_thread, patch_grpc
 
 
 @pytest.fixture
@@ -95,8 +95,8 @@ def test_a_batching_server_runs_its_calls_on_the_polling_thread(fraud_repo, mode
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
     from prometheus_client import REGISTRY
 
-    from predictor.client import PredictorClient
-    from predictor.server import start
+    from augur.client.client import PredictorClient
+    from augur.serving.server import start
     from tests.conftest import server_config
 
     config = server_config(fraud_repo, model_repo)

@@ -4,7 +4,7 @@ Every config parses; the Augur config in the ConfigMap loads and matches the man
 probes and grace period; every container command is one `augur` accepts; the TLS-and-tokens
 component (infra/secure/) mounts the files its config names, and its exec probe passes a
 real TLS health server only when it is SERVING; every metric that the alerts and the
-dashboard query is defined in predictor.metrics or predictor.security, with the labels used.
+dashboard query is defined in augur.serving.metrics or augur.serving.security, with the labels used.
 No cluster, Prometheus or Grafana is involved. Where `kubectl` or `promtool` is installed,
 the kustomize build and the alert rules are also checked with them (skipped otherwise).
 """
@@ -31,9 +31,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.metrics import MetricWrapperBase
 
 from augur import cli, config
-from featurestore.connection import parse_address
-from predictor import metrics, security
-from proto.augur.v1 import admin_pb2, predictor_pb2
+from augur.api.v1 import admin_pb2, predictor_pb2
+from augur.features.connection import parse_address
+from augur.serving import metrics, security
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -290,8 +290,8 @@ def _queries() -> list[tuple[str, str]]:
 
 @functools.cache
 def _defined_metrics() -> dict[str, set[str]]:
-    """Exposed name -> label names, for every metric predictor.metrics and
-    predictor.security define."""
+    """Exposed name -> label names, for every metric augur.serving.metrics and
+    augur.serving.security define."""
     defined = {}
     for module in METRIC_MODULES:
         for value in vars(module).values():
@@ -1163,7 +1163,7 @@ def test_redis_conf_persists_never_evicts_and_holds_no_password():
 
 
 def test_redis_conf_encodes_hashes_as_the_embedded_redis_does():
-    from featurestore.redis_server import HASH_ENCODING
+    from augur.features.redis_server import HASH_ENCODING
 
     directives = _redis_directives()
     for alias, value in HASH_ENCODING.items():
@@ -1228,4 +1228,4 @@ def test_dockerfile_installs_the_pinned_torch_and_the_augur_command():
     assert 'ENTRYPOINT ["augur"]' in dockerfile
     # the wheel is built beside a compiler, so the image has the read path's C loops
     assert re.search(r"^FROM python:3\.11-slim AS build$", dockerfile, re.M)
-    assert "COPY --from=build" in dockerfile and "featurestore.native" in dockerfile
+    assert "COPY --from=build" in dockerfile and "augur.features.native" in dockerfile

@@ -5,7 +5,7 @@ from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from featurestore.keys import KeyEncoder, feature_field, timestamp_field
+from augur.features.keys import KeyEncoder, feature_field, timestamp_field
 
 
 def _feast_key(names, values, project="fraud"):

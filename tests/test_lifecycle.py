@@ -18,12 +18,12 @@ import psutil
 import pytest
 import yaml
 
-from featurestore.repo import build_plans
-from predictor import metrics
-from predictor.client import AdminClient, PredictorClient
-from predictor.lifecycle import ModelManager
-from predictor.repository import ModelRepository
-from predictor.server import start
+from augur.client.client import AdminClient, PredictorClient
+from augur.features.repo import build_plans
+from augur.modelrepo.repository import ModelRepository
+from augur.serving import metrics
+from augur.serving.lifecycle import ModelManager
+from augur.serving.server import start
 from tests.conftest import server_config
 from tests.lifecycle_helpers import publish_lightgbm_variant, publish_torch
 
@@ -293,7 +293,7 @@ def test_admin_errors_are_precise(stack):
 def test_operator_cli_against_a_running_server(stack):
     def cli(*args: str) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "augur.cli", "models", *args, "--server", stack["address"]],
+            [sys.executable, "-m", "augur.cli.main", "models", *args, "--server", stack["address"]],
             capture_output=True,
             text=True,
             timeout=120,

@@ -30,11 +30,11 @@ import redis
 import yaml
 
 import examples.fraud.generate as generate
+from augur.features.keys import feature_field, timestamp_field
+from augur.features.packed import vector_field
+from augur.features.redis_server import EmbeddedRedis
+from augur.features.repo import open_store
 from examples.fraud.generate import Scale
-from featurestore.keys import feature_field, timestamp_field
-from featurestore.packed import vector_field
-from featurestore.redis_server import EmbeddedRedis
-from featurestore.repo import open_store
 from tests.conftest import ROOT, make_repo
 
 # Bigger than SMALL so a view's write pipeline lasts long enough to be cut (~30k keys).
@@ -63,7 +63,7 @@ def _repo(dest: Path, server: EmbeddedRedis) -> Path:
 
 def _materialize(config: Path, window: tuple[dt.datetime, dt.datetime], log: Path):
     start, end = window
-    command = [sys.executable, "-m", "augur.cli", "materialize", "--config", str(config)]
+    command = [sys.executable, "-m", "augur.cli.main", "materialize", "--config", str(config)]
     command += ["--start", start.isoformat(), "--end", end.isoformat()]
     # Only the config file says where Redis is: no AUGUR_* override from this process.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUGUR_")}

@@ -1,4 +1,4 @@
-"""featurestore._native, the read path's loops in C: built where a compiler is, the same
+"""augur.features._native, the read path's loops in C: built where a compiler is, the same
 bytes and numbers as the Python paths, and safe on any bytes Redis (or anything else) sends.
 
 That reads through it equal Feast's own is tests/test_differential.py's job (every read path
@@ -18,17 +18,17 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from featurestore.connection import connect
-from featurestore.keys import KeyEncoder
-from featurestore.native import native
-from featurestore.packed import HEADER_BYTES
-from featurestore.reader import OnlineReader, _commands, _NativeKeys
-from featurestore.redis_server import free_port
-from featurestore.repo import build_plan
-from predictor.client import PredictorClient
+from augur.client.client import PredictorClient
+from augur.features.connection import connect
+from augur.features.keys import KeyEncoder
+from augur.features.native import native
+from augur.features.packed import HEADER_BYTES
+from augur.features.reader import OnlineReader, _commands, _NativeKeys
+from augur.features.redis_server import free_port
+from augur.features.repo import build_plan
 from tests.conftest import write_config
 
-needs_native = pytest.mark.skipif(native is None, reason="featurestore._native is not built")
+needs_native = pytest.mark.skipif(native is None, reason="augur.features._native is not built")
 
 
 def test_the_c_loops_are_built_where_a_compiler_is():
@@ -219,7 +219,7 @@ def test_an_error_reply_raises_on_either_path(fraud_repo, plan, use_native):
 
 
 @needs_native
-@pytest.mark.parametrize("n", [1, 2, 3, 61])  # up to 3 rows: featurestore._native.read_few
+@pytest.mark.parametrize("n", [1, 2, 3, 61])  # up to 3 rows: augur.features._native.read_few
 def test_the_c_assembly_applies_ttl_and_defaults_like_numpy(fraud_repo, plan, n):
     """The same entities, read through C and through numpy, with and without TTL, at a
     clock that puts every value past its view's TTL: equal values and counts."""
@@ -253,7 +253,7 @@ def test_a_server_without_the_c_loops_says_so_and_answers_the_same(
     port = free_port()
     config = write_config(tmp_path / "augur.yaml", fraud_repo, model_repo, port=port)
     process = subprocess.Popen(
-        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+        [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "AUGUR_NATIVE": "0"},

@@ -5,9 +5,9 @@ import shutil
 import subprocess
 import sys
 
-from featurestore.plan_cache import CACHE_NAME, load_plans, read_cache, registry_file
-from featurestore.redis_server import free_port
-from featurestore.repo import build_plans
+from augur.features.plan_cache import CACHE_NAME, load_plans, read_cache, registry_file
+from augur.features.redis_server import free_port
+from augur.features.repo import build_plans
 from tests.conftest import write_config
 
 
@@ -42,7 +42,7 @@ def test_server_with_a_warm_cache_never_imports_feast(fraud_repo, model_repo, tm
         "import sys, time\n"
         "began = time.perf_counter()\n"
         "from augur.config import load\n"
-        "from predictor.server import start\n"
+        "from augur.serving.server import start\n"
         f"running = start(load({str(config)!r}))\n"
         "ready = time.perf_counter() - began\n"
         "print('feast' in sys.modules, running.manager.route('fraud_lgbm') is not None, ready)\n"

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from featurestore.repo import build_plan, open_store
-from pipelines.training_set import auc, build_training_set
+from augur.features.repo import build_plan, open_store
+from augur.pipelines.training_set import auc, build_training_set
 from tests.conftest import make_repo
 
 SENTINEL = 987_654.0

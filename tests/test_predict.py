@@ -11,8 +11,8 @@ import pytest
 import torch
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from featurestore.repo import build_plan
-from predictor.repository import ModelRepository
+from augur.features.repo import build_plan
+from augur.modelrepo.repository import ModelRepository
 
 
 def _offline_rows(fraud_repo, version, users, merchants, amounts) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_reflection_lists_the_api(client):
 def test_metrics_endpoint(client, sample):
     from prometheus_client import start_http_server
 
-    from featurestore.redis_server import free_port
+    from augur.features.redis_server import free_port
 
     users, merchants, amounts = sample
     client.predict("fraud_mlp", {"user_id": users, "merchant_id": merchants}, {"amount": amounts})

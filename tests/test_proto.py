@@ -1,6 +1,6 @@
 """The committed gRPC stubs are what `make proto` generates from the .proto files."""
 
-from proto.generate import ROOT, generate
+from augur.api.generate import ROOT, generate
 
 
 def test_stubs_are_not_stale(tmp_path):

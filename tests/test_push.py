@@ -5,10 +5,10 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from featurestore.connection import connect
-from featurestore.reader import OnlineReader
-from featurestore.repo import build_plan
-from pipelines.push import push
+from augur.features.connection import connect
+from augur.features.reader import OnlineReader
+from augur.features.repo import build_plan
+from augur.pipelines.push import push
 
 USER = 900_100  # an id the generator never makes
 

@@ -5,9 +5,9 @@ import time
 import grpc
 import pytest
 
-from featurestore.redis_server import EmbeddedRedis
-from predictor.client import PredictorClient
-from predictor.server import start
+from augur.client.client import PredictorClient
+from augur.features.redis_server import EmbeddedRedis
+from augur.serving.server import start
 from tests.conftest import server_config
 
 

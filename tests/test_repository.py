@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from featurestore.repo import build_plans
-from predictor.models import ModelLoadError, load_model
-from predictor.repository import BatchingSpec, ModelRepository, RepositoryError
+from augur.features.repo import build_plans
+from augur.modelrepo.repository import BatchingSpec, ModelRepository, RepositoryError
+from augur.serving.models import ModelLoadError, load_model
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_cli_publish_adds_a_version_that_waits_for_traffic(repo_copy, tmp_path):
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "augur.cli", "models", *args, "--config", str(config)],
+            [sys.executable, "-m", "augur.cli.main", "models", *args, "--config", str(config)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -6,11 +6,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from featurestore.connection import connect
-from featurestore.reader import OnlineReader
-from featurestore.repo import build_plan
-from featurestore.row_cache import RowCache
-from pipelines.push import push
+from augur.features.connection import connect
+from augur.features.reader import OnlineReader
+from augur.features.repo import build_plan
+from augur.features.row_cache import RowCache
+from augur.pipelines.push import push
 
 USER = 900_200  # an id the generator never makes
 

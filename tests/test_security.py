@@ -22,11 +22,11 @@ import redis
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
+from augur.client.client import AdminClient, PredictorClient
 from augur.config import AuthConfig, ConfigError, ServerConfig
-from featurestore.connection import connect, parse_address
-from featurestore.redis_server import EmbeddedRedis
-from predictor import security
-from predictor.client import AdminClient, PredictorClient
+from augur.features.connection import connect, parse_address
+from augur.features.redis_server import EmbeddedRedis
+from augur.serving import security
 from tests.conftest import server_config
 
 ENTITIES = {"user_id": [1, 2], "merchant_id": [3, 3]}
@@ -109,7 +109,7 @@ def certs(tmp_path_factory) -> Certs:
 @contextmanager
 def _serving(fraud_repo, model_repo, auth: AuthConfig | None = None, **server) -> Iterator[str]:
     """A real Augur server with some server.* options and an auth section; yields its address."""
-    from predictor.server import start
+    from augur.serving.server import start
 
     config = server_config(fraud_repo, model_repo)
     config.server.watch_interval_s = 0
@@ -395,7 +395,7 @@ def test_server_reads_redis_with_its_acl_login_and_names_a_refused_one(
     def features(address: str) -> tuple[str, ...]:
         config = server_config(fraud_repo, model_repo, address=address)
         config.server.watch_interval_s = 0
-        from predictor.server import start
+        from augur.serving.server import start
 
         running = start(config)
         try:
@@ -537,7 +537,7 @@ def test_operator_cli_reaches_a_secured_server(token_server, certs):
             [
                 sys.executable,
                 "-m",
-                "augur.cli",
+                "augur.cli.main",
                 "models",
                 "status",
                 "--server",
@@ -560,8 +560,8 @@ def test_operator_cli_reaches_a_secured_server(token_server, certs):
 
 
 def test_admin_can_listen_on_its_own_address(fraud_repo, model_repo):
-    from featurestore.redis_server import free_port
-    from predictor.server import start
+    from augur.features.redis_server import free_port
+    from augur.serving.server import start
 
     config = server_config(fraud_repo, model_repo)
     config.server.admin_port = free_port()

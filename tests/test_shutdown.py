@@ -9,8 +9,8 @@ import time
 import grpc
 import numpy as np
 
-from featurestore.redis_server import free_port
-from predictor.client import PredictorClient
+from augur.client.client import PredictorClient
+from augur.features.redis_server import free_port
 from tests.conftest import write_config
 
 
@@ -26,7 +26,7 @@ def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
         max_rows=10_000,
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+        [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -17,11 +17,11 @@ import grpc
 import psutil
 from prometheus_client.mmap_dict import MmapedDict
 
-from featurestore.redis_server import free_port
-from predictor.client import PredictorClient
-from predictor.codec import encode_entities
-from proto.augur.v1 import predictor_pb2 as pb
-from proto.augur.v1 import predictor_pb2_grpc as pb_grpc
+from augur.api.v1 import predictor_pb2 as pb
+from augur.api.v1 import predictor_pb2_grpc as pb_grpc
+from augur.client.client import PredictorClient
+from augur.features.redis_server import free_port
+from augur.serving.codec import encode_entities
 from tests.conftest import write_config
 
 
@@ -65,7 +65,7 @@ def _config(tmp_path: Path, fraud_repo, model_repo, **server: object) -> tuple[P
 
 def _serve(config: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "augur.cli", "serve", "--config", str(config)],
+        [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -15,10 +15,10 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from pipelines.mlp import TabularMLP
-from predictor.repository import ModelRepository, ModelSpec
-from predictor.runtimes import load_runtime
-from predictor.runtimes.torch_runtime import GRAPH_ROWS, TorchRuntime
+from augur.modelrepo.repository import ModelRepository, ModelSpec
+from augur.pipelines.mlp import TabularMLP
+from augur.serving.runtimes import load_runtime
+from augur.serving.runtimes.torch_runtime import GRAPH_ROWS, TorchRuntime
 
 N_FEATURES = 38
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -159,7 +159,7 @@ class _ReadsBack(torch.nn.Module):
 def test_a_model_graphs_cannot_serve_runs_its_forward(module, scripted, tmp_path, caplog):
     path = tmp_path / "model.pt"
     torch.jit.script(module()).save(str(path))
-    with caplog.at_level(logging.WARNING, "predictor.runtimes.torch_runtime"):
+    with caplog.at_level(logging.WARNING, "augur.serving.runtimes.torch_runtime"):
         cuda = TorchRuntime(path, "cuda", n_inputs=N_FEATURES)
     assert cuda._cuda.graphs == {}
     assert "forward runs without CUDA graphs" in caplog.text
@@ -176,8 +176,8 @@ def test_a_model_graphs_cannot_serve_runs_its_forward(module, scripted, tmp_path
 def test_predict_on_cuda_batches_concurrent_callers_and_scores_like_cpu(
     fraud_repo, model_repo, tmp_path
 ):
-    from predictor.client import PredictorClient
-    from predictor.server import start
+    from augur.client.client import PredictorClient
+    from augur.serving.server import start
     from tests.conftest import server_config
 
     source = ModelRepository(model_repo).resolve("fraud_mlp")

@@ -6,7 +6,7 @@ import pytest
 from feast.protos.feast.types.Value_pb2 import Null, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from featurestore.values import decode_number, decode_timestamp, encode_number, encode_timestamp
+from augur.features.values import decode_number, decode_timestamp, encode_number, encode_timestamp
 
 CASES = [
     ("Int64", "int64_val", [0, 1, 127, 128, 300, -1, -(2**63), 2**63 - 1, 1_700_000_000]),
@@ -64,7 +64,7 @@ def test_missing_timestamp_is_nan():
 def test_column_decoding_equals_value_decoding():
     import numpy as np
 
-    from featurestore.values import decode_column
+    from augur.features.values import decode_column
 
     rng = np.random.default_rng(3)
     raws = [None, b"", Value().SerializeToString(), Value(string_val="x").SerializeToString()]
@@ -87,7 +87,7 @@ def test_column_decoding_equals_value_decoding():
 def test_column_encoding_is_per_value_encoding(dtype, field, values):
     import numpy as np
 
-    from featurestore.values import encode_column
+    from augur.features.values import encode_column
 
     array = np.array(values, object if dtype != "Bool" else bool)
     array = array.astype(np.float64 if dtype.startswith("Float") else np.int64)
@@ -102,7 +102,7 @@ def test_column_encoding_is_per_value_encoding(dtype, field, values):
 def test_timestamp_column_encoding_is_exactly_protobufs():
     import numpy as np
 
-    from featurestore.values import encode_timestamps, timestamp_parts
+    from augur.features.values import encode_timestamps, timestamp_parts
 
     seconds = np.array([0, 1, 1_700_000_000, 1_700_000_000, 2**40])
     nanos = np.array([0, 999_999_999, 0, 123_456_000, 1])

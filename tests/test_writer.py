@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import redis
 
+from augur.features.connection import connect
+from augur.features.packed import vector_field
+from augur.features.reader import OnlineReader
+from augur.features.redis_server import EmbeddedRedis
+from augur.features.repo import build_plan, open_store
+from augur.pipelines.materialize import materialize
+from augur.pipelines.push import push
 from examples.fraud.scaffold import feast_apply
-from featurestore.connection import connect
-from featurestore.packed import vector_field
-from featurestore.reader import OnlineReader
-from featurestore.redis_server import EmbeddedRedis
-from featurestore.repo import build_plan, open_store
-from pipelines.materialize import materialize
-from pipelines.push import push
 from tests.conftest import make_repo
 
 START = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from augur.features.repo import REDIS_ENV
 from examples.fraud.generate import Scale, generate
-from featurestore.repo import REDIS_ENV
 
 TEMPLATE = Path(__file__).parent / "feature_repo"
 DEFINITIONS = ("feature_store.yaml", "features.py", "models.yaml")

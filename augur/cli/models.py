@@ -1,0 +1,248 @@
+"""`augur models ...`: the operator's view of the model repository and of running servers.
+
+With --server, changes go through that server's Admin service (which writes the repository
+and applies them at once); without, they are written to the repository, and servers
+watching it apply them at their next poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from augur.config import Config
+from augur.modelrepo.repository import KINDS, ModelRepository, ModelSpec, RepositoryError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list, publish and route model versions",
+        description=__doc__.split("\n\n")[0],
+    )
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, help_text: str, server: bool = True) -> argparse.ArgumentParser:
+        v = verbs.add_parser(name, help=help_text, description=help_text)
+        v.add_argument("--config", type=Path, help="Augur config file (for the model repository)")
+        if server:
+            v.add_argument(
+                "--server", metavar="HOST:PORT", help="act on this running server's Admin service"
+            )
+            v.add_argument("--tls-ca", help="CA to trust for a TLS server (PEM)")
+            v.add_argument("--tls-cert", help="client certificate for mutual TLS (PEM)")
+            v.add_argument("--tls-key", help="its private key (PEM)")
+            v.add_argument(
+                "--token",
+                default=os.environ.get("AUGUR_TOKEN"),
+                help="bearer token when the server requires one (default: $AUGUR_TOKEN, which "
+                "keeps it out of shell history)",
+            )
+        return v
+
+    verb("list", "every model and version in the repository, with holdout metrics", False)
+    v = verb("status", "what serves: stable, canary and its guardrail window, shadow, rollbacks")
+    v.add_argument("model", nargs="?", default="")
+    v = verb("publish", "add a model file as the next version of a model", False)
+    v.add_argument("model")
+    v.add_argument("artifact", type=Path, help="model.txt (LightGBM) or model.pt (TorchScript)")
+    v.add_argument(
+        "--metadata",
+        type=Path,
+        required=True,
+        help='JSON with at least "features": the model\'s inputs in order',
+    )
+    v.add_argument("--feature-service", help="for a new model: its Feast feature service")
+    v.add_argument("--request-feature", action="append", default=[], dest="request_features")
+    v.add_argument("--output", action="append", default=[], dest="outputs")
+    v = verb("promote", "make a version stable (the default for callers)")
+    v.add_argument("model")
+    v.add_argument("version")
+    v = verb("canary", "send a sticky, weighted share of entities to a version")
+    v.add_argument("model")
+    v.add_argument("version")
+    v.add_argument("--weight", type=float, required=True, help="0..1; 0 ends the canary")
+    v = verb("shadow", "score a copy of traffic with a version, off the request path")
+    v.add_argument("model")
+    v.add_argument("version", nargs="?", default="", help="omit (or --off) to end the shadow")
+    v.add_argument("--off", action="store_true")
+    v = verb("rollback", "end the canary now; all traffic returns to stable")
+    v.add_argument("model")
+    v.add_argument("--reason", default="operator rollback")
+    p.set_defaults(handler=run)
+
+
+def run(args, cfg: Config) -> int:
+    repo = ModelRepository(cfg.model_repo)
+    try:
+        if args.verb == "list":
+            return _list(repo)
+        if args.verb == "publish":
+            return _publish(repo, args)
+        if getattr(args, "server", None):
+            return _remote(args)
+        return _local(repo, args)
+    except RepositoryError as e:
+        print(f"augur models {args.verb}: {e}")
+        return 1
+
+
+def _list(repo: ModelRepository) -> int:
+    names = repo.names()
+    if not names:
+        print(f"no models in {repo.root}; `augur train` publishes them")
+        return 0
+    print(f"{'model':16} {'version':8} {'kind':9} {'role':14} {'holdout AUC':>11}  created")
+    for name in names:
+        spec = repo.spec(name)
+        stable = repo.default_version(spec) if repo.versions(name) else ""
+        for version in repo.versions(name):
+            meta = repo.resolve(name, version).metadata
+            auc = meta.get("metrics", {}).get("auc_holdout", float("nan"))
+            print(
+                f"{name:16} {version:8} {meta.get('kind', ''):9} "
+                f"{_role(spec, stable, version):14} {auc:>11.4f}  {meta.get('created_at', '')}"
+            )
+    return 0
+
+
+def _role(spec: ModelSpec, stable: str, version: str) -> str:
+    roles = []
+    if version == stable:
+        roles.append("stable")
+    if spec.canary and spec.canary.version == version:
+        roles.append(f"canary {spec.canary.weight:.0%}")
+    if spec.shadow and spec.shadow.version == version:
+        roles.append("shadow")
+    return ",".join(roles) or "-"
+
+
+def _publish(repo: ModelRepository, args) -> int:
+    kind = next((k for k, f in KINDS.items() if Path(f).suffix == args.artifact.suffix), None)
+    if kind is None:
+        print(
+            f"augur models publish: {args.artifact}: expected a .txt (LightGBM) or .pt "
+            f"(TorchScript) file"
+        )
+        return 1
+    metadata = json.loads(args.metadata.read_text())
+    if not metadata.get("features"):
+        print('augur models publish: metadata needs "features", the inputs in order')
+        return 1
+    if args.model in repo.names():
+        existing = repo.spec(args.model)
+        if existing.kind != kind:
+            print(
+                f"augur models publish: {args.model} is a {existing.kind} model; "
+                f"{args.artifact.name} is {kind}"
+            )
+            return 1
+        spec = existing
+    elif not args.feature_service:
+        print("augur models publish: a new model needs --feature-service")
+        return 1
+    else:
+        spec = ModelSpec(
+            args.model,
+            kind,
+            args.feature_service,
+            tuple(args.request_features),
+            tuple(args.outputs or ("score",)),
+        )
+    version = repo.publish(spec, args.artifact, metadata)
+    print(
+        f"published {args.model}@{version.version} ({kind}, sha256 "
+        f"{version.metadata['sha256'][:12]}...); route traffic to it with `augur models "
+        f"canary {args.model} {version.version} --weight 0.1` or `promote`"
+    )
+    return 0
+
+
+def _local(repo: ModelRepository, args) -> int:
+    verb = args.verb
+    if verb == "status":
+        return _print_local_status(repo, args.model)
+    if verb == "promote":
+        repo.promote(args.model, args.version)
+    elif verb == "canary":
+        repo.set_canary(args.model, args.version, args.weight)
+    elif verb == "shadow":
+        repo.set_shadow(args.model, "" if args.off else args.version)
+    elif verb == "rollback":
+        repo.rollback(args.model, args.reason)
+    print(
+        f"written to {repo.root / args.model / 'model.yaml'}; servers watching the repository "
+        f"apply it at their next poll (use --server to apply it now)"
+    )
+    return _print_local_status(repo, args.model)
+
+
+def _print_local_status(repo: ModelRepository, only: str) -> int:
+    print(f"{'model':16} {'stable':7} {'canary':14} {'shadow':7} {'published':16} last rollback")
+    for name in repo.names():
+        if only and name != only:
+            continue
+        spec = repo.spec(name)
+        stable = repo.default_version(spec) if repo.versions(name) else "-"
+        canary = f"{spec.canary.version} ({spec.canary.weight:.0%})" if spec.canary else "-"
+        shadow = spec.shadow.version if spec.shadow else "-"
+        rollback = _rollback_text(spec.last_rollback)
+        print(
+            f"{name:16} {stable:7} {canary:14} {shadow:7} "
+            f"{','.join(repo.versions(name)):16} {rollback}"
+        )
+    return 0
+
+
+def _rollback_text(r: dict | None) -> str:
+    return f"{r.get('version')}: {r.get('reason')} ({r.get('at')})" if r else "-"
+
+
+def _remote(args) -> int:
+    import grpc
+
+    from augur.client.client import AdminClient
+
+    with AdminClient(
+        args.server,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=args.token,
+    ) as admin:
+        try:
+            verb = args.verb
+            if verb == "status":
+                states = admin.status(args.model)
+            elif verb == "promote":
+                states = admin.promote(args.model, args.version)
+            elif verb == "canary":
+                states = admin.canary(args.model, args.version, args.weight)
+            elif verb == "shadow":
+                states = admin.shadow(args.model, "" if args.off else args.version)
+            else:
+                states = admin.rollback(args.model, args.reason)
+        except grpc.RpcError as e:
+            print(f"augur models {args.verb}: {e.code().name}: {e.details()}")
+            return 1
+    print(f"{'model':16} {'stable':7} {'canary':14} {'shadow':7} {'loaded':12} last rollback")
+    for s in states:
+        canary = f"{s.canary.version} ({s.canary.weight:.0%})" if s.canary.version else "-"
+        print(
+            f"{s.name:16} {s.stable or '-':7} {canary:14} {s.shadow.version or '-':7} "
+            f"{','.join(s.loaded):12} {s.last_rollback or '-'}"
+        )
+        if s.canary.version:
+            p99 = "-" if math.isnan(s.canary.p99_ms) else f"{s.canary.p99_ms:.1f} ms"
+            drift = "-" if math.isnan(s.canary.psi) else f"{s.canary.psi:.3f}"
+            print(
+                f"{'':16} canary window: {s.canary.calls} calls, errors "
+                f"{s.canary.error_rate:.1%}, p99 {p99}, PSI {drift}, "
+                f"sticky on {s.canary.sticky_key}"
+            )
+        if s.error:
+            print(f"{'':16} not serving as asked: {s.error}")
+    return 0

@@ -1,0 +1,26 @@
+"""The read path's C loops (augur.features._native), when they were built.
+
+setup.py builds them where a C compiler is present; the install goes on without one. The
+reader uses them when they are here (a read of a few entities in one call, a larger one in
+a few), and its numpy, hiredis and Python-scalar paths otherwise: the same results
+(tests/test_differential.py checks both against Feast; tests/test_native.py checks the C
+functions one by one). `AUGUR_NATIVE=0` turns them off for a process.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("AUGUR_NATIVE", "1") == "0":
+        return None
+    try:
+        from augur.features import _native
+    except ImportError:
+        return None
+    return _native
+
+
+native: ModuleType | None = _load()

@@ -1,0 +1,290 @@
+"""One pipelined round trip to Redis: pre-serialized commands out, every reply back.
+
+Both the read path and the writer build their RESP bytes themselves (the read path per key,
+the writer for whole batches) and send them here. Replies are parsed by a hiredis reader
+straight off the socket: redis-py's per-reply path costs several microseconds a reply,
+which is most of a 100-entity read's client time. redis-py still owns the connection:
+pooling, the login handshake, TLS and timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import threading
+from collections.abc import Callable
+
+import hiredis
+import redis
+
+from augur.features.native import native
+
+
+def command_args(*args: bytes) -> bytes:
+    """Arguments of a command in RESP, without the array header: bulk strings in a row."""
+    return b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
+
+
+class OwnConnections:
+    """Connections of a thread's own, made from the client's pool settings and kept: one per
+    round trip in flight on the thread (one, unless its calls wait for Redis in turns: see
+    `take_turns`). A read then skips the pool's checkout and check-in, about 50 us in
+    redis-py 7.4 (a non-blocking recv looking for stray data, observability hooks): a sixth
+    of a one-entity read. No stray data can be left on these: a round trip reads every reply
+    or disconnects."""
+
+    def __init__(self, client: redis.Redis):
+        self._pool = client.connection_pool
+        self._local = threading.local()
+
+    def get(self):
+        idle = getattr(self._local, "idle", None)
+        if idle is None:
+            idle = self._local.idle = []
+        return idle.pop() if idle else self._pool.make_connection()
+
+    def put(self, conn) -> None:
+        """Give back a connection `get` gave this thread."""
+        self._local.idle.append(conn)
+
+
+# Set by a server whose calls take turns on one thread (augur.serving.green). `_wait_readable`:
+# given a socket with nothing to read yet, it runs other calls until the socket is readable,
+# and raises TimeoutError once the socket's timeout has passed. `_run_blocking`: runs what
+# would block the thread (a new connection's handshake, read by redis-py's own parser) where
+# it holds no other call. Where the caller cannot take turns, both simply go on here.
+_wait_readable: Callable[[socket.socket], None] | None = None
+
+
+def _run_here(work: Callable[[], None]) -> None:
+    work()
+
+
+_run_blocking: Callable[[Callable[[], None]], None] = _run_here
+
+
+def take_turns(
+    wait_readable: Callable[[socket.socket], None],
+    run_blocking: Callable[[Callable[[], None]], None],
+) -> None:
+    """Let a round trip's waits for Redis run other calls meanwhile (see the hooks above)."""
+    global _wait_readable, _run_blocking
+    _wait_readable, _run_blocking = wait_readable, run_blocking
+
+
+def round_trip(
+    client: redis.Redis,
+    payload: bytes,
+    count: int,
+    timeout_s: float | None = None,
+    own: OwnConnections | None = None,
+    *,
+    raw: bool = False,
+) -> list | bytearray:
+    """Send `payload` (`count` commands) on one connection (this thread's own, else one from
+    the pool) and read every reply.
+
+    `raw` (only with augur.features._native built): the replies as the bytes received, all of
+    them there and none an error, for the caller to decode in C; the rare RESP its scanner
+    does not know (RESP3 attributes) comes back parsed, a list, as without `raw`.
+
+    `timeout_s` bounds this round trip's socket waits (a caller's remaining deadline),
+    never beyond the client's configured read timeout. A connection found dead (Redis
+    restarted since it was last used) is replaced once; any failure disconnects it, so a
+    late reply can never be read by the next caller. Error replies raise
+    redis.ResponseError."""
+    pool = client.connection_pool
+    for attempt in (0, 1):
+        conn = own.get() if own is not None else pool.get_connection()
+        try:
+            if conn._sock is None:  # new, or dropped after a failure
+                _run_blocking(conn.connect)
+            sock = conn._sock
+            # Only a deadline shorter than the configured timeout narrows it, set on the
+            # socket itself: the replies are read from it here, never by redis-py's parser,
+            # and redis-py's setter costs some 12 us a call, each way.
+            narrowed = timeout_s is not None and timeout_s < (conn.socket_timeout or math.inf)
+            if narrowed:
+                sock.settimeout(max(timeout_s, 0.001))
+            conn.send_packed_command([payload], check_health=False)
+            replies = _read_raw(sock, count) if raw else _read_replies(sock, count)
+            if narrowed:
+                sock.settimeout(conn.socket_timeout)  # back to the configured timeout
+        except (redis.ConnectionError, ConnectionError) as e:
+            conn.disconnect()
+            if attempt:
+                raise redis.ConnectionError(f"Redis connection lost: {e}") from e
+            continue
+        except TimeoutError as e:  # the socket's own timeout
+            conn.disconnect()
+            raise redis.TimeoutError("Timeout reading from Redis") from e
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            if own is None:
+                pool.release(conn)
+            else:
+                own.put(conn)
+        if isinstance(replies, list):
+            _raise_errors(replies)
+        return replies
+    raise AssertionError("unreachable")
+
+
+class Channel:
+    """One pooled connection held for a conversation of several pipelines (the writer's):
+    send without waiting, receive later, in order. Any failure drops the connection."""
+
+    def __init__(self, client: redis.Redis):
+        self._pool = client.connection_pool
+        self._conn = None
+
+    def __enter__(self) -> Channel:
+        self._conn = self._pool.get_connection()
+        try:
+            self._conn.connect()
+        except BaseException:
+            self._release(failed=True)
+            raise
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self._release(failed=kind is not None)
+
+    def send(self, payload: bytes) -> None:
+        self._conn.send_packed_command([payload], check_health=False)
+
+    def receive(self, count: int, integers: int = 0) -> list:
+        """The next `count` replies, after skipping `integers` integer replies (HSET's and
+        EXPIRE's counts, which nobody reads: scanned for errors, never parsed one by one)."""
+        with _as_redis_errors():
+            rest = _skip_integers(self._conn._sock, integers)
+            replies = _read_replies(self._conn._sock, count, rest)
+        _raise_errors(replies)
+        return replies
+
+    def receive_one_field(self, count: int, integers: int = 0) -> list:
+        """`receive` for replies of HMGET of one field: a fresh store's are all absent, and
+        those are recognised from their bytes (RESP2) without parsing each."""
+        sock = self._conn._sock
+        absent = _ABSENT_FIELD * count
+        with _as_redis_errors():
+            data = _skip_integers(sock, integers)
+            while len(data) < len(absent) and absent.startswith(data):
+                data += _recv(sock)
+            if data == absent:
+                return [[None]] * count
+            replies = _read_replies(sock, count, data)
+        _raise_errors(replies)
+        return replies
+
+    def _release(self, failed: bool) -> None:
+        if self._conn is not None:
+            if failed:
+                self._conn.disconnect()
+            self._pool.release(self._conn)
+            self._conn = None
+
+
+@contextlib.contextmanager
+def _as_redis_errors():
+    """Socket failures as the redis-py errors callers (and the circuit breaker) know."""
+    try:
+        yield
+    except TimeoutError as e:
+        raise redis.TimeoutError("Timeout reading from Redis") from e
+    except ConnectionError as e:
+        raise redis.ConnectionError(f"Redis connection lost: {e}") from e
+
+
+def _recv(sock) -> bytes:
+    wait = _wait_readable
+    if wait is not None:
+        wait(sock)
+    data = sock.recv(1 << 20)
+    if not data:
+        raise ConnectionError("Redis closed the connection")
+    return data
+
+
+_ABSENT_FIELD = b"*1\r\n$-1\r\n"  # HMGET key field, RESP2, when the field is not there
+
+
+def _raise_errors(replies: list) -> None:
+    if hiredis.ReplyError in map(type, replies):  # the scan stays in C; errors are rare
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise redis.ResponseError(str(reply))
+
+
+def _skip_integers(sock, count: int) -> bytes:
+    """Consume `count` one-line replies; return the bytes read past them. An error reply
+    among them raises redis.ResponseError (integer replies never hold a '-')."""
+    carry = b""
+    while count:
+        data = carry + _recv(sock)
+        lines = data.count(b"\r\n")
+        if lines >= count:  # the last of them ends in this read: split there, C-fast
+            *done, rest = data.split(b"\r\n", count)
+            _raise_line_errors(b"\r\n".join(done))
+            return rest
+        end = data.rfind(b"\r\n") + 2 if lines else 0  # keep an unfinished line for later
+        _raise_line_errors(data[:end])
+        carry, count = data[end:], count - lines
+    return carry
+
+
+def _raise_line_errors(lines: bytes) -> None:
+    at = lines.find(b"-")
+    if at != -1:
+        message = lines[at + 1 :].split(b"\r\n", 1)[0].decode(errors="replace")
+        raise redis.ResponseError(message)
+
+
+def _read_raw(sock, count: int) -> list | bytearray:
+    """The next `count` replies as received, found complete by the C scanner (each read is
+    scanned from the start: a few ns a reply). Error replies raise redis.ResponseError."""
+    data = bytearray()
+    while True:
+        data += _recv(sock)
+        end, errors = native.scan(data, 0, count)
+        if end >= 0:
+            break
+        if end == -2:  # RESP the scanner does not know: hiredis reads it and the rest
+            return _read_replies(sock, count, bytes(data))
+    if end != len(data):  # a pipeline's replies are all there is: never expected
+        raise ConnectionError("Redis sent more than the replies to this round trip")
+    if errors:
+        _raise_errors(_read_replies(None, count, bytes(data)))
+    return data
+
+
+def _read_replies(sock, count: int, already: bytes = b"") -> list:
+    """The next `count` replies. The reader is first fed an array header of `count`, so it
+    returns them all as one list from a single call: hiredis walks the replies in C, where
+    a `gets()` per reply cost about 0.5 us of Python each (a tenth of a 100-entity read)."""
+    if not count:
+        return []
+    reader = hiredis.Reader()
+    reader.feed(b"*%d\r\n" % count)
+    if already:
+        reader.feed(already)
+    while (replies := reader.gets()) is False:
+        reader.feed(_recv(sock))
+    return replies
+
+
+def parse(data: bytes | bytearray, start: int, end: int, count: int) -> list:
+    """The `count` whole replies in data[start:end] (bytes `round_trip` returned raw), parsed
+    as `round_trip` would have parsed them."""
+    if not count:
+        return []
+    reader = hiredis.Reader()
+    reader.feed(b"*%d\r\n" % count)
+    reader.feed(data, start, end - start)
+    replies = reader.gets()
+    if replies is False:
+        raise ValueError(f"bytes {start}-{end} do not hold {count} whole replies")
+    return replies

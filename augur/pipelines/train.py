@@ -1,0 +1,216 @@
+"""`augur train`: train the models a feature repo declares, evaluate, publish new versions.
+
+The feature repo's `models.yaml` names, per model, its kind, feature service, request
+features and parameters, plus where the labels are. Each model is trained on a
+point-in-time-correct training set, evaluated on a time-based holdout (the last days),
+and published to the model repository with its metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from augur.features.plan_cache import refresh_cache
+from augur.features.repo import build_plan, open_store
+from augur.modelrepo.repository import ModelRepository, ModelSpec, ModelVersion
+from augur.pipelines.training_set import TrainingSet, auc, build_training_set
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelTraining:
+    name: str
+    kind: str
+    feature_service: str
+    request_features: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ("score",)
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    labels_path: Path
+    label_column: str
+    timestamp_column: str
+    holdout_days: float
+    models: tuple[ModelTraining, ...]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: ModelVersion
+    auc_train: float
+    auc_holdout: float
+    rows_train: int
+    rows_holdout: int
+
+
+def load_training_plan(repo_path: Path) -> TrainingPlan:
+    path = Path(repo_path) / "models.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a feature repo declares its models there")
+    raw = yaml.safe_load(path.read_text()) or {}
+    labels = raw.get("labels") or {}
+    models = tuple(
+        ModelTraining(
+            name,
+            m["kind"],
+            m["feature_service"],
+            tuple(m.get("request_features") or ()),
+            tuple(m.get("outputs") or ("score",)),
+            dict(m.get("params") or {}),
+        )
+        for name, m in (raw.get("models") or {}).items()
+    )
+    return TrainingPlan(
+        Path(repo_path) / labels["path"],
+        labels["label"],
+        labels.get("timestamp", "event_timestamp"),
+        float(raw.get("holdout_days", 5)),
+        models,
+    )
+
+
+def train(
+    repo_path: Path,
+    model_repo: Path,
+    redis_address: str,
+    only: list[str] | None = None,
+    progress: bool = True,
+) -> list[TrainResult]:
+    plan = load_training_plan(repo_path)
+    store = open_store(repo_path, redis_address)
+    labels = pd.read_parquet(plan.labels_path)
+    repository = ModelRepository(model_repo)
+    chosen = [m for m in plan.models if not only or m.name in only]
+    unknown = set(only or ()) - {m.name for m in plan.models}
+    if unknown:
+        raise ValueError(
+            f"no model named {', '.join(sorted(unknown))} in models.yaml; "
+            f"declared: {', '.join(m.name for m in plan.models)}"
+        )
+    refresh_cache(store)  # servers starting after training read plans without Feast
+    sets: dict[tuple, TrainingSet] = {}
+    results = []
+    for model in chosen:
+        key = (model.feature_service, model.request_features)
+        if key not in sets:
+            read_plan = build_plan(store, model.feature_service)
+            sets[key] = build_training_set(
+                store,
+                read_plan,
+                labels,
+                plan.label_column,
+                model.request_features,
+                plan.timestamp_column,
+            )
+        results.append(_train_one(model, sets[key], plan.holdout_days, repository, progress))
+    return results
+
+
+def _train_one(
+    model: ModelTraining,
+    data: TrainingSet,
+    holdout_days: float,
+    repository: ModelRepository,
+    progress: bool,
+) -> TrainResult:
+    cutoff = data.timestamps.max() - np.timedelta64(int(holdout_days * 86400), "s")
+    fit = data.timestamps < cutoff
+    x_fit, y_fit, x_hold, y_hold = data.x[fit], data.y[fit], data.x[~fit], data.y[~fit]
+    with tempfile.TemporaryDirectory() as tmp:
+        if model.kind == "lightgbm":
+            artifact, predict = _fit_lightgbm(model, data.features, x_fit, y_fit, Path(tmp))
+        elif model.kind == "torch":
+            artifact, predict = _fit_torch(model, x_fit, y_fit, Path(tmp), progress)
+        else:
+            raise ValueError(f"model {model.name}: unknown kind {model.kind!r}")
+        auc_fit, auc_hold = auc(y_fit, predict(x_fit)), auc(y_hold, predict(x_hold))
+        metadata = {
+            "features": list(data.features),
+            "feature_dtypes": data.dtypes,
+            "request_features": list(model.request_features),
+            "outputs": list(model.outputs),
+            "training_window": {"start": _iso(data.timestamps.min()), "end": _iso(cutoff)},
+            "holdout_window": {"start": _iso(cutoff), "end": _iso(data.timestamps.max())},
+            "metrics": {
+                "auc_train": round(auc_fit, 5),
+                "auc_holdout": round(auc_hold, 5),
+                "rows_train": int(fit.sum()),
+                "rows_holdout": int((~fit).sum()),
+                "positive_rate": round(float(data.y.mean()), 5),
+            },
+            "params": model.params,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        spec = ModelSpec(
+            model.name, model.kind, model.feature_service, model.request_features, model.outputs
+        )
+        version = repository.publish(spec, artifact, metadata)
+    log.info("published %s@%s: holdout AUC %.4f", model.name, version.version, auc_hold)
+    return TrainResult(version, auc_fit, auc_hold, int(fit.sum()), int((~fit).sum()))
+
+
+# LightGBM's parameters for every model unless models.yaml overrides them.
+LIGHTGBM_PARAMS = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.9,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "seed": 7,
+    "deterministic": True,
+    "verbose": -1,
+}
+
+
+def _fit_lightgbm(model: ModelTraining, features, x, y, tmp: Path):
+    import lightgbm as lgb
+
+    params = {**LIGHTGBM_PARAMS, **model.params}
+    rounds = int(params.pop("num_boost_round", 200))
+    booster = lgb.train(
+        params,
+        lgb.Dataset(x, y, feature_name=[_safe(f) for f in features], free_raw_data=False),
+        num_boost_round=rounds,
+    )
+    path = tmp / "model.txt"
+    booster.save_model(str(path))
+    return path, lambda m: booster.predict(m)
+
+
+def _fit_torch(model: ModelTraining, x, y, tmp: Path, progress: bool):
+    import torch
+
+    from augur.pipelines.mlp import fit_mlp
+
+    params = dict(model.params)
+    net = fit_mlp(x, y, hidden=tuple(params.pop("hidden", (64, 64))), progress=progress, **params)
+    scripted = torch.jit.script(net)
+    path = tmp / "model.pt"
+    scripted.save(str(path))
+
+    def predict(m: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return scripted(torch.from_numpy(m)).numpy().ravel()
+
+    return path, predict
+
+
+def _safe(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def _iso(ts: np.datetime64) -> str:
+    return pd.Timestamp(ts).isoformat()

@@ -1,0 +1,132 @@
+"""Request columns -> numpy, checked against what the model or feature service expects.
+
+Every refusal names the field, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from augur.api.v1 import predictor_pb2 as pb
+from augur.features.plan import ReadPlan
+from augur.serving.errors import invalid, shown
+
+# The smallest double that float32 rounds to infinity: its largest finite value plus half a
+# unit in the last place (a tie, which rounds to even: infinity).
+_FLOAT32_LIMIT = float(np.finfo(np.float32).max) + 2.0**103
+# Request features of up to this many rows are checked in a Python loop, not numpy.
+_CHECKED_IN_PYTHON = 16
+
+
+def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple[dict, int]:
+    """Entity columns as lists keyed by join key, and the row count."""
+    expected = plan.entity_types
+    if not columns:
+        raise invalid(f"entities: empty; {owner} expects columns {', '.join(sorted(expected))}")
+    for name in columns:
+        if name not in expected:
+            raise invalid(
+                f"entities.{shown(name)}: not an entity of {owner}; "
+                f"expected {', '.join(sorted(expected))}"
+            )
+    out: dict[str, Sequence] = {}
+    n = None
+    first = None
+    for name in sorted(expected):
+        if name not in columns:
+            raise invalid(f"entities.{name}: missing; {owner} needs it")
+        column = columns[name]
+        which = column.WhichOneof("values")
+        want = "int64s" if expected[name] == "int64" else "strings"
+        if which is None:
+            raise invalid(f"entities.{name}: no values; expected {want}")
+        if which != want:
+            raise invalid(f"entities.{name}: expected {want}, got {which}")
+        values = getattr(column, which).values
+        if n is None:
+            n, first = len(values), name
+        elif len(values) != n:
+            raise invalid(
+                f"entities.{name}: {len(values)} values, but entities.{first} has {n}; "
+                f"every column needs one value per row"
+            )
+        out[name] = list(values)
+    if not n:
+        raise invalid(f"entities.{first}: no rows")
+    if n > max_rows:
+        raise invalid(
+            f"entities.{first}: {n} rows exceeds the limit of {max_rows} per request "
+            f"(server.max_rows)"
+        )
+    return out, n
+
+
+def decode_request_features(
+    columns, wanted: Sequence[str], n: int, owner: str
+) -> dict[str, np.ndarray]:
+    for name in columns:
+        if name not in wanted:
+            raise invalid(
+                f"request_features.{shown(name)}: not a request feature of {owner}; expected "
+                f"{', '.join(wanted) or 'none'}"
+            )
+    out = {}
+    for name in wanted:
+        if name not in columns:
+            raise invalid(f"request_features.{name}: missing; {owner} needs it for every row")
+        values = columns[name].values
+        if len(values) != n:
+            raise invalid(f"request_features.{name}: {len(values)} values for {n} entity rows")
+        out[name] = _float32_column(name, values, n)
+    return out
+
+
+def _float32_column(name: str, raw: Sequence[float], n: int) -> np.ndarray:
+    """Request feature `name`'s doubles as float32. Models take float32: a finite double
+    beyond its range would reach them as inf (and come back as NaN scores), so it is
+    refused like inf itself. Checked on the doubles (NaN fails the comparison too), so the
+    cast never overflows; a few values in Python, where numpy's calls would cost more."""
+    if n <= _CHECKED_IN_PYTHON:
+        raw = list(raw)
+        bad = next((i for i, v in enumerate(raw) if not abs(v) < _FLOAT32_LIMIT), None)
+        if bad is None:
+            return np.array(raw, np.float32)
+    else:
+        values = np.array(raw, np.float64)
+        beyond = np.flatnonzero(~(np.abs(values) < _FLOAT32_LIMIT))
+        if not len(beyond):
+            return values.astype(np.float32)
+        bad = int(beyond[0])
+    value = raw[bad]
+    problem = (
+        "is beyond the float32 range models take (±3.4e38)"
+        if math.isfinite(value)
+        else "is not a finite number"
+    )
+    raise invalid(f"request_features.{name}[{bad}]: {value} {problem}")
+
+
+def feature_status(
+    present: np.ndarray, missing: np.ndarray, stale: np.ndarray
+) -> list[pb.FeatureStatus]:
+    return [
+        pb.FeatureStatus(present=int(p), missing=int(m), stale=int(s))
+        for p, m, s in zip(present, missing, stale, strict=True)
+    ]
+
+
+def encode_entities(entities) -> dict[str, pb.EntityColumn]:
+    """Client side: Python or numpy columns -> EntityColumn messages."""
+    out = {}
+    for name, values in entities.items():
+        array = np.asarray(values)
+        if array.dtype.kind in "iu":
+            out[name] = pb.EntityColumn(int64s=pb.Int64List(values=array.tolist()))
+        elif array.dtype.kind in "US" or array.dtype == object:
+            out[name] = pb.EntityColumn(strings=pb.StringList(values=[str(v) for v in values]))
+        else:
+            raise TypeError(f"entities[{name!r}]: expected integers or strings, got {array.dtype}")
+    return out

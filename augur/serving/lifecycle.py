@@ -1,0 +1,265 @@
+"""The model manager: keeps the served versions in step with the model repository.
+
+It loads what model.yaml asks for (stable, aliases, canary, shadow) in the background,
+warms each version up before it takes traffic, swaps the routing table in one assignment,
+and lets go of versions nothing routes to. A version that fails to load never serves: the
+model keeps its previous routing, and the error is reported. Guardrail trips end here too:
+the canary is rolled back in model.yaml and traffic returns to stable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from augur.features.plan import ReadPlan
+from augur.modelrepo.repository import ModelRepository, RepositoryError
+from augur.serving import metrics
+from augur.serving.guardrails import CanaryGuard
+from augur.serving.models import ModelLoadError, ServingModel, load_model
+from augur.serving.routing import Route
+
+log = logging.getLogger(__name__)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        repo: ModelRepository,
+        plans: Mapping[str, ReadPlan],
+        threads: int = 1,
+        on_health: Callable[[str, bool], None] = lambda name, ok: None,
+        compile_cache: Path | None = None,
+    ):
+        self.repo = repo
+        self.plans = plans
+        self.threads = threads
+        self.compile_cache = compile_cache
+        self.on_health = on_health
+        self.errors: dict[str, str] = {}  # model -> why its latest wanted state is not serving
+        self._routes: dict[str, Route] = {}
+        self._ended_canaries: dict[str, str] = {}  # rolled back here, whatever model.yaml says
+        self._cache: dict[tuple[str, str], ServingModel] = {}
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def route(self, name: str) -> Route | None:
+        return self._routes.get(name)
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        return self._routes
+
+    def refresh(self) -> None:
+        """Bring every model's routing in line with the repository."""
+        with self._refresh_lock:
+            routes = {}
+            for name in self.repo.names():
+                route = self._build(name, self._routes.get(name))
+                if route is not None:
+                    routes[name] = route
+            changed = [n for n in routes if routes[n] is not self._routes.get(n)]
+            gone = set(self._routes) - set(routes)
+            self._routes = routes  # the swap: requests pick up the new table from here on
+            in_use = {(r.name, v) for r in routes.values() for v in r.versions}
+            for key in set(self._cache) - in_use:
+                del self._cache[key]  # unloaded: its memory goes with the last reference
+            for name in changed:
+                metrics.SWAPS.labels(name).inc()
+                self.on_health(name, True)
+            for name in gone:
+                self.on_health(name, False)
+            metrics.MODELS_SERVING.set(len(routes))
+
+    def rollback(self, name: str, reason: str) -> None:
+        """End `name`'s canary (guardrail trip or operator), record why, re-route. The
+        canary stops serving here even if the record cannot be written (a read-only
+        repository): until model.yaml names another canary, this one stays off."""
+        route = self._routes.get(name)
+        if route is not None and route.canary is not None:
+            self._ended_canaries[name] = route.canary.version.version
+        try:
+            self.repo.rollback(name, reason)
+        except (RepositoryError, OSError) as e:
+            log.error(
+                "rollback of %s applied in this server but not recorded in the repository: %s",
+                name,
+                e,
+            )
+        self.refresh()
+
+    def trip(self, route: Route, guardrail: str, reason: str) -> None:
+        """A guardrail tripped on a request thread: roll back off that thread."""
+        version = route.canary.version.version if route.canary else ""
+        metrics.ROLLBACKS.labels(route.name, version, guardrail).inc()
+        log.warning("rolling back canary %s@%s: %s", route.name, version, reason)
+        threading.Thread(
+            target=self.rollback,
+            args=(route.name, f"guardrail: {reason}"),
+            name="augur-rollback",
+            daemon=True,
+        ).start()
+
+    def watch(self, interval_s: float) -> None:
+        """Poll the repository and refresh on any change, until `stop()`."""
+        if interval_s <= 0 or self._watcher is not None:
+            return
+        self._watcher = threading.Thread(
+            target=self._watch, args=(interval_s,), name="augur-repo-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+
+    def _watch(self, interval_s: float) -> None:
+        seen = self._fingerprint()
+        while not self._stop.wait(interval_s):
+            now = self._fingerprint()
+            if now != seen:
+                seen = now
+                try:
+                    self.refresh()
+                except Exception:
+                    log.exception("model refresh failed; serving continues unchanged")
+
+    def _fingerprint(self) -> tuple:
+        parts = []
+        for name in self.repo.names():
+            spec_file = self.repo.root / name / "model.yaml"
+            try:
+                stat = spec_file.stat()
+                parts.append(
+                    (name, stat.st_mtime_ns, stat.st_size, tuple(self.repo.versions(name)))
+                )
+            except OSError:
+                continue
+        return tuple(parts)
+
+    def _build(self, name: str, previous: Route | None) -> Route | None:
+        try:
+            spec = self.repo.spec(name)
+            stable_id = self.repo.default_version(spec)
+        except RepositoryError as e:
+            return self._keep(name, previous, str(e))
+        try:
+            stable = self._load(name, stable_id)
+        except ModelLoadError as e:
+            return self._keep(name, previous, str(e))
+        problems = []
+        versions = {stable_id: stable}
+        for alias, target in spec.aliases.items():
+            try:
+                versions[target] = self._load(name, target)
+            except ModelLoadError as e:
+                problems.append(f"alias {alias}: {e}")
+        canary = guard = None
+        weight, sticky = 0.0, ""
+        if spec.canary is None or spec.canary.version != self._ended_canaries.get(name):
+            self._ended_canaries.pop(name, None)  # a new canary (or none): the record is moot
+        ended = self._ended_canaries.get(name)
+        if spec.canary and spec.canary.version != stable_id and spec.canary.version != ended:
+            try:
+                canary = self._load(name, spec.canary.version)
+                versions[spec.canary.version] = canary
+                weight = spec.canary.weight
+                sticky = spec.canary.sticky_key or stable.plan.views[0].join_keys[0]
+                if sticky not in stable.plan.entity_types:
+                    raise ModelLoadError(
+                        f"canary sticky_key {sticky!r} is not an entity of {spec.feature_service}"
+                    )
+                keep = (
+                    previous
+                    and previous.guard
+                    and previous.canary is not None
+                    and previous.canary.version.version == spec.canary.version
+                    and previous.guard.limits == spec.canary.guardrails
+                )
+                guard = (
+                    previous.guard
+                    if keep
+                    else CanaryGuard(spec.canary.version, spec.canary.guardrails)
+                )
+            except ModelLoadError as e:
+                problems.append(f"canary: {e}")
+                canary, weight = None, 0.0
+        shadow = None
+        threshold = 0.5
+        if spec.shadow:
+            try:
+                shadow = self._load(name, spec.shadow.version)
+                versions[spec.shadow.version] = shadow
+                threshold = spec.shadow.threshold
+            except ModelLoadError as e:
+                problems.append(f"shadow: {e}")
+        if problems:
+            self.errors[name] = "; ".join(problems)
+            log.error("model %s: %s", name, self.errors[name])
+        else:
+            self.errors.pop(name, None)
+        route = Route(
+            name,
+            stable,
+            versions,
+            dict(spec.aliases),
+            canary,
+            weight,
+            sticky,
+            guard,
+            shadow,
+            threshold,
+            spec.batching,
+            spec.on_feature_store_error,
+        )
+        if previous is not None and _same(previous, route):
+            return previous
+        return route
+
+    def _keep(self, name: str, previous: Route | None, error: str) -> Route | None:
+        self.errors[name] = error
+        log.error(
+            "model %s: %s%s",
+            name,
+            error,
+            "; still serving the previous version" if previous else "",
+        )
+        return previous
+
+    def _load(self, name: str, version: str) -> ServingModel:
+        key = (name, version)
+        model = self._cache.get(key)
+        if model is None:
+            began = time.perf_counter()
+            try:
+                model = load_model(
+                    self.repo, name, self.plans, self.threads, version, self.compile_cache
+                )
+            except ModelLoadError:
+                metrics.MODEL_LOADS.labels(name, version, "failed").inc()
+                raise
+            metrics.MODEL_LOADS.labels(name, version, "loaded").inc()
+            log.info("loaded %s@%s in %.2fs", name, version, time.perf_counter() - began)
+            self._cache[key] = model
+        return model
+
+
+def _same(a: Route, b: Route) -> bool:
+    return (
+        a.stable is b.stable
+        and a.canary is b.canary
+        and a.shadow is b.shadow
+        and a.canary_weight == b.canary_weight
+        and a.aliases == b.aliases
+        and a.versions.keys() == b.versions.keys()
+        and a.guard is b.guard
+        and a.sticky_key == b.sticky_key
+        and a.shadow_threshold == b.shadow_threshold
+        and a.batching == b.batching
+        and a.on_feature_store_error == b.on_feature_store_error
+    )

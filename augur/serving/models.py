@@ -1,0 +1,145 @@
+"""Serving models: a published version, its read plan and runtime, and how inputs are assembled.
+
+Loading validates before a model takes traffic: the artifact's checksum, that every input
+exists in the Feast registry or is a declared request feature, and a finite warm-up batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from augur.features.plan import ReadPlan
+from augur.features.reader import FeatureRows
+from augur.modelrepo.repository import ModelRepository, ModelVersion, RepositoryError
+from augur.serving.runtimes import Runtime, load_runtime
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+# Widening within a family (Int32 -> Int64, Float32 -> Float64) keeps a model's meaning;
+# crossing families (a count that became a float ratio, a flag that became a count) does not.
+DTYPE_FAMILY = {
+    "Int32": "integer",
+    "Int64": "integer",
+    "UnixTimestamp": "integer",
+    "Float32": "float",
+    "Float64": "float",
+    "Bool": "bool",
+}
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    version: ModelVersion
+    plan: ReadPlan
+    runtime: Runtime
+    store_columns: np.ndarray  # plan column feeding each store input
+    store_inputs: np.ndarray  # model input position of each store input
+    request_inputs: tuple[tuple[str, int], ...]  # request feature -> model input position
+
+    @property
+    def name(self) -> str:
+        return self.version.spec.name
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.version.features)
+
+    def assemble(self, rows: FeatureRows, request: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The float32 batch in the model's feature order."""
+        batch = np.empty((len(rows.values), self.n_inputs), np.float32)
+        batch[:, self.store_inputs] = rows.values[:, self.store_columns]
+        for name, position in self.request_inputs:
+            batch[:, position] = request[name]
+        return batch
+
+
+def load_model(
+    repo: ModelRepository,
+    name: str,
+    plans: Mapping[str, ReadPlan],
+    threads: int = 1,
+    version: str = "",
+    compile_cache: Path | None = None,
+) -> ServingModel:
+    try:
+        resolved = repo.resolve(name, version)
+    except RepositoryError as e:
+        raise ModelLoadError(str(e)) from e
+    spec = resolved.spec
+    plan = plans.get(spec.feature_service)
+    if plan is None:
+        raise ModelLoadError(
+            f"model {name}: feature service {spec.feature_service!r} is not "
+            f"in the Feast registry (have: {', '.join(sorted(plans))})"
+        )
+    columns = {n: i for i, n in enumerate(plan.feature_names)}
+    trained_types = resolved.metadata.get("feature_dtypes", {})
+    store_cols, store_pos, request_pos = [], [], []
+    for position, feature in enumerate(resolved.features):
+        if feature in columns:
+            served = plan.columns[columns[feature]].dtype
+            trained = trained_types.get(feature, served)
+            if DTYPE_FAMILY.get(trained) != DTYPE_FAMILY.get(served):
+                raise ModelLoadError(
+                    f"model {name}@{resolved.version}: input {feature!r} was trained as "
+                    f"{trained} but the registry now declares {served}"
+                )
+            store_cols.append(columns[feature])
+            store_pos.append(position)
+        elif feature in spec.request_features:
+            request_pos.append((feature, position))
+        else:
+            raise ModelLoadError(
+                f"model {name}@{resolved.version}: input {feature!r} is neither "
+                f"in feature service {spec.feature_service!r} nor a request "
+                f"feature of model.yaml"
+            )
+    try:
+        runtime = load_runtime(resolved, threads, compile_cache)
+    except Exception as e:
+        raise ModelLoadError(f"model {name}@{resolved.version}: {e}") from e
+    model = ServingModel(
+        resolved,
+        plan,
+        runtime,
+        np.array(store_cols, np.intp),
+        np.array(store_pos, np.intp),
+        tuple(request_pos),
+    )
+    _warm_up(model)
+    log.info(
+        "loaded model %s@%s (%s, %d inputs, device %s)",
+        name,
+        resolved.version,
+        spec.kind,
+        model.n_inputs,
+        runtime.device,
+    )
+    return model
+
+
+def _warm_up(model: ServingModel) -> None:
+    batch = np.zeros((8, model.n_inputs), np.float32)
+    batch[::2] = np.nan  # missing features are part of normal traffic
+    try:
+        out = model.runtime.predict(batch)
+    except Exception as e:
+        raise ModelLoadError(
+            f"model {model.name}@{model.version.version}: warm-up failed: {e}"
+        ) from e
+    expected = (8, len(model.version.spec.outputs))
+    if out.shape != expected or not np.isfinite(out).all():
+        raise ModelLoadError(
+            f"model {model.name}@{model.version.version}: warm-up gave shape "
+            f"{out.shape} (expected {expected}) or non-finite scores"
+        )

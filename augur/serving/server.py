@@ -1,0 +1,232 @@
+"""The prediction server: load plans and models, serve gRPC, drain on SIGTERM.
+
+Health (grpc.health.v1) reports the server as "" and each model by name; reflection lets
+grpcurl discover the API; the Admin service changes routing. Metrics have their own port.
+The model manager keeps the served versions in step with the model repository.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from augur.api.v1 import admin_pb2, admin_pb2_grpc
+from augur.api.v1 import predictor_pb2 as pb
+from augur.api.v1 import predictor_pb2_grpc as pb_grpc
+from augur.config import Config
+from augur.features.breaker import CircuitBreaker
+from augur.features.connection import RedisTimeouts, connect
+from augur.features.native import native
+from augur.features.plan_cache import load_plans
+from augur.features.reader import OnlineReader
+from augur.features.row_cache import RowCache
+from augur.modelrepo.repository import ModelRepository
+from augur.serving import metrics, security
+from augur.serving.admin import AdminServicer
+from augur.serving.green import GreenPool
+from augur.serving.lifecycle import ModelManager
+from augur.serving.servicer import PredictorServicer
+from augur.serving.supervisor import await_siblings, supervisor_pid
+
+log = logging.getLogger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    health: health.HealthServicer
+    servicer: PredictorServicer
+    manager: ModelManager
+    port: int
+    grace_seconds: float
+    admin_server: grpc.Server | None = None  # when Admin has a listener of its own
+    admin_port: int = 0
+    pool: futures.Executor | None = None  # the gRPC handlers' (the server does not stop it)
+
+    def stop(self) -> None:
+        """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
+        self.health.enter_graceful_shutdown()
+        self.manager.stop()
+        if self.admin_server is not None:
+            self.admin_server.stop(1.0)
+        self.server.stop(self.grace_seconds).wait()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server, int]:
+    """Admin on its own address (e.g. an internal interface), with the same TLS and tokens."""
+    admin = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="augur-admin"),
+        interceptors=security.interceptors(config.auth),
+    )
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(manager), admin)
+    reflection.enable_server_reflection(
+        (admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name, reflection.SERVICE_NAME), admin
+    )
+    address = f"{config.server.admin_host}:{config.server.admin_port}"
+    port = security.bind(admin, config, address)
+    if not port:
+        raise RuntimeError(f"cannot listen on {address} (server.admin_host/admin_port)")
+    admin.start()
+    return admin, port
+
+
+def start(config: Config) -> RunningServer:
+    plans = load_plans(config.feature_repo, config.redis.address)  # no Feast import if cached
+    repo = ModelRepository(config.model_repo)
+    health_servicer = health.HealthServicer()
+
+    def on_health(name: str, serving: bool) -> None:
+        health_servicer.set(name, SERVING if serving else NOT_SERVING)
+
+    compile_cache = Path(config.server.compile_cache) if config.server.compile_cache else None
+    manager = ModelManager(repo, plans, config.server.model_threads, on_health, compile_cache)
+    manager.refresh()
+    for name in repo.names():
+        if manager.route(name) is None:
+            on_health(name, False)
+    if not manager.routes:
+        log.warning(
+            "no model is serving; publish one with `augur train` (model repository %s)",
+            config.model_repo,
+        )
+
+    timeouts = RedisTimeouts(
+        config.redis.connect_timeout_ms / 1000, config.redis.read_timeout_ms / 1000
+    )
+    cache = None
+    if config.redis.row_cache_entries > 0:
+        cache = RowCache(config.redis.row_cache_entries, config.redis.row_cache_ttl_ms)
+    reader = OnlineReader(connect(config.redis.address, timeouts), cache=cache)
+    breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
+    largest = _largest_batch(config, manager)
+    threads = config.server.threads_for(largest)
+    green = config.server.green
+    servicer = PredictorServicer(
+        manager,
+        plans,
+        reader,
+        config.server.max_rows,
+        breaker=breaker,
+        model_queue=config.server.model_queue,
+        batch_max_rows=config.server.batch_max_rows,
+        batch_max_delay_us=config.server.batch_max_delay_us,
+        # on the green pool a waiting call holds no thread: no batch outgrows them
+        handler_threads=0 if config.server.workers or green else threads,
+    )
+
+    limit = config.server.max_message_bytes
+    pool: futures.Executor
+    if green:
+        pool = GreenPool(threads, "augur-grpc")
+    else:
+        pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="augur-grpc")
+    server = grpc.server(
+        pool,
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # Off unless this is one of several processes meant to share the port: then
+            # a second server started by mistake on a used port fails instead of splitting it.
+            ("grpc.so_reuseport", int(config.server.reuse_port)),
+        ],
+        # Beyond this many calls in progress gRPC answers RESOURCE_EXHAUSTED at once, so an
+        # overload cannot grow an unbounded queue (and memory) inside the server.
+        maximum_concurrent_rpcs=config.server.max_in_flight,
+        # Bearer-token auth when auth.* names callers (health and reflection stay open).
+        interceptors=security.interceptors(config.auth),
+    )
+    pb_grpc.add_PredictorServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer.set("", SERVING)
+    services = [
+        pb.DESCRIPTOR.services_by_name["Predictor"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    admin_server, admin_port = None, 0
+    if config.server.admin and not config.server.admin_port:
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(manager), server)
+        services.append(admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
+    elif config.server.admin:
+        admin_server, admin_port = _admin_listener(config, manager)
+    reflection.enable_server_reflection(services, server)
+    await_siblings()  # one of several processes listens when all are loaded (supervisor.py)
+    port = security.bind(server, config)  # TLS / mutual TLS when server.tls_* are set
+    if not port:
+        raise RuntimeError(f"cannot listen on {config.server.host}:{config.server.port}")
+    # Everything alive now (Feast, torch, models, plans) lives as long as the process: move
+    # it out of the collector's reach, or each full collection walks it mid-request.
+    gc.collect()
+    gc.freeze()
+    server.start()
+    manager.watch(config.server.watch_interval_s)
+    if native is None:  # the same answers, more CPU per read of many entities
+        log.info(
+            "reads run in numpy: augur.features._native is not built here (a C compiler at "
+            "install time builds it) or AUGUR_NATIVE=0"
+        )
+    if isinstance(pool, GreenPool) and pool.on_polling_thread:
+        handlers = "green pool on gRPC's polling thread"
+    else:
+        kind = "green pool" if green else "thread pool"
+        handlers = f"{kind}, {max(threads, 1)} handler thread(s)"
+    log.info(
+        "serving %d model(s) on %s:%d (%s): %s",
+        len(manager.routes),
+        config.server.host,
+        port,
+        handlers,
+        ", ".join(f"{n}@{r.stable.version.version}" for n, r in sorted(manager.routes.items()))
+        or "none",
+    )
+    return RunningServer(
+        server,
+        health_servicer,
+        servicer,
+        manager,
+        port,
+        config.server.grace_seconds,
+        admin_server,
+        admin_port,
+        pool,
+    )
+
+
+def _largest_batch(config: Config, manager: ModelManager) -> int:
+    """The most rows a batch may hold, over the server's setting and the models serving now
+    (a model that turns batching on later gets the threads set here, or server.workers)."""
+    own = [r.batching.max_batch_size for r in manager.routes.values() if r.batching is not None]
+    return max([config.server.batch_max_rows, *own])
+
+
+def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    metrics.start(config.server.metrics_host, config.server.metrics_port)
+    running = start(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # A child of serve_many whose supervisor died (SIGKILL, the OOM killer) would go on
+    # holding the port, its metrics served by nobody: it stops too, as if told to.
+    supervisor = supervisor_pid()
+    while not stop.wait(1.0):
+        if supervisor is not None and os.getppid() != supervisor:
+            log.error("the supervisor (pid %d) is gone; stopping", supervisor)
+            break
+    log.info("stopping: draining in-flight calls for up to %.1fs", running.grace_seconds)
+    running.stop()
+    log.info("stopped")
