@@ -38,7 +38,7 @@ class ServerConfig:
     port: int = 50051
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 turns the metrics endpoint off
-    # How gRPC calls run. "green": as greenlets on gRPC's polling thread (predictor/green.py):
+    # How gRPC calls run. "green": as greenlets on gRPC's polling thread (augur/serving/green.py):
     # a call waiting for its request, its batch or Redis holds no thread, and the thread
     # runs other calls meanwhile. "threads": each call on a thread of a pool, start to end
     # (README, Choices, says what each costs).

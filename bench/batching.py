@@ -7,7 +7,7 @@ made free, in alternating rounds.
                              [--rows 1] [--torch cpu|cuda]
 
 Each round starts, in turn: `augur serve` with batching off, its calls run as greenlets on
-gRPC's polling thread (predictor/green.py); the same with each call handed to one of two
+gRPC's polling thread (augur/serving/green.py); the same with each call handed to one of two
 handler threads instead (server.handlers: threads); with batching on as `make bench` runs
 it (server.batch_max_rows 64, batch_max_delay_us 1000), on the polling thread; the same on
 a thread pool, one thread per call a batch may wait for, as Augur batched before the green

@@ -30,8 +30,9 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.metrics import MetricWrapperBase
 
-from augur import cli, config
+from augur import config
 from augur.api.v1 import admin_pb2, predictor_pb2
+from augur.cli import main as cli
 from augur.features.connection import parse_address
 from augur.serving import metrics, security
 
@@ -476,8 +477,8 @@ def test_every_queried_metric_is_defined_in_predictor_metrics():
         for reference, _ in SELECTOR.findall(query):
             name, _ = _base_metric(reference)
             assert name in defined, (
-                f"{where} queries {reference}, in neither predictor/metrics.py nor "
-                "predictor/security.py"
+                f"{where} queries {reference}, in neither augur/serving/metrics.py nor "
+                "augur/serving/security.py"
             )
             queried.add(name)
     assert queried, "no augur_* metric is queried at all"
@@ -526,7 +527,7 @@ def test_label_values_in_queries_are_values_the_service_produces():
         | set(health_pb2.DESCRIPTOR.services_by_name["Health"].methods_by_name)
     )
     codes = {c.name for c in grpc.StatusCode}
-    source = "\n".join(p.read_text() for p in (ROOT / "predictor").rglob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "augur" / "serving").rglob("*.py"))
     views = (ROOT / "examples" / "fraud" / "feature_repo" / "features.py").read_text()
     jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
     for where, query in _queries():
@@ -543,7 +544,7 @@ def test_label_values_in_queries_are_values_the_service_produces():
                     elif label == "method":
                         assert v in methods, f"{where}: the server has no method {v!r}"
                     elif label in ("stage", "outcome", "guardrail", "reason"):
-                        assert f'"{v}"' in source, f"{where}: predictor never sets {label}={v!r}"
+                        assert f'"{v}"' in source, f"{where}: the server never sets {label}={v!r}"
                     elif label == "feature_view":
                         assert f'name="{v}"' in views, f"{where}: no feature view {v!r}"
                     elif label == "job":

@@ -1,6 +1,6 @@
 """The Feast side: open a feature repo against a Redis address and compile read plans.
 
-The only module of `featurestore` that imports Feast (slow to import), and only when called.
+The only module of `augur.features` that imports Feast (slow to import), and only when called.
 """
 
 from __future__ import annotations

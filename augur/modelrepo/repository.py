@@ -33,7 +33,7 @@ import yaml
 
 KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
 # `compile`: how a LightGBM model runs; "none" is LightGBM's own predict, "lleaves" native
-# code compiled from model.txt (predictor/runtimes/compiled_runtime.py)
+# code compiled from model.txt (augur/serving/runtimes/compiled_runtime.py)
 COMPILERS = ("none", "lleaves")
 _VERSION = re.compile(r"^v(\d+)$")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")

@@ -5,7 +5,7 @@ A batch closes when it holds `max_rows` rows, when its first call has waited `ma
 a lone caller never waits out the delay and under load a batch takes what queued while the
 one before it ran. The calls wait in one of two ways, by where they run.
 
-On the green pool (predictor/green.py, the gRPC server's pool unless server.handlers says
+On the green pool (augur/serving/green.py, the gRPC server's pool unless server.handlers says
 threads) each call is a greenlet on gRPC's polling thread (or on a hub thread of the pool's
 own). A call joins its thread's open batch and parks; the thread takes the next call, and
 runs the batch once no call is queued or still receiving its request, or once the delay is

@@ -1,5 +1,5 @@
 """Who may talk to the gRPC port: TLS (and mutual TLS) credentials, bearer-token auth, and
-the caller each call is counted under. Not Redis credentials (featurestore/connection.py).
+the caller each call is counted under. Not Redis credentials (augur/features/connection.py).
 
 Tokens are checked by a server interceptor; the health service and reflection stay open so
 probes need no token. A handler can read the authenticated caller with `current_caller()`.
