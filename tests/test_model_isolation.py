@@ -109,9 +109,10 @@ def test_a_canary_that_crashes_the_parser_is_marked_bad_and_the_stable_version_s
     outcomes: list[str] = []
     calling = threading.Event()
     try:
-        with PredictorClient(server.address, timeout=10) as client, AdminClient(
-            server.address
-        ) as admin:
+        with (
+            PredictorClient(server.address, timeout=10) as client,
+            AdminClient(server.address) as admin,
+        ):
             client.wait_serving(["fraud_lgbm", "fraud_mlp"], 120, server.process)
 
             def call() -> None:  # Predict on stable, back to back, while the canary loads
@@ -150,9 +151,10 @@ def test_a_canary_that_crashes_the_parser_is_marked_bad_and_the_stable_version_s
         # model.yaml still names the canary: a restart serves stable and every other model.
         again = Server(fraud_repo, models, tmp_path)
         try:
-            with PredictorClient(again.address, timeout=10) as client, AdminClient(
-                again.address
-            ) as admin:
+            with (
+                PredictorClient(again.address, timeout=10) as client,
+                AdminClient(again.address) as admin,
+            ):
                 client.wait_serving(["fraud_lgbm", "fraud_mlp"], 120, again.process)
                 assert CRASHED.search(_error_of(admin, "fraud_lgbm", again))
                 for _ in range(5):
@@ -175,9 +177,10 @@ def test_a_server_whose_stable_version_crashes_the_parser_serves_its_other_model
     repo.promote("fraud_lgbm", broken)
     server = Server(fraud_repo, models, tmp_path)
     try:
-        with PredictorClient(server.address, timeout=10) as client, AdminClient(
-            server.address
-        ) as admin:
+        with (
+            PredictorClient(server.address, timeout=10) as client,
+            AdminClient(server.address) as admin,
+        ):
             client.wait_serving(["fraud_mlp"], 120, server.process)
             assert CRASHED.search(_error_of(admin, "fraud_lgbm", server))
             assert client.health("fraud_lgbm") == "NOT_SERVING"
