@@ -22,6 +22,7 @@ import redis
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
+from augur.client.channel import client_channel
 from augur.client.client import AdminClient, PredictorClient
 from augur.config import AuthConfig, ConfigError, ServerConfig
 from augur.features.connection import connect, parse_address
@@ -304,7 +305,7 @@ def test_a_handler_sees_the_authenticated_caller():
     server.start()
     try:
         for token, caller in ((API_TOKEN, b"fraud-api"), (OPS_TOKEN, b"ops")):
-            with security.client_channel(f"127.0.0.1:{port}", token=token) as channel:
+            with client_channel(f"127.0.0.1:{port}", token=token) as channel:
                 assert channel.unary_unary("/t.Who/Am")(b"", timeout=5) == caller
     finally:
         server.stop(0)
