@@ -291,34 +291,40 @@ def _rebuild(handler: grpc.RpcMethodHandler, behavior: Callable) -> grpc.RpcMeth
 def _with_caller(handler: grpc.RpcMethodHandler, caller: str) -> grpc.RpcMethodHandler:
     attribute, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
     behavior = getattr(handler, attribute)
+    # gRPC hands a behaviour marked non-blocking a callback to send its responses with (the
+    # health service's Watch) instead of iterating it; without the mark and the callback
+    # Watch falls back to a watcher that blocks its thread for good, on the green pool
+    # the thread every call runs on. Everything gRPC passes is passed on.
+    non_blocking = bool(getattr(behavior, "experimental_non_blocking", False))
 
     # The interceptor runs on gRPC's polling thread, the handler on a worker thread: the
     # caller is set here, in the worker, for the length of the call.
-    if handler.response_streaming:
+    if handler.response_streaming and not non_blocking:
 
-        def run_streaming(request, context):
+        def run_streaming(request, context, *args, **kwargs):
             token = _caller.set(caller)
             try:
-                yield from behavior(request, context)
+                yield from behavior(request, context, *args, **kwargs)
             finally:
                 _caller.reset(token)
 
         return _rebuild(handler, run_streaming)
 
-    def run(request, context):
+    def run(request, context, *args, **kwargs):
         token = _caller.set(caller)
         try:
-            return behavior(request, context)
+            return behavior(request, context, *args, **kwargs)
         finally:
             _caller.reset(token)
 
+    run.experimental_non_blocking = non_blocking  # type: ignore[attr-defined]
     return _rebuild(handler, run)
 
 
 def _refuse(
     handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:
-    def refuse(request, context):
+    def refuse(request, context, *args, **kwargs):  # a callback, if any, is never used
         context.abort(code, message)
 
     return _rebuild(handler, refuse)
