@@ -105,8 +105,9 @@ def test_importing_the_client_brings_no_server_code_or_metrics():
         "from augur.client import AdminClient, PredictorClient, encode_entities\n"
         "import augur.client.client\n"
         "from prometheus_client import REGISTRY\n"
-        "print(json.dumps({'modules': sorted(m for m in sys.modules if m.startswith('augur')),\n"
-        "  'metrics': sorted(n for n in REGISTRY._names_to_collectors if n.startswith('augur'))}))\n"
+        "ours = lambda names: sorted(n for n in names if n.startswith('augur'))\n"
+        "print(json.dumps({'modules': ours(sys.modules),\n"
+        "  'metrics': ours(REGISTRY._names_to_collectors)}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True

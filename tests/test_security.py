@@ -286,20 +286,20 @@ def test_an_open_health_watch_without_a_token_leaves_the_server_answering(fraud_
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     auth = AuthConfig(tokens={"fraud-api": API_TOKEN})
-    with _serving(fraud_repo, model_repo, auth) as address:
-        with (
-            PredictorClient(address, timeout=5) as anonymous,
-            PredictorClient(address, timeout=5, token=API_TOKEN) as client,
-        ):
-            watch = health_pb2_grpc.HealthStub(anonymous.channel).Watch(
-                health_pb2.HealthCheckRequest(service="fraud_lgbm"), timeout=30
-            )
-            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-            assert anonymous.health("fraud_lgbm") == "SERVING"
-            _predicts(client)
-            with pytest.raises(grpc.RpcError):  # without a token Predict is still refused
-                anonymous.predict("fraud_lgbm", ENTITIES, AMOUNTS)
-            watch.cancel()
+    with (
+        _serving(fraud_repo, model_repo, auth) as address,
+        PredictorClient(address, timeout=5) as anonymous,
+        PredictorClient(address, timeout=5, token=API_TOKEN) as client,
+    ):
+        watch = health_pb2_grpc.HealthStub(anonymous.channel).Watch(
+            health_pb2.HealthCheckRequest(service="fraud_lgbm"), timeout=30
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        assert anonymous.health("fraud_lgbm") == "SERVING"
+        _predicts(client)
+        with pytest.raises(grpc.RpcError):  # without a token Predict is still refused
+            anonymous.predict("fraud_lgbm", ENTITIES, AMOUNTS)
+        watch.cancel()
 
 
 def test_admin_needs_a_caller_named_in_admin_callers(token_server, certs):
