@@ -254,6 +254,7 @@ def _materialize(args, cfg) -> int | None:
         end=args.end,
         views=args.views,
         engine=args.engine,
+        max_future_skew_s=cfg.write.max_future_skew_s,
     )
     for view, run in runs.items():
         done = f"{view:28} {run.seconds:6.1f}s"
@@ -287,7 +288,9 @@ def _push(args, cfg) -> int | None:
         return 1
     from augur.pipelines.push import push
 
-    stats = push(cfg.feature_repo, cfg.redis.address, args.view, args.file)
+    stats = push(
+        cfg.feature_repo, cfg.redis.address, args.view, args.file, cfg.write.max_future_skew_s
+    )
     print(f"pushed {stats.written:,} rows to {args.view}", end="")
     print(f" ({stats.skipped:,} skipped: not newer than what is stored)" if stats.skipped else "")
 

@@ -138,8 +138,14 @@ def _warm_up(model: ServingModel) -> None:
             f"model {model.name}@{model.version.version}: warm-up failed: {e}"
         ) from e
     expected = (8, len(model.version.spec.outputs))
-    if out.shape != expected or not np.isfinite(out).all():
+    where = f"model {model.name}@{model.version.version}: warm-up"
+    if out.shape != expected:
         raise ModelLoadError(
-            f"model {model.name}@{model.version.version}: warm-up gave shape "
-            f"{out.shape} (expected {expected}) or non-finite scores"
+            f"{where} gave scores of shape {out.shape}; expected {expected} (8 rows, one "
+            f"column per output in model.yaml)"
+        )
+    if not np.isfinite(out).all():
+        raise ModelLoadError(
+            f"{where} gave {int((~np.isfinite(out)).sum())} non-finite score(s) of "
+            f"{out.size} (NaN or inf) on a batch of zeros and missing values"
         )
