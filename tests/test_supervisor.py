@@ -22,9 +22,9 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
+from augur.client import encode_entities
 from augur.client.client import PredictorClient
 from augur.features.redis_server import free_port
-from augur.serving.codec import encode_entities
 from tests.conftest import write_config
 
 

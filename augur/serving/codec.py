@@ -116,17 +116,3 @@ def feature_status(
         pb.FeatureStatus(present=int(p), missing=int(m), stale=int(s))
         for p, m, s in zip(present, missing, stale, strict=True)
     ]
-
-
-def encode_entities(entities) -> dict[str, pb.EntityColumn]:
-    """Client side: Python or numpy columns -> EntityColumn messages."""
-    out = {}
-    for name, values in entities.items():
-        array = np.asarray(values)
-        if array.dtype.kind in "iu":
-            out[name] = pb.EntityColumn(int64s=pb.Int64List(values=array.tolist()))
-        elif array.dtype.kind in "US" or array.dtype == object:
-            out[name] = pb.EntityColumn(strings=pb.StringList(values=[str(v) for v in values]))
-        else:
-            raise TypeError(f"entities[{name!r}]: expected integers or strings, got {array.dtype}")
-    return out

@@ -82,6 +82,11 @@ class ModelManager:
                 self.on_health(name, False)
             metrics.MODELS_SERVING.set(len(routes))
 
+    def prepare(self, name: str, version: str) -> None:
+        """Load and warm `version` before model.yaml routes to it, so a change this server
+        would refuse is refused before it is written (ModelLoadError says why)."""
+        self._load(name, version)
+
     def rollback(self, name: str, reason: str) -> None:
         """End `name`'s canary (guardrail trip or operator), record why, re-route. The
         canary stops serving here even if the record cannot be written (a read-only

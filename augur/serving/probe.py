@@ -43,9 +43,15 @@ def warm_up(runtime: Runtime, n_inputs: int, n_outputs: int) -> None:
     batch[::2] = np.nan
     out = runtime.predict(batch)
     expected = (_WARM_UP_ROWS, n_outputs)
-    if out.shape != expected or not np.isfinite(out).all():
+    if out.shape != expected:
         raise WarmUpError(
-            f"warm-up gave shape {out.shape} (expected {expected}) or non-finite scores"
+            f"warm-up gave scores of shape {out.shape}; expected {expected} "
+            f"({_WARM_UP_ROWS} rows, one column per output in model.yaml)"
+        )
+    if not np.isfinite(out).all():
+        raise WarmUpError(
+            f"warm-up gave {int((~np.isfinite(out)).sum())} non-finite score(s) of "
+            f"{out.size} (NaN or inf) on a batch of zeros and missing values"
         )
 
 
