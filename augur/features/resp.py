@@ -70,10 +70,6 @@ def take_turns(
     _turns = _Turns(wait_readable, run_blocking)
 
 
-def _waits(waiting: Waiting) -> Waiting:
-    return _turns if waiting is BLOCKING else waiting
-
-
 def round_trip(
     client: redis.Redis,
     payload: bytes,
@@ -97,7 +93,8 @@ def round_trip(
     late reply can never be read by the next caller. Error replies raise
     redis.ResponseError."""
     pool = client.connection_pool
-    waiting = _waits(waiting)
+    if waiting is BLOCKING:  # the deprecated `take_turns` hooks, where they were set
+        waiting = _turns
     wait = None if waiting is BLOCKING else waiting.wait_readable
     for attempt in (0, 1):
         conn = own.get() if own is not None else pool.get_connection()
@@ -148,7 +145,7 @@ class Channel:
         self._wait: Callable[[socket.socket], None] | None = None
 
     def __enter__(self) -> Channel:
-        waiting = _waits(self._waiting)
+        waiting = _turns if self._waiting is BLOCKING else self._waiting
         self._wait = None if waiting is BLOCKING else waiting.wait_readable
         self._conn = self._pool.get_connection()
         try:
