@@ -9,9 +9,6 @@ while (HGETALL when it is wide). Decoding is augur.features.decode's (and the C 
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import numpy as np
 import redis
 
@@ -36,15 +33,22 @@ class Fetcher:
     shared by every plan the reader reads)."""
 
     def __init__(self, client: redis.Redis, waiting: Waiting, *, vectors: bool, hgetall_from: int):
-        # (payload, count, timeout_s, raw=...) -> replies: resp.round_trip, its connections
-        # and Waiting bound once rather than passed on each read
-        self.trip: Callable[..., list | bytearray] = functools.partial(
-            round_trip, client, own=OwnConnections(client), waiting=waiting
-        )
+        self._client = client
+        self._own = OwnConnections(client)
+        self._waiting = waiting
         self._vectors = vectors
         self._hgetall_from = hgetall_from
         # key groups read from Feast's fields instead of vectors: reads left until a retry
         self._fields_mode: dict[int, int] = {}
+
+    def trip(
+        self, payload: bytes, count: int, timeout_s: float | None, raw: bool = False
+    ) -> list | bytearray:
+        """resp.round_trip on this reader's connections, waiting as its Waiting says. (A
+        method, not a functools.partial with keywords: that costs 0.6 us more a call.)"""
+        return round_trip(
+            self._client, payload, count, timeout_s, self._own, raw=raw, waiting=self._waiting
+        )
 
     def hgetall(self, group: KeyGroup) -> bool:
         """Whether the group's fields are read with HGETALL rather than an HMGET naming each."""
