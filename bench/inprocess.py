@@ -52,8 +52,8 @@ FLOORS = ("hmget", "hgetall", "vectors")
 def floor_payloads(plan, mode: str) -> Callable[[Mapping[str, Sequence]], tuple[bytes, int]]:
     """A function packing one request's entity columns into the floor's pipeline for `mode`
     (one of FLOORS): every distinct key's command, and how many commands."""
+    from augur.features.commands import command_args
     from augur.features.keys import KeyEncoder
-    from augur.features.resp import command_args
 
     encoders = [
         KeyEncoder(g.join_keys, [plan.entity_types[k] for k in g.join_keys], plan.project)

@@ -81,7 +81,7 @@ def stale_rows(fraud_repo):
 
 
 # A few rows are decoded in Python scalars, a few dozen an entity at a time into numpy, and
-# more in columnar numpy passes (augur.features.reader, augur.features.decode).
+# more in columnar numpy passes (augur.features.python_read, augur.features.decode).
 @pytest.mark.parametrize("n", [5, 40, 300])
 def test_equal_to_feast_on_materialized_data(fraud_repo, plan, reader, n):
     users, merchants = _entities(fraud_repo, n)

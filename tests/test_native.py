@@ -19,11 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from augur.client.client import PredictorClient
+from augur.features.commands import around_key
 from augur.features.connection import connect
+from augur.features.entities import DistinctKeys, NativeKeys
 from augur.features.keys import KeyEncoder
 from augur.features.native import native
 from augur.features.packed import HEADER_BYTES
-from augur.features.reader import OnlineReader, _commands, _NativeKeys
+from augur.features.reader import OnlineReader
 from augur.features.redis_server import free_port
 from augur.features.repo import build_plan
 from tests.conftest import write_config
@@ -86,15 +88,15 @@ def test_commands_are_the_bytes_python_builds(join_keys):
         [*rng.integers(-(2**62), 2**62, 50).tolist(), 2**63 - 1, -(2**63)] for _ in join_keys
     ]
     columns = [c + c[:7] for c in columns]  # repeated entities
-    keys, inverse = _NativeKeys.build(encoder, columns, len(columns[0]))
+    keys, inverse = NativeKeys.build(encoder, columns, len(columns[0]))
 
     index: dict[tuple, int] = {}
     rows = list(zip(*columns, strict=True))
     assert inverse.tolist() == [index.setdefault(r, len(index)) for r in rows]
     python_keys = [encoder.key(r) for r in index]
     assert list(keys) == python_keys
-    fields = (b"_av:user_stats", b"_ts:user_stats")
-    assert _commands(b"HMGET", keys, fields) == _commands(b"HMGET", python_keys, fields)
+    head, tail = around_key(b"HMGET", (b"_av:user_stats", b"_ts:user_stats"))
+    assert keys.commands(head, tail) == DistinctKeys(python_keys).commands(head, tail)
 
 
 REPLIES = (

@@ -200,7 +200,8 @@ done:
 /* One command per distinct entity: before, then per join key `between` and its 8 bytes,
  * then after. For HMGET of a Feast key: before = the command's head, the key's length and
  * the key's head; between = an int64 value's type and size; after = the project, the key's
- * end and the fields. */
+ * end and the fields. The parts come from augur.features.commands.around_int64_ids, the one
+ * place a command's bytes are laid out: this loop only copies them around the ids. */
 static PyObject *commands_int64(PyObject *self, PyObject *args) {
     PyObject *cols, *first_obj;
     Py_ssize_t distinct;

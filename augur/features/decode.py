@@ -1,7 +1,7 @@
 """Decoding one key group's replies into float32 rows: from Augur's packed vectors, or from
 Feast's per-feature fields (HMGET or HGETALL replies), and blanking values past their TTL.
 
-The reader (`augur.features.reader`) fetches; this module turns bytes into numbers. Each path
+augur.features.fetch fetches; this module turns bytes into numbers. Each path
 has a per-entity form for a few entities and a numpy form for many, because numpy's fixed
 cost per call dominates small reads.
 """

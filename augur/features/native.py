@@ -1,8 +1,9 @@
 """The read path's C loops (augur.features._native), when they were built.
 
 setup.py builds them where a C compiler is present; the install goes on without one. The
-reader uses them when they are here (a read of a few entities in one call, a larger one in
-a few), and its numpy, hiredis and Python-scalar paths otherwise: the same results
+reader reads through them when they are here (augur.features.native_read: a read of a few
+entities in one call, a larger one in a few), and through augur.features.python_read's
+numpy, hiredis and Python-scalar paths otherwise: the same results
 (tests/test_differential.py checks both against Feast; tests/test_native.py checks the C
 functions one by one). `AUGUR_NATIVE=0` turns them off for a process.
 """

@@ -1,8 +1,8 @@
 """Ragged byte columns: one byte string per row, held as a zero-padded uint8 matrix + lengths.
 
-The writer builds Feast's value bytes and whole Redis commands for many rows at once with
-these, so serializing a million values costs a few numpy passes, not a million Python
-objects. Not a general-purpose container: only what the write path needs.
+The writer builds Feast's value bytes and whole Redis commands (augur.features.commands) for
+many rows at once with these, so serializing a million values costs a few numpy passes, not
+a million Python objects. Not a general-purpose container: only what the write path needs.
 """
 
 from __future__ import annotations
@@ -67,37 +67,14 @@ class Ragged:
 
 def concat(parts: Sequence[Ragged]) -> Ragged:
     """Row i of the result is row i of every part, joined."""
-    flat, lengths = _joined(parts)
+    flat, lengths = joined(parts)
     width = int(lengths.max()) if len(lengths) else 0
     data = np.zeros((len(lengths), width), np.uint8)
     data[np.arange(width) < lengths[:, None]] = flat
     return Ragged(data, lengths)
 
 
-def resp_commands(args: Sequence[Ragged | bytes], n: int) -> bytes:
-    """n Redis commands in RESP, concatenated: command i is the array of every arg's row i
-    (an arg given as bytes is the same in every command)."""
-    return resp_rows([args], n)[0]
-
-
-def resp_rows(commands: Sequence[Sequence[Ragged | bytes]], n: int) -> tuple[bytes, np.ndarray]:
-    """n rows of Redis commands in RESP, concatenated, and each row's length in bytes: row i
-    holds every command in turn, built from its args' row i (as in `resp_commands`), so
-    that any subset of rows can be cut out and sent."""
-    parts = []
-    for args in commands:
-        parts.append(Ragged.constant(b"*%d\r\n" % len(args), n))
-        for arg in args:
-            if isinstance(arg, bytes):
-                parts.append(Ragged.constant(b"$%d\r\n%s\r\n" % (len(arg), arg), n))
-            else:
-                dollar, crlf = Ragged.constant(b"$", n), Ragged.constant(b"\r\n", n)
-                parts += [dollar, _decimal(arg.lengths), crlf, arg, crlf]
-    flat, lengths = _joined(parts)
-    return flat.tobytes(), lengths
-
-
-def _joined(parts: Sequence[Ragged]) -> tuple[np.ndarray, np.ndarray]:
+def joined(parts: Sequence[Ragged]) -> tuple[np.ndarray, np.ndarray]:
     """Every row of every part in row-major order, as flat bytes, and each row's length.
 
     The parts are laid side by side in one padded matrix and the padding is then dropped
@@ -119,19 +96,3 @@ def _joined(parts: Sequence[Ragged]) -> tuple[np.ndarray, np.ndarray]:
         lengths += part.lengths
         at += width
     return (full.ravel() if keep is None else full[keep]), lengths
-
-
-def _decimal(numbers: np.ndarray) -> Ragged:
-    """Non-negative integers as ASCII decimal."""
-    numbers = np.asarray(numbers, np.int64)
-    width = max(1, len(str(int(numbers.max())))) if len(numbers) else 1
-    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    digits = (numbers[:, None] // powers) % 10
-    lengths = 1 + (numbers[:, None] >= 10 ** np.arange(1, width, dtype=np.int64)).sum(1)
-    # Left-align: drop the leading zeros of each row.
-    shift = width - lengths
-    cols = np.arange(width)[None, :] + shift[:, None]
-    aligned = np.take_along_axis(digits, np.minimum(cols, width - 1), axis=1)
-    data = (aligned + ord("0")).astype(np.uint8)
-    data[np.arange(width) >= lengths[:, None]] = 0
-    return Ragged(data, lengths)

@@ -1,7 +1,9 @@
 """One pipelined round trip to Redis: pre-serialized commands out, every reply back.
 
-Both the read path and the writer build their RESP bytes themselves (the read path per key,
-the writer for whole batches) and send them here. Replies are parsed by a hiredis reader
+Both the read path and the writer build their RESP bytes in augur.features.commands (the read
+path per key, the writer for whole batches) and send them here. How a round trip waits for
+its replies is the caller's Waiting (augur.features.waiting): BLOCKING unless a server whose
+calls take turns on one thread hands in its own. Replies are parsed by a hiredis reader
 straight off the socket: redis-py's per-reply path costs several microseconds a reply,
 which is most of a 100-entity read's client time. redis-py still owns the connection:
 pooling, the login handshake, TLS and timeouts.
@@ -19,17 +21,13 @@ import hiredis
 import redis
 
 from augur.features.native import native
-
-
-def command_args(*args: bytes) -> bytes:
-    """Arguments of a command in RESP, without the array header: bulk strings in a row."""
-    return b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
+from augur.features.waiting import BLOCKING, Waiting
 
 
 class OwnConnections:
     """Connections of a thread's own, made from the client's pool settings and kept: one per
     round trip in flight on the thread (one, unless its calls wait for Redis in turns: see
-    `take_turns`). A read then skips the pool's checkout and check-in, about 50 us in
+    augur.features.waiting). A read then skips the pool's checkout and check-in, about 50 us in
     redis-py 7.4 (a non-blocking recv looking for stray data, observability hooks): a sixth
     of a one-entity read. No stray data can be left on these: a round trip reads every reply
     or disconnects."""
@@ -49,28 +47,27 @@ class OwnConnections:
         self._local.idle.append(conn)
 
 
-# Set by a server whose calls take turns on one thread (augur.serving.green). `_wait_readable`:
-# given a socket with nothing to read yet, it runs other calls until the socket is readable,
-# and raises TimeoutError once the socket's timeout has passed. `_run_blocking`: runs what
-# would block the thread (a new connection's handshake, read by redis-py's own parser) where
-# it holds no other call. Where the caller cannot take turns, both simply go on here.
-_wait_readable: Callable[[socket.socket], None] | None = None
+# Deprecated: what `take_turns` set, used by round trips handed BLOCKING (the default) until
+# augur.serving hands its Waiting to OnlineReader itself; then this and `take_turns` go.
+_turns: Waiting = BLOCKING
 
 
-def _run_here(work: Callable[[], None]) -> None:
-    work()
+class _Turns:
+    """`take_turns`' two hooks as a Waiting."""
 
-
-_run_blocking: Callable[[Callable[[], None]], None] = _run_here
+    def __init__(self, wait_readable, run_elsewhere):
+        self.wait_readable = wait_readable
+        self.run_elsewhere = run_elsewhere
 
 
 def take_turns(
     wait_readable: Callable[[socket.socket], None],
     run_blocking: Callable[[Callable[[], None]], None],
 ) -> None:
-    """Let a round trip's waits for Redis run other calls meanwhile (see the hooks above)."""
-    global _wait_readable, _run_blocking
-    _wait_readable, _run_blocking = wait_readable, run_blocking
+    """Deprecated: hand `OnlineReader(waiting=...)` a Waiting instead. Until then, round
+    trips handed BLOCKING wait through these hooks (augur.serving.green calls this)."""
+    global _turns
+    _turns = _Turns(wait_readable, run_blocking)
 
 
 def round_trip(
@@ -81,9 +78,10 @@ def round_trip(
     own: OwnConnections | None = None,
     *,
     raw: bool = False,
+    waiting: Waiting = BLOCKING,
 ) -> list | bytearray:
     """Send `payload` (`count` commands) on one connection (this thread's own, else one from
-    the pool) and read every reply.
+    the pool) and read every reply, waiting for them as `waiting` says.
 
     `raw` (only with augur.features._native built): the replies as the bytes received, all of
     them there and none an error, for the caller to decode in C; the rare RESP its scanner
@@ -95,11 +93,14 @@ def round_trip(
     late reply can never be read by the next caller. Error replies raise
     redis.ResponseError."""
     pool = client.connection_pool
+    if waiting is BLOCKING:  # the deprecated `take_turns` hooks, where they were set
+        waiting = _turns
+    wait = None if waiting is BLOCKING else waiting.wait_readable
     for attempt in (0, 1):
         conn = own.get() if own is not None else pool.get_connection()
         try:
             if conn._sock is None:  # new, or dropped after a failure
-                _run_blocking(conn.connect)
+                waiting.run_elsewhere(conn.connect)
             sock = conn._sock
             # Only a deadline shorter than the configured timeout narrows it, set on the
             # socket itself: the replies are read from it here, never by redis-py's parser,
@@ -108,7 +109,7 @@ def round_trip(
             if narrowed:
                 sock.settimeout(max(timeout_s, 0.001))
             conn.send_packed_command([payload], check_health=False)
-            replies = _read_raw(sock, count) if raw else _read_replies(sock, count)
+            replies = _read_raw(sock, count, wait) if raw else _read_replies(sock, count, wait)
             if narrowed:
                 sock.settimeout(conn.socket_timeout)  # back to the configured timeout
         except (redis.ConnectionError, ConnectionError) as e:
@@ -137,11 +138,15 @@ class Channel:
     """One pooled connection held for a conversation of several pipelines (the writer's):
     send without waiting, receive later, in order. Any failure drops the connection."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, waiting: Waiting = BLOCKING):
         self._pool = client.connection_pool
         self._conn = None
+        self._waiting = waiting
+        self._wait: Callable[[socket.socket], None] | None = None
 
     def __enter__(self) -> Channel:
+        waiting = _turns if self._waiting is BLOCKING else self._waiting
+        self._wait = None if waiting is BLOCKING else waiting.wait_readable
         self._conn = self._pool.get_connection()
         try:
             self._conn.connect()
@@ -160,8 +165,8 @@ class Channel:
         """The next `count` replies, after skipping `integers` integer replies (HSET's and
         EXPIRE's counts, which nobody reads: scanned for errors, never parsed one by one)."""
         with _as_redis_errors():
-            rest = _skip_integers(self._conn._sock, integers)
-            replies = _read_replies(self._conn._sock, count, rest)
+            rest = _skip_integers(self._conn._sock, integers, self._wait)
+            replies = _read_replies(self._conn._sock, count, self._wait, rest)
         _raise_errors(replies)
         return replies
 
@@ -171,12 +176,12 @@ class Channel:
         sock = self._conn._sock
         absent = _ABSENT_FIELD * count
         with _as_redis_errors():
-            data = _skip_integers(sock, integers)
+            data = _skip_integers(sock, integers, self._wait)
             while len(data) < len(absent) and absent.startswith(data):
-                data += _recv(sock)
+                data += _recv(sock, self._wait)
             if data == absent:
                 return [[None]] * count
-            replies = _read_replies(sock, count, data)
+            replies = _read_replies(sock, count, self._wait, data)
         _raise_errors(replies)
         return replies
 
@@ -199,8 +204,8 @@ def _as_redis_errors():
         raise redis.ConnectionError(f"Redis connection lost: {e}") from e
 
 
-def _recv(sock) -> bytes:
-    wait = _wait_readable
+def _recv(sock, wait: Callable[[socket.socket], None] | None) -> bytes:
+    """The next bytes from `sock`, after `wait` (a Waiting's wait_readable; None: block)."""
     if wait is not None:
         wait(sock)
     data = sock.recv(1 << 20)
@@ -219,12 +224,12 @@ def _raise_errors(replies: list) -> None:
                 raise redis.ResponseError(str(reply))
 
 
-def _skip_integers(sock, count: int) -> bytes:
+def _skip_integers(sock, count: int, wait) -> bytes:
     """Consume `count` one-line replies; return the bytes read past them. An error reply
     among them raises redis.ResponseError (integer replies never hold a '-')."""
     carry = b""
     while count:
-        data = carry + _recv(sock)
+        data = carry + _recv(sock, wait)
         lines = data.count(b"\r\n")
         if lines >= count:  # the last of them ends in this read: split there, C-fast
             *done, rest = data.split(b"\r\n", count)
@@ -243,25 +248,25 @@ def _raise_line_errors(lines: bytes) -> None:
         raise redis.ResponseError(message)
 
 
-def _read_raw(sock, count: int) -> list | bytearray:
+def _read_raw(sock, count: int, wait) -> list | bytearray:
     """The next `count` replies as received, found complete by the C scanner (each read is
     scanned from the start: a few ns a reply). Error replies raise redis.ResponseError."""
     data = bytearray()
     while True:
-        data += _recv(sock)
+        data += _recv(sock, wait)
         end, errors = native.scan(data, 0, count)
         if end >= 0:
             break
         if end == -2:  # RESP the scanner does not know: hiredis reads it and the rest
-            return _read_replies(sock, count, bytes(data))
+            return _read_replies(sock, count, wait, bytes(data))
     if end != len(data):  # a pipeline's replies are all there is: never expected
         raise ConnectionError("Redis sent more than the replies to this round trip")
     if errors:
-        _raise_errors(_read_replies(None, count, bytes(data)))
+        _raise_errors(_read_replies(None, count, None, bytes(data)))
     return data
 
 
-def _read_replies(sock, count: int, already: bytes = b"") -> list:
+def _read_replies(sock, count: int, wait, already: bytes = b"") -> list:
     """The next `count` replies. The reader is first fed an array header of `count`, so it
     returns them all as one list from a single call: hiredis walks the replies in C, where
     a `gets()` per reply cost about 0.5 us of Python each (a tenth of a 100-entity read)."""
@@ -272,7 +277,7 @@ def _read_replies(sock, count: int, already: bytes = b"") -> list:
     if already:
         reader.feed(already)
     while (replies := reader.gets()) is False:
-        reader.feed(_recv(sock))
+        reader.feed(_recv(sock, wait))
     return replies
 
 

@@ -4,9 +4,9 @@ Every field Feast writes (key, mmh3 feature fields, ValueProto values, `_ts:<vie
 byte-identical to Feast's Redis online store, so `get_online_features` reads what this
 writes; the packed vector (`augur.features.packed`) rides along in the same HSET. Feast's
 rule holds: a row whose event time is not newer than the stored one is skipped. Values and
-whole Redis commands are serialized for a batch of rows at once (`augur.features.ragged`) and
-sent down one connection as one pipeline (`augur.features.resp`), instead of a Python object
-per value.
+whole Redis commands are serialized for a batch of rows at once (`augur.features.commands`)
+and sent down one connection as one pipeline (`augur.features.resp`), instead of a Python
+object per value.
 
 Like Feast's writer, it reads the stored event times first and writes after: two writers
 racing on the same entity can still let the older row land last.
@@ -24,10 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 
+from augur.features.commands import resp_commands, resp_rows
 from augur.features.connection import RedisTimeouts
 from augur.features.keys import KeyEncoder, feature_field, timestamp_field
 from augur.features.packed import layout_id, pack, vector_field
-from augur.features.ragged import Ragged, resp_commands, resp_rows
+from augur.features.ragged import Ragged
 from augur.features.resp import Channel
 from augur.features.values import DTYPES, encode_column, encode_timestamps, timestamp_parts
 
