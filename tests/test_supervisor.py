@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -20,9 +19,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from augur.client.client import PredictorClient
-from augur.features.redis_server import free_port
 from augur.serving.codec import encode_entities
-from tests.conftest import write_config
 
 
 def _requests_in(db: Path) -> float:
@@ -49,27 +46,9 @@ def _predict_requests_served(metrics_port: int) -> float:
     )
 
 
-def _config(tmp_path: Path, fraud_repo, model_repo, **server: object) -> tuple[Path, int, int]:
-    """augur.yaml on free ports: (its path, the gRPC port, the metrics port)."""
-    port, metrics_port = free_port(), free_port()
-    config = write_config(
-        tmp_path / "augur.yaml",
-        fraud_repo,
-        model_repo,
-        port=port,
-        metrics_port=metrics_port,
-        **server,
-    )
-    return config, port, metrics_port
-
-
-def _serve(config: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+def _serve(servers, fraud_repo, model_repo, env: dict, **server: object):
+    """`augur serve` on free ports, with `env` over this process's environment."""
+    return servers.serve(fraud_repo, model_repo, env={**os.environ, **env}, **server)
 
 
 def _predict_a_few(port: int, server: subprocess.Popen, calls: int) -> None:
@@ -79,19 +58,23 @@ def _predict_a_few(port: int, server: subprocess.Popen, calls: int) -> None:
             client.predict("fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [1.0]})
 
 
-def test_one_process_ignores_an_inherited_multiprocess_dir(fraud_repo, model_repo, tmp_path):
+def test_one_process_ignores_an_inherited_multiprocess_dir(
+    fraud_repo, model_repo, tmp_path, servers
+):
     """Importing Feast sets PROMETHEUS_MULTIPROC_DIR for every process started afterwards;
     a lone server must not write its metrics to files there."""
-    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo)
     inherited = tmp_path / "feast_metrics"
     inherited.mkdir()
     server = _serve(
-        config,
+        servers,
+        fraud_repo,
+        model_repo,
         {
             "PROMETHEUS_MULTIPROC_DIR": str(inherited),
             "PROMETHEUS_MULTIPROCESS_DIR": str(inherited),
         },
     )
+    port, metrics_port = server.port, server.metrics_port
     try:
         _predict_a_few(port, server, 3)
         assert _predict_requests_served(metrics_port) == 3
@@ -105,16 +88,18 @@ def test_one_process_ignores_an_inherited_multiprocess_dir(fraud_repo, model_rep
 
 
 def test_two_processes_keep_out_of_the_directory_feasts_import_made(
-    fraud_repo, model_repo, tmp_path
+    fraud_repo, model_repo, tmp_path, servers
 ):
     """A supervisor started from a process that imported Feast inherits Feast's temporary
     metrics directory; its children's files go to a directory of its own instead."""
-    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo, processes=2)
     feasts = tmp_path / "feast_metrics_x1y2z3"
     feasts.mkdir()
     theirs = feasts / "counter_12345.db"  # a file of Feast's own, not stale
     theirs.write_bytes(b"feast")
-    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(feasts)})
+    parent = _serve(
+        servers, fraud_repo, model_repo, {"PROMETHEUS_MULTIPROC_DIR": str(feasts)}, processes=2
+    )
+    port, metrics_port = parent.port, parent.metrics_port
     try:
         _predict_a_few(port, parent, 4)
         assert _predict_requests_served(metrics_port) == 4  # still added up, elsewhere
@@ -127,11 +112,10 @@ def test_two_processes_keep_out_of_the_directory_feasts_import_made(
     assert "made up by Feast's import" in parent.stdout.read().decode()
 
 
-def test_a_stop_while_the_processes_start_is_a_clean_stop(fraud_repo, model_repo, tmp_path):
+def test_a_stop_while_the_processes_start_is_a_clean_stop(fraud_repo, model_repo, servers):
     """SIGTERM as the supervisor has just started its children (a rollout that changes its
     mind): none has served a call, so the replica stops with 0, not a child's 143."""
-    config, _, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
-    parent = _serve(config, {})
+    parent = _serve(servers, fraud_repo, model_repo, {}, processes=2)
     try:
         for line in parent.stdout:  # logged once both children are started
             if b"started 2 server processes" in line:
@@ -143,11 +127,11 @@ def test_a_stop_while_the_processes_start_is_a_clean_stop(fraud_repo, model_repo
             parent.kill()
 
 
-def test_the_processes_stop_when_their_supervisor_is_killed(fraud_repo, model_repo, tmp_path):
+def test_the_processes_stop_when_their_supervisor_is_killed(fraud_repo, model_repo, servers):
     """A supervisor killed outright (SIGKILL, the OOM killer) must not leave its children
     serving on the port with nobody to stop them."""
-    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
-    parent = _serve(config, {})
+    parent = _serve(servers, fraud_repo, model_repo, {}, processes=2)
+    port = parent.port
     children: list[psutil.Process] = []
     try:
         _predict_a_few(port, parent, 1)
@@ -165,11 +149,15 @@ def test_the_processes_stop_when_their_supervisor_is_killed(fraud_repo, model_re
             parent.kill()
 
 
-def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_repo, tmp_path):
-    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo, processes=2)
+def test_two_processes_share_the_port_and_drain_on_sigterm(
+    fraud_repo, model_repo, tmp_path, servers
+):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    parent = _serve(
+        servers, fraud_repo, model_repo, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, processes=2
+    )
+    port, metrics_port = parent.port, parent.metrics_port
     calls = 0
     try:
         with PredictorClient(f"127.0.0.1:{port}") as probe:
@@ -200,14 +188,16 @@ def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_rep
 
 
 def test_connections_opened_as_the_replica_first_answers_reach_both_processes(
-    fraud_repo, model_repo, tmp_path
+    fraud_repo, model_repo, tmp_path, servers
 ):
     """The processes bind the port together once both have loaded: one that listened
     alone first would keep every connection a client opened as soon as health answered."""
-    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    parent = _serve(
+        servers, fraud_repo, model_repo, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, processes=2
+    )
+    port = parent.port
     try:
         with PredictorClient(f"127.0.0.1:{port}") as probe:
             probe.wait_serving(["fraud_lgbm"], 120, parent)
