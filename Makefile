@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test proto lint bench soak clean-demo help
+.PHONY: demo test test-grpc-latest proto lint bench soak clean-demo help
 
 help:
 	@echo "make demo   install into .venv, start an embedded Redis, run the fraud flow end to end"
 	@echo "make test   run the test suite (what CI runs)"
+	@echo "make test-grpc-latest  the serving tests again on the newest grpcio (CI runs it too)"
 	@echo "make proto  regenerate the gRPC stubs from augur/api/v1/*.proto"
 	@echo "make lint   ruff"
 	@echo "make bench  Augur vs a Feast-based server vs the floors, fraud and wide (~10 min)"
@@ -25,6 +26,27 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The green pool patches grpc._server's privates: the serving tests run again on the newest
+# grpcio release, in a venv of their own, so that a change there shows the day it ships rather
+# than the day the pin moves. The project installs once per change of its files; grpcio is
+# upgraded on every run. The one test deselected asserts the pinned version itself.
+LATEST := .venv-grpc-latest
+LATEST_STAMP := $(LATEST)/.installed
+GRPC_TESTS := tests/test_green.py tests/test_predict.py tests/test_batching.py \
+	tests/test_batcher.py tests/test_errors.py tests/test_shutdown.py
+
+$(LATEST_STAMP): pyproject.toml setup.py augur/features/_native.c
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $(LATEST_STAMP)
+
+test-grpc-latest: $(LATEST_STAMP)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade grpcio grpcio-health-checking grpcio-reflection
+	@$(LATEST)/bin/python -c 'import grpc; print("grpcio", grpc.__version__)'
+	$(LATEST)/bin/python -m pytest -q $(GRPC_TESTS) \
+		--deselect tests/test_green.py::test_grpc_is_the_release_the_green_pool_was_checked_against
 
 proto: $(STAMP)
 	$(BIN)/python -m augur.api.generate

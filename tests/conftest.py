@@ -1,8 +1,10 @@
 """Shared fixtures: a private Redis process, a small fraud repo applied and materialized with
-real Feast, models trained from it, and a real gRPC server on loopback."""
+real Feast, models trained from it, a real gRPC server on loopback, and `servers`, which starts
+a test's own servers (in process or as `augur` processes) and always stops them."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,6 +88,100 @@ def write_config(path: Path, repo: FraudRepo, models: Path, **server: object) ->
         )
     )
     return path
+
+
+class AugurProcess(subprocess.Popen):
+    """An `augur` command run as its own process (output and errors on one pipe unless given
+    a file); for `augur serve`, the config it was started with and that config's ports."""
+
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        output=subprocess.PIPE,
+        config: Path | None = None,
+        port: int = 0,
+        metrics_port: int = 0,
+    ) -> None:
+        command = [sys.executable, "-m", "augur.cli.main", *args]
+        super().__init__(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        self.config, self.port, self.metrics_port = config, port, metrics_port
+
+
+class Servers:
+    """The servers and `augur` processes one test starts; `stop` ends every one still running,
+    whatever the test did with them (stopping twice is harmless)."""
+
+    STOP_TIMEOUT_S = 30.0
+
+    def __init__(self, tmp_path: Path) -> None:
+        self._tmp_path = tmp_path
+        self._in_process: list = []  # augur.serving.server.RunningServer
+        self._processes: list[AugurProcess] = []
+
+    def start(self, config: Config):
+        """A server in this process (augur.serving.server.start) on `config`'s ports:
+        server_config picks free ones."""
+        from augur.serving.server import start
+
+        running = start(config)
+        self._in_process.append(running)
+        return running
+
+    def serve(
+        self, repo: FraudRepo, models: Path, env: dict[str, str] | None = None, **server: object
+    ) -> AugurProcess:
+        """`augur serve` with an augur.yaml of its own: gRPC and metrics on free ports unless
+        `server` names them, and the other server options given. `env` is the whole
+        environment (None: this process's)."""
+        server = {"port": free_port(), "metrics_port": free_port(), **server}
+        config = self._tmp_path / f"augur-serve-{len(self._processes)}.yaml"
+        write_config(config, repo, models, **server)
+        process = AugurProcess(
+            "serve",
+            "--config",
+            str(config),
+            env=env,
+            config=config,
+            port=server["port"],
+            metrics_port=server["metrics_port"],
+        )
+        self._processes.append(process)
+        return process
+
+    def command(self, *args: str, env: dict[str, str] | None = None, output=subprocess.PIPE):
+        """Any other `augur` command as its own process, ended like a server if still running
+        when the test ends."""
+        process = AugurProcess(*args, env=env, output=output)
+        self._processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        """SIGTERM to the processes still running (SIGKILL to those that outlast
+        STOP_TIMEOUT_S), then a stop of the in-process servers, the last started first."""
+        for process in reversed(self._processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(self.STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        for running in reversed(self._in_process):
+            running.stop()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """Starts servers for one test (`servers.start(config)`, `servers.serve(repo, models,
+    **server)`) and stops all of them when it ends, passed or failed."""
+    own = Servers(tmp_path)
+    try:
+        yield own
+    finally:
+        own.stop()
 
 
 @pytest.fixture(scope="session")

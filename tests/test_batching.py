@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from augur.client.client import PredictorClient
 from augur.serving.green import GreenPool
-from augur.serving.server import _largest_batch, start
+from augur.serving.server import _largest_batch
 from tests.conftest import server_config
 
 
@@ -21,11 +21,13 @@ def _sample(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_concurrent_calls_share_batches_and_get_their_own_answers(fraud_repo, model_repo, client):
+def test_concurrent_calls_share_batches_and_get_their_own_answers(
+    fraud_repo, model_repo, client, servers
+):
     config = server_config(fraud_repo, model_repo)
     config.server.batch_max_rows = 64
     config.server.batch_max_delay_us = 3_000
-    running = start(config)
+    running = servers.start(config)
     calls_before = _sample("augur_batch_calls_sum", model="fraud_mlp")
     batches_before = _sample("augur_batch_calls_count", model="fraud_mlp")
     waits_before = _sample("augur_stage_latency_seconds_count", model="fraud_mlp", stage="queue")
@@ -70,14 +72,14 @@ def test_concurrent_calls_share_batches_and_get_their_own_answers(fraud_repo, mo
     assert REGISTRY.get_sample_value("augur_batch_queue_depth", {"model": "fraud_mlp"}) >= 0
 
 
-def test_a_lone_call_is_not_held_for_the_batch_delay(fraud_repo, model_repo, client):
+def test_a_lone_call_is_not_held_for_the_batch_delay(fraud_repo, model_repo, client, servers):
     """A batch waits only for calls on their way: with a 30 s queue delay, a lone call (and
     one after a call that failed validation, whose announcement is withdrawn) is answered
     within its 5 s deadline."""
     config = server_config(fraud_repo, model_repo)
     config.server.batch_max_rows = 64
     config.server.batch_max_delay_us = 30_000_000
-    running = start(config)
+    running = servers.start(config)
     entities, amounts = {"user_id": [3], "merchant_id": [5]}, {"amount": [12.5]}
     try:
         with PredictorClient(f"127.0.0.1:{running.port}", timeout=5) as own:
@@ -93,7 +95,9 @@ def test_a_lone_call_is_not_held_for_the_batch_delay(fraud_repo, model_repo, cli
     np.testing.assert_allclose(again, alone, rtol=1e-6, atol=1e-7)
 
 
-def test_a_model_yaml_turns_batching_on_for_its_model_only(fraud_repo, model_repo, tmp_path):
+def test_a_model_yaml_turns_batching_on_for_its_model_only(
+    fraud_repo, model_repo, tmp_path, servers
+):
     """model.yaml's `batching` overrides the server's settings for that model: fraud_mlp
     batches on a server whose batching is off, fraud_lgbm beside it scores each call alone."""
     models = tmp_path / "models"
@@ -102,7 +106,7 @@ def test_a_model_yaml_turns_batching_on_for_its_model_only(fraud_repo, model_rep
     spec.write_text(spec.read_text() + "batching: {max_batch_size: 64, max_queue_delay_us: 3000}\n")
     config = server_config(fraud_repo, models)
     assert config.server.batch_max_rows == 0
-    running = start(config)
+    running = servers.start(config)
     # a model batching at start puts the server's calls on the green pool
     assert _largest_batch(config, running.manager) == 64
     assert isinstance(running.pool, GreenPool)
@@ -141,7 +145,7 @@ def test_a_model_yaml_turns_batching_on_for_its_model_only(fraud_repo, model_rep
 
 
 def test_a_batch_turned_on_after_start_warns_of_the_threads_it_lacks(
-    fraud_repo, model_repo, tmp_path, caplog
+    fraud_repo, model_repo, tmp_path, caplog, servers
 ):
     """A server on a thread pool (server.handlers: threads) with no batching at start has
     two handler threads; a model.yaml that turns batching on later gets a warning naming
@@ -150,7 +154,7 @@ def test_a_batch_turned_on_after_start_warns_of_the_threads_it_lacks(
     shutil.copytree(model_repo, models)
     config = server_config(fraud_repo, models)
     config.server.handlers = "threads"
-    running = start(config)  # no batching anywhere: 2 threads
+    running = servers.start(config)  # no batching anywhere: 2 threads
     assert isinstance(running.pool, ThreadPoolExecutor)
     try:
         spec = models / "fraud_mlp" / "model.yaml"

@@ -25,7 +25,6 @@ from augur.client.client import PredictorClient
 from augur.features.redis_server import EmbeddedRedis
 from augur.pipelines.materialize import materialize
 from augur.serving import metrics
-from augur.serving.server import start
 from tests.conftest import server_config
 
 ENTITIES = {"user_id": [1, 2, 3], "merchant_id": [4, 5, 6]}
@@ -48,7 +47,9 @@ def own_redis(fraud_repo, tmp_path):
     server.stop()
 
 
-def _serve(fraud_repo, model_repo, address, read_timeout_ms: int | None = None, **server_options):
+def _serve(
+    servers, fraud_repo, model_repo, address, read_timeout_ms: int | None = None, **server_options
+):
     config = server_config(fraud_repo, model_repo, address=address)
     if read_timeout_ms is not None:
         config.redis.read_timeout_ms = read_timeout_ms
@@ -56,7 +57,7 @@ def _serve(fraud_repo, model_repo, address, read_timeout_ms: int | None = None, 
     config.redis.breaker_cooldown_ms = 300
     for key, value in server_options.items():
         setattr(config.server, key, value)
-    running = start(config)
+    running = servers.start(config)
     return running, PredictorClient(f"127.0.0.1:{running.port}", timeout=5)
 
 
@@ -69,8 +70,10 @@ def _outcome(call) -> tuple[str, float]:
         return e.code().name, time.monotonic() - began
 
 
-def test_paused_redis_answers_within_the_deadline_then_recovers(fraud_repo, model_repo, own_redis):
-    running, client = _serve(fraud_repo, model_repo, own_redis.address)
+def test_paused_redis_answers_within_the_deadline_then_recovers(
+    fraud_repo, model_repo, own_redis, servers
+):
+    running, client = _serve(servers, fraud_repo, model_repo, own_redis.address)
     try:
         assert _outcome(lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS))[0] == "OK"
         os.kill(own_redis.process.pid, signal.SIGSTOP)
@@ -91,9 +94,9 @@ def test_paused_redis_answers_within_the_deadline_then_recovers(fraud_repo, mode
 
 
 def test_breaker_fails_fast_while_redis_is_down_and_probes_it_back(
-    fraud_repo, model_repo, own_redis
+    fraud_repo, model_repo, own_redis, servers
 ):
-    running, client = _serve(fraud_repo, model_repo, own_redis.address)
+    running, client = _serve(servers, fraud_repo, model_repo, own_redis.address)
     try:
         own_redis.process.send_signal(signal.SIGTERM)  # saves its data, like a real restart
         own_redis.process.wait(10)
@@ -119,14 +122,16 @@ def test_breaker_fails_fast_while_redis_is_down_and_probes_it_back(
         client.close()
 
 
-def test_serve_defaults_policy_answers_degraded(fraud_repo, model_repo, own_redis, tmp_path):
+def test_serve_defaults_policy_answers_degraded(
+    fraud_repo, model_repo, own_redis, tmp_path, servers
+):
     models = tmp_path / "models"
     shutil.copytree(model_repo, models)
     spec_path = models / "fraud_lgbm" / "model.yaml"
     spec = yaml.safe_load(spec_path.read_text())
     spec["on_feature_store_error"] = "serve_defaults"
     spec_path.write_text(yaml.safe_dump(spec))
-    running, client = _serve(fraud_repo, models, own_redis.address)
+    running, client = _serve(servers, fraud_repo, models, own_redis.address)
     try:
         healthy = client.predict("fraud_lgbm", ENTITIES, AMOUNTS, return_features=True)
         own_redis.process.send_signal(signal.SIGTERM)
@@ -162,9 +167,15 @@ def test_serve_defaults_policy_answers_degraded(fraud_repo, model_repo, own_redi
         client.close()
 
 
-def test_full_model_queue_refuses_at_once(fraud_repo, model_repo):
+def test_full_model_queue_refuses_at_once(fraud_repo, model_repo, servers):
     running, client = _serve(
-        fraud_repo, model_repo, fraud_repo.address, model_queue=2, workers=8, max_in_flight=64
+        servers,
+        fraud_repo,
+        model_repo,
+        fraud_repo.address,
+        model_queue=2,
+        workers=8,
+        max_in_flight=64,
     )
     n = 1_000
     rng = np.random.default_rng(0)
@@ -197,13 +208,15 @@ def test_full_model_queue_refuses_at_once(fraud_repo, model_repo):
     assert len(outcomes) == 48
 
 
-def test_bad_model_never_takes_traffic_and_the_rest_serve(fraud_repo, model_repo, tmp_path, caplog):
+def test_bad_model_never_takes_traffic_and_the_rest_serve(
+    fraud_repo, model_repo, tmp_path, caplog, servers
+):
     models = tmp_path / "models"
     shutil.copytree(model_repo, models)
     artifact = models / "fraud_mlp" / "v1" / "model.pt"
     artifact.write_bytes(artifact.read_bytes()[:-10] + b"corrupted!")
     with caplog.at_level("ERROR"):
-        running, client = _serve(fraud_repo, models, fraud_repo.address)
+        running, client = _serve(servers, fraud_repo, models, fraud_repo.address)
     try:
         assert client.health("fraud_mlp") == "NOT_SERVING"
         assert client.health("fraud_lgbm") == "SERVING"
@@ -221,13 +234,18 @@ def test_bad_model_never_takes_traffic_and_the_rest_serve(fraud_repo, model_repo
 
 @pytest.mark.parametrize("batch_rows", [0, 64], ids=["alone", "batched"])
 def test_calls_waiting_for_a_paused_redis_leave_the_server_to_others_and_get_their_own_rows(
-    fraud_repo, model_repo, own_redis, batch_rows
+    fraud_repo, model_repo, own_redis, batch_rows, servers
 ):
     """On the green pool (the default) a call, or a batch, waiting for Redis parks, and
     gRPC's polling thread serves other calls meanwhile; reads waiting together are made on
     connections of their own, so each call gets its own rows back once Redis answers."""
     running, client = _serve(  # the reads outwait the pause
-        fraud_repo, model_repo, own_redis.address, read_timeout_ms=8_000, batch_max_rows=batch_rows
+        servers,
+        fraud_repo,
+        model_repo,
+        own_redis.address,
+        read_timeout_ms=8_000,
+        batch_max_rows=batch_rows,
     )
     calls = [({"user_id": [u], "merchant_id": [u + 7]}, {"amount": [u * 3.0]}) for u in (1, 2, 3)]
     try:
@@ -253,12 +271,17 @@ def test_calls_waiting_for_a_paused_redis_leave_the_server_to_others_and_get_the
 
 
 def test_calls_on_threads_wait_for_a_paused_redis_holding_their_threads(
-    fraud_repo, model_repo, own_redis
+    fraud_repo, model_repo, own_redis, servers
 ):
     """The contrast that shows what the green pool buys: on two handler threads, two calls
     waiting for Redis leave none for a third."""
     running, client = _serve(
-        fraud_repo, model_repo, own_redis.address, read_timeout_ms=8_000, handlers="threads"
+        servers,
+        fraud_repo,
+        model_repo,
+        own_redis.address,
+        read_timeout_ms=8_000,
+        handlers="threads",
     )
     try:
         pool = ThreadPoolExecutor(2)

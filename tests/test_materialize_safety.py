@@ -21,8 +21,6 @@ import datetime as dt
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from augur.features.packed import vector_field
 from augur.features.redis_server import EmbeddedRedis
 from augur.features.repo import open_store
 from examples.fraud.generate import Scale
-from tests.conftest import ROOT, make_repo
+from tests.conftest import make_repo
 
 # Bigger than SMALL so a view's write pipeline lasts long enough to be cut (~30k keys).
 SCALE = Scale(users=8_000, merchants=800, transactions=30_000, days=30)
@@ -61,18 +59,18 @@ def _repo(dest: Path, server: EmbeddedRedis) -> Path:
     return config
 
 
-def _materialize(config: Path, window: tuple[dt.datetime, dt.datetime], log: Path):
+def _materialize(servers, config: Path, window: tuple[dt.datetime, dt.datetime], log: Path):
     start, end = window
-    command = [sys.executable, "-m", "augur.cli.main", "materialize", "--config", str(config)]
+    command = ["materialize", "--config", str(config)]
     command += ["--start", start.isoformat(), "--end", end.isoformat()]
     # Only the config file says where Redis is: no AUGUR_* override from this process.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUGUR_")}
     with open(log, "ab") as out:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+        return servers.command(*command, env=env, output=out)
 
 
-def _run_to_end(config: Path, window, log: Path) -> None:
-    code = _materialize(config, window, log).wait(RUN_TIMEOUT)
+def _run_to_end(servers, config: Path, window, log: Path) -> None:
+    code = _materialize(servers, config, window, log).wait(RUN_TIMEOUT)
     assert code == 0, f"materialize exited with {code}:\n{log.read_text()[-3000:]}"
 
 
@@ -136,7 +134,7 @@ def _assert_whole_views(dump: Dump, views: dict[str, frozenset[bytes]], clean: D
     return entries
 
 
-def test_killed_run_then_rerun_equals_one_clean_run(tmp_path, monkeypatch):
+def test_killed_run_then_rerun_equals_one_clean_run(tmp_path, monkeypatch, servers):
     # Both copies generate the same data even if the test straddles midnight UTC.
     end_of_data = generate.default_end()
     monkeypatch.setattr(generate, "default_end", lambda: end_of_data)
@@ -147,7 +145,7 @@ def test_killed_run_then_rerun_equals_one_clean_run(tmp_path, monkeypatch):
 
     with EmbeddedRedis() as server:
         config = _repo(tmp_path / "clean", server)
-        _run_to_end(config, window, tmp_path / "clean.log")
+        _run_to_end(servers, config, window, tmp_path / "clean.log")
         clean = _dump(server)
     views = _view_fields(config)
     assert len(clean) > 10_000, f"only {len(clean)} keys: no test of a cut write"
@@ -162,7 +160,7 @@ def test_killed_run_then_rerun_equals_one_clean_run(tmp_path, monkeypatch):
         log = tmp_path / "killed.log"
         target = random.Random(SEED).randint(1, len(clean) - 1)
         client = _client(server)
-        process = _materialize(config, window, log)
+        process = _materialize(servers, config, window, log)
         deadline = time.monotonic() + RUN_TIMEOUT
         while (seen := client.dbsize()) < target:
             assert process.poll() is None, f"exited before the kill:\n{log.read_text()[-3000:]}"
@@ -175,7 +173,7 @@ def test_killed_run_then_rerun_equals_one_clean_run(tmp_path, monkeypatch):
         print(f"killed at {seen} keys (target {target}); {len(cut)} of {len(clean)} left")
         _assert_whole_views(cut, views, clean)
 
-        _run_to_end(config, window, log)
+        _run_to_end(servers, config, window, log)
         again = _dump(server)
 
     differ = [k for k in clean.keys() | again.keys() if again.get(k) != clean.get(k)]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -26,9 +24,7 @@ from augur.features.keys import KeyEncoder
 from augur.features.native import native
 from augur.features.packed import HEADER_BYTES
 from augur.features.reader import OnlineReader
-from augur.features.redis_server import free_port
 from augur.features.repo import build_plan
-from tests.conftest import write_config
 
 needs_native = pytest.mark.skipif(native is None, reason="augur.features._native is not built")
 
@@ -248,18 +244,12 @@ def test_the_c_assembly_applies_ttl_and_defaults_like_numpy(fraud_repo, plan, n)
 
 
 def test_a_server_without_the_c_loops_says_so_and_answers_the_same(
-    fraud_repo, model_repo, client, tmp_path
+    fraud_repo, model_repo, client, servers
 ):
     """`augur serve` with AUGUR_NATIVE=0 (as on a machine without a compiler) logs that its
     reads run in numpy, and answers what the C path answers, features and status included."""
-    port = free_port()
-    config = write_config(tmp_path / "augur.yaml", fraud_repo, model_repo, port=port)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "AUGUR_NATIVE": "0"},
-    )
+    process = servers.serve(fraud_repo, model_repo, env={**os.environ, "AUGUR_NATIVE": "0"})
+    port = process.port
     rng = np.random.default_rng(3)
     entities = {"user_id": rng.integers(0, 450, 60), "merchant_id": rng.integers(0, 90, 60)}
     amounts = {"amount": rng.uniform(1, 500, 60)}

@@ -413,14 +413,12 @@ def test_redis_refused_login_names_address_and_user(locked_redis, options, user,
 
 
 def test_server_reads_redis_with_its_acl_login_and_names_a_refused_one(
-    fraud_repo, model_repo, locked_redis
+    fraud_repo, model_repo, locked_redis, servers
 ):
     def features(address: str) -> tuple[str, ...]:
         config = server_config(fraud_repo, model_repo, address=address)
         config.server.watch_interval_s = 0
-        from augur.serving.server import start
-
-        running = start(config)
+        running = servers.start(config)
         try:
             with PredictorClient(f"127.0.0.1:{running.port}", timeout=5) as client:
                 return client.online_features("fraud_lgbm", ENTITIES)[0]
@@ -582,13 +580,12 @@ def test_operator_cli_reaches_a_secured_server(token_server, certs):
     assert "UNAUTHENTICATED" in refused.stdout
 
 
-def test_admin_can_listen_on_its_own_address(fraud_repo, model_repo):
+def test_admin_can_listen_on_its_own_address(fraud_repo, model_repo, servers):
     from augur.features.redis_server import free_port
-    from augur.serving.server import start
 
     config = server_config(fraud_repo, model_repo)
     config.server.admin_port = free_port()
-    running = start(config)
+    running = servers.start(config)
     try:
         assert running.admin_port == config.server.admin_port
         with AdminClient(f"127.0.0.1:{running.admin_port}", timeout=5) as admin:

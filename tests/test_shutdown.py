@@ -1,8 +1,6 @@
 """`augur serve` as its own process: SIGTERM lets in-flight calls finish, then it exits."""
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -10,26 +8,13 @@ import grpc
 import numpy as np
 
 from augur.client.client import PredictorClient
-from augur.features.redis_server import free_port
-from tests.conftest import write_config
 
 
-def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, tmp_path):
-    port = free_port()
-    config = write_config(
-        tmp_path / "augur.yaml",
-        fraud_repo,
-        model_repo,
-        port=port,
-        metrics_port=0,
-        grace_seconds=10,
-        max_rows=10_000,
+def test_sigterm_drains_in_flight_calls(fraud_repo, model_repo, servers):
+    process = servers.serve(
+        fraud_repo, model_repo, metrics_port=0, grace_seconds=10, max_rows=10_000
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    port = process.port
     try:
         with PredictorClient(f"127.0.0.1:{port}", timeout=30) as client:
             client.wait_serving(["fraud_mlp"], 90, process)

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,8 +23,6 @@ from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from augur.client import encode_entities
 from augur.client.client import PredictorClient
-from augur.features.redis_server import free_port
-from tests.conftest import write_config
 
 
 def _requests_in(db: Path) -> float:
@@ -52,27 +49,9 @@ def _predict_requests_served(metrics_port: int) -> float:
     )
 
 
-def _config(tmp_path: Path, fraud_repo, model_repo, **server: object) -> tuple[Path, int, int]:
-    """augur.yaml on free ports: (its path, the gRPC port, the metrics port)."""
-    port, metrics_port = free_port(), free_port()
-    config = write_config(
-        tmp_path / "augur.yaml",
-        fraud_repo,
-        model_repo,
-        port=port,
-        metrics_port=metrics_port,
-        **server,
-    )
-    return config, port, metrics_port
-
-
-def _serve(config: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+def _serve(servers, fraud_repo, model_repo, env: dict, **server: object):
+    """`augur serve` on free ports, with `env` over this process's environment."""
+    return servers.serve(fraud_repo, model_repo, env={**os.environ, **env}, **server)
 
 
 def _predict_a_few(port: int, server: subprocess.Popen, calls: int) -> None:
@@ -82,19 +61,23 @@ def _predict_a_few(port: int, server: subprocess.Popen, calls: int) -> None:
             client.predict("fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [1.0]})
 
 
-def test_one_process_ignores_an_inherited_multiprocess_dir(fraud_repo, model_repo, tmp_path):
+def test_one_process_ignores_an_inherited_multiprocess_dir(
+    fraud_repo, model_repo, tmp_path, servers
+):
     """Importing Feast sets PROMETHEUS_MULTIPROC_DIR for every process started afterwards;
     a lone server must not write its metrics to files there."""
-    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo)
     inherited = tmp_path / "feast_metrics"
     inherited.mkdir()
     server = _serve(
-        config,
+        servers,
+        fraud_repo,
+        model_repo,
         {
             "PROMETHEUS_MULTIPROC_DIR": str(inherited),
             "PROMETHEUS_MULTIPROCESS_DIR": str(inherited),
         },
     )
+    port, metrics_port = server.port, server.metrics_port
     try:
         _predict_a_few(port, server, 3)
         assert _predict_requests_served(metrics_port) == 3
@@ -108,16 +91,18 @@ def test_one_process_ignores_an_inherited_multiprocess_dir(fraud_repo, model_rep
 
 
 def test_two_processes_keep_out_of_the_directory_feasts_import_made(
-    fraud_repo, model_repo, tmp_path
+    fraud_repo, model_repo, tmp_path, servers
 ):
     """A supervisor started from a process that imported Feast inherits Feast's temporary
     metrics directory; its children's files go to a directory of its own instead."""
-    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo, processes=2)
     feasts = tmp_path / "feast_metrics_x1y2z3"
     feasts.mkdir()
     theirs = feasts / "counter_12345.db"  # a file of Feast's own, not stale
     theirs.write_bytes(b"feast")
-    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(feasts)})
+    parent = _serve(
+        servers, fraud_repo, model_repo, {"PROMETHEUS_MULTIPROC_DIR": str(feasts)}, processes=2
+    )
+    port, metrics_port = parent.port, parent.metrics_port
     try:
         _predict_a_few(port, parent, 4)
         assert _predict_requests_served(metrics_port) == 4  # still added up, elsewhere
@@ -130,11 +115,10 @@ def test_two_processes_keep_out_of_the_directory_feasts_import_made(
     assert "made up by Feast's import" in parent.stdout.read().decode()
 
 
-def test_a_stop_while_the_processes_start_is_a_clean_stop(fraud_repo, model_repo, tmp_path):
+def test_a_stop_while_the_processes_start_is_a_clean_stop(fraud_repo, model_repo, servers):
     """SIGTERM as the supervisor has just started its children (a rollout that changes its
     mind): none has served a call, so the replica stops with 0, not a child's 143."""
-    config, _, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
-    parent = _serve(config, {})
+    parent = _serve(servers, fraud_repo, model_repo, {}, processes=2)
     try:
         for line in parent.stdout:  # logged once both children are started
             if b"started 2 server processes" in line:
@@ -146,11 +130,11 @@ def test_a_stop_while_the_processes_start_is_a_clean_stop(fraud_repo, model_repo
             parent.kill()
 
 
-def test_the_processes_stop_when_their_supervisor_is_killed(fraud_repo, model_repo, tmp_path):
+def test_the_processes_stop_when_their_supervisor_is_killed(fraud_repo, model_repo, servers):
     """A supervisor killed outright (SIGKILL, the OOM killer) must not leave its children
     serving on the port with nobody to stop them."""
-    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
-    parent = _serve(config, {})
+    parent = _serve(servers, fraud_repo, model_repo, {}, processes=2)
+    port = parent.port
     children: list[psutil.Process] = []
     try:
         _predict_a_few(port, parent, 1)
@@ -168,11 +152,15 @@ def test_the_processes_stop_when_their_supervisor_is_killed(fraud_repo, model_re
             parent.kill()
 
 
-def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_repo, tmp_path):
-    config, port, metrics_port = _config(tmp_path, fraud_repo, model_repo, processes=2)
+def test_two_processes_share_the_port_and_drain_on_sigterm(
+    fraud_repo, model_repo, tmp_path, servers
+):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    parent = _serve(
+        servers, fraud_repo, model_repo, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, processes=2
+    )
+    port, metrics_port = parent.port, parent.metrics_port
     calls = 0
     try:
         with PredictorClient(f"127.0.0.1:{port}") as probe:
@@ -203,14 +191,16 @@ def test_two_processes_share_the_port_and_drain_on_sigterm(fraud_repo, model_rep
 
 
 def test_connections_opened_as_the_replica_first_answers_reach_both_processes(
-    fraud_repo, model_repo, tmp_path
+    fraud_repo, model_repo, tmp_path, servers
 ):
     """The processes bind the port together once both have loaded: one that listened
     alone first would keep every connection a client opened as soon as health answered."""
-    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    parent = _serve(
+        servers, fraud_repo, model_repo, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, processes=2
+    )
+    port = parent.port
     try:
         with PredictorClient(f"127.0.0.1:{port}") as probe:
             probe.wait_serving(["fraud_lgbm"], 120, parent)
@@ -251,11 +241,19 @@ def _new_child(parent: subprocess.Popen, known: set[int], timeout: float) -> psu
     raise AssertionError(f"no new server process after {timeout}s")
 
 
-def test_a_killed_process_is_started_again_while_the_other_serves(fraud_repo, model_repo, tmp_path):
-    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
+def test_a_killed_process_is_started_again_while_the_other_serves(
+    fraud_repo, model_repo, tmp_path, servers
+):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    parent = _serve(
+        servers,
+        fraud_repo,
+        model_repo,
+        {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        processes=2,
+    )
+    port = parent.port
     outcomes: list[str] = []
     between_calls, hold, done = threading.Event(), threading.Event(), threading.Event()
 
@@ -326,13 +324,13 @@ def test_a_killed_process_is_started_again_while_the_other_serves(fraud_repo, mo
     assert output.count("draining in-flight calls") == 2, output
 
 
-def test_processes_that_keep_dying_stop_the_replica(fraud_repo, model_repo, tmp_path):
+def test_processes_that_keep_dying_stop_the_replica(fraud_repo, model_repo, servers):
     """Restarting hides nothing: a process killed again and again (MAX_DEATHS deaths within
     DEATHS_WINDOW_S) ends the replica with 1, for the orchestrator to see and replace it."""
     from augur.serving.supervisor import MAX_DEATHS
 
-    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
-    parent = _serve(config, {})
+    parent = _serve(servers, fraud_repo, model_repo, {}, processes=2)
+    port = parent.port
     try:
         with PredictorClient(f"127.0.0.1:{port}") as probe:
             probe.wait_serving(["fraud_lgbm"], 120, parent)
