@@ -12,9 +12,11 @@ the canary is rolled back in model.yaml and traffic returns to stable.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from augur.features.plan import ReadPlan
@@ -65,6 +67,7 @@ class ModelManager:
         """Bring every model's routing in line with the repository."""
         with self._refresh_lock:
             routes = {}
+            self._vet_all(self.repo.names())
             for name in self.repo.names():
                 route = self._build(name, self._routes.get(name))
                 if route is not None:
@@ -256,6 +259,49 @@ class ModelManager:
             "; still serving the previous version" if previous else "",
         )
         return previous
+
+    def _vet_all(self, names: list[str]) -> None:
+        """Probe every version model.yaml asks for that is neither loaded nor vetted, all at
+        once: each probe is mostly a child's interpreter start and framework import, so a
+        server with several models starts in about one probe's time, not one per version."""
+        if self.probe_timeout_s is None:
+            return
+        wanted: dict[tuple[str, str], tuple] = {}
+        for name in names:
+            try:
+                spec = self.repo.spec(name)
+                ids = {self.repo.default_version(spec), *spec.aliases.values()}
+            except RepositoryError:
+                continue  # _build reports it
+            ids |= {x.version for x in (spec.canary, spec.shadow) if x is not None}
+            for version in ids:
+                key = (name, version)
+                files = _files(self.repo.root / name / version)
+                if key in self._cache or self._vetted.get(key) == files:
+                    continue
+                if key not in self.bad or self.bad[key][0] != files:
+                    wanted[key] = files
+        if len(wanted) < 2:
+            return  # one probe runs inside _load as usual
+        with ThreadPoolExecutor(min(len(wanted), os.cpu_count() or 1)) as pool:
+            done = {key: pool.submit(self._vet, key) for key in wanted}
+        for (name, version), future in done.items():
+            failure = future.result()
+            if failure is None:
+                self._vetted[name, version] = wanted[name, version]
+            elif isinstance(failure, probe.ProbeFailed):  # _load raises it, logged there once
+                why = f"model {name}@{version}: {failure}; marked bad until its files change"
+                self.bad[name, version] = (wanted[name, version], why)
+                metrics.MODEL_LOADS.labels(name, version, "rejected").inc()
+
+    def _vet(self, key: tuple[str, str]) -> Exception | None:
+        """Probe one version ahead of _load: None when it passed, else what went wrong (a
+        repository error is left for _load to find and report as it always does)."""
+        try:
+            probe.vet(self.repo.resolve(*key), self.compile_cache, self.probe_timeout_s)
+        except (probe.ProbeFailed, RepositoryError, OSError) as e:
+            return e
+        return None
 
     def _load(self, name: str, version: str) -> ServingModel:
         key = (name, version)
