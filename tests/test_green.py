@@ -11,8 +11,10 @@ import greenlet
 import grpc
 import pytest
 
+from augur.serving import grpc_patch
 from augur.serving.batcher import Batcher, Call
-from augur.serving.green import GreenCondition, GreenPool, Hub, off_thread, patch_grpc
+from augur.serving.green import GreenCondition, GreenPool, off_thread
+from augur.serving.hub import Hub
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def test_grpc_call_state_waits_on_a_green_condition():
     on the green pool (a grpcio release that changed its server would show here first)."""
     from grpc import _server
 
-    assert patch_grpc()
+    assert grpc_patch.install(GreenCondition)
     assert isinstance(_server._RPCState().condition, GreenCondition)
     assert getattr(_server._serve, "green", False)  # the polling loop that runs a hub
     assert grpc.__version__ == "1.85.1"
@@ -149,7 +151,7 @@ def test_a_batching_server_runs_its_calls_on_the_polling_thread(fraud_repo, mode
         running.stop()
 
 
-def _scored_batches(max_rows: int, delay_s: float):
+def _scored_batches(pool: GreenPool, max_rows: int, delay_s: float):
     batches: list[list[int]] = []
 
     def run(calls: list[Call]) -> None:
@@ -159,7 +161,7 @@ def _scored_batches(max_rows: int, delay_s: float):
                 raise ValueError(f"bad call {call.entities['id']}")
             call.result = [v * 10 for v in call.entities["id"]]
 
-    return Batcher(run, max_rows, delay_s), batches
+    return Batcher(run, max_rows, delay_s, pool.waiting), batches
 
 
 def _call(batcher: Batcher, ids: list[int], fail: bool = False):
@@ -170,7 +172,7 @@ def _call(batcher: Batcher, ids: list[int], fail: bool = False):
 def test_calls_queued_together_share_a_batch_and_get_their_own_rows(pool):
     """Eight calls queued on one thread before it runs: each parks, and the thread runs
     them as one batch once nothing more is queued, within max_rows."""
-    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    batcher, batches = _scored_batches(pool, max_rows=64, delay_s=30.0)
     gate = threading.Event()
     pool.submit(gate.wait, 10)  # holds the thread while the calls queue behind it
     calls = [pool.submit(_call, batcher, [k, k + 100]) for k in range(8)]
@@ -181,7 +183,7 @@ def test_calls_queued_together_share_a_batch_and_get_their_own_rows(pool):
 
 
 def test_a_batch_closes_at_max_rows_and_the_call_that_fills_it_runs_it(pool):
-    batcher, batches = _scored_batches(max_rows=4, delay_s=30.0)
+    batcher, batches = _scored_batches(pool, max_rows=4, delay_s=30.0)
     gate = threading.Event()
     pool.submit(gate.wait, 10)
     calls = [pool.submit(_call, batcher, [k]) for k in range(10)]
@@ -191,13 +193,13 @@ def test_a_batch_closes_at_max_rows_and_the_call_that_fills_it_runs_it(pool):
 
 
 def test_a_lone_call_does_not_wait_out_the_delay(pool):
-    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    batcher, batches = _scored_batches(pool, max_rows=64, delay_s=30.0)
     assert pool.submit(_call, batcher, [7]).result(timeout=10) == [70]
     assert batches == [[1]]
 
 
 def test_a_failing_batch_fails_each_of_its_calls_and_the_next_batch_serves(pool):
-    batcher, _ = _scored_batches(max_rows=64, delay_s=30.0)
+    batcher, _ = _scored_batches(pool, max_rows=64, delay_s=30.0)
     gate = threading.Event()
     pool.submit(gate.wait, 10)
     failed = [pool.submit(_call, batcher, [k], k == 1) for k in range(3)]
@@ -212,7 +214,7 @@ def test_a_batch_still_waiting_runs_at_its_delay_while_calls_keep_coming(pool):
     """Under a stream of other calls the queue is never empty; the batch runs once its
     delay is up (20 ms), not when the stream (100 calls of at least 1 ms) ends."""
     done: list[int] = []
-    batcher, batches = _scored_batches(max_rows=64, delay_s=0.02)
+    batcher, batches = _scored_batches(pool, max_rows=64, delay_s=0.02)
     run = batcher._run
     batcher._run = lambda calls: (batches.append(len(done)), run(calls))
     gate = threading.Event()
@@ -229,7 +231,7 @@ def test_a_batch_still_waiting_runs_at_its_delay_while_calls_keep_coming(pool):
 
 def test_shutdown_answers_a_parked_call_first():
     own = GreenPool(1, "test-green-stop")
-    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    batcher, batches = _scored_batches(own, max_rows=64, delay_s=30.0)
     gate = threading.Event()
     own.submit(gate.wait, 10)
     parked = own.submit(_call, batcher, [9])
