@@ -298,3 +298,108 @@ def test_a_hub_resumes_a_read_once_its_socket_is_readable_timed_out_or_closed():
     assert outcome["closed"] == "readable" and not hub.readers and hub.parked == 0
     for sock in (answered, redis_side, slow, _silent, _other):
         sock.close()
+
+
+def _predicts_concurrently(address: str, callers: int = 4, calls: int = 10) -> list[str]:
+    """Each caller's Predict calls, made from threads of their own; what failed, if any."""
+    from augur.client.client import PredictorClient
+
+    failures: list[str] = []
+    answered: list[int] = []
+
+    def caller(k: int) -> None:
+        with PredictorClient(address, timeout=10) as own:
+            for i in range(calls):
+                try:
+                    scores = own.predict(
+                        "fraud_mlp",
+                        {"user_id": [k * 10 + i, i], "merchant_id": [i, k]},
+                        {"amount": [float(i), 1.0]},
+                    ).scores
+                    assert scores.shape == (2, 1), scores.shape
+                    answered.append(1)
+                except Exception as e:
+                    failures.append(repr(e))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    if len(answered) + len(failures) != callers * calls:
+        failures.append(f"{callers * calls - len(answered) - len(failures)} calls unanswered")
+    return failures
+
+
+# As on a grpcio whose server's private parts moved: the green pool's patch is refused.
+_REFUSED_PATCH = """
+import sys
+from augur.serving import grpc_patch
+grpc_patch.install = lambda condition: False
+from augur.cli.main import main
+sys.exit(main(["serve", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_server_whose_grpc_patch_is_refused_serves_predict_on_a_thread_of_its_own(
+    fraud_repo, model_repo, tmp_path
+):
+    """A fresh process where the patch of gRPC's server is refused (nothing of gRPC replaced)
+    falls back to a hub thread of the pool's own, says so, and answers concurrent Predict
+    calls, batched, until SIGTERM stops it cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    from augur.client.client import PredictorClient
+    from augur.features.redis_server import free_port
+    from tests.conftest import write_config
+
+    port = free_port()
+    config = write_config(
+        tmp_path / "augur.yaml",
+        fraud_repo,
+        model_repo,
+        port=port,
+        metrics_port=0,
+        batch_max_rows=64,
+        batch_max_delay_us=2_000,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", _REFUSED_PATCH, str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with PredictorClient(f"127.0.0.1:{port}", timeout=30) as client:
+            client.wait_serving(["fraud_mlp"], 90, process)
+        failures = _predicts_concurrently(f"127.0.0.1:{port}")
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read().decode()
+    assert failures == [], output
+    assert code == 0, output
+    assert "not the one the green pool knows" in output
+    assert "green pool, 1 handler thread(s)" in output  # not gRPC's polling thread
+
+
+def test_a_server_on_a_thread_pool_serves_concurrent_batched_predicts(fraud_repo, model_repo):
+    """server.handlers: threads, the pool that needs nothing of gRPC's internals, serves."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from augur.serving.server import start
+    from tests.conftest import server_config
+
+    config = server_config(fraud_repo, model_repo)
+    config.server.handlers = "threads"
+    config.server.batch_max_rows = 64
+    config.server.batch_max_delay_us = 2_000
+    running = start(config)
+    try:
+        assert isinstance(running.pool, ThreadPoolExecutor)
+        assert _predicts_concurrently(f"127.0.0.1:{running.port}") == []
+    finally:
+        running.stop()
