@@ -85,10 +85,11 @@ class Call:
     error: BaseException | None = None
     answered: bool = False
     waiter: Any = None  # on a green pool: the call, parked until answered
-    # Released once: when the call's batch is done, or when the call is handed the lead. A
-    # bare lock, not an Event: Event's wait and set go through a Condition in Python,
-    # several times a lock's cost, once per call.
-    done: threading.Lock = field(default_factory=_held)
+    # On threads, released once: when the call's batch is done, or when the call is handed
+    # the lead (held from its submit; a parked call on a green pool needs none). A bare lock,
+    # not an Event: Event's wait and set go through a Condition in Python, several times a
+    # lock's cost, once per call.
+    done: threading.Lock | None = None
 
 
 class Batcher:
@@ -131,6 +132,7 @@ class Batcher:
         hub = self._turns.parking()
         if hub is not None:
             return self._park(hub, call)
+        call.done = _held()
         with self._lock:
             self._arriving -= 1
             self._queued.append(call)
@@ -251,7 +253,8 @@ class _Open:
 
 
 class Arrival:
-    """One announced call: `submit` it, or leave the `with` block to withdraw it."""
+    """One announced call: `submit` it, or `withdraw` it (as leaving a `with` block that did
+    not submit it does)."""
 
     __slots__ = ("_batcher", "_pending")
 
@@ -263,6 +266,10 @@ class Arrival:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.withdraw()
+
+    def withdraw(self) -> None:
+        """The call will not be submitted (it failed before): a batch no longer waits for it."""
         if self._pending:
             self._pending = False
             self._batcher._withdraw()

@@ -37,10 +37,11 @@ def decode_inputs(
     return entities, decode_request_features(request.request_features, wanted, n, owner), n
 
 
-def predict_response(model: str, options: pb.PredictOptions, scored: Scored) -> pb.PredictResponse:
-    """The answer to a Predict call: its scores, the version(s) that answered, and what its
-    options ask for (feature status counts, the features themselves)."""
-    versions = scored.versions
+def predict_response(
+    model: str, options: pb.PredictOptions, scored: Scored, versions: list[str]
+) -> pb.PredictResponse:
+    """The answer to a Predict call: its scores, the version(s) that answered (`versions`,
+    scored.versions), and what its options ask for (feature status counts, the features)."""
     response = pb.PredictResponse(
         model=model,
         version=versions[0] if len(versions) == 1 else "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 
 import grpc
 
@@ -29,7 +30,7 @@ class ModelLane:
         self.name = name
         self.limit = limit
         self._admitted = threading.BoundedSemaphore(limit)
-        self._shed = metrics.for_model(name).shed
+        self._counted = metrics.for_model(name)
         self._lanes = lanes  # the server's settings, shared by every lane
         self._batcher: Batcher | None = None
         self._lock = threading.Lock()
@@ -37,7 +38,7 @@ class ModelLane:
     def predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
         """Admit the call, decode it, and score it: alone, or in the model's next batch."""
         if not self._admitted.acquire(blocking=False):
-            self._shed.inc()
+            self._counted.shed.inc()
             raise RequestError(
                 f"model {self.name}: {self.limit} calls already in flight "
                 f"(server.model_queue); retry with backoff",
@@ -52,11 +53,17 @@ class ModelLane:
                 entities, extra, _ = decode_inputs(request, model, lanes.max_rows, owner)
                 deadline = deadline_of(context, self.name, "features")
                 split = not request.version  # the canary may answer rows of a call naming none
-                return lanes.scorer.score(route, model, entities, extra, deadline, split)
-            with batcher.arrival() as arrival:  # announced before decoding: a batch waits for it
+                return lanes.scorer.score(
+                    route, model, entities, extra, deadline, split, self._counted
+                )
+            arrival = batcher.arrival()  # announced before decoding: a batch waits for it
+            try:
                 entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
                 deadline = deadline_of(context, self.name, "features")
-                return arrival.submit(Call(entities, extra, n, deadline, route))
+            except BaseException:
+                arrival.withdraw()
+                raise
+            return arrival.submit(Call(entities, extra, n, deadline, route))
         finally:
             self._admitted.release()
 
@@ -78,8 +85,10 @@ class ModelLane:
             with self._lock:
                 batcher = self._batcher
                 if batcher is None:
-                    depth = metrics.for_model(self.name).batch_queue
-                    batcher = Batcher(lanes.scorer.score_calls, rows, delay_s, lanes.turns, depth)
+                    # the model's metrics bound into its batches' run (no Python layer per batch)
+                    run = partial(lanes.scorer.score_calls, counted=self._counted)
+                    depth = self._counted.batch_queue
+                    batcher = Batcher(run, rows, delay_s, lanes.turns, depth)
                     self._batcher = batcher
                     lanes.check_threads(self.name, rows)
         elif batcher.max_rows != rows or batcher.max_delay_s != delay_s:

@@ -108,21 +108,30 @@ class ModelMetrics:
         self.batch_calls = BATCH_CALLS.labels(model)
         self.batch_queue = BATCH_QUEUE.labels(model)
 
-    def stages(self, began: float, read: float, assembled: float, scored: float) -> None:
-        """A scored set of rows' stage latencies, from perf_counter marks."""
+    def scored(
+        self,
+        began: float,
+        read: float,
+        assembled: float,
+        done: float,
+        rows,
+        plan,
+        ages: FeatureAges,
+    ) -> None:
+        """A scored set of rows (augur.features.reader.FeatureRows, read by `plan`): its stage
+        latencies from perf_counter marks, the rows and the feature values among them missing
+        or stale, and (sampled) the age of the oldest row served per view."""
         self.features.observe(read - began)
         self.assemble.observe(assembled - read)
-        self.inference.observe(scored - assembled)
-
-    def served(self, n: int, missing: np.ndarray, stale: np.ndarray) -> None:
-        """Rows scored, and the feature values among them missing or stale."""
-        self.rows.inc(n)
-        count = int(missing.sum())
+        self.inference.observe(done - assembled)
+        self.rows.inc(len(rows.values))
+        count = int(rows.missing.sum())
         if count:
             self.missing.inc(count)
-        count = int(stale.sum())
+        count = int(rows.stale.sum())
         if count:
             self.stale.inc(count)
+        ages.sample(plan.service, plan.views, rows.event_ts)
 
 
 class FeatureAges:

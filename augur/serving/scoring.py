@@ -63,10 +63,11 @@ class Scorer:
         extra: Mapping[str, np.ndarray],
         deadline: float | None,
         split: bool,
+        counted: metrics.ModelMetrics,
     ) -> Scored:
         """Read, assemble and score rows (one call's, or a batch's): the request path. `split`:
-        the sticky canary may answer some rows (the call named no version)."""
-        counted = metrics.for_model(route.name)
+        the sticky canary may answer some rows (the call named no version); `counted`: the
+        model's metrics."""
         t0 = time.perf_counter()
         rows, degraded = self.features.read(model.plan, entities, deadline, route)
         t1 = time.perf_counter()
@@ -78,10 +79,7 @@ class Scorer:
         scores, row_versions = route.score(
             model, rows, extra, batch, entities if split else None, self._trip
         )
-        counted.stages(t0, t1, t2, time.perf_counter())
-        counted.served(len(batch), rows.missing, rows.stale)
-        plan = model.plan
-        self._ages.sample(plan.service, plan.views, rows.event_ts)
+        counted.scored(t0, t1, t2, time.perf_counter(), rows, model.plan, self._ages)
         if route.shadow is not None and model is route.stable and not degraded:
             self.shadow.submit(
                 route.name,
@@ -94,14 +92,13 @@ class Scorer:
             )
         return Scored(model, rows, batch, scores, row_versions, degraded)
 
-    def score_calls(self, calls: list[Call]) -> None:
-        """One batch: calls routed alike share one read and one model call, then split."""
+    def score_calls(self, calls: list[Call], counted: metrics.ModelMetrics) -> None:
+        """One batch of a model's calls (`counted`: its metrics): calls routed alike share one
+        read and one model call, then split."""
         began = time.perf_counter()
         groups: dict[int, list[Call]] = {}
         for call in calls:
             groups.setdefault(id(call.route), []).append(call)
-        # one batcher per model: every call is for this model
-        counted = metrics.for_model(calls[0].route.name)
         queue = counted.queue
         for call in calls:
             queue.observe(began - call.queued)
@@ -116,7 +113,7 @@ class Scorer:
                 deadlines = [c.deadline for c in group]
                 deadline = None if None in deadlines else max(deadlines)
             try:
-                scored = self.score(route, route.stable, entities, extra, deadline, split=True)
+                scored = self.score(route, route.stable, entities, extra, deadline, True, counted)
             except BaseException as e:
                 for call in group:
                     call.error = e

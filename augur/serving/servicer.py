@@ -78,7 +78,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 raise self._unknown_model(request.model)
             scored = self.lanes.of(route).predict(route, request, context)
             versions = scored.versions
-            return predict_response(route.name, request.options, scored)
+            return predict_response(route.name, request.options, scored, versions)
         except Exception as e:
             code, message = _status(e, "Predict", model)
             context.abort(code, message)
