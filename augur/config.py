@@ -115,6 +115,14 @@ class AuthConfig:
 
 
 @dataclass
+class WriteConfig:
+    # Rows (push, materialize) whose event time is further than this into the future are
+    # refused: a row stamped in 2100 would shadow every later row of its entity (a row no
+    # newer than the stored one is skipped). Allows for clock skew between hosts.
+    max_future_skew_s: float = 300.0
+
+
+@dataclass
 class Config:
     feature_repo: Path = Path("examples/fraud/feature_repo")
     model_repo: Path = Path("models")
@@ -122,6 +130,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
 
 
 class ConfigError(ValueError):

@@ -2,18 +2,20 @@
 
     python -m bench.harness --scenario fraud|wide [--quick] [--augur OPTION=VALUE ...]
 
-Builds the scenario in a temporary folder on a private Redis (bench/scenarios.py), times the
-in-process floors (bench/inprocess.py), then starts each server as its own process in turn
-- Augur (`augur serve`), the Feast baseline (bench/baseline_server.py), the gRPC echo floor
+What each scenario measures is its profile (bench/profiles.py). Builds the scenario in a
+temporary folder on a private Redis (bench/scenarios.py), times the in-process floors
+(bench/inprocess.py), then starts each server as its own process in turn - Augur (`augur
+serve`), the Feast baseline (bench/baseline_server.py), the gRPC echo floor
 (bench/echo_server.py) - and drives Predict at it from a load generator process
 (bench/load.py): closed loop at several concurrencies and open loop at fixed rates, the
 same requests for every server. Then the paired comparisons: the servers compared directly
 (Augur against the echo floors at one caller; against itself with dynamic batching on and
 with two server processes) are started together and loaded in alternating turns at each
 point, so that both sides of a ratio meet the same drift of the machine. Writes
-bench/results/<scenario>.json, .md and .png. `--quick` is a tiny version for the smoke test.
-`--augur processes=2` sets an Augur server option for the run (any `server.*` option of
-augur.yaml). Augur serves the model compiled with lleaves unless `--compile none`.
+bench/results/<scenario>.json, .md (bench/report.py) and .png (bench/plot.py). `--quick` is
+a tiny version for the smoke test. `--augur processes=2` sets an Augur server option for
+the run (any `server.*` option of augur.yaml). Augur serves the model compiled with lleaves
+unless `--compile none`.
 """
 
 from __future__ import annotations
@@ -28,141 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from augur.features.redis_server import EmbeddedRedis, free_port
 from bench import inprocess, report, scenarios, targets
+from bench.compare import BASELINE, CEILING, ECHO, ECHO_REDIS, LABELS, TARGETS
+from bench.plot import plot
+from bench.profiles import PROFILES, QUICK, QUICK_VARIANTS, VARIANTS, Profile
 
 RESULTS = Path(__file__).parent / "results"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """How hard and how long to measure, per request size (entity rows per Predict)."""
-
-    concurrency: dict[int, tuple[int, ...]]  # closed loop callers
-    rates: dict[int, tuple[float, ...]]  # open loop requests/s
-    step_seconds: float  # each load step stops after this long...
-    step_requests: int  # ...or this many requests
-    pool: int  # distinct requests per size, sent round-robin
-    inprocess_repeats: dict[int, int]  # in-process timings per size (Feast: a quarter)
-    # Paired comparisons: name -> (servers, ((rows, callers), ...)). At each point the
-    # servers take `rounds` turns each, in alternating order (bench/load.py), each turn
-    # bounded by a step's bounds over `rounds`: each server gets a main step's worth of load.
-    paired: dict = field(default_factory=dict)
-    rounds: int = 2
-
-    @property
-    def rows(self) -> tuple[int, ...]:
-        return tuple(self.concurrency)
-
-    def steps(self) -> list[dict]:
-        bounds = {"max_requests": self.step_requests, "max_seconds": self.step_seconds}
-        closed = [
-            {"rows": n, "mode": "closed", "concurrency": c, **bounds}
-            for n, callers in self.concurrency.items()
-            for c in callers
-        ]
-        opened = [
-            {"rows": n, "mode": "open", "rate": rate, **bounds}
-            for n, rates in self.rates.items()
-            for rate in rates
-        ]
-        return closed + opened
-
-    def paired_steps(self) -> list[dict]:
-        turn = {
-            "max_requests": max(self.step_requests // self.rounds, 1),
-            "max_seconds": self.step_seconds / self.rounds,
-        }
-        return [
-            {
-                "comparison": name,
-                "rows": n,
-                "mode": "closed",
-                "concurrency": c,
-                "targets": list(servers),
-                "rounds": self.rounds,
-                **turn,
-            }
-            for name, (servers, points) in self.paired.items()
-            for n, c in points
-        ]
-
-
-# Augur server variants, by name: the server options each adds to the run's. Dynamic
-# batching at up to 64 rows a batch, waiting at most 1 ms for a batch to fill; two server
-# processes on one port; and batching off with each call handed from gRPC's polling thread
-# to a handler thread (server.handlers: threads) instead of run there.
-VARIANTS = {
-    "batching": {"batch_max_rows": 64, "batch_max_delay_us": 1000},
-    "processes_2": {"processes": 2},
-    "threads": {"handlers": "threads"},
-}
-# The variants' options for the quick run: a batch as large as its callers
-QUICK_VARIANTS = {**VARIANTS, "batching": {"batch_max_rows": 8, "batch_max_delay_us": 1000}}
-# Batching against off, and against the ceiling server (bench/ceiling_server.py): batching
-# off with each call's read, assembly and model call answered from memory, what no batch
-# can beat, the floor of batching's ratio
-BATCHING = (report.AUGUR, "batching", report.CEILING)
-PROCESSES = (report.AUGUR, "processes_2")
-
-
-def _floors(rows: tuple[int, ...], threads: bool = True) -> tuple:
-    """One caller's Predict, as the run serves it (and with `threads` on a thread pool,
-    too), against the echo floors, at each request size."""
-    servers = (report.AUGUR, report.THREADS, report.ECHO, report.ECHO_REDIS)
-    return tuple(s for s in servers if threads or s != report.THREADS), tuple((n, 1) for n in rows)
-
-
-FRAUD = Profile(
-    concurrency={1: (1, 4, 16, 64), 100: (1, 4, 16, 64)},
-    # Feast's server serves about 25 calls of 100 rows a second here, so at 30/s its queue
-    # already grows; at a higher rate the step would only time that queue draining (11 s at
-    # 100/s), which the 10-minute budget cannot spare
-    rates={1: (100, 300, 1000), 100: (10, 30)},
-    step_seconds=2.5,
-    step_requests=20_000,
-    pool=256,
-    inprocess_repeats={1: 1000, 100: 200, 1000: 30},
-    paired={
-        report.FLOORS: _floors((1, 100)),
-        "batching": (BATCHING, ((1, 4), (1, 16), (1, 64))),
-        "processes_2": (PROCESSES, ((1, 64), (100, 16), (100, 64))),
-    },
-)
-# 250 features per row: a 100-row request costs Feast a few hundred ms, so 64 callers would
-# queue past the calls' deadline; 16 already shows the curve.
-WIDE = Profile(
-    concurrency={1: (1, 4, 16, 64), 100: (1, 4, 16)},
-    rates={1: (100, 300, 1000), 100: (2, 5)},  # Feast: about 3 calls/s of 100 rows
-    step_seconds=2.5,
-    step_requests=20_000,
-    pool=256,
-    inprocess_repeats={1: 1000, 100: 100, 1000: 10},
-    # the issue's one-caller targets are fraud's: wide leaves out the thread pool
-    paired={
-        report.FLOORS: _floors((1, 100), threads=False),
-        "batching": (BATCHING, ((1, 16), (1, 64))),
-    },
-)
-QUICK = Profile(
-    concurrency={1: (1, 4), 10: (1, 4)},
-    rates={1: (100,), 10: (50,)},
-    step_seconds=1.0,
-    step_requests=60,
-    pool=16,
-    inprocess_repeats={1: 40, 10: 20},
-    paired={
-        report.FLOORS: _floors((1, 10)),
-        "batching": (BATCHING, ((1, 4),)),
-        "processes_2": (PROCESSES, ((1, 4),)),
-    },
-)
-PROFILES = {"fraud": FRAUD, "wide": WIDE}
 
 
 def _say(began: float, message: str) -> None:
@@ -199,8 +77,8 @@ def run(
             _say(started, "in-process floors and read paths")
             measured = _inprocess(scenario, pools, profile, work)
             servers, series = {}, {}
-            for target in report.TARGETS:
-                _say(started, f"{report.LABELS[target]}: start, then load")
+            for target in TARGETS:
+                _say(started, f"{LABELS[target]}: start, then load")
                 servers[target], series[target] = _serve_and_load(
                     target,
                     scenario,
@@ -300,13 +178,13 @@ def _inprocess(scenario, pools: dict, profile: Profile, work: Path) -> dict:
 def _command(target: str, scenario, port: int, pools, options: dict, work: Path) -> list[str]:
     """How to start `target`: the Feast baseline, one of the echo floors, or else Augur
     with the server `options` (the main series' and each variant's)."""
-    if target == report.BASELINE:
+    if target == BASELINE:
         return targets.baseline_command(scenario, port, pools[1][0]["entities"])
-    if target == report.ECHO_REDIS:
+    if target == ECHO_REDIS:
         return targets.echo_command(scenario, port, work / "plan.json")
-    if target == report.ECHO:
+    if target == ECHO:
         return targets.echo_command(scenario, port)
-    if target == report.CEILING:
+    if target == CEILING:
         # one process: the instrument patches the servicer in the process it starts
         one = {**options, "processes": 1}
         return targets.ceiling_command(scenario, work / f"{target}.yaml", port, one)
@@ -406,7 +284,7 @@ def write(result: dict, out_dir: Path) -> list[Path]:
     written = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
     written[0].write_text(json.dumps(result, indent=2) + "\n")
     written[1].write_text(report.markdown(result))
-    if report.plot(result, out_dir / f"{stem}.png"):
+    if plot(result, out_dir / f"{stem}.png"):
         written.append(out_dir / f"{stem}.png")
     return written
 

@@ -1,8 +1,10 @@
 """Model versions made for lifecycle tests: real LightGBM files and TorchScript modules that
-misbehave on purpose (fail, stall, or drift), published like any other version."""
+misbehave on purpose (fail, stall, drift, hang, or crash the parser), published like any
+other version."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightgbm as lgb
@@ -63,7 +65,44 @@ class _Slow(torch.nn.Module):
         return torch.sigmoid(y[:, :1]) * 0.0 + 0.01
 
 
-BAD = {"constant": lambda: _Constant(0.9), "failing": _FailsOnTraffic, "slow": _Slow}
+class _Hangs(torch.nn.Module):
+    """Never returns: its warm-up spins until something kills it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spins = torch.zeros(1)
+        while bool(spins.sum() >= 0):  # float32 stops growing at 2**24, and stays >= 0
+            spins = spins + 1
+        return torch.zeros((x.shape[0], 1)) + spins
+
+
+BAD = {
+    "constant": lambda: _Constant(0.9),
+    "failing": _FailsOnTraffic,
+    "slow": _Slow,
+    "hangs": _Hangs,
+}
+
+
+def _truncated(text: str) -> str:
+    return text[: int(len(text) * 0.6)]  # a copy cut short: LightGBM's parser segfaults
+
+
+def _wrong_tree_sizes(text: str) -> str:
+    # The header's byte size of each tree, which LightGBM trusts to split the file: a first
+    # tree 50 times its size swallows the others, and the parser aborts.
+    return re.sub(r"tree_sizes=(\d+)", lambda m: f"tree_sizes={int(m[1]) * 50}", text, count=1)
+
+
+BREAKS = {"truncated": _truncated, "tree_sizes": _wrong_tree_sizes}
+
+
+def publish_broken_lightgbm(repo: ModelRepository, name: str, how: str, tmp: Path) -> ModelVersion:
+    """v1's model.txt broken `how` (BREAKS), published as the repository publishes any
+    version: its metadata's sha256 matches the broken bytes."""
+    base = repo.resolve(name, "v1")
+    path = tmp / f"broken-{how}.txt"
+    path.write_text(BREAKS[how](base.artifact.read_text()))
+    return repo.publish(base.spec, path, _metadata(base))
 
 
 def publish_torch(repo: ModelRepository, name: str, kind: str, tmp: Path) -> ModelVersion:

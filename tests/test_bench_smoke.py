@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from augur.api.v1 import predictor_pb2 as pb
-from augur.serving.codec import encode_entities
+from augur.client import encode_entities
 from bench import report
 from bench.inprocess import floor_replies
 from bench.load import paired_order

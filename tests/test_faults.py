@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from augur.api.v1 import predictor_pb2 as pb
+from augur.client import encode_entities
 from augur.client.client import PredictorClient
 from augur.features.redis_server import EmbeddedRedis
 from augur.pipelines.materialize import materialize
 from augur.serving import metrics
-from augur.serving.codec import encode_entities
 from augur.serving.server import start
 from tests.conftest import server_config
 

@@ -31,6 +31,7 @@ N_USERS = 300
 USERS = list(range(N_USERS))
 MERCHANTS = [u % 80 for u in USERS]
 AMOUNTS = [float(10 + u % 50) for u in USERS]
+AUGUR_MODELS = [sys.executable, "-m", "augur.cli.main", "models"]
 
 
 @pytest.fixture
@@ -288,6 +289,50 @@ def test_admin_errors_are_precise(stack):
     with pytest.raises(grpc.RpcError) as unnamed:
         admin.promote("", "v1")
     assert unnamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_promote_the_server_refuses_is_not_written(stack):
+    client, admin, repo, v2 = stack["client"], stack["admin"], stack["repo"], stack["v2"]
+    model_yaml = repo.root / "fraud_lgbm" / "model.yaml"
+    before = model_yaml.read_text()
+    v2.artifact.write_bytes(v2.artifact.read_bytes() + b"\n# tampered\n")
+    with pytest.raises(grpc.RpcError) as refused:
+        admin.promote("fraud_lgbm", "v2")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "sha256" in refused.value.details() and "v2" in refused.value.details()
+    assert model_yaml.read_text() == before
+    assert repo.spec("fraud_lgbm").aliases["stable"] == "v1"
+    assert _call(client).version == "v1"
+    result = subprocess.run(
+        [*AUGUR_MODELS, "promote", "fraud_lgbm", "v2", "--server", stack["address"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "FAILED_PRECONDITION" in result.stdout and "sha256" in result.stdout
+    assert model_yaml.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda admin: admin.rollback("fraud_lgbm", "x" * 10_000_000), "reason"),
+        (lambda admin: admin.promote("m" * 10_000, "v1"), "model"),
+        (lambda admin: admin.promote("fraud_lgbm", "v" * 10_000), "version"),
+        (lambda admin: admin.canary("fraud_lgbm", "v" * 10_000, 0.1), "version"),
+    ],
+)
+def test_an_operator_string_beyond_its_bound_is_refused_by_name(stack, call, field):
+    admin, repo = stack["admin"], stack["repo"]
+    admin.canary("fraud_lgbm", "v2", 0.2)
+    model_yaml = repo.root / "fraud_lgbm" / "model.yaml"
+    before = model_yaml.read_text()
+    with pytest.raises(grpc.RpcError) as refused:
+        call(admin)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith(f"{field}: ")
+    assert model_yaml.read_text() == before
 
 
 def test_operator_cli_against_a_running_server(stack):

@@ -142,3 +142,48 @@ def test_cli_publish_adds_a_version_that_waits_for_traffic(repo_copy, tmp_path):
     )
     wrong = cli("publish", "fraud_lgbm", str(tmp_path / "model.pt"), "--metadata", str(meta))
     assert wrong.returncode == 1 and "lightgbm model" in wrong.stdout
+
+
+def _models_yaml(tmp_path, entry: str):
+    (tmp_path / "models.yaml").write_text(
+        "labels: {path: labels.parquet, label: y}\nmodels:\n  m:\n" + entry
+    )
+    return tmp_path
+
+
+def test_a_training_entry_is_read_with_the_model_yaml_schema(tmp_path):
+    from augur.pipelines.train import load_training_plan
+
+    repo = _models_yaml(
+        tmp_path,
+        "    kind: lightgbm\n    feature_service: fs\n    outputs: [p]\n"
+        "    compile: lleaves\n    params: {num_leaves: 7}\n",
+    )
+    (model,) = load_training_plan(repo).models
+    assert model.spec.kind == "lightgbm" and model.spec.outputs == ("p",)
+    assert model.spec.compile == "lleaves" and model.params == {"num_leaves": 7}
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            "    kind: xgboost\n    feature_service: fs\n",
+            r"kind must be one of \['lightgbm', 'torch'\], got 'xgboost'",
+        ),
+        ("    kind: torch\n", "feature_service is required"),
+        (
+            "    kind: torch\n    feature_service: fs\n    compile: lleaves\n",
+            "applies to kind lightgbm only",
+        ),
+        (
+            "    kind: torch\n    feature_service: fs\n    aliases: {stable: v1}\n",
+            "aliases is not an option here",
+        ),
+    ],
+)
+def test_a_bad_training_entry_is_refused_by_name(tmp_path, entry, message):
+    from augur.pipelines.train import load_training_plan
+
+    with pytest.raises(RepositoryError, match=message):
+        load_training_plan(_models_yaml(tmp_path, entry))

@@ -22,6 +22,7 @@ import redis
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
+from augur.client.channel import client_channel
 from augur.client.client import AdminClient, PredictorClient
 from augur.config import AuthConfig, ConfigError, ServerConfig
 from augur.features.connection import connect, parse_address
@@ -279,6 +280,28 @@ def test_health_and_reflection_need_no_token(token_server, certs):
     assert {"augur.v1.Predictor", "grpc.health.v1.Health"} <= names
 
 
+def test_an_open_health_watch_without_a_token_leaves_the_server_answering(fraud_repo, model_repo):
+    """Watch streams on gRPC's callback path; through the auth wrapper it must not fall
+    back to a watcher that blocks the thread the green pool runs every call on."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    auth = AuthConfig(tokens={"fraud-api": API_TOKEN})
+    with (
+        _serving(fraud_repo, model_repo, auth) as address,
+        PredictorClient(address, timeout=5) as anonymous,
+        PredictorClient(address, timeout=5, token=API_TOKEN) as client,
+    ):
+        watch = health_pb2_grpc.HealthStub(anonymous.channel).Watch(
+            health_pb2.HealthCheckRequest(service="fraud_lgbm"), timeout=30
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        assert anonymous.health("fraud_lgbm") == "SERVING"
+        _predicts(client)
+        with pytest.raises(grpc.RpcError):  # without a token Predict is still refused
+            anonymous.predict("fraud_lgbm", ENTITIES, AMOUNTS)
+        watch.cancel()
+
+
 def test_admin_needs_a_caller_named_in_admin_callers(token_server, certs):
     with AdminClient(token_server, timeout=5, tls_ca=certs.ca, token=API_TOKEN) as admin:
         code, details = _code(admin.status)
@@ -304,7 +327,7 @@ def test_a_handler_sees_the_authenticated_caller():
     server.start()
     try:
         for token, caller in ((API_TOKEN, b"fraud-api"), (OPS_TOKEN, b"ops")):
-            with security.client_channel(f"127.0.0.1:{port}", token=token) as channel:
+            with client_channel(f"127.0.0.1:{port}", token=token) as channel:
                 assert channel.unary_unary("/t.Who/Am")(b"", timeout=5) == caller
     finally:
         server.stop(0)

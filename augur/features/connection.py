@@ -116,3 +116,19 @@ def _log_in(connection: redis.connection.AbstractConnection) -> None:
             f"Redis at {where} refused user {user!r}: {e} "
             "(check username= and password= in redis.address)"
         ) from None
+
+
+def unreachable(address: str, timeout_s: float = 2.0) -> str:
+    """Why Redis at `address` cannot be used now ("" when it answers PING): for commands to
+    say so in one line at start, rather than at the first read or as a traceback."""
+    try:
+        client = connect(address, RedisTimeouts(timeout_s, timeout_s))
+    except ValueError as e:
+        return f"redis.address {address!r}: {e}"
+    try:
+        client.ping()
+        return ""
+    except redis.RedisError as e:
+        return f"Redis at {address} does not answer: {e}"
+    finally:
+        client.close()

@@ -60,7 +60,9 @@ class EmbeddedRedis:
         self.host = host
         self.port = port or free_port(host)
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="augur-redis-"))
+        # Absolute: the server changes into --dir before it opens --logfile, so a relative
+        # path would name a log file below itself that does not exist.
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="augur-redis-")).resolve()
         self.persist = persist
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
@@ -89,10 +91,22 @@ class EmbeddedRedis:
         for name, value in HASH_ENCODING.items():
             args += [f"--{name}", value]
         args += list(self.extra_args)
-        # A new session: Ctrl-C in a terminal reaches us, and we stop the server in order.
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        # What the server prints before its log file is open (a bad option, a log it cannot
+        # open) is the reason it failed to start: kept to show then.
+        with tempfile.TemporaryFile() as console:
+            # A new session: Ctrl-C in a terminal reaches us, and we stop the server in order.
+            self.process = subprocess.Popen(
+                args, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            if self._wait_ready(timeout_s):
+                return self
+            why = _tail(console, self.data_dir / "server.log")
+        self.stop()
+        raise RuntimeError(f"embedded Redis ({args[0]}) did not start on {self.address}:\n{why}")
+
+    def _wait_ready(self, timeout_s: float) -> bool:
+        """Whether the server answers PING before it exits or `timeout_s` passes."""
+        assert self.process is not None
         args_list = list(self.extra_args)
         password = (
             args_list[args_list.index("--requirepass") + 1]
@@ -103,21 +117,20 @@ class EmbeddedRedis:
             host=self.host, port=self.port, password=password, socket_connect_timeout=0.2
         )
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = self.data_dir / "server.log"
-                    tail = log.read_text()[-2000:] if log.exists() else ""
-                    self.stop()
-                    raise RuntimeError(
-                        f"embedded Redis did not start on {self.address}:\n{tail}"
-                    ) from None
-                time.sleep(0.02)
-            finally:
-                client.close()
+        try:
+            while True:
+                try:
+                    # Ours, not another server already on the port answering for it.
+                    if client.info("server")["process_id"] == self.process.pid:
+                        return True
+                    self.process.wait(timeout_s)  # ours exits: the port is taken
+                    return False
+                except (redis.ConnectionError, subprocess.TimeoutExpired):
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.02)
+        finally:
+            client.close()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if self.process and self.process.poll() is None:
@@ -136,3 +149,12 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _tail(console, log: Path, chars: int = 2000) -> str:
+    """The end of what the server said: its console output, then its log file."""
+    console.seek(0)
+    said = console.read().decode(errors="replace").strip()
+    if log.exists():
+        said = f"{said}\n{log.read_text(errors='replace').strip()}".strip()
+    return said[-chars:] or "(the server printed nothing and wrote no log)"

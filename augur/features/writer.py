@@ -14,6 +14,8 @@ racing on the same entity can still let the older row land last.
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +31,9 @@ from augur.features.ragged import Ragged, resp_commands, resp_rows
 from augur.features.resp import Channel
 from augur.features.values import DTYPES, encode_column, encode_timestamps, timestamp_parts
 
+# The float32 range of the packed vector models read: a finite value beyond it is inf there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+DEFAULT_MAX_FUTURE_SKEW_S = 300.0  # config.WriteConfig.max_future_skew_s
 CHUNK_ROWS = 10_000  # rows per pipeline: bounds memory and how long one pipeline holds Redis
 # Bulk writes: a pipeline of thousands of commands may take seconds on a busy Redis.
 WRITE_TIMEOUTS = RedisTimeouts(connect_s=5.0, read_s=60.0)
@@ -55,10 +60,17 @@ class WriteStats:
 
 
 class OnlineWriter:
-    def __init__(self, client: redis.Redis, project: str, key_ttl_seconds: int | None = None):
+    def __init__(
+        self,
+        client: redis.Redis,
+        project: str,
+        key_ttl_seconds: int | None = None,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+    ):
         self._client = client
         self._project = project
         self._key_ttl = key_ttl_seconds
+        self._max_future_skew_s = max_future_skew_s
 
     def write(
         self,
@@ -73,6 +85,9 @@ class OnlineWriter:
         the next chunk is encoded; its stored event times are then read (after the HSET
         replies, on the same connection) to pick the rows that are newer."""
         _check_columns(view, table, timestamp_column)
+        # Checked over the whole table before the first write: a refused batch writes nothing.
+        _check_event_times(view, table.column(timestamp_column), self._max_future_skew_s)
+        _check_values(view, table)
         stats = WriteStats()
         encoder = KeyEncoder(view.join_keys, view.key_types, self._project)
         with Channel(self._client) as channel:
@@ -202,3 +217,35 @@ def _check_columns(view: ViewSchema, table: pa.Table, timestamp_column: str) -> 
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise ValueError(f"rows for feature view {view.name!r} lack column(s) {', '.join(missing)}")
+
+
+def _check_event_times(view: ViewSchema, column: pa.ChunkedArray, skew_s: float) -> None:
+    micros = _event_micros(column)
+    limit = int((time.time() + skew_s) * 1_000_000)
+    ahead = micros > limit
+    if ahead.any():
+        latest = dt.datetime.fromtimestamp(int(micros.max()) / 1e6, dt.UTC)
+        raise ValueError(
+            f"feature view {view.name!r}: {int(ahead.sum()):,} row(s) have event times more "
+            f"than {skew_s:g}s in the future (latest {latest.isoformat()}); a row from the "
+            f"future would hide every later row of its entity (write.max_future_skew_s)"
+        )
+
+
+def _check_values(view: ViewSchema, table: pa.Table) -> None:
+    """Refuse inf, and finite values beyond float32 (inf to models), in float features. They
+    are refused rather than written as missing: a value that cannot be real means the
+    source is broken, and a silent NaN would hide that until models drift. NaN and null
+    stay what they always were, missing."""
+    for name, dtype in view.features:
+        if DTYPES[dtype].wire == "varint":
+            continue
+        values = table.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy()
+        bad = np.abs(values) > FLOAT32_MAX  # NaN compares False: missing, not refused
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"feature view {view.name!r}: feature {name!r} has {int(bad.sum()):,} value(s) "
+                f"that are infinite or beyond the float32 range models take (±3.4e38), the "
+                f"first {values[first]} in row {first}"
+            )

@@ -12,7 +12,8 @@ Publishing writes a version into a temporary folder and renames it into place, s
 never sees half a version; versions are v1, v2, ... in publishing order and never change.
 The first version becomes `stable`; later ones take traffic only once promoted or canaried.
 model.yaml is the one source of truth for serving: operators and the server's guardrails
-change it with small read-modify-write operations, each an atomic file replace.
+change it with small read-modify-write operations, each an atomic file replace. The
+schema of model.yaml is augur/modelrepo/spec.py.
 """
 
 from __future__ import annotations
@@ -26,75 +27,26 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
-# `compile`: how a LightGBM model runs; "none" is LightGBM's own predict, "lleaves" native
-# code compiled from model.txt (augur/serving/runtimes/compiled_runtime.py)
-COMPILERS = ("none", "lleaves")
+from augur.modelrepo.spec import (  # noqa: F401  (importers of the schema from here)
+    COMPILERS,
+    KINDS,
+    BatchingSpec,
+    CanarySpec,
+    Guardrails,
+    ModelSpec,
+    RepositoryError,
+    ShadowSpec,
+    check_operator_text,
+    parse_spec,
+)
+
 _VERSION = re.compile(r"^v(\d+)$")
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _WRITE_LOCK = threading.Lock()
-
-
-class RepositoryError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Guardrails:
-    """Limits a canary must stay within over its most recent `window` calls."""
-
-    max_error_rate: float | None = None
-    max_p99_ms: float | None = None
-    max_psi: float | None = None  # population stability index of scores vs stable
-    window: int = 500
-    min_requests: int = 50
-
-
-@dataclass(frozen=True)
-class CanarySpec:
-    version: str
-    weight: float  # share of entities (by sticky key hash) routed to the canary
-    sticky_key: str = ""  # entity column to hash; default: the first view's first join key
-    guardrails: Guardrails = field(default_factory=Guardrails)
-
-
-@dataclass(frozen=True)
-class ShadowSpec:
-    version: str
-    threshold: float = 0.5  # scores on the same side of it count as agreeing
-
-
-@dataclass(frozen=True)
-class BatchingSpec:
-    """A model's own dynamic batching (model.yaml `batching`), in Triton's terms; it
-    overrides server.batch_max_rows and server.batch_max_delay_us for this model."""
-
-    max_batch_size: int  # rows a batch closes at; 0: this model's calls are scored alone
-    max_queue_delay_us: int | None = None  # None: the server's batch_max_delay_us
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    kind: str
-    feature_service: str
-    request_features: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ("score",)
-    device: str = "cpu"
-    aliases: dict[str, str] = field(default_factory=dict)
-    canary: CanarySpec | None = None
-    shadow: ShadowSpec | None = None
-    last_rollback: dict | None = None
-    # "unavailable" (answer UNAVAILABLE) or "serve_defaults" (score on declared defaults,
-    # flagged `degraded`) when the online store cannot be read
-    on_feature_store_error: str = "unavailable"
-    compile: str = "none"
-    batching: BatchingSpec | None = None  # None: the server's batching settings
 
 
 @dataclass(frozen=True)
@@ -141,7 +93,7 @@ class ModelRepository:
         return sorted(p.name for p in self.root.iterdir() if (p / "model.yaml").is_file())
 
     def spec(self, name: str) -> ModelSpec:
-        return _parse_spec(name, self._raw(name), self.root / name / "model.yaml")
+        return parse_spec(name, self._raw(name), self.root / name / "model.yaml")
 
     def versions(self, name: str) -> list[str]:
         model_dir = self.root / name
@@ -256,6 +208,7 @@ class ModelRepository:
 
     def rollback(self, name: str, reason: str) -> ModelSpec:
         """End the canary, sending all traffic back to stable, and record why."""
+        check_operator_text("reason", reason)
 
         def change(raw: dict) -> None:
             canary = raw.pop("canary", None)
@@ -292,7 +245,7 @@ class ModelRepository:
         with _WRITE_LOCK:
             raw = self._raw(name)
             change(raw)
-            spec = _parse_spec(name, raw, self.root / name / "model.yaml")  # validate first
+            spec = parse_spec(name, raw, self.root / name / "model.yaml")  # validate first
             self._write(name, raw)
         return spec
 
@@ -319,87 +272,3 @@ class ModelRepository:
             if spec.aliases and "aliases" not in raw:
                 raw["aliases"] = dict(spec.aliases)
             self._write(spec.name, raw)
-
-
-def _parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
-    kind = raw.get("kind")
-    if kind not in KINDS:
-        raise RepositoryError(f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r}")
-    if not raw.get("feature_service"):
-        raise RepositoryError(f"{path}: feature_service is required")
-    canary = None
-    if raw.get("canary"):
-        c = raw["canary"]
-        try:
-            guard = Guardrails(**(c.get("guardrails") or {}))
-            canary = CanarySpec(
-                str(c["version"]), float(c.get("weight", 0.0)), c.get("sticky_key", ""), guard
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise RepositoryError(f"{path}: canary: {e}") from None
-        if not 0.0 <= canary.weight <= 1.0:
-            raise RepositoryError(f"{path}: canary.weight must be within [0, 1]")
-    policy = raw.get("on_feature_store_error", "unavailable")
-    if policy not in ("unavailable", "serve_defaults"):
-        raise RepositoryError(
-            f"{path}: on_feature_store_error must be unavailable or serve_defaults, got {policy!r}"
-        )
-    device = raw.get("device", "cpu")
-    if not isinstance(device, str) or not _DEVICE.match(device):
-        raise RepositoryError(f"{path}: device must be cpu, cuda or cuda:<index>, got {device!r}")
-    compiler = raw.get("compile", "none")
-    compiler = "none" if compiler is None else compiler  # `compile:` left empty
-    if compiler not in COMPILERS:
-        raise RepositoryError(
-            f"{path}: compile must be one of {', '.join(COMPILERS)}, got {compiler!r}"
-        )
-    if compiler != "none" and kind != "lightgbm":
-        raise RepositoryError(
-            f"{path}: compile: {compiler} applies to kind lightgbm only, not {kind}"
-        )
-    shadow = None
-    if raw.get("shadow"):
-        s = raw["shadow"]
-        shadow = ShadowSpec(str(s["version"]), float(s.get("threshold", 0.5)))
-    batching = _parse_batching(raw.get("batching"), path)
-    return ModelSpec(
-        name,
-        kind,
-        raw["feature_service"],
-        tuple(raw.get("request_features") or ()),
-        tuple(raw.get("outputs") or ("score",)),
-        device,
-        {str(k): str(v) for k, v in (raw.get("aliases") or {}).items()},
-        canary,
-        shadow,
-        raw.get("last_rollback"),
-        policy,
-        compiler,
-        batching,
-    )
-
-
-def _parse_batching(raw: object, path: Path) -> BatchingSpec | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise RepositoryError(
-            f"{path}: batching must be a mapping (max_batch_size, max_queue_delay_us), got {raw!r}"
-        )
-    unknown = sorted(set(raw) - {"max_batch_size", "max_queue_delay_us"})
-    if unknown:
-        raise RepositoryError(
-            f"{path}: batching.{unknown[0]} is not an option; batching takes "
-            f"max_batch_size and max_queue_delay_us"
-        )
-    values = {}
-    for key in ("max_batch_size", "max_queue_delay_us"):
-        value = raw.get(key)
-        if value is None and key == "max_queue_delay_us":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise RepositoryError(
-                f"{path}: batching.{key} must be a whole number >= 0, got {value!r}"
-            )
-        values[key] = value
-    return BatchingSpec(**values)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from augur.features.connection import connect
 from augur.features.plan_cache import refresh_cache
 from augur.features.repo import PlanError, open_store, view_schema
-from augur.features.writer import WRITE_TIMEOUTS, OnlineWriter
+from augur.features.writer import DEFAULT_MAX_FUTURE_SKEW_S, WRITE_TIMEOUTS, OnlineWriter
 
 log = logging.getLogger(__name__)
 ENGINES = ("augur", "feast")
@@ -51,6 +51,7 @@ def materialize(
     views: Sequence[str] | None = None,
     progress: bool = True,
     engine: str = "augur",
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
 ) -> dict[str, ViewRun]:
     """Materialize each selected online view; return what each view's run did."""
     if engine not in ENGINES:
@@ -70,6 +71,7 @@ def materialize(
         connect(redis_address, WRITE_TIMEOUTS),
         store.project,
         store.config.online_store.key_ttl_seconds,
+        max_future_skew_s,
     )
     ours = [n for n in selected if engine == "augur" and _writable(store, n)]
     # Registry lookups stay on this thread; only the offline queries run on the other, one

@@ -13,10 +13,21 @@ import pyarrow as pa
 
 from augur.features.connection import connect
 from augur.features.repo import open_store, view_schema
-from augur.features.writer import WRITE_TIMEOUTS, OnlineWriter, WriteStats
+from augur.features.writer import (
+    DEFAULT_MAX_FUTURE_SKEW_S,
+    WRITE_TIMEOUTS,
+    OnlineWriter,
+    WriteStats,
+)
 
 
-def push(repo_path: Path, redis_address: str, view: str, rows: Path | pd.DataFrame) -> WriteStats:
+def push(
+    repo_path: Path,
+    redis_address: str,
+    view: str,
+    rows: Path | pd.DataFrame,
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+) -> WriteStats:
     frame = rows if isinstance(rows, pd.DataFrame) else _read(Path(rows))
     if "event_timestamp" not in frame.columns:
         raise ValueError("rows need an event_timestamp column")
@@ -27,6 +38,7 @@ def push(repo_path: Path, redis_address: str, view: str, rows: Path | pd.DataFra
         connect(redis_address, WRITE_TIMEOUTS),
         store.project,
         store.config.online_store.key_ttl_seconds,
+        max_future_skew_s,
     )
     return writer.write(schema, pa.Table.from_pandas(frame, preserve_index=False))
 

@@ -20,7 +20,8 @@ import yaml
 
 from augur.features.plan_cache import refresh_cache
 from augur.features.repo import build_plan, open_store
-from augur.modelrepo.repository import ModelRepository, ModelSpec, ModelVersion
+from augur.modelrepo.repository import ModelRepository, ModelVersion
+from augur.modelrepo.spec import ModelSpec, parse_identity
 from augur.pipelines.training_set import TrainingSet, auc, build_training_set
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelTraining:
-    name: str
-    kind: str
-    feature_service: str
-    request_features: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ("score",)
+    """A models.yaml entry: the model (the schema model.yaml uses) and how to train it."""
+
+    spec: ModelSpec
     params: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,7 @@ def load_training_plan(repo_path: Path) -> TrainingPlan:
         raise FileNotFoundError(f"{path} not found: a feature repo declares its models there")
     raw = yaml.safe_load(path.read_text()) or {}
     labels = raw.get("labels") or {}
-    models = tuple(
-        ModelTraining(
-            name,
-            m["kind"],
-            m["feature_service"],
-            tuple(m.get("request_features") or ()),
-            tuple(m.get("outputs") or ("score",)),
-            dict(m.get("params") or {}),
-        )
-        for name, m in (raw.get("models") or {}).items()
-    )
+    models = tuple(_entry(str(name), m, path) for name, m in (raw.get("models") or {}).items())
     return TrainingPlan(
         Path(repo_path) / labels["path"],
         labels["label"],
@@ -78,6 +71,13 @@ def load_training_plan(repo_path: Path) -> TrainingPlan:
         float(raw.get("holdout_days", 5)),
         models,
     )
+
+
+def _entry(name: str, raw: object, path: Path) -> ModelTraining:
+    """One models.yaml entry: model.yaml's identity keys, plus the training `params`."""
+    entry = dict(raw) if isinstance(raw, dict) else raw
+    params = entry.pop("params", None) if isinstance(entry, dict) else None
+    return ModelTraining(parse_identity(name, entry, path), dict(params or {}))
 
 
 def train(
@@ -102,15 +102,15 @@ def train(
     sets: dict[tuple, TrainingSet] = {}
     results = []
     for model in chosen:
-        key = (model.feature_service, model.request_features)
+        key = (model.spec.feature_service, model.spec.request_features)
         if key not in sets:
-            read_plan = build_plan(store, model.feature_service)
+            read_plan = build_plan(store, model.spec.feature_service)
             sets[key] = build_training_set(
                 store,
                 read_plan,
                 labels,
                 plan.label_column,
-                model.request_features,
+                model.spec.request_features,
                 plan.timestamp_column,
             )
         results.append(_train_one(model, sets[key], plan.holdout_days, repository, progress))
@@ -128,18 +128,17 @@ def _train_one(
     fit = data.timestamps < cutoff
     x_fit, y_fit, x_hold, y_hold = data.x[fit], data.y[fit], data.x[~fit], data.y[~fit]
     with tempfile.TemporaryDirectory() as tmp:
-        if model.kind == "lightgbm":
+        # parse_identity admitted only known kinds
+        if model.spec.kind == "lightgbm":
             artifact, predict = _fit_lightgbm(model, data.features, x_fit, y_fit, Path(tmp))
-        elif model.kind == "torch":
-            artifact, predict = _fit_torch(model, x_fit, y_fit, Path(tmp), progress)
         else:
-            raise ValueError(f"model {model.name}: unknown kind {model.kind!r}")
+            artifact, predict = _fit_torch(model, x_fit, y_fit, Path(tmp), progress)
         auc_fit, auc_hold = auc(y_fit, predict(x_fit)), auc(y_hold, predict(x_hold))
         metadata = {
             "features": list(data.features),
             "feature_dtypes": data.dtypes,
-            "request_features": list(model.request_features),
-            "outputs": list(model.outputs),
+            "request_features": list(model.spec.request_features),
+            "outputs": list(model.spec.outputs),
             "training_window": {"start": _iso(data.timestamps.min()), "end": _iso(cutoff)},
             "holdout_window": {"start": _iso(cutoff), "end": _iso(data.timestamps.max())},
             "metrics": {
@@ -152,10 +151,7 @@ def _train_one(
             "params": model.params,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        spec = ModelSpec(
-            model.name, model.kind, model.feature_service, model.request_features, model.outputs
-        )
-        version = repository.publish(spec, artifact, metadata)
+        version = repository.publish(model.spec, artifact, metadata)
     log.info("published %s@%s: holdout AUC %.4f", model.name, version.version, auc_hold)
     return TrainResult(version, auc_fit, auc_hold, int(fit.sum()), int((~fit).sum()))
 

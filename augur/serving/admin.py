@@ -2,6 +2,8 @@
 
 Each call writes model.yaml (so the change outlives this process and reaches every replica
 watching the repository), then refreshes this server before answering with the new state.
+A version a change routes to is loaded and warmed first: one this server cannot serve is
+refused (FAILED_PRECONDITION, with the reason) and nothing is written.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from augur.api.v1 import admin_pb2 as pb
 from augur.api.v1 import admin_pb2_grpc as pb_grpc
 from augur.features.waiting import BLOCKING, Waiting
 from augur.modelrepo.repository import RepositoryError
+from augur.modelrepo.spec import OperatorInputError, check_operator_text
 from augur.serving.errors import RequestError, invalid, not_found
 from augur.serving.lifecycle import ModelManager
+from augur.serving.models import ModelLoadError
 
 
 class AdminServicer(pb_grpc.AdminServicer):
@@ -32,25 +36,37 @@ class AdminServicer(pb_grpc.AdminServicer):
             context,
             request.model,
             lambda: self.repo.promote(request.model, _required(request.version)),
+            routes_to=request.version,
+            version=request.version,
         )
 
     def SetCanary(self, request: pb.SetCanaryRequest, context: grpc.ServicerContext):
+        version = request.version or "stable"
         return self._call(
             context,
             request.model,
-            lambda: self.repo.set_canary(
-                request.model, request.version or "stable", request.weight
-            ),
+            lambda: self.repo.set_canary(request.model, version, request.weight),
+            routes_to=version if request.weight > 0 else "",
+            version=request.version,
         )
 
     def SetShadow(self, request: pb.SetShadowRequest, context: grpc.ServicerContext):
         return self._call(
-            context, request.model, lambda: self.repo.set_shadow(request.model, request.version)
+            context,
+            request.model,
+            lambda: self.repo.set_shadow(request.model, request.version),
+            routes_to=request.version,
+            version=request.version,
         )
 
     def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext):
         reason = request.reason or "operator rollback"
-        return self._call(context, request.model, lambda: self.repo.rollback(request.model, reason))
+        return self._call(
+            context,
+            request.model,
+            lambda: self.repo.rollback(request.model, reason),
+            reason=request.reason,
+        )
 
     def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext):
         def reload() -> None:  # nothing to write: the refresh is the point
@@ -58,9 +74,19 @@ class AdminServicer(pb_grpc.AdminServicer):
 
         return self._call(context, "", reload)
 
-    def _call(self, context: grpc.ServicerContext, model: str, change) -> pb.ModelStatusResponse:
-        """Apply `change` to the repository (None: only report), refresh, report the state."""
+    def _call(
+        self,
+        context: grpc.ServicerContext,
+        model: str,
+        change,
+        routes_to: str = "",
+        **texts: str,
+    ) -> pb.ModelStatusResponse:
+        """Apply `change` to the repository (None: only report), refresh, report the state.
+        `routes_to`: the version (or alias) the change sends traffic to, loaded first."""
         try:
+            for name, value in {"model": model, **texts}.items():
+                check_operator_text(name, value)
             mutating = change is not None and change.__name__ != "reload"
             if mutating and not model:
                 raise invalid("model: required")
@@ -70,16 +96,21 @@ class AdminServicer(pb_grpc.AdminServicer):
                     f"{', '.join(self.repo.names()) or 'none'}"
                 )
             if change is not None:
-                self._waiting.run_elsewhere(lambda: self._apply(change))
+                self._waiting.run_elsewhere(lambda: self._apply(change, model, routes_to))
             return status(self.manager, model)
-        except RepositoryError as e:
+        except OperatorInputError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (RepositoryError, ModelLoadError) as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except RequestError as e:
             context.abort(e.code, e.message)
 
-    def _apply(self, change) -> None:
-        """Change the repository and load what it now routes to: on the green pool, off
+    def _apply(self, change, model: str, routes_to: str) -> None:
+        """Load what the change routes to, then write it and refresh: on the green pool, off
         the thread its calls run on, since a model version may take seconds to load."""
+        if routes_to:
+            # resolved as model.yaml would (an alias or an id); raises before any write
+            self.manager.prepare(model, self.repo.resolve(model, routes_to).version)
         change()
         self.manager.refresh()
 

@@ -16,7 +16,7 @@ from augur.api.v1 import predictor_pb2 as pb
 from augur.features.plan import ReadPlan
 from augur.serving.errors import invalid, shown
 
-if TYPE_CHECKING:  # the client imports this module: it stays free of the server's parts
+if TYPE_CHECKING:  # for the hints only: decoding needs none of the server's parts
     from augur.features.reader import FeatureRows
     from augur.serving.models import ServingModel
     from augur.serving.scoring import Scored
@@ -165,17 +165,3 @@ def feature_status(
         pb.FeatureStatus(present=int(p), missing=int(m), stale=int(s))
         for p, m, s in zip(present, missing, stale, strict=True)
     ]
-
-
-def encode_entities(entities) -> dict[str, pb.EntityColumn]:
-    """Client side: Python or numpy columns -> EntityColumn messages."""
-    out = {}
-    for name, values in entities.items():
-        array = np.asarray(values)
-        if array.dtype.kind in "iu":
-            out[name] = pb.EntityColumn(int64s=pb.Int64List(values=array.tolist()))
-        elif array.dtype.kind in "US" or array.dtype == object:
-            out[name] = pb.EntityColumn(strings=pb.StringList(values=[str(v) for v in values]))
-        else:
-            raise TypeError(f"entities[{name!r}]: expected integers or strings, got {array.dtype}")
-    return out

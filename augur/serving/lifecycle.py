@@ -3,7 +3,9 @@
 It loads what model.yaml asks for (stable, aliases, canary, shadow) in the background,
 warms each version up before it takes traffic, swaps the routing table in one assignment,
 and lets go of versions nothing routes to. A version that fails to load never serves: the
-model keeps its previous routing, and the error is reported. Guardrail trips end here too:
+model keeps its previous routing, and the error is reported. Each artifact is first loaded
+and warmed in a probe process (probe.py); one that crashes or hangs there is marked bad and
+not tried again until its files change. Guardrail trips end here too:
 the canary is rolled back in model.yaml and traffic returns to stable.
 """
 
@@ -17,9 +19,9 @@ from pathlib import Path
 
 from augur.features.plan import ReadPlan
 from augur.modelrepo.repository import ModelRepository, RepositoryError
-from augur.serving import metrics
+from augur.serving import metrics, probe
 from augur.serving.guardrails import CanaryGuard
-from augur.serving.models import ModelLoadError, ServingModel, load_model
+from augur.serving.models import ArtifactRejected, ModelLoadError, ServingModel, load_model
 from augur.serving.routing import Route
 
 log = logging.getLogger(__name__)
@@ -33,16 +35,21 @@ class ModelManager:
         threads: int = 1,
         on_health: Callable[[str, bool], None] = lambda name, ok: None,
         compile_cache: Path | None = None,
+        probe_timeout_s: float | None = probe.TIMEOUT_S,
     ):
         self.repo = repo
         self.plans = plans
         self.threads = threads
         self.compile_cache = compile_cache
+        self.probe_timeout_s = probe_timeout_s  # None: load in this process only
         self.on_health = on_health
         self.errors: dict[str, str] = {}  # model -> why its latest wanted state is not serving
         self._routes: dict[str, Route] = {}
         self._ended_canaries: dict[str, str] = {}  # rolled back here, whatever model.yaml says
         self._cache: dict[tuple[str, str], ServingModel] = {}
+        # (model, version) -> the version's files when its probe passed / when it failed, and why
+        self._vetted: dict[tuple[str, str], tuple] = {}
+        self.bad: dict[tuple[str, str], tuple[tuple, str]] = {}
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -74,6 +81,11 @@ class ModelManager:
             for name in gone:
                 self.on_health(name, False)
             metrics.MODELS_SERVING.set(len(routes))
+
+    def prepare(self, name: str, version: str) -> None:
+        """Load and warm `version` before model.yaml routes to it, so a change this server
+        would refuse is refused before it is written (ModelLoadError says why)."""
+        self._load(name, version)
 
     def rollback(self, name: str, reason: str) -> None:
         """End `name`'s canary (guardrail trip or operator), record why, re-route. The
@@ -140,6 +152,8 @@ class ModelManager:
                 )
             except OSError:
                 continue
+        # a bad version is tried again once its files change (the watch loop sees that here)
+        parts.extend((key, _files(self.repo.root / key[0] / key[1])) for key in sorted(self.bad))
         return tuple(parts)
 
     def _build(self, name: str, previous: Route | None) -> Route | None:
@@ -148,11 +162,19 @@ class ModelManager:
             stable_id = self.repo.default_version(spec)
         except RepositoryError as e:
             return self._keep(name, previous, str(e))
+        problems = []
         try:
             stable = self._load(name, stable_id)
         except ModelLoadError as e:
-            return self._keep(name, previous, str(e))
-        problems = []
+            # Nothing served yet (a start): a good canary takes all traffic rather than none.
+            stand_in = spec.canary.version if spec.canary and previous is None else ""
+            if not isinstance(e, ArtifactRejected) or not stand_in or stand_in == stable_id:
+                return self._keep(name, previous, str(e))
+            try:
+                stable, stable_id = self._load(name, stand_in), stand_in
+            except ModelLoadError:
+                return self._keep(name, previous, str(e))
+            problems.append(f"stable: {e}; canary {stand_in} takes all traffic")
         versions = {stable_id: stable}
         for alias, target in spec.aliases.items():
             try:
@@ -199,8 +221,10 @@ class ModelManager:
             except ModelLoadError as e:
                 problems.append(f"shadow: {e}")
         if problems:
-            self.errors[name] = "; ".join(problems)
-            log.error("model %s: %s", name, self.errors[name])
+            error = "; ".join(problems)
+            if self.errors.get(name) != error:  # once, not on every refresh
+                log.error("model %s: %s", name, error)
+            self.errors[name] = error
         else:
             self.errors.pop(name, None)
         route = Route(
@@ -222,6 +246,8 @@ class ModelManager:
         return route
 
     def _keep(self, name: str, previous: Route | None, error: str) -> Route | None:
+        if self.errors.get(name) == error:  # said already
+            return previous
         self.errors[name] = error
         log.error(
             "model %s: %s%s",
@@ -235,18 +261,50 @@ class ModelManager:
         key = (name, version)
         model = self._cache.get(key)
         if model is None:
+            files = _files(self.repo.root / name / version)
+            if key in self.bad and self.bad[key][0] == files:
+                raise ArtifactRejected(self.bad[key][1])  # not again: it would fail the same way
+            self.bad.pop(key, None)
+            # a version whose probe passed is not probed again (promote, roll back, promote)
+            vetted = self._vetted.get(key) == files or self.probe_timeout_s is None
             began = time.perf_counter()
             try:
                 model = load_model(
-                    self.repo, name, self.plans, self.threads, version, self.compile_cache
+                    self.repo,
+                    name,
+                    self.plans,
+                    self.threads,
+                    version,
+                    self.compile_cache,
+                    None if vetted else self.probe_timeout_s,
                 )
+            except ArtifactRejected as e:
+                # logged by the caller, once, with the model's other problems
+                self.bad[key] = (files, f"{e}; marked bad until its files change")
+                metrics.MODEL_LOADS.labels(name, version, "rejected").inc()
+                raise ArtifactRejected(self.bad[key][1]) from e
             except ModelLoadError:
                 metrics.MODEL_LOADS.labels(name, version, "failed").inc()
                 raise
+            self._vetted[key] = files
             metrics.MODEL_LOADS.labels(name, version, "loaded").inc()
             log.info("loaded %s@%s in %.2fs", name, version, time.perf_counter() - began)
             self._cache[key] = model
         return model
+
+
+def _files(version_dir: Path) -> tuple:
+    """What a version's files are now: a rewritten file has a new inode, size or mtime."""
+    try:
+        entries = sorted(version_dir.iterdir())
+        return tuple((p.name, *_stat(p)) for p in entries)
+    except OSError:
+        return ()
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _same(a: Route, b: Route) -> bool:

@@ -1,7 +1,8 @@
 """Serving models: a published version, its read plan and runtime, and how inputs are assembled.
 
 Loading validates before a model takes traffic: the artifact's checksum, that every input
-exists in the Feast registry or is a declared request feature, and a finite warm-up batch.
+exists in the Feast registry or is a declared request feature, and a finite warm-up batch;
+the artifact is first loaded and warmed in a probe process (probe.py) when asked.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from augur.features.plan import ReadPlan
 from augur.features.reader import FeatureRows
 from augur.modelrepo.repository import ModelRepository, ModelVersion, RepositoryError
+from augur.serving import probe
 from augur.serving.runtimes import Runtime, load_runtime
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,11 @@ log = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     pass
+
+
+class ArtifactRejected(ModelLoadError):
+    """The artifact crashed, hung or failed its warm-up in the probe process: the same
+    bytes will do so again, so the version is bad until its files change."""
 
 
 # Widening within a family (Int32 -> Int64, Float32 -> Float64) keeps a model's meaning;
@@ -70,7 +77,10 @@ def load_model(
     threads: int = 1,
     version: str = "",
     compile_cache: Path | None = None,
+    probe_timeout_s: float | None = None,
 ) -> ServingModel:
+    """`probe_timeout_s`: load and warm the artifact in a probe process first, within that
+    many seconds (None: only in this process, for tools that load a trusted artifact)."""
     try:
         resolved = repo.resolve(name, version)
     except RepositoryError as e:
@@ -104,7 +114,14 @@ def load_model(
                 f"in feature service {spec.feature_service!r} nor a request "
                 f"feature of model.yaml"
             )
+    if probe_timeout_s is not None:
+        try:
+            took = probe.vet(resolved, compile_cache, probe_timeout_s)
+        except probe.ProbeFailed as e:
+            raise ArtifactRejected(f"model {name}@{resolved.version}: {e}") from e
+        log.info("probed %s@%s in a child process in %.2fs", name, resolved.version, took)
     try:
+        # the bytes the probe loaded: it checked them against resolved.metadata, as this does
         runtime = load_runtime(resolved, threads, compile_cache)
     except Exception as e:
         raise ModelLoadError(f"model {name}@{resolved.version}: {e}") from e
@@ -129,17 +146,11 @@ def load_model(
 
 
 def _warm_up(model: ServingModel) -> None:
-    batch = np.zeros((8, model.n_inputs), np.float32)
-    batch[::2] = np.nan  # missing features are part of normal traffic
     try:
-        out = model.runtime.predict(batch)
+        probe.warm_up(model.runtime, model.n_inputs, len(model.version.spec.outputs))
+    except probe.WarmUpError as e:
+        raise ModelLoadError(f"model {model.name}@{model.version.version}: {e}") from e
     except Exception as e:
         raise ModelLoadError(
             f"model {model.name}@{model.version.version}: warm-up failed: {e}"
         ) from e
-    expected = (8, len(model.version.spec.outputs))
-    if out.shape != expected or not np.isfinite(out).all():
-        raise ModelLoadError(
-            f"model {model.name}@{model.version.version}: warm-up gave shape "
-            f"{out.shape} (expected {expected}) or non-finite scores"
-        )

@@ -7,7 +7,6 @@ probes need no token. A handler can read the authenticated caller with `current_
 
 from __future__ import annotations
 
-import collections
 import contextvars
 import hashlib
 import hmac
@@ -292,111 +291,40 @@ def _rebuild(handler: grpc.RpcMethodHandler, behavior: Callable) -> grpc.RpcMeth
 def _with_caller(handler: grpc.RpcMethodHandler, caller: str) -> grpc.RpcMethodHandler:
     attribute, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
     behavior = getattr(handler, attribute)
+    # gRPC hands a behaviour marked non-blocking a callback to send its responses with (the
+    # health service's Watch) instead of iterating it; without the mark and the callback
+    # Watch falls back to a watcher that blocks its thread for good, on the green pool
+    # the thread every call runs on. Everything gRPC passes is passed on.
+    non_blocking = bool(getattr(behavior, "experimental_non_blocking", False))
 
     # The interceptor runs on gRPC's polling thread, the handler on a worker thread: the
     # caller is set here, in the worker, for the length of the call.
-    if handler.response_streaming:
+    if handler.response_streaming and not non_blocking:
 
-        def run_streaming(request, context):
+        def run_streaming(request, context, *args, **kwargs):
             token = _caller.set(caller)
             try:
-                yield from behavior(request, context)
+                yield from behavior(request, context, *args, **kwargs)
             finally:
                 _caller.reset(token)
 
         return _rebuild(handler, run_streaming)
 
-    def run(request, context):
+    def run(request, context, *args, **kwargs):
         token = _caller.set(caller)
         try:
-            return behavior(request, context)
+            return behavior(request, context, *args, **kwargs)
         finally:
             _caller.reset(token)
 
+    run.experimental_non_blocking = non_blocking  # type: ignore[attr-defined]
     return _rebuild(handler, run)
 
 
 def _refuse(
     handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:
-    def refuse(request, context):
+    def refuse(request, context, *args, **kwargs):  # a callback, if any, is never used
         context.abort(code, message)
 
     return _rebuild(handler, refuse)
-
-
-# -- client side ----------------------------------------------------------------------------
-
-
-def client_channel(
-    address: str,
-    *,
-    tls: bool = False,
-    tls_ca: str | Path | None = None,
-    tls_cert: str | Path | None = None,
-    tls_key: str | Path | None = None,
-    token: str | None = None,
-    options: Iterable[tuple[str, object]] = (),
-) -> grpc.Channel:
-    """A channel to an Augur server: TLS when `tls` or any tls_* is given (tls_ca: the CA to
-    trust instead of the system's; tls_cert + tls_key: a client certificate for mutual TLS),
-    and `authorization: Bearer <token>` on every call when a token is given."""
-    options = list(options)
-    if bool(tls_cert) != bool(tls_key):
-        raise ValueError("tls_cert and tls_key go together: a client certificate needs its key")
-    if tls or tls_ca or tls_cert:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(tls_ca, "tls_ca") if tls_ca else None,
-            private_key=_read(tls_key, "tls_key") if tls_key else None,
-            certificate_chain=_read(tls_cert, "tls_cert") if tls_cert else None,
-        )
-        channel = grpc.secure_channel(address, credentials, options)
-    else:
-        channel = grpc.insecure_channel(address, options)
-    if token:
-        channel = grpc.intercept_channel(channel, BearerToken(token))
-    return channel
-
-
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails",
-        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
-    ),
-    grpc.ClientCallDetails,
-):
-    pass
-
-
-class BearerToken(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <token>` to each call (on plaintext and TLS channels)."""
-
-    def __init__(self, token: str):
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
-        return _CallDetails(
-            details.method,
-            details.timeout,
-            [*(details.metadata or ()), self._header],
-            details.credentials,
-            details.wait_for_ready,
-            details.compression,
-        )
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation, details, request_iterator):
-        return continuation(self._details(details), request_iterator)
-
-    def intercept_stream_stream(self, continuation, details, request_iterator):
-        return continuation(self._details(details), request_iterator)

@@ -3,7 +3,9 @@
 Python serves one request at a time per process (the GIL), so one process per core is
 how a replica uses its cores. This supervisor starts `server.processes` children sharing
 the gRPC port, serves their metrics aggregated (Prometheus multiprocess mode) on the
-metrics port, forwards SIGTERM so each child drains, and exits when they have.
+metrics port, forwards SIGTERM so each child drains, and exits when they have. A child that
+dies once the replica serves is started again, after a growing pause, while its siblings
+serve; only children that keep dying end the replica.
 
 The children listen together: each loads its models, says so, and binds the port only
 once every sibling has. The kernel hashes a new connection to one of the sockets
@@ -24,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from augur.config import Config
@@ -41,6 +45,15 @@ TERMINATED = 143  # `augur`'s exit on SIGTERM before `serve` installs its drain 
 # What Feast names the directory its import makes up when none is set (feast.metrics): a
 # temporary folder it removes at exit, not one an operator chose.
 _FEAST_DIR_PREFIX = "feast_metrics_"
+# A dead child starts again after RESTART_FIRST_S, doubling per death to RESTART_MAX_S; a
+# child that lived RESTART_RESET_S had recovered, and the next death waits RESTART_FIRST_S.
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 10.0
+RESTART_RESET_S = 60.0
+# More deaths than this within DEATHS_WINDOW_S: the processes cannot stay up (a bad host, a
+# leak that kills each in turn), and restarting them here would hide it from the orchestrator.
+MAX_DEATHS = 5
+DEATHS_WINDOW_S = 120.0
 
 
 def metrics_in_memory() -> None:
@@ -77,7 +90,7 @@ def await_siblings() -> None:
         raise RuntimeError("a sibling server process failed to start; not listening")
 
 
-def _open_gate(ready: int, go: int, processes: int, port: int) -> None:
+def _open_gate(ready: int, go: int, processes: int, port: int, listening: threading.Event) -> None:
     """Let the children listen once all have said they are ready. A child that dies first
     closes its end unwritten: the gate then closes unopened, and the supervisor's loop
     stops the replica."""
@@ -89,6 +102,7 @@ def _open_gate(ready: int, go: int, processes: int, port: int) -> None:
         said += len(chunk)
     else:
         os.write(go, b"g" * processes)  # a pipe's buffer holds these few bytes
+        listening.set()
         log.info("all %d server processes loaded; listening on port %d", processes, port)
     os.close(ready)
     os.close(go)
@@ -142,9 +156,10 @@ def serve_many(config: Config, config_path: Path | None) -> int:
             stop()
     os.close(ready_w)  # the children's copies are the ones the gate counts
     os.close(go_r)
+    listening = threading.Event()  # the replica has served: from here a dead child restarts
     threading.Thread(
         target=_open_gate,
-        args=(ready_r, go_w, len(children), config.server.port),
+        args=(ready_r, go_w, len(children), config.server.port, listening),
         name="augur-start-gate",
         daemon=True,
     ).start()
@@ -155,21 +170,11 @@ def serve_many(config: Config, config_path: Path | None) -> int:
         ", ".join(str(c.pid) for c in children),
     )
 
-    code = 0
+    restart_env = {k: v for k, v in env.items() if k != START_GATE_ENV}  # siblings listen
     try:
-        while any(c.poll() is None for c in children):
-            for child in children:
-                if child.poll() is not None and child.returncode != 0 and not stopping.is_set():
-                    # A replica with a dead process would serve at reduced capacity unseen:
-                    # end it all, and let the orchestrator restart the replica.
-                    log.error(
-                        "server process %d exited with %d; stopping the others",
-                        child.pid,
-                        child.returncode,
-                    )
-                    code = 1
-                    stop()
-            time.sleep(0.2)
+        code = _watch(
+            children, stopping, listening, stop, lambda: subprocess.Popen(command, env=restart_env)
+        )
     finally:
         from prometheus_client import multiprocess
 
@@ -178,6 +183,91 @@ def serve_many(config: Config, config_path: Path | None) -> int:
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return code or max(_exit_code(c.returncode, stopping.is_set()) for c in children)
+
+
+def _watch(
+    children: list[subprocess.Popen],
+    stopping: threading.Event,
+    listening: threading.Event,
+    stop: Callable[[], None],
+    start_child: Callable[[], subprocess.Popen],
+) -> int:
+    """Until every child has exited: start a child that died again (in its slot of
+    `children`), after a pause that grows while children keep dying; 1 if they died too
+    often and the replica was stopped, else 0."""
+    started = [time.monotonic()] * len(children)
+    pause = [RESTART_FIRST_S] * len(children)
+    restart_at: list[float | None] = [None] * len(children)
+    deaths: deque[float] = deque()
+    code = 0
+    while any(c.poll() is None for c in children) or (
+        not stopping.is_set() and any(t is not None for t in restart_at)
+    ):
+        now = time.monotonic()
+        for slot, child in enumerate(children):
+            if stopping.is_set() or child.poll() is None:
+                continue
+            if restart_at[slot] is None:
+                if not listening.is_set():
+                    # Before the replica first listened: a start that failed (a bad config,
+                    # no Redis) fails again; end it all as the start gate does.
+                    log.error(
+                        "server process %d exited with %d while starting; stopping the others",
+                        child.pid,
+                        child.returncode,
+                    )
+                    code = 1 if child.returncode else code
+                    stop()
+                    break
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(child.pid)  # its live gauges go with it
+                deaths.append(now)
+                while deaths and deaths[0] < now - DEATHS_WINDOW_S:
+                    deaths.popleft()
+                if len(deaths) > MAX_DEATHS:
+                    log.error(
+                        "server process %d %s: %d server processes died within %.0fs (more "
+                        "than %d); the replica cannot keep them up, so it stops for its "
+                        "orchestrator to replace it",
+                        child.pid,
+                        _how(child.returncode),
+                        len(deaths),
+                        DEATHS_WINDOW_S,
+                        MAX_DEATHS,
+                    )
+                    code = 1
+                    stop()
+                    break
+                if now - started[slot] >= RESTART_RESET_S:
+                    pause[slot] = RESTART_FIRST_S  # it had recovered: a fresh start
+                restart_at[slot] = now + pause[slot]
+                log.error(
+                    "server process %d %s after %.1fs; starting another in %.1fs while the "
+                    "others serve",
+                    child.pid,
+                    _how(child.returncode),
+                    now - started[slot],
+                    pause[slot],
+                )
+                pause[slot] = min(pause[slot] * 2, RESTART_MAX_S)
+            elif now >= restart_at[slot]:
+                children[slot] = start_child()
+                started[slot], restart_at[slot] = now, None
+                if stopping.is_set():  # stopped while it started: it is told now
+                    stop()
+                log.info("started server process %d in place of %d", children[slot].pid, child.pid)
+        time.sleep(0.2)
+    return code
+
+
+def _how(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with {returncode}"
 
 
 def _exit_code(returncode: int | None, stopped: bool) -> int:

@@ -1,0 +1,199 @@
+"""The one schema of a model entry: what a model is (kind, feature service, request
+features, outputs), how it runs (device, compile, batching) and how it is served (aliases,
+canary, shadow). model.yaml in the model repository and each entry of a feature repo's
+models.yaml are parsed here; the folders and versions are augur/modelrepo/repository.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
+# `compile`: how a LightGBM model runs; "none" is LightGBM's own predict, "lleaves" native
+# code compiled from model.txt (augur/serving/runtimes/compiled_runtime.py)
+COMPILERS = ("none", "lleaves")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+class RepositoryError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """Limits a canary must stay within over its most recent `window` calls."""
+
+    max_error_rate: float | None = None
+    max_p99_ms: float | None = None
+    max_psi: float | None = None  # population stability index of scores vs stable
+    window: int = 500
+    min_requests: int = 50
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    version: str
+    weight: float  # share of entities (by sticky key hash) routed to the canary
+    sticky_key: str = ""  # entity column to hash; default: the first view's first join key
+    guardrails: Guardrails = field(default_factory=Guardrails)
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    version: str
+    threshold: float = 0.5  # scores on the same side of it count as agreeing
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    """A model's own dynamic batching (model.yaml `batching`), in Triton's terms; it
+    overrides server.batch_max_rows and server.batch_max_delay_us for this model."""
+
+    max_batch_size: int  # rows a batch closes at; 0: this model's calls are scored alone
+    max_queue_delay_us: int | None = None  # None: the server's batch_max_delay_us
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str
+    feature_service: str
+    request_features: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ("score",)
+    device: str = "cpu"
+    aliases: dict[str, str] = field(default_factory=dict)
+    canary: CanarySpec | None = None
+    shadow: ShadowSpec | None = None
+    last_rollback: dict | None = None
+    # "unavailable" (answer UNAVAILABLE) or "serve_defaults" (score on declared defaults,
+    # flagged `degraded`) when the online store cannot be read
+    on_feature_store_error: str = "unavailable"
+    compile: str = "none"
+    batching: BatchingSpec | None = None  # None: the server's batching settings
+
+
+def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise RepositoryError(f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if not raw.get("feature_service"):
+        raise RepositoryError(f"{path}: feature_service is required")
+    canary = None
+    if raw.get("canary"):
+        c = raw["canary"]
+        try:
+            guard = Guardrails(**(c.get("guardrails") or {}))
+            canary = CanarySpec(
+                str(c["version"]), float(c.get("weight", 0.0)), c.get("sticky_key", ""), guard
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise RepositoryError(f"{path}: canary: {e}") from None
+        if not 0.0 <= canary.weight <= 1.0:
+            raise RepositoryError(f"{path}: canary.weight must be within [0, 1]")
+    policy = raw.get("on_feature_store_error", "unavailable")
+    if policy not in ("unavailable", "serve_defaults"):
+        raise RepositoryError(
+            f"{path}: on_feature_store_error must be unavailable or serve_defaults, got {policy!r}"
+        )
+    device = raw.get("device", "cpu")
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise RepositoryError(f"{path}: device must be cpu, cuda or cuda:<index>, got {device!r}")
+    compiler = raw.get("compile", "none")
+    compiler = "none" if compiler is None else compiler  # `compile:` left empty
+    if compiler not in COMPILERS:
+        raise RepositoryError(
+            f"{path}: compile must be one of {', '.join(COMPILERS)}, got {compiler!r}"
+        )
+    if compiler != "none" and kind != "lightgbm":
+        raise RepositoryError(
+            f"{path}: compile: {compiler} applies to kind lightgbm only, not {kind}"
+        )
+    shadow = None
+    if raw.get("shadow"):
+        s = raw["shadow"]
+        shadow = ShadowSpec(str(s["version"]), float(s.get("threshold", 0.5)))
+    batching = _parse_batching(raw.get("batching"), path)
+    return ModelSpec(
+        name,
+        kind,
+        raw["feature_service"],
+        tuple(raw.get("request_features") or ()),
+        tuple(raw.get("outputs") or ("score",)),
+        device,
+        {str(k): str(v) for k, v in (raw.get("aliases") or {}).items()},
+        canary,
+        shadow,
+        raw.get("last_rollback"),
+        policy,
+        compiler,
+        batching,
+    )
+
+
+def _parse_batching(raw: object, path: Path) -> BatchingSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RepositoryError(
+            f"{path}: batching must be a mapping (max_batch_size, max_queue_delay_us), got {raw!r}"
+        )
+    unknown = sorted(set(raw) - {"max_batch_size", "max_queue_delay_us"})
+    if unknown:
+        raise RepositoryError(
+            f"{path}: batching.{unknown[0]} is not an option; batching takes "
+            f"max_batch_size and max_queue_delay_us"
+        )
+    values = {}
+    for key in ("max_batch_size", "max_queue_delay_us"):
+        value = raw.get(key)
+        if value is None and key == "max_queue_delay_us":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RepositoryError(
+                f"{path}: batching.{key} must be a whole number >= 0, got {value!r}"
+            )
+        values[key] = value
+    return BatchingSpec(**values)
+
+
+# What a model is and how it runs: the keys a training entry (models.yaml) may set, which
+# publishing writes into model.yaml; the rest of model.yaml (aliases, canary, shadow,
+# batching, rollbacks) is the operator's.
+IDENTITY_KEYS = ("kind", "feature_service", "request_features", "outputs", "device", "compile")
+
+
+def parse_identity(name: str, raw: dict, path: Path) -> ModelSpec:
+    """A model entry that says only what the model is (a models.yaml entry, less `params`)."""
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"{path}: model {name}: expected a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - set(IDENTITY_KEYS))
+    if unknown:
+        raise RepositoryError(
+            f"{path}: model {name}: {unknown[0]} is not an option here; a model entry takes "
+            f"{', '.join(IDENTITY_KEYS)}"
+        )
+    return parse_spec(name, raw, path)
+
+
+# Bounds on what operators send (Admin calls, `augur models`): model.yaml must stay small
+# enough to read and to answer in one gRPC message.
+OPERATOR_TEXT_LIMITS = {"model": 128, "version": 64, "reason": 1024}
+
+
+class OperatorInputError(ValueError):
+    """An operator's string beyond its bound; `field` names it."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+
+
+def check_operator_text(field_name: str, value: str) -> str:
+    limit = OPERATOR_TEXT_LIMITS[field_name]
+    if len(value) > limit:
+        raise OperatorInputError(
+            field_name, f"{field_name}: {len(value):,} characters; at most {limit:,}"
+        )
+    return value

@@ -1,0 +1,131 @@
+"""Comparisons within one harness run: the servers' names, and ratios of points measured at
+the same load.
+
+Where two servers are compared directly - one caller against the echo floors, batching on
+against off, two processes against one - the ratio is taken within a paired step
+(bench/load.py), whose servers took turns. Pure functions of the result dict.
+"""
+
+from __future__ import annotations
+
+AUGUR, BASELINE, ECHO = "augur", "baseline", "echo"
+TARGETS = (AUGUR, BASELINE, ECHO)  # the main series: each server alone, every load point
+ECHO_REDIS = "echo_redis"  # measured with one caller only, at each request size
+FLOORS = "floors"  # the paired comparison of one caller's Predict with the echo floors
+THREADS = "threads"  # the variant handing each call to a handler thread, compared there
+CEILING = "ceiling"  # Augur with each call's read, assembly and model free: batching's bound
+LABELS = {
+    AUGUR: "Augur",
+    BASELINE: "Feast baseline",
+    ECHO: "gRPC echo floor",
+    ECHO_REDIS: "gRPC echo + Redis round trip floor",
+    CEILING: "ceiling server (bench/ceiling_server.py)",
+}
+
+
+def load_point(step: dict) -> str:
+    if step["mode"] == "closed":
+        return f"closed c={step['concurrency']}"
+    return f"open {step['rate']:g}/s"
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    if not num or not den:
+        return None
+    return round(num / den, 2)
+
+
+def quotient(num: float | None, den: float | None) -> float | None:
+    """num / den unrounded (None without both): what a goal is checked on."""
+    return num / den if num and den else None
+
+
+def beside_feast(m: dict) -> dict:
+    """Augur's read as the Feast ratio takes it: timed in turns with Feast's, in Feast's
+    process (results before that was measured: the clean process's)."""
+    return m.get("augur_read_beside_feast") or m["augur_read"]
+
+
+def paired(result: dict, comparison: str) -> dict[tuple[int, int], dict[str, dict]]:
+    """A paired comparison's entries: (rows, callers) -> server name -> its entry."""
+    out: dict = {}
+    for entry in (result.get("paired") or {}).get("comparisons", {}).get(comparison, []):
+        out.setdefault((entry["rows"], entry["concurrency"]), {})[entry["target"]] = entry
+    return out
+
+
+def breakdown(result: dict) -> dict:
+    """Where one caller's Predict time goes (p50 ms, closed loop c=1, from the paired
+    comparison with the floors): the gRPC echo floor, the in-process read + assemble +
+    predict (of which Redis floor and model), and the rest (the servicer's own work:
+    validation, metrics, building the reply); Predict against the echo floor that makes
+    the same Redis round trip first; and Predict served on a thread pool."""
+    out = {}
+    for (rows, _), steps in paired(result, FLOORS).items():
+        size = str(rows)
+        step, echo, echo_redis = (steps.get(t) or {} for t in (AUGUR, ECHO, ECHO_REDIS))
+        threads = steps.get(THREADS) or {}
+        if size not in result["inprocess"] or "p50_ms" not in step or "p50_ms" not in echo:
+            continue
+        m = result["inprocess"][size]
+        pipeline = m["augur_pipeline"]["p50_ms"]
+        with_redis = echo_redis.get("p50_ms")
+        out[size] = {
+            "predict_p50_ms": step["p50_ms"],
+            "predict_p99_ms": step["p99_ms"],
+            "echo_floor_p50_ms": echo["p50_ms"],
+            "echo_floor_p99_ms": echo["p99_ms"],
+            "echo_redis_floor_p50_ms": with_redis,
+            "p50_vs_echo_floor": ratio(step["p50_ms"], echo["p50_ms"]),
+            "p99_vs_echo_floor": ratio(step["p99_ms"], echo["p99_ms"]),
+            "p50_vs_echo_redis_floor": ratio(step["p50_ms"], with_redis),
+            "pipeline_p50_ms": pipeline,
+            "redis_floor_p50_ms": m["redis_floor"]["p50_ms"],
+            "model_p50_ms": m["model"]["p50_ms"],
+            "rest_p50_ms": round(step["p50_ms"] - echo["p50_ms"] - pipeline, 4),
+            "threads_p50_ms": threads.get("p50_ms"),
+            "threads_p99_ms": threads.get("p99_ms"),
+            "threads_p50_vs_echo_floor": ratio(threads.get("p50_ms"), echo["p50_ms"]),
+        }
+    return out
+
+
+def best_rows_per_s(result: dict, target: str, rows: int) -> float | None:
+    """`target`'s most predictions/s over the main series' closed-loop points at `rows`."""
+    steps = result["series"].get(target, [])
+    closed = [s["rows_per_s"] for s in steps if s["rows"] == rows and s["mode"] == "closed"]
+    return max(closed, default=None)
+
+
+def variant_ratios(result: dict) -> list[dict]:
+    """Each Augur variant against Augur as the run serves it, at each point of their paired
+    comparison."""
+    out = []
+    comparisons = (result.get("paired") or {}).get("comparisons", {})
+    for comparison in comparisons:
+        # the floors' comparison holds one variant: Augur on a thread pool; batching's also
+        # the ceiling server, its bound
+        names = [THREADS] if comparison == FLOORS else [comparison, CEILING]
+        for (rows, callers), steps in paired(result, comparison).items():
+            base = steps.get(AUGUR, {})
+            for name, step in ((n, steps[n]) for n in names if n in steps):
+                out.append(
+                    {
+                        "variant": name,
+                        "rows": rows,
+                        "concurrency": callers,
+                        "base": base,
+                        "step": step,
+                        "throughput_vs_base": ratio(
+                            step.get("throughput_rps"), base.get("throughput_rps")
+                        ),
+                        "p99_vs_base": ratio(step.get("p99_ms"), base.get("p99_ms")),
+                        # The most any variant could serve if each call cost the machine the
+                        # CPU it cost without it: a bound on more processes, which add no
+                        # saving; batching exists to lower that cost.
+                        "cores_allow_vs_base": ratio(
+                            result["machine"]["cpus"], base.get("machine_busy_cores")
+                        ),
+                    }
+                )
+    return out
