@@ -22,19 +22,19 @@ from augur.serving.supervisor import metrics_in_memory
 
 
 def remember_scores() -> None:
-    """Make PredictorServicer._score answer each row count from its first answer."""
-    from augur.serving.servicer import PredictorServicer
+    """Make Scorer.score answer each row count from its first answer."""
+    from augur.serving.scoring import Scorer
 
-    score = PredictorServicer._score
+    score = Scorer.score
     answers: dict[int, object] = {}
 
-    def remembered(self, route, model, entities, extra, canary_mask, deadline):
+    def remembered(self, route, model, entities, extra, *rest):
         rows = len(next(iter(entities.values())))
         if rows not in answers:
-            answers[rows] = score(self, route, model, entities, extra, canary_mask, deadline)
+            answers[rows] = score(self, route, model, entities, extra, *rest)
         return answers[rows]
 
-    PredictorServicer._score = remembered
+    Scorer.score = remembered
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -135,7 +135,7 @@ def test_a_model_yaml_turns_batching_on_for_its_model_only(
         running.manager.refresh()
         route = running.manager.route("fraud_mlp")
         assert route.batching.max_batch_size == 0
-        assert running.servicer._batcher(route) is None
+        assert running.servicer.lanes.of(route).batcher(route) is None
     finally:
         running.stop()
     assert failures == []

@@ -11,8 +11,10 @@ import greenlet
 import grpc
 import pytest
 
+from augur.serving import grpc_patch
 from augur.serving.batcher import Batcher, Call
-from augur.serving.green import GreenCondition, GreenPool, Hub, off_thread, patch_grpc
+from augur.serving.green import GreenCondition, GreenPool, off_thread
+from augur.serving.hub import Hub
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def test_grpc_call_state_waits_on_a_green_condition():
     on the green pool (a grpcio release that changed its server would show here first)."""
     from grpc import _server
 
-    assert patch_grpc()
+    assert grpc_patch.install(GreenCondition)
     assert isinstance(_server._RPCState().condition, GreenCondition)
     assert getattr(_server._serve, "green", False)  # the polling loop that runs a hub
 
@@ -154,7 +156,7 @@ def test_a_batching_server_runs_its_calls_on_the_polling_thread(fraud_repo, mode
         running.stop()
 
 
-def _scored_batches(max_rows: int, delay_s: float):
+def _scored_batches(pool: GreenPool, max_rows: int, delay_s: float):
     batches: list[list[int]] = []
 
     def run(calls: list[Call]) -> None:
@@ -164,7 +166,7 @@ def _scored_batches(max_rows: int, delay_s: float):
                 raise ValueError(f"bad call {call.entities['id']}")
             call.result = [v * 10 for v in call.entities["id"]]
 
-    return Batcher(run, max_rows, delay_s), batches
+    return Batcher(run, max_rows, delay_s, pool.waiting), batches
 
 
 def _call(batcher: Batcher, ids: list[int], fail: bool = False):
@@ -175,7 +177,7 @@ def _call(batcher: Batcher, ids: list[int], fail: bool = False):
 def test_calls_queued_together_share_a_batch_and_get_their_own_rows(pool):
     """Eight calls queued on one thread before it runs: each parks, and the thread runs
     them as one batch once nothing more is queued, within max_rows."""
-    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    batcher, batches = _scored_batches(pool, max_rows=64, delay_s=30.0)
     gate = threading.Event()
     pool.submit(gate.wait, 10)  # holds the thread while the calls queue behind it
     calls = [pool.submit(_call, batcher, [k, k + 100]) for k in range(8)]
@@ -186,7 +188,7 @@ def test_calls_queued_together_share_a_batch_and_get_their_own_rows(pool):
 
 
 def test_a_batch_closes_at_max_rows_and_the_call_that_fills_it_runs_it(pool):
-    batcher, batches = _scored_batches(max_rows=4, delay_s=30.0)
+    batcher, batches = _scored_batches(pool, max_rows=4, delay_s=30.0)
     gate = threading.Event()
     pool.submit(gate.wait, 10)
     calls = [pool.submit(_call, batcher, [k]) for k in range(10)]
@@ -196,13 +198,13 @@ def test_a_batch_closes_at_max_rows_and_the_call_that_fills_it_runs_it(pool):
 
 
 def test_a_lone_call_does_not_wait_out_the_delay(pool):
-    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    batcher, batches = _scored_batches(pool, max_rows=64, delay_s=30.0)
     assert pool.submit(_call, batcher, [7]).result(timeout=10) == [70]
     assert batches == [[1]]
 
 
 def test_a_failing_batch_fails_each_of_its_calls_and_the_next_batch_serves(pool):
-    batcher, _ = _scored_batches(max_rows=64, delay_s=30.0)
+    batcher, _ = _scored_batches(pool, max_rows=64, delay_s=30.0)
     gate = threading.Event()
     pool.submit(gate.wait, 10)
     failed = [pool.submit(_call, batcher, [k], k == 1) for k in range(3)]
@@ -217,7 +219,7 @@ def test_a_batch_still_waiting_runs_at_its_delay_while_calls_keep_coming(pool):
     """Under a stream of other calls the queue is never empty; the batch runs once its
     delay is up (20 ms), not when the stream (100 calls of at least 1 ms) ends."""
     done: list[int] = []
-    batcher, batches = _scored_batches(max_rows=64, delay_s=0.02)
+    batcher, batches = _scored_batches(pool, max_rows=64, delay_s=0.02)
     run = batcher._run
     batcher._run = lambda calls: (batches.append(len(done)), run(calls))
     gate = threading.Event()
@@ -234,7 +236,7 @@ def test_a_batch_still_waiting_runs_at_its_delay_while_calls_keep_coming(pool):
 
 def test_shutdown_answers_a_parked_call_first():
     own = GreenPool(1, "test-green-stop")
-    batcher, batches = _scored_batches(max_rows=64, delay_s=30.0)
+    batcher, batches = _scored_batches(own, max_rows=64, delay_s=30.0)
     gate = threading.Event()
     own.submit(gate.wait, 10)
     parked = own.submit(_call, batcher, [9])
@@ -301,3 +303,108 @@ def test_a_hub_resumes_a_read_once_its_socket_is_readable_timed_out_or_closed():
     assert outcome["closed"] == "readable" and not hub.readers and hub.parked == 0
     for sock in (answered, redis_side, slow, _silent, _other):
         sock.close()
+
+
+def _predicts_concurrently(address: str, callers: int = 4, calls: int = 10) -> list[str]:
+    """Each caller's Predict calls, made from threads of their own; what failed, if any."""
+    from augur.client.client import PredictorClient
+
+    failures: list[str] = []
+    answered: list[int] = []
+
+    def caller(k: int) -> None:
+        with PredictorClient(address, timeout=10) as own:
+            for i in range(calls):
+                try:
+                    scores = own.predict(
+                        "fraud_mlp",
+                        {"user_id": [k * 10 + i, i], "merchant_id": [i, k]},
+                        {"amount": [float(i), 1.0]},
+                    ).scores
+                    assert scores.shape == (2, 1), scores.shape
+                    answered.append(1)
+                except Exception as e:
+                    failures.append(repr(e))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    if len(answered) + len(failures) != callers * calls:
+        failures.append(f"{callers * calls - len(answered) - len(failures)} calls unanswered")
+    return failures
+
+
+# As on a grpcio whose server's private parts moved: the green pool's patch is refused.
+_REFUSED_PATCH = """
+import sys
+from augur.serving import grpc_patch
+grpc_patch.install = lambda condition: False
+from augur.cli.main import main
+sys.exit(main(["serve", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_server_whose_grpc_patch_is_refused_serves_predict_on_a_thread_of_its_own(
+    fraud_repo, model_repo, tmp_path
+):
+    """A fresh process where the patch of gRPC's server is refused (nothing of gRPC replaced)
+    falls back to a hub thread of the pool's own, says so, and answers concurrent Predict
+    calls, batched, until SIGTERM stops it cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    from augur.client.client import PredictorClient
+    from augur.features.redis_server import free_port
+    from tests.conftest import write_config
+
+    port = free_port()
+    config = write_config(
+        tmp_path / "augur.yaml",
+        fraud_repo,
+        model_repo,
+        port=port,
+        metrics_port=0,
+        batch_max_rows=64,
+        batch_max_delay_us=2_000,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", _REFUSED_PATCH, str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with PredictorClient(f"127.0.0.1:{port}", timeout=30) as client:
+            client.wait_serving(["fraud_mlp"], 90, process)
+        failures = _predicts_concurrently(f"127.0.0.1:{port}")
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read().decode()
+    assert failures == [], output
+    assert code == 0, output
+    assert "not the one the green pool knows" in output
+    assert "green pool, 1 handler thread(s)" in output  # not gRPC's polling thread
+
+
+def test_a_server_on_a_thread_pool_serves_concurrent_batched_predicts(fraud_repo, model_repo):
+    """server.handlers: threads, the pool that needs nothing of gRPC's internals, serves."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from augur.serving.server import start
+    from tests.conftest import server_config
+
+    config = server_config(fraud_repo, model_repo)
+    config.server.handlers = "threads"
+    config.server.batch_max_rows = 64
+    config.server.batch_max_delay_us = 2_000
+    running = start(config)
+    try:
+        assert isinstance(running.pool, ThreadPoolExecutor)
+        assert _predicts_concurrently(f"127.0.0.1:{running.port}") == []
+    finally:
+        running.stop()

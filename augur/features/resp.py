@@ -47,29 +47,6 @@ class OwnConnections:
         self._local.idle.append(conn)
 
 
-# Deprecated: what `take_turns` set, used by round trips handed BLOCKING (the default) until
-# augur.serving hands its Waiting to OnlineReader itself; then this and `take_turns` go.
-_turns: Waiting = BLOCKING
-
-
-class _Turns:
-    """`take_turns`' two hooks as a Waiting."""
-
-    def __init__(self, wait_readable, run_elsewhere):
-        self.wait_readable = wait_readable
-        self.run_elsewhere = run_elsewhere
-
-
-def take_turns(
-    wait_readable: Callable[[socket.socket], None],
-    run_blocking: Callable[[Callable[[], None]], None],
-) -> None:
-    """Deprecated: hand `OnlineReader(waiting=...)` a Waiting instead. Until then, round
-    trips handed BLOCKING wait through these hooks (augur.serving.green calls this)."""
-    global _turns
-    _turns = _Turns(wait_readable, run_blocking)
-
-
 def round_trip(
     client: redis.Redis,
     payload: bytes,
@@ -93,8 +70,6 @@ def round_trip(
     late reply can never be read by the next caller. Error replies raise
     redis.ResponseError."""
     pool = client.connection_pool
-    if waiting is BLOCKING:  # the deprecated `take_turns` hooks, where they were set
-        waiting = _turns
     wait = None if waiting is BLOCKING else waiting.wait_readable
     for attempt in (0, 1):
         conn = own.get() if own is not None else pool.get_connection()
@@ -145,7 +120,7 @@ class Channel:
         self._wait: Callable[[socket.socket], None] | None = None
 
     def __enter__(self) -> Channel:
-        waiting = _turns if self._waiting is BLOCKING else self._waiting
+        waiting = self._waiting
         self._wait = None if waiting is BLOCKING else waiting.wait_readable
         self._conn = self._pool.get_connection()
         try:

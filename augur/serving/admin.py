@@ -14,18 +14,19 @@ import grpc
 
 from augur.api.v1 import admin_pb2 as pb
 from augur.api.v1 import admin_pb2_grpc as pb_grpc
+from augur.features.waiting import BLOCKING, Waiting
 from augur.modelrepo.repository import RepositoryError
 from augur.modelrepo.spec import OperatorInputError, check_operator_text
-from augur.serving import green
 from augur.serving.errors import RequestError, invalid, not_found
 from augur.serving.lifecycle import ModelManager
 from augur.serving.models import ModelLoadError
 
 
 class AdminServicer(pb_grpc.AdminServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, waiting: Waiting = BLOCKING):
         self.manager = manager
         self.repo = manager.repo
+        self._waiting = waiting  # the green pool's runs a change off the thread its calls share
 
     def ModelStatus(self, request: pb.ModelStatusRequest, context: grpc.ServicerContext):
         return self._call(context, request.model, None)
@@ -95,7 +96,7 @@ class AdminServicer(pb_grpc.AdminServicer):
                     f"{', '.join(self.repo.names()) or 'none'}"
                 )
             if change is not None:
-                green.off_thread(lambda: self._apply(change, model, routes_to))
+                self._waiting.run_elsewhere(lambda: self._apply(change, model, routes_to))
             return status(self.manager, model)
         except OperatorInputError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

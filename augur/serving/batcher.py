@@ -7,10 +7,11 @@ one before it ran. The calls wait in one of two ways, by where they run.
 
 On the green pool (augur/serving/green.py, the gRPC server's pool unless server.handlers says
 threads) each call is a greenlet on gRPC's polling thread (or on a hub thread of the pool's
-own). A call joins its thread's open batch and parks; the thread takes the next call, and
-runs the batch once no call is queued or still receiving its request, or once the delay is
-up. A waiting call holds no thread; nor does a batch waiting for Redis, so the thread fills
-the next batch meanwhile.
+own), and the pool's `Turns`, handed to the batcher, gives the call a `Parking` (its hub). A
+call joins its thread's open batch and parks; the thread takes the next call, and runs the
+batch once no call is queued or still receiving its request, or once the delay is up. A
+waiting call holds no thread; nor does a batch waiting for Redis, so the thread fills the next
+batch meanwhile.
 
 Anywhere else (a thread pool, in-process callers) there is no batching thread either: the
 calls' own threads take turns leading. A call that finds no batch running leads, takes what
@@ -29,17 +30,47 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import greenlet
-
-from augur.serving import green
+from typing import Any, Protocol
 
 
 def _held() -> threading.Lock:
     lock = threading.Lock()
     lock.acquire()
     return lock
+
+
+class Parking(Protocol):
+    """Where a call takes turns with others on one thread (a green pool's hub)."""
+
+    def current(self) -> Any:
+        """The calling call, as `resume` takes it."""
+
+    def park(self) -> None:
+        """Suspend the calling call until it is resumed; its thread runs other calls."""
+
+    def resume(self, waiter: Any) -> None:
+        """Let a parked call go on once the current work yields."""
+
+    def defer(self, key: object, due: float, run: Callable[[], None]) -> None:
+        """Run `run` once no call is on its way, or at `due` (perf_counter)."""
+
+    def cancel(self, key: object) -> None:
+        """Forget the work deferred under `key`."""
+
+
+class Turns(Protocol):
+    def parking(self) -> Parking | None:
+        """The calling call's Parking; None where it has a thread of its own."""
+
+
+class _Threads:
+    """Plain threads: no call takes turns; a waiting call blocks its thread."""
+
+    def parking(self) -> Parking | None:
+        return None
+
+
+THREADS: Turns = _Threads()
 
 
 @dataclass
@@ -53,24 +84,37 @@ class Call:
     result: Any = None
     error: BaseException | None = None
     answered: bool = False
-    waiter: Any = None  # on a green pool: the call's greenlet, parked until answered
-    # Released once: when the call's batch is done, or when the call is handed the lead. A
-    # bare lock, not an Event: Event's wait and set go through a Condition in Python,
-    # several times a lock's cost, once per call.
-    done: threading.Lock = field(default_factory=_held)
+    waiter: Any = None  # on a green pool: the call, parked until answered
+    # On threads, released once: when the call's batch is done, or when the call is handed
+    # the lead (held from its submit; a parked call on a green pool needs none). A bare lock,
+    # not an Event: Event's wait and set go through a Condition in Python, several times a
+    # lock's cost, once per call.
+    done: threading.Lock | None = None
 
 
 class Batcher:
-    def __init__(self, run: Callable[[list[Call]], None], max_rows: int, max_delay_s: float):
+    def __init__(
+        self,
+        run: Callable[[list[Call]], None],
+        max_rows: int,
+        max_delay_s: float,
+        turns: Turns = THREADS,
+        depth: Any = None,
+    ):
+        """`run` scores a batch, setting each call's result; `turns`: how calls wait (the
+        green pool's, or THREADS); `depth`: a gauge set to the calls left waiting whenever a
+        batch closes."""
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
         self._run = run
+        self._turns = turns
+        self._depth = depth
         self._lock = threading.Lock()  # guards everything below
         self._queued: deque[Call] = deque()
         self._arriving = 0  # calls announced and not yet queued
         self._leading = False  # a thread is running batches
         self._woken: threading.Lock | None = None  # held by a leader waiting for arrivals
-        self._open: dict[green.Hub, _Open] = {}  # on a green pool: each hub's open batch
+        self._open: dict[Parking, _Open] = {}  # on a green pool: each hub's open batch
 
     def arrival(self) -> Arrival:
         """Announce a call before decoding its request; submit it through what this returns,
@@ -85,9 +129,10 @@ class Batcher:
 
     def _submit(self, call: Call) -> Any:
         call.queued = time.perf_counter()
-        hub = green.hub()
+        hub = self._turns.parking()
         if hub is not None:
             return self._park(hub, call)
+        call.done = _held()
         with self._lock:
             self._arriving -= 1
             self._queued.append(call)
@@ -102,7 +147,7 @@ class Batcher:
             raise call.error
         return call.result
 
-    def _park(self, hub: green.Hub, call: Call) -> Any:
+    def _park(self, hub: Parking, call: Call) -> Any:
         """On a green pool: join this thread's open batch and park until it has run. The
         hub runs the batch once no call is on its way or its delay is up; a call that fills
         it runs it at once."""
@@ -118,7 +163,7 @@ class Batcher:
             hub.defer(self, call.queued + self.max_delay_s, lambda: self._close(hub))
         batch.calls.append(call)
         batch.rows += call.rows
-        call.waiter = greenlet.getcurrent()
+        call.waiter = hub.current()
         if batch.rows >= self.max_rows:
             self._close(hub)
         else:
@@ -127,17 +172,19 @@ class Batcher:
             raise call.error
         return call.result
 
-    def _close(self, hub: green.Hub) -> None:
+    def _close(self, hub: Parking) -> None:
         """Run the hub's open batch, and let its parked calls go on once the greenlet
         running this yields to the hub (the hub's own: once its deferred work is done)."""
         hub.cancel(self)
         batch = self._open.pop(hub).calls
+        if self._depth is not None:
+            self._depth.set(self.waiting())
         try:
             self._run(batch)
         except BaseException as e:  # every caller of the batch gets the same failure
             for call in batch:
                 call.error = e
-        here = greenlet.getcurrent()
+        here = hub.current()
         for call in batch:
             call.answered = True
             if call.waiter is not here:
@@ -158,6 +205,8 @@ class Batcher:
         """Run batches until `own` is answered, then hand the lead on."""
         while not own.answered:
             batch = self._collect()
+            if self._depth is not None:
+                self._depth.set(self.waiting())
             try:
                 self._run(batch)
             except BaseException as e:  # every caller of the batch gets the same failure
@@ -204,7 +253,8 @@ class _Open:
 
 
 class Arrival:
-    """One announced call: `submit` it, or leave the `with` block to withdraw it."""
+    """One announced call: `submit` it, or `withdraw` it (as leaving a `with` block that did
+    not submit it does)."""
 
     __slots__ = ("_batcher", "_pending")
 
@@ -216,6 +266,10 @@ class Arrival:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.withdraw()
+
+    def withdraw(self) -> None:
+        """The call will not be submitted (it failed before): a batch no longer waits for it."""
         if self._pending:
             self._pending = False
             self._batcher._withdraw()

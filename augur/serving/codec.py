@@ -1,4 +1,5 @@
-"""Request columns -> numpy, checked against what the model or feature service expects.
+"""Request columns -> numpy, checked against what the model or feature service expects, and
+what was scored or read -> the response.
 
 Every refusal names the field, the value and what was expected.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,11 +16,58 @@ from augur.api.v1 import predictor_pb2 as pb
 from augur.features.plan import ReadPlan
 from augur.serving.errors import invalid, shown
 
+if TYPE_CHECKING:  # for the hints only: decoding needs none of the server's parts
+    from augur.features.reader import FeatureRows
+    from augur.serving.models import ServingModel
+    from augur.serving.scoring import Scored
+
 # The smallest double that float32 rounds to infinity: its largest finite value plus half a
 # unit in the last place (a tie, which rounds to even: infinity).
 _FLOAT32_LIMIT = float(np.finfo(np.float32).max) + 2.0**103
 # Request features of up to this many rows are checked in a Python loop, not numpy.
 _CHECKED_IN_PYTHON = 16
+
+
+def decode_inputs(
+    request: pb.PredictRequest, model: ServingModel, max_rows: int, owner: str
+) -> tuple[dict, dict[str, np.ndarray], int]:
+    """A Predict call's entity columns, request features and row count, for `model`."""
+    entities, n = decode_entities(request.entities, model.plan, max_rows, owner)
+    wanted = model.version.spec.request_features
+    return entities, decode_request_features(request.request_features, wanted, n, owner), n
+
+
+def predict_response(
+    model: str, options: pb.PredictOptions, scored: Scored, versions: list[str]
+) -> pb.PredictResponse:
+    """The answer to a Predict call: its scores, the version(s) that answered (`versions`,
+    scored.versions), and what its options ask for (feature status counts, the features)."""
+    response = pb.PredictResponse(
+        model=model,
+        version=versions[0] if len(versions) == 1 else "",
+        rows=len(scored.batch),
+        outputs=scored.scores.shape[1],
+        scores=scored.scores.ravel().tolist(),
+        degraded=scored.degraded,
+    )
+    if len(versions) > 1:
+        response.row_versions.extend(scored.row_versions)
+    rows = scored.rows
+    if options.return_feature_status:
+        present = len(scored.model.plan.columns) - rows.missing
+        response.feature_status.extend(feature_status(present, rows.missing, rows.stale))
+    if options.return_features:
+        response.features.names.extend(scored.model.version.features)
+        response.features.values.extend(scored.batch.ravel().tolist())
+    return response
+
+
+def features_response(plan: ReadPlan, rows: FeatureRows) -> pb.GetOnlineFeaturesResponse:
+    present = len(plan.columns) - rows.missing
+    return pb.GetOnlineFeaturesResponse(
+        features=pb.FeatureMatrix(names=plan.feature_names, values=rows.values.ravel().tolist()),
+        feature_status=feature_status(present, rows.missing, rows.stale),
+    )
 
 
 def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple[dict, int]:

@@ -6,6 +6,9 @@ from the repository, codes from gRPC's fixed set.
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 _LATENCY = (
@@ -98,6 +101,67 @@ class ModelMetrics:
         self.rows = ROWS.labels("Predict", model)
         self.missing = FEATURES_MISSING.labels(model)
         self.stale = FEATURES_STALE.labels(model)
+        self.late = DEADLINE_DROPPED.labels(model, "inference")
+        self.shed = SHED.labels(model)
+        self.degraded = DEGRADED.labels(model)
+        self.batch_rows = BATCH_ROWS.labels(model)
+        self.batch_calls = BATCH_CALLS.labels(model)
+        self.batch_queue = BATCH_QUEUE.labels(model)
+
+    def scored(
+        self,
+        began: float,
+        read: float,
+        assembled: float,
+        done: float,
+        rows,
+        plan,
+        ages: FeatureAges,
+    ) -> None:
+        """A scored set of rows (augur.features.reader.FeatureRows, read by `plan`): its stage
+        latencies from perf_counter marks, the rows and the feature values among them missing
+        or stale, and (sampled) the age of the oldest row served per view."""
+        self.features.observe(read - began)
+        self.assemble.observe(assembled - read)
+        self.inference.observe(done - assembled)
+        self.rows.inc(len(rows.values))
+        count = int(rows.missing.sum())
+        if count:
+            self.missing.inc(count)
+        count = int(rows.stale.sum())
+        if count:
+            self.stale.inc(count)
+        ages.sample(plan.service, plan.views, rows.event_ts)
+
+
+class FeatureAges:
+    """Samples the age of the oldest row served per feature view: one observation per view
+    and call keeps this off the per-row path, and the oldest value is what freshness alerts
+    care about. Observed for at most AGE_SAMPLES_PER_S calls a second per feature service: an
+    observation costs about 1.5 us and a wide service has dozens of views, while a freshness
+    quantile needs samples, not every call."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, float] = {}  # feature service -> when its next call is observed
+        # feature service -> (its views, their children in order): bound once per plan
+        self._views: dict[str, tuple[object, list]] = {}
+
+    def sample(self, service: str, views, event_ts: np.ndarray) -> None:
+        """`views`: the plan's, in the order of `event_ts`'s columns (rows x views event
+        times, NaN: no row)."""
+        now = time.time()
+        if now < self._due.get(service, 0.0):
+            return
+        self._due[service] = now + 1 / AGE_SAMPLES_PER_S
+        bound = self._views.get(service)
+        if bound is None or bound[0] is not views:
+            bound = self._views[service] = (views, [feature_age(view.name) for view in views])
+        children = bound[1]
+        # fmin skips NaN (no row) unless the whole column is NaN
+        oldest = np.fmin.reduce(event_ts, axis=0).tolist()
+        for child, event_time in zip(children, oldest, strict=True):
+            if event_time == event_time:  # not NaN
+                child.observe(now - event_time)
 
 
 _models: dict[str, ModelMetrics] = {}

@@ -1,4 +1,5 @@
-"""Which loaded version answers which rows: aliases, the sticky canary split, the shadow.
+"""Which loaded version answers which rows: aliases, the sticky canary split (and scoring
+each row with its version), the shadow.
 
 A `Route` is immutable; the model manager builds a new one on every change and swaps it
 in with one assignment, so a request sees one consistent routing table from start to end.
@@ -8,16 +9,25 @@ takes effect at the next refresh, with no new version.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import mmh3
 import numpy as np
 
+from augur.features.reader import FeatureRows
 from augur.modelrepo.repository import BatchingSpec
+from augur.serving import metrics
+from augur.serving.errors import not_found, shown
 from augur.serving.guardrails import CanaryGuard
 from augur.serving.models import ServingModel
 
+log = logging.getLogger(__name__)
 _BUCKETS = 10_000
+# What a canary's guardrail verdict trips: (route, guardrail, reason), the model manager's.
+Trip = Callable[["Route", str, str], None]
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,78 @@ class Route:
             return self.canary
         return self.versions.get(self.aliases.get(version, version))
 
-    def canary_rows(self, entities: dict[str, list]) -> np.ndarray | None:
+    def pinned(self, version: str) -> ServingModel:
+        """The version a call names (id or alias); NOT_FOUND, naming what is loaded."""
+        model = self.named(version)
+        if model is None:
+            raise not_found(
+                f"model {self.name} version {shown(version)!r} is not loaded; loaded: "
+                f"{', '.join(self.loaded)}; aliases: "
+                f"{', '.join(f'{k}={v}' for k, v in self.aliases.items()) or 'none'}"
+            )
+        return model
+
+    def score(
+        self,
+        model: ServingModel,
+        rows: FeatureRows,
+        extra: Mapping[str, np.ndarray],
+        batch: np.ndarray,
+        entities: Mapping[str, list] | None,
+        trip: Trip,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Scores of the assembled `batch` and the version that answered each row: `model`'s,
+        or split by the sticky canary when `entities` is given (a call that named no
+        version); `trip` is told of a canary guardrail's verdict."""
+        mask = None if entities is None else self.canary_rows(entities)
+        if mask is None or not mask.any():
+            scores = model.runtime.predict(batch)
+            if mask is not None and self.guard is not None:
+                self.guard.record_stable(scores)  # the reference for the canary's drift
+            return scores, [model.version.version] * len(batch)
+        return self._split(rows, extra, batch, mask, trip)
+
+    def _split(
+        self,
+        rows: FeatureRows,
+        extra: Mapping[str, np.ndarray],
+        stable_batch: np.ndarray,
+        canary_mask: np.ndarray,
+        trip: Trip,
+    ) -> tuple[np.ndarray, list[str]]:
+        """Score canary rows with the canary and the rest with stable; a failing canary call
+        is answered by stable instead (and counted against the canary's guardrails)."""
+        stable, canary = self.stable, self.canary
+        assert canary is not None  # a mask is only drawn while there is a canary
+        scores = np.empty((len(canary_mask), len(stable.version.spec.outputs)), np.float32)
+        versions = np.full(len(canary_mask), stable.version.version, dtype=object)
+        keep = ~canary_mask
+        if keep.any():
+            scores[keep] = stable.runtime.predict(stable_batch[keep])
+            if self.guard is not None:
+                self.guard.record_stable(scores[keep])
+        began = time.perf_counter()
+        try:
+            picked = {k: v[canary_mask] for k, v in extra.items()}
+            theirs = canary.runtime.predict(canary.assemble(rows.take(canary_mask), picked))
+            if not np.isfinite(theirs).all():
+                raise ValueError("non-finite canary scores")
+            scores[canary_mask] = theirs
+            versions[canary_mask] = canary.version.version
+            ok, seen = True, theirs
+        except Exception as e:
+            metrics.CANARY_FALLBACKS.labels(self.name, canary.version.version).inc()
+            version = canary.version.version
+            log.debug("canary %s@%s failed, stable answers: %s", self.name, version, e)
+            scores[canary_mask] = stable.runtime.predict(stable_batch[canary_mask])
+            ok, seen = False, None
+        if self.guard is not None:
+            verdict = self.guard.record_canary(ok, time.perf_counter() - began, seen)
+            if verdict is not None:
+                trip(self, *verdict)
+        return scores, versions.tolist()
+
+    def canary_rows(self, entities: Mapping[str, list]) -> np.ndarray | None:
         """Mask of rows whose sticky key hashes into the canary's share; None: no canary."""
         if self.canary is None or self.canary_weight <= 0:
             return None

@@ -30,9 +30,11 @@ from augur.features.native import native
 from augur.features.plan_cache import load_plans
 from augur.features.reader import OnlineReader
 from augur.features.row_cache import RowCache
+from augur.features.waiting import BLOCKING, Waiting
 from augur.modelrepo.repository import ModelRepository
 from augur.serving import metrics, security
 from augur.serving.admin import AdminServicer
+from augur.serving.batcher import THREADS
 from augur.serving.green import GreenPool
 from augur.serving.lifecycle import ModelManager
 from augur.serving.servicer import PredictorServicer
@@ -104,17 +106,31 @@ def start(config: Config) -> RunningServer:
             config.model_repo,
         )
 
+    largest = _largest_batch(config, manager)
+    threads = config.server.threads_for(largest)
+    green = config.server.green
+    # How calls wait (for their batch, for slow work, for Redis): the pool's, handed to each
+    # part that waits. A thread pool's calls simply block their threads; so do the Redis
+    # reads of a green pool's own hub threads (only the polling thread watches sockets).
+    pool: futures.Executor
+    reads: Waiting = BLOCKING
+    if green:
+        pool = GreenPool(threads, "augur-grpc")
+        waiting, turns = pool.waiting, pool.waiting
+        if pool.on_polling_thread:
+            reads = waiting
+    else:
+        pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="augur-grpc")
+        waiting, turns = BLOCKING, THREADS
+
     timeouts = RedisTimeouts(
         config.redis.connect_timeout_ms / 1000, config.redis.read_timeout_ms / 1000
     )
     cache = None
     if config.redis.row_cache_entries > 0:
         cache = RowCache(config.redis.row_cache_entries, config.redis.row_cache_ttl_ms)
-    reader = OnlineReader(connect(config.redis.address, timeouts), cache=cache)
+    reader = OnlineReader(connect(config.redis.address, timeouts), cache=cache, waiting=reads)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
-    largest = _largest_batch(config, manager)
-    threads = config.server.threads_for(largest)
-    green = config.server.green
     servicer = PredictorServicer(
         manager,
         plans,
@@ -126,14 +142,10 @@ def start(config: Config) -> RunningServer:
         batch_max_delay_us=config.server.batch_max_delay_us,
         # on the green pool a waiting call holds no thread: no batch outgrows them
         handler_threads=0 if config.server.workers or green else threads,
+        turns=turns,
     )
 
     limit = config.server.max_message_bytes
-    pool: futures.Executor
-    if green:
-        pool = GreenPool(threads, "augur-grpc")
-    else:
-        pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="augur-grpc")
     server = grpc.server(
         pool,
         options=[
@@ -159,7 +171,7 @@ def start(config: Config) -> RunningServer:
     ]
     admin_server, admin_port = None, 0
     if config.server.admin and not config.server.admin_port:
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(manager), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(manager, waiting), server)
         services.append(admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
     elif config.server.admin:
         admin_server, admin_port = _admin_listener(config, manager)

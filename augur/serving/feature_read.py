@@ -1,0 +1,67 @@
+"""A serving call's feature read: the online reader within the call's deadline, behind the
+circuit breaker, and what a failed read does (UNAVAILABLE, or the model's declared defaults,
+flagged degraded). Not the read itself: that is augur.features.reader's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from augur.features.breaker import CircuitBreaker, CircuitOpenError
+from augur.features.connection import UNAVAILABLE_ERRORS
+from augur.features.plan import ReadPlan
+from augur.features.reader import FeatureRows, OnlineReader
+from augur.serving import metrics
+from augur.serving.routing import Route
+
+# The share of a call's remaining time its read may take: the rest is kept for scoring and
+# answering. A reply after the caller's deadline is wasted work, an UNAVAILABLE before it
+# lets the caller fall back.
+_READ_SHARE = 0.8
+
+
+class GuardedReader:
+    """OnlineReader behind a CircuitBreaker, with the serve-defaults policy."""
+
+    def __init__(self, reader: OnlineReader, breaker: CircuitBreaker | None = None) -> None:
+        self.reader = reader
+        self.breaker = breaker or CircuitBreaker()
+        # bound once: a read with the row cache on counts its hits and misses
+        self._hits = metrics.ROW_CACHE.labels("hit")
+        self._misses = metrics.ROW_CACHE.labels("miss")
+
+    def read(
+        self,
+        plan: ReadPlan,
+        entities: Mapping[str, list],
+        deadline: float | None,
+        route: Route | None,
+    ) -> tuple[FeatureRows, bool]:
+        """The rows, and whether they are defaults served because the store failed (the
+        route's `on_feature_store_error: serve_defaults`; `route` None: no model, no policy,
+        the failure raises)."""
+        budget = None if deadline is None else max(deadline - time.monotonic(), 0.0) * _READ_SHARE
+        breaker = self.breaker
+        try:
+            breaker.before_call()
+            try:
+                rows = self.reader.read(plan, entities, timeout_s=budget)
+            except UNAVAILABLE_ERRORS:
+                breaker.failed()
+                raise
+            breaker.succeeded()
+            if self.reader.cache is not None:
+                self._hits.inc(rows.cache_hits)
+                self._misses.inc(rows.distinct_keys - rows.cache_hits)
+            return rows, False
+        except UNAVAILABLE_ERRORS as e:
+            kind = "circuit_open" if isinstance(e, CircuitOpenError) else type(e).__name__
+            metrics.STORE_ERRORS.labels(kind).inc()
+            metrics.BREAKER_OPEN.set(breaker.state != "closed")
+            if route is None or route.on_feature_store_error != "serve_defaults":
+                raise
+            metrics.for_model(route.name).degraded.inc()
+            return FeatureRows.unavailable(plan, len(next(iter(entities.values())))), True
+        finally:
+            if breaker.state == "closed":
+                metrics.BREAKER_OPEN.set(0)

@@ -1,0 +1,205 @@
+"""One thread's loop over the calls it runs as greenlets (the `Hub`): a call that waits parks,
+and the thread takes the next call; the work parked calls wait for (their batch) runs once no
+call is on its way, or when it is due. The green pool (augur/serving/green.py) runs hubs;
+nothing here knows gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent import futures
+from queue import Empty, SimpleQueue
+from typing import Any
+
+import greenlet
+
+log = logging.getLogger(__name__)
+STOP = object()  # queued by the pool's shutdown: the hub answers what waits, then ends
+_RESUME = object()
+# How long the hub waits on its parked reads' sockets at shutdown before looking again.
+_DRAIN_POLL_S = 0.05
+
+
+class Hub:
+    """One thread's loop over its calls, and the work its parked calls wait for."""
+
+    def __init__(self, queue: SimpleQueue) -> None:
+        self._queue = queue
+        self.greenlet = greenlet.getcurrent()  # the hub's own: calls switch back to it
+        self._ready: deque[greenlet.greenlet] = deque()
+        # key -> (due, run): work that answers parked calls, run once nothing more is on its
+        # way or at `due` (perf_counter). A key deferred again before it ran keeps its due.
+        self.deferred: dict[object, tuple[float, Callable[[], None]]] = {}
+        self.receiving = 0  # calls parked until gRPC hands them their request
+        self.parked = 0  # calls parked, for whatever reason
+        # sockets of calls parked until Redis answers: socket -> (call, due or None); only
+        # a hub that looks at them (the polling thread's) parks its calls' reads
+        self.readers: dict[socket.socket, tuple[greenlet.greenlet, float | None]] = {}
+        self.polls_sockets = False
+        self.working = 0  # calls parked until their work on another thread is done
+        self._timed_out: set[greenlet.greenlet] = set()
+
+    def current(self) -> greenlet.greenlet:
+        """The calling call, as `resume` and `wake` take it."""
+        return greenlet.getcurrent()
+
+    def park(self) -> None:
+        """Suspend the calling greenlet until it is resumed; its thread takes other calls."""
+        self.parked += 1
+        try:
+            self.greenlet.switch()
+        finally:
+            self.parked -= 1
+
+    def resume(self, waiter: greenlet.greenlet) -> None:
+        """On this hub's thread: let a parked call go on once the current work is done."""
+        self._ready.append(waiter)
+
+    def wake(self, waiter: greenlet.greenlet) -> None:
+        """From any thread: let a call parked on this hub go on."""
+        self._queue.put((_RESUME, waiter))
+
+    def wait_readable(self, sock: socket.socket) -> None:
+        """Park the calling call until `sock` has something to read; TimeoutError once the
+        socket's timeout has passed."""
+        timeout = sock.gettimeout()
+        me = greenlet.getcurrent()
+        self.readers[sock] = (me, None if timeout is None else time.perf_counter() + timeout)
+        self.park()
+        if me in self._timed_out:
+            self._timed_out.discard(me)
+            raise TimeoutError("timed out")
+
+    def poll_sockets(self, timeout: float) -> None:
+        """Wait up to `timeout` for a parked read's socket to be readable; resume the calls
+        whose sockets are, and those whose sockets' timeouts have passed."""
+        readers = self.readers
+        try:
+            readable, _, _ = select.select(list(readers), (), (), max(timeout, 0.0))
+        except (OSError, ValueError):  # a socket closed under its call: its read says why
+            readable = list(readers)
+        for sock in readable:
+            self._ready.append(readers.pop(sock)[0])
+        if len(readers):
+            now = time.perf_counter()
+            for sock, (waiter, due) in list(readers.items()):
+                if due is not None and due <= now:
+                    del readers[sock]
+                    self._timed_out.add(waiter)
+                    self._ready.append(waiter)
+
+    def defer(self, key: object, due: float, run: Callable[[], None]) -> None:
+        """Run `run` on this hub once no call is queued or receiving, or at `due`."""
+        if key not in self.deferred:
+            self.deferred[key] = (due, run)
+
+    def cancel(self, key: object) -> None:
+        self.deferred.pop(key, None)
+
+    def loop(self) -> None:
+        """A hub thread's loop: calls and wakes come from its queue."""
+        queue, ready, deferred = self._queue, self._ready, self.deferred
+        while True:
+            while ready:
+                ready.popleft().switch()
+            if not deferred:
+                item = queue.get()
+            else:
+                try:
+                    item = queue.get_nowait()
+                except Empty:
+                    item = self._next_or_run(queue)
+                    if item is None:
+                        continue
+                else:
+                    self.run_deferred(time.perf_counter())  # what waited out its delay
+            if item is STOP:
+                self.drain()
+                return
+            self._take(item)
+
+    def run_pending(self) -> None:
+        """Run, without waiting, every call queued or woken until none is left."""
+        queue, ready = self._queue, self._ready
+        while True:
+            while ready:
+                ready.popleft().switch()
+            try:
+                item = queue.get_nowait()
+            except Empty:
+                return
+            if item is not STOP:  # on the polling thread the server's stop ends the loop
+                self._take(item)
+
+    def _take(self, item: Any) -> None:
+        if item[0] is _RESUME:
+            item[1].switch()
+        else:
+            greenlet.greenlet(_run_item, parent=self.greenlet).switch(item)
+
+    def drain(self) -> None:
+        """At shutdown (the server stopped, its calls ended or cancelled): answer what still
+        waits, and let calls still told of their end by gRPC finish."""
+        while True:
+            self.run_deferred(None)
+            while self._ready:
+                self._ready.popleft().switch()
+            if self.readers:
+                self.poll_sockets(_DRAIN_POLL_S)
+                continue
+            if self.receiving <= 0 and not self.deferred and self.working <= 0:
+                return
+            try:
+                item = self._queue.get(timeout=1.0)
+            except Empty:
+                return  # a call gRPC never woke: nothing is left to answer it
+            if item is not STOP:  # a call item is not expected after the stop: run it anyway
+                self._take(item)
+
+    def _next_or_run(self, queue: SimpleQueue) -> Any:
+        """Nothing queued: wait for a call still receiving its request (it is on its way to
+        the batch) until the first deferred work is due, else run the deferred work now."""
+        if self.receiving > 0:
+            wait = self.first_due() - time.perf_counter()
+            if wait > 0:
+                try:
+                    return queue.get(timeout=wait)
+                except Empty:
+                    pass
+        self.run_deferred(None)
+        return None
+
+    def first_due(self) -> float:
+        return min(due for due, _ in self.deferred.values())
+
+    def run_deferred(self, now: float | None) -> None:
+        """Run the deferred work due by `now` (None: all of it)."""
+        for key, (due, run) in list(self.deferred.items()):
+            if now is None or due <= now:
+                del self.deferred[key]
+                # a greenlet of its own: work that waits for Redis parks, as a call does
+                greenlet.greenlet(_run_work, parent=self.greenlet).switch(run)
+
+
+def _run_work(run: Callable[[], None]) -> None:
+    try:
+        run()
+    except Exception:  # the work answers its own calls: a failure here is a bug
+        log.exception("work deferred on the green pool failed")
+
+
+def _run_item(item: tuple[futures.Future, Callable[..., Any], tuple, dict]) -> None:
+    future, fn, args, kwargs = item
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as e:
+        future.set_exception(e)
+    else:
+        future.set_result(result)

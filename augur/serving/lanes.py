@@ -1,0 +1,151 @@
+"""A model's lane through the server: admission (a bounded count of its calls in flight) and
+its dynamic batcher, kept per model. A call the lane admits is decoded, then scored alone or
+in a batch; the scoring itself is augur/serving/scoring.py's."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import partial
+
+import grpc
+
+from augur.api.v1 import predictor_pb2 as pb
+from augur.serving import metrics
+from augur.serving.batcher import THREADS, Batcher, Call, Turns
+from augur.serving.codec import decode_inputs
+from augur.serving.deadlines import deadline_of
+from augur.serving.errors import RequestError
+from augur.serving.routing import Route
+from augur.serving.scoring import Scored, Scorer
+
+log = logging.getLogger(__name__)
+
+
+class ModelLane:
+    """One model's admission and batcher. Its calls are refused at once (RESOURCE_EXHAUSTED)
+    beyond `limit` in flight, rather than queued."""
+
+    def __init__(self, name: str, limit: int, lanes: Lanes) -> None:
+        self.name = name
+        self.limit = limit
+        self._admitted = threading.BoundedSemaphore(limit)
+        self._counted = metrics.for_model(name)
+        self._lanes = lanes  # the server's settings, shared by every lane
+        self._batcher: Batcher | None = None
+        self._lock = threading.Lock()
+
+    def predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
+        """Admit the call, decode it, and score it: alone, or in the model's next batch."""
+        if not self._admitted.acquire(blocking=False):
+            self._counted.shed.inc()
+            raise RequestError(
+                f"model {self.name}: {self.limit} calls already in flight "
+                f"(server.model_queue); retry with backoff",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+        try:
+            lanes = self._lanes
+            model = route.pinned(request.version) if request.version else route.stable
+            batcher = None if request.version else self.batcher(route)
+            owner = f"model {self.name}"
+            if batcher is None:
+                entities, extra, _ = decode_inputs(request, model, lanes.max_rows, owner)
+                deadline = deadline_of(context, self.name, "features")
+                split = not request.version  # the canary may answer rows of a call naming none
+                return lanes.scorer.score(
+                    route, model, entities, extra, deadline, split, self._counted
+                )
+            arrival = batcher.arrival()  # announced before decoding: a batch waits for it
+            try:
+                entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
+                deadline = deadline_of(context, self.name, "features")
+            except BaseException:
+                arrival.withdraw()
+                raise
+            return arrival.submit(Call(entities, extra, n, deadline, route))
+        finally:
+            self._admitted.release()
+
+    def batcher(self, route: Route) -> Batcher | None:
+        """The model's batcher, or None when its calls are scored alone: model.yaml's
+        `batching` where it has one, else the server's batch_max_rows / batch_max_delay_us."""
+        lanes = self._lanes
+        own = route.batching
+        if own is None:
+            rows, delay_s = lanes.batch_max_rows, lanes.batch_max_delay_s
+        else:
+            rows = own.max_batch_size
+            delay_us = own.max_queue_delay_us
+            delay_s = lanes.batch_max_delay_s if delay_us is None else delay_us / 1e6
+        if rows <= 0:
+            return None
+        batcher = self._batcher
+        if batcher is None:
+            with self._lock:
+                batcher = self._batcher
+                if batcher is None:
+                    # the model's metrics bound into its batches' run (no Python layer per batch)
+                    run = partial(lanes.scorer.score_calls, counted=self._counted)
+                    depth = self._counted.batch_queue
+                    batcher = Batcher(run, rows, delay_s, lanes.turns, depth)
+                    self._batcher = batcher
+                    lanes.check_threads(self.name, rows)
+        elif batcher.max_rows != rows or batcher.max_delay_s != delay_s:
+            # model.yaml changed while serving: the batches that close from now on follow it
+            if batcher.max_rows != rows:
+                lanes.check_threads(self.name, rows)
+            batcher.max_rows, batcher.max_delay_s = rows, delay_s
+        return batcher
+
+
+class Lanes:
+    """Every model's lane, made on its first call, and the settings they share."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        max_rows: int,
+        model_queue: int = 32,
+        batch_max_rows: int = 0,
+        batch_max_delay_us: int = 500,
+        turns: Turns = THREADS,
+        handler_threads: int = 0,
+    ) -> None:
+        self.scorer = scorer
+        self.max_rows = max_rows
+        self.model_queue = model_queue
+        self.batch_max_rows = batch_max_rows  # 0: each call is scored on its own
+        self.batch_max_delay_s = batch_max_delay_us / 1e6
+        self.turns = turns  # how a call waits for its batch (the green pool's, or threads)
+        # gRPC handler threads when a thread pool sized at start for the batches then
+        # configured (0: the green pool, server.workers set them, or unknown): a batch
+        # turned on later may outgrow them
+        self.handler_threads = handler_threads
+        self._lanes: dict[str, ModelLane] = {}
+        self._lock = threading.Lock()
+
+    def of(self, route: Route) -> ModelLane:
+        lane = self._lanes.get(route.name)
+        if lane is None:
+            with self._lock:
+                lane = self._lanes.get(route.name)
+                if lane is None:
+                    lane = self._lanes[route.name] = ModelLane(route.name, self.model_queue, self)
+        return lane
+
+    def check_threads(self, model: str, rows: int) -> None:
+        """Say so when a model batches more calls than this server has handler threads for:
+        each call waiting for its batch holds one, so they cap the calls a batch can take."""
+        if 0 < self.handler_threads < min(rows, self.model_queue):
+            log.warning(
+                "model %s batches up to %d rows, but this server runs its calls on a "
+                "thread pool sized at start (%d threads) and a call waiting for its batch "
+                "holds one: a batch takes at most %d calls; restart the server (its pool is "
+                "sized for the batches set at start) or serve on the green pool, where a "
+                "waiting call holds no thread (server.handlers: green, the default)",
+                model,
+                rows,
+                self.handler_threads,
+                self.handler_threads,
+            )

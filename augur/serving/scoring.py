@@ -1,0 +1,130 @@
+"""Scoring rows: read their features, check the deadline, assemble the model's batch, score it
+with the version that answers each row, and count each stage - for one call, or for a batch of
+calls routed alike that share one read and one model call (the batcher's `run`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from augur.features.reader import FeatureRows
+from augur.serving import metrics
+from augur.serving.batcher import Call
+from augur.serving.errors import deadline_exceeded
+from augur.serving.feature_read import GuardedReader
+from augur.serving.models import ServingModel
+from augur.serving.routing import Route, Trip
+from augur.serving.shadow import ShadowScorer
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What scoring produced for a set of rows: one call's, or a batch's before it splits."""
+
+    model: ServingModel  # whose inputs `batch` holds (the stable version, or the one named)
+    rows: FeatureRows
+    batch: np.ndarray  # the model's inputs
+    scores: np.ndarray
+    row_versions: list[str]
+    degraded: bool
+
+    @property
+    def versions(self) -> list[str]:
+        return sorted(set(self.row_versions))
+
+    def part(self, rows: slice) -> Scored:
+        return Scored(
+            self.model,
+            self.rows.take(rows),
+            self.batch[rows],
+            self.scores[rows],
+            self.row_versions[rows],
+            self.degraded,
+        )
+
+
+class Scorer:
+    """Rows in, scores out, through the feature read, the model and the routing table."""
+
+    def __init__(self, features: GuardedReader, shadow: ShadowScorer, trip: Trip) -> None:
+        self.features = features
+        self.shadow = shadow
+        self._trip = trip
+        self._ages = metrics.FeatureAges()
+
+    def score(
+        self,
+        route: Route,
+        model: ServingModel,
+        entities: Mapping[str, list],
+        extra: Mapping[str, np.ndarray],
+        deadline: float | None,
+        split: bool,
+        counted: metrics.ModelMetrics,
+    ) -> Scored:
+        """Read, assemble and score rows (one call's, or a batch's): the request path. `split`:
+        the sticky canary may answer some rows (the call named no version); `counted`: the
+        model's metrics."""
+        t0 = time.perf_counter()
+        rows, degraded = self.features.read(model.plan, entities, deadline, route)
+        t1 = time.perf_counter()
+        if deadline is not None and time.monotonic() > deadline:
+            counted.late.inc()
+            raise deadline_exceeded("deadline passed before the inference stage")
+        batch = model.assemble(rows, extra)
+        t2 = time.perf_counter()
+        scores, row_versions = route.score(
+            model, rows, extra, batch, entities if split else None, self._trip
+        )
+        counted.scored(t0, t1, t2, time.perf_counter(), rows, model.plan, self._ages)
+        if route.shadow is not None and model is route.stable and not degraded:
+            self.shadow.submit(
+                route.name,
+                model.version.version,
+                route.shadow,
+                route.shadow_threshold,
+                rows,
+                extra,
+                scores,
+            )
+        return Scored(model, rows, batch, scores, row_versions, degraded)
+
+    def score_calls(self, calls: list[Call], counted: metrics.ModelMetrics) -> None:
+        """One batch of a model's calls (`counted`: its metrics): calls routed alike share one
+        read and one model call, then split."""
+        began = time.perf_counter()
+        groups: dict[int, list[Call]] = {}
+        for call in calls:
+            groups.setdefault(id(call.route), []).append(call)
+        queue = counted.queue
+        for call in calls:
+            queue.observe(began - call.queued)
+        for group in groups.values():
+            route = group[0].route
+            if len(group) == 1:  # the usual batch at light load: nothing to merge or split
+                entities, extra, deadline = group[0].entities, group[0].extra, group[0].deadline
+            else:
+                keys = group[0].entities.keys()
+                entities = {k: [v for c in group for v in c.entities[k]] for k in keys}
+                extra = {k: np.concatenate([c.extra[k] for c in group]) for k in group[0].extra}
+                deadlines = [c.deadline for c in group]
+                deadline = None if None in deadlines else max(deadlines)
+            try:
+                scored = self.score(route, route.stable, entities, extra, deadline, True, counted)
+            except BaseException as e:
+                for call in group:
+                    call.error = e
+                continue
+            counted.batch_rows.observe(len(scored.batch))
+            counted.batch_calls.observe(len(group))
+            if len(group) == 1:
+                group[0].result = scored
+                continue
+            start = 0
+            for call in group:
+                part = slice(start, start + call.rows)
+                start += call.rows
+                call.result = scored.part(part)
