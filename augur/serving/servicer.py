@@ -19,6 +19,7 @@ from augur.features.connection import UNAVAILABLE_ERRORS
 from augur.features.plan import ReadPlan
 from augur.features.reader import FeatureRows, OnlineReader
 from augur.serving import metrics
+from augur.serving.admission import Admission, AdmissionPolicy
 from augur.serving.batcher import Batcher, Call
 from augur.serving.codec import decode_entities, decode_request_features, feature_status
 from augur.serving.errors import RequestError, deadline_exceeded, invalid, not_found, shown
@@ -64,7 +65,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         max_rows: int,
         shadow: ShadowScorer | None = None,
         breaker: CircuitBreaker | None = None,
-        model_queue: int = 32,
+        admission: AdmissionPolicy | None = None,
         batch_max_rows: int = 0,
         batch_max_delay_us: int = 500,
         handler_threads: int = 0,
@@ -75,8 +76,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self.max_rows = max_rows
         self.shadow = shadow or ShadowScorer()
         self.breaker = breaker or CircuitBreaker()
-        self.model_queue = model_queue
-        self._queues: dict[str, threading.BoundedSemaphore] = {}
+        self.admission = admission or AdmissionPolicy()
+        self.model_queue = self.admission.max_calls
+        self._admissions: dict[str, Admission] = {}
         self.batch_max_rows = batch_max_rows  # 0: each call is scored on its own
         self.batch_max_delay_s = batch_max_delay_us / 1e6
         self._batchers: dict[str, Batcher] = {}
@@ -98,25 +100,23 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         )
 
     def _admitted(self, request, context, route: Route | None, answered: list[str]):
-        """Bounded per-model admission: a full queue refuses at once instead of queueing."""
+        """Per-model admission (admission.py): compute now, queue, or refuse at once."""
         if route is None:
             return self._predict(request, context, route, answered)
-        queue = self._queues.get(route.name)
-        if queue is None:
-            queue = self._queues.setdefault(
-                route.name, threading.BoundedSemaphore(self.model_queue)
+        admission = self._admissions.get(route.name)
+        if admission is None:
+            admission = self._admissions.setdefault(
+                route.name, Admission(route.name, self.admission)
             )
-        if not queue.acquire(blocking=False):
-            metrics.SHED.labels(route.name).inc()
-            raise RequestError(
-                f"model {route.name}: {self.model_queue} calls already in flight "
-                f"(server.model_queue); retry with backoff",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-            )
+        remaining = context.time_remaining()
         try:
+            ticket = admission.enter(None if remaining is None else time.monotonic() + remaining)
+        except RequestError as e:
+            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                metrics.SHED.labels(route.name).inc()
+            raise
+        with ticket:
             return self._predict(request, context, route, answered)
-        finally:
-            queue.release()
 
     def _predict(
         self,
