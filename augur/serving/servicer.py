@@ -18,7 +18,7 @@ from augur.features.breaker import CircuitBreaker, CircuitOpenError
 from augur.features.connection import UNAVAILABLE_ERRORS
 from augur.features.plan import ReadPlan
 from augur.features.reader import FeatureRows, OnlineReader
-from augur.serving import metrics
+from augur.serving import chunks, metrics
 from augur.serving.admission import Admission, AdmissionPolicy
 from augur.serving.batcher import Batcher, Call
 from augur.serving.codec import decode_entities, decode_request_features, feature_status
@@ -45,6 +45,17 @@ class Scored:
     @property
     def versions(self) -> list[str]:
         return sorted(set(self.row_versions))
+
+    @classmethod
+    def joined(cls, parts: list[Scored]) -> Scored:
+        """One call's chunks (chunks.py), scored in turn, as one."""
+        return cls(
+            chunks.joined_rows([p.rows for p in parts]),
+            np.concatenate([p.batch for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            [v for p in parts for v in p.row_versions],
+            any(p.degraded for p in parts),
+        )
 
     def part(self, rows: slice) -> Scored:
         return Scored(
@@ -145,7 +156,18 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         if batcher is None:
             entities, extra, n, deadline = self._inputs(request, context, route, model)
             mask = route.canary_rows(entities) if not request.version else None
-            scored = self._score(route, model, entities, extra, mask, deadline)
+            parts = [  # a large call in chunks, other calls running between them
+                self._score(
+                    route,
+                    model,
+                    chunks.entities_of(entities, rows),
+                    chunks.arrays_of(extra, rows),
+                    None if mask is None else mask[rows],
+                    deadline,
+                )
+                for rows in chunks.slices(n)
+            ]
+            scored = parts[0] if len(parts) == 1 else Scored.joined(parts)
         else:
             with batcher.arrival() as arrival:  # announced before decoding: a batch waits for it
                 entities, extra, n, deadline = self._inputs(request, context, route, model)
@@ -208,7 +230,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         batch = model.assemble(rows, extra)
         t2 = time.perf_counter()
         if canary_mask is None or not canary_mask.any():
-            scores = model.runtime.predict(batch)
+            scores = chunks.predict(model.runtime, batch)  # a large one off this thread
             row_versions = [model.version.version] * len(batch)
             if canary_mask is not None and route.guard is not None:
                 route.guard.record_stable(scores)  # the reference for the canary's drift
