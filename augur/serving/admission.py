@@ -37,11 +37,13 @@ _ALPHA, _BETA = 3, 6
 # version) must not be held to the old one's latency forever.
 _NOLOAD_DRIFT_PER_S = 0.05
 _SMOOTHING = 0.2  # weight of a call's latency in the latency the limit is tuned from
-_EXPIRED_SWEEP_S = 0.01
-# A call is let in only with this many times the usual latency left before its deadline:
-# one let in with less would likely time out in its Redis read (its budget is what is left),
-# which is work for nobody and a failure the circuit breaker counts against Redis.
-_ROOM = 2.0  # how often a leaving call answers queued calls past their deadline
+_EXPIRED_SWEEP_S = 0.01  # how often a leaving call answers queued calls past their deadline
+# A queued call is let in only with this long left before its deadline (the usual latency
+# times _ROOM, plus _ROOM_S): one let in with less would likely time out in its Redis read,
+# whose budget is what is left, on a thread busy with the overload: work for nobody, and a
+# failure the circuit breaker counts against Redis.
+_ROOM = 3.0
+_ROOM_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class Admission:
         turns = (len(self._queue) + 1) / max(self.limit, 1.0)
         wait = turns * self._latency
         left = deadline - now
-        if wait + _ROOM * self._latency > left:
+        if wait + _ROOM * self._latency + _ROOM_S > left:
             raise RequestError(
                 f"model {self.name}: {len(self._queue)} calls queued ahead, about "
                 f"{wait * 1e3:.0f} ms to wait and {self._latency * 1e3:.0f} ms to serve, "
@@ -153,7 +155,7 @@ class Admission:
                     waiter.wake()
             while queue and self.running < int(self.limit):
                 waiter = queue.popleft()
-                if not waiter.expired(now + _ROOM * self._latency):
+                if not waiter.expired(now + _ROOM * self._latency + _ROOM_S):
                     waiter.admitted = True
                     self.running += 1
                 waiter.wake()

@@ -356,7 +356,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             self.breaker.before_call()
             try:
                 rows = self.reader.read(plan, entities, timeout_s=budget)
-            except UNAVAILABLE_ERRORS:
+            except BaseException:  # any failure: a probe must not hold the probe slot forever
                 self.breaker.failed()
                 raise
             self.breaker.succeeded()
