@@ -79,7 +79,7 @@ class ServerConfig:
     # RESOURCE_EXHAUSTED at once.
     model_queue: int = 512
     admission_limit: int = 0
-    admission_min_limit: int = 4
+    admission_min_limit: int = 16
     admission_max_limit: int = 64
     # TLS on the gRPC port (Admin shares it): PEM paths, absolute or from the working dir
     tls_cert: str = ""  # certificate chain; with tls_key set, the port speaks TLS only

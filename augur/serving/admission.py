@@ -52,7 +52,7 @@ class AdmissionPolicy:
     `min_limit` and `max_limit`), at most `max_calls` computing and queued together."""
 
     limit: int = 0
-    min_limit: int = 4
+    min_limit: int = 16
     max_limit: int = 64
     max_calls: int = 512
     initial_limit: int = 16
