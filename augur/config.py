@@ -67,8 +67,20 @@ class ServerConfig:
     batch_max_rows: int = 0  # dynamic batching: merge concurrent calls up to this many rows
     batch_max_delay_us: int = 500  # ...or the first call waited this long; none coming: at once
     reuse_port: bool = False  # set for the children by `processes`; rarely by hand
-    max_in_flight: int = 64  # calls admitted at once; more get RESOURCE_EXHAUSTED at once
-    model_queue: int = 32  # calls per model in flight; more get RESOURCE_EXHAUSTED at once
+    # gRPC's own cap on calls in progress (computing or queued for admission); more get
+    # RESOURCE_EXHAUSTED from gRPC itself, before Augur sees them: a memory bound, not a
+    # load policy, so well above model_queue
+    max_in_flight: int = 1024
+    # Admission per model (augur/serving/admission.py): calls compute at most
+    # admission_limit at once (0: a limit tuned from their latency, between the min and max
+    # limits); the rest queue, and a call that cannot be served within its deadline given
+    # the queue ahead of it is refused at once (RESOURCE_EXHAUSTED) instead of computed for
+    # nobody. model_queue bounds a model's calls computing and queued together; more get
+    # RESOURCE_EXHAUSTED at once.
+    model_queue: int = 512
+    admission_limit: int = 0
+    admission_min_limit: int = 16
+    admission_max_limit: int = 64
     # TLS on the gRPC port (Admin shares it): PEM paths, absolute or from the working dir
     tls_cert: str = ""  # certificate chain; with tls_key set, the port speaks TLS only
     tls_key: str = ""

@@ -1,18 +1,23 @@
-"""Fault and soak run: bounded load on a real server process while Redis fails in turn.
+"""Fault and soak run: bounded load on a real server process, on its default settings, while
+Redis fails in turn, then overload.
 
 Phases, each a few seconds of closed-loop load from client threads (loopback only):
 baseline; Redis stopped (then restarted with its data); Redis paused (SIGSTOP, SIGCONT);
-Redis slow (DEBUG SLEEP); 3x overload (three times the clients the server admits). Reports
-per phase: sent, answered OK, answered with each status code, lost (no answer at all, which
-must be zero), p99 of OK answers, recovery time after the fault ends, and the server's RSS.
-Writes bench/results/faults.json and prints a table.
+Redis slow (DEBUG SLEEP). Reports per phase: sent, answered OK, answered with each status
+code, lost (no answer at all, which must be zero), p99 of OK answers, recovery time after
+the fault ends, and the server's RSS. Then overload, from asyncio callers over 16
+connections (bench.load): goodput (OK answers, all within the deadline, per second) at a few
+caller counts, the best of which is the peak, then at 3x and 10x the peak's callers, with
+the p99 of the calls answered OK and the ratio to the peak. Writes bench/results/faults.json
+and prints both tables.
 
-    python -m bench.faults [--phase-seconds 4] [--clients 4]
+    python -m bench.faults [--phase-seconds 4] [--clients 4] [--overload-seconds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import signal
@@ -30,15 +35,19 @@ import psutil
 import redis
 import yaml
 
+from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from augur.client.client import PredictorClient
 from augur.features.redis_server import EmbeddedRedis, free_port
 from augur.pipelines.materialize import materialize
 from augur.pipelines.train import train
+from bench.load import CHANNEL_OPTIONS, CONNECTIONS, Recorder, closed_loop, request
 from examples.fraud.generate import Scale
 from examples.fraud.scaffold import scaffold
 
 RESULTS = Path(__file__).parent / "results"
 DEADLINE_S = 0.25
+PEAK_CALLERS = (4, 8, 16, 32)  # the peak is the best of these
+OVERLOADS = (3, 10)  # then these multiples of the peak's callers
 
 
 class Load:
@@ -89,7 +98,7 @@ class Load:
                     self.records.append((phase, began, time.monotonic() - began, outcome))
 
 
-def run(phase_seconds: float, clients: int) -> dict:
+def run(phase_seconds: float, clients: int, overload_seconds: float) -> dict:
     work = Path(tempfile.mkdtemp(prefix="augur-faults-"))
     users, merchants = 2_000, 400
     server = EmbeddedRedis(
@@ -113,20 +122,18 @@ def run(phase_seconds: float, clients: int) -> dict:
                         "breaker_failures": 5,
                         "breaker_cooldown_ms": 500,
                     },
-                    "server": {
-                        "port": port,
-                        "metrics_port": 0,
-                        "workers": 8,
-                        "max_in_flight": 16,
-                        "model_queue": 16,
-                    },
+                    # the defaults, but for the port: a limit raised here would hide
+                    # what a user meets
+                    "server": {"port": port, "metrics_port": 0},
                 }
             )
         )
+        RESULTS.mkdir(exist_ok=True)
+        server_log = RESULTS / "faults-server.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "augur.cli.main", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=server_log.open("w"),  # its log, for what a table cannot say
         )
         address = f"127.0.0.1:{port}"
         with PredictorClient(address) as probe:
@@ -170,16 +177,9 @@ def run(phase_seconds: float, clients: int) -> dict:
         phase("after slow", phase_seconds)
         load.stop()
 
-        load.phase = "3x overload"
-        load.run(clients * 12)  # 48 callers against 16 admitted calls
-        time.sleep(phase_seconds)
-        load.stop()
-        load.phase = "after overload"
-        load.run(clients)
-        time.sleep(phase_seconds)
-        load.stop()
+        overload = asyncio.run(_overload(address, users, merchants, overload_seconds))
         rss_end = server_proc.memory_info().rss
-        return _report(load, faults, rss_start, rss_end, clients)
+        return {**_report(load, faults, rss_start, rss_end, clients), "overload": overload}
     finally:
         if process and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -188,6 +188,47 @@ def run(phase_seconds: float, clients: int) -> dict:
             server.process.send_signal(signal.SIGCONT)
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def _overload(address: str, users: int, merchants: int, seconds: float) -> dict:
+    """Goodput at PEAK_CALLERS closed-loop callers, then at OVERLOADS times the peak's."""
+    rng = np.random.default_rng(1)
+    pool = []
+    for user in rng.integers(0, users, 64).tolist():
+        entities = {"user_id": [user], "merchant_id": [user % merchants]}
+        pool.append(
+            request("fraud_lgbm", {"entities": entities, "request_features": {"amount": [25.0]}})
+        )
+    channels = [
+        grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(CONNECTIONS)
+    ]
+    predicts = [pb_grpc.PredictorStub(channel).Predict for channel in channels]
+
+    async def step(callers: int) -> dict:
+        rec = Recorder()
+        elapsed = await closed_loop(predicts, pool, callers, 10**9, seconds, DEADLINE_S, rec)
+        out = rec.summary(elapsed, 1)
+        return {
+            "callers": callers,
+            "goodput_rps": out["throughput_rps"],
+            "p99_ok_ms": out.get("p99_ms"),
+            "sent": out["sent"],
+            "codes": out["errors"],
+        }
+
+    try:
+        await closed_loop(predicts, pool, CONNECTIONS, 500, 2.0, DEADLINE_S)  # warm
+        steps = [await step(n) for n in PEAK_CALLERS]
+        peak = max(steps, key=lambda s: s["goodput_rps"])
+        for times in OVERLOADS:
+            over = await step(peak["callers"] * times)
+            over["of_peak"] = round(over["goodput_rps"] / max(peak["goodput_rps"], 1e-9), 3)
+            over["overload"] = f"{times}x"
+            steps.append(over)
+    finally:
+        for channel in channels:
+            await channel.close()
+    return {"deadline_ms": DEADLINE_S * 1e3, "peak_callers": peak["callers"], "steps": steps}
 
 
 def _report(load: Load, faults: dict, rss_start: int, rss_end: int, clients: int) -> dict:
@@ -228,17 +269,37 @@ def _report(load: Load, faults: dict, rss_start: int, rss_end: int, clients: int
     return out
 
 
+def _print_overload(overload: dict) -> None:
+    print(
+        f"\noverload: closed-loop callers, {overload['deadline_ms']:.0f} ms deadline, server "
+        f"defaults; peak at {overload['peak_callers']} callers"
+    )
+    print(
+        f"{'callers':>8} {'load':>5} {'goodput/s':>10} {'of peak':>8} {'p99 ok ms':>10}"
+        "  other codes"
+    )
+    for s in overload["steps"]:
+        p99 = "-" if s["p99_ok_ms"] is None else f"{s['p99_ok_ms']:.1f}"
+        ratio = f"{s['of_peak']:.2f}" if "of_peak" in s else ""
+        codes = ", ".join(f"{k} {v}" for k, v in sorted(s["codes"].items())) or "-"
+        load = s.get("overload", "")
+        print(
+            f"{s['callers']:>8} {load:>5} {s['goodput_rps']:>10.1f} {ratio:>8} {p99:>10}  {codes}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase-seconds", type=float, default=4.0)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--overload-seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
-    result = run(args.phase_seconds, args.clients)
+    result = run(args.phase_seconds, args.clients, args.overload_seconds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "faults.json").write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"deadline {result['deadline_ms']:.0f} ms per call, {result['clients']} callers "
-        f"(x12 in overload); server RSS {result['rss_start_mb']} -> "
+        f"; server RSS {result['rss_start_mb']} -> "
         f"{result['rss_end_mb']} MiB; lost: {result['lost']}"
     )
     print(f"{'phase':16} {'sent':>6} {'ok':>6} {'p99 ok ms':>9} {'recovery ms':>11}  other codes")
@@ -248,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         rec = "" if "recovery_ms" not in e else ("-" if rec is None else f"{rec:.0f}")
         codes = ", ".join(f"{k} {v}" for k, v in sorted(e["codes"].items())) or "-"
         print(f"{name:16} {e['sent']:>6} {e['ok']:>6} {p99:>9} {rec:>11}  {codes}")
+    _print_overload(result["overload"])
 
 
 if __name__ == "__main__":

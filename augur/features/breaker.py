@@ -56,6 +56,12 @@ class CircuitBreaker:
             self._probing = False
             self.state = CLOSED
 
+    def abandoned(self) -> None:
+        """The call failed for a reason of its own, not Redis's: no verdict, but a probe's
+        slot is free again (else the circuit would wait for a probe that never reports)."""
+        with self._lock:
+            self._probing = False
+
     def failed(self) -> None:
         with self._lock:
             self._failures += 1

@@ -51,6 +51,9 @@ class Parking(Protocol):
     def resume(self, waiter: Any) -> None:
         """Let a parked call go on once the current work yields."""
 
+    def wake(self, waiter: Any) -> None:
+        """Let a parked call go on, from another thread."""
+
     def defer(self, key: object, due: float, run: Callable[[], None]) -> None:
         """Run `run` once no call is on its way, or at `due` (perf_counter)."""
 

@@ -49,6 +49,9 @@ class GuardedReader:
             except UNAVAILABLE_ERRORS:
                 breaker.failed()
                 raise
+            except BaseException:
+                breaker.abandoned()
+                raise
             breaker.succeeded()
             if self.reader.cache is not None:
                 self._hits.inc(rows.cache_hits)

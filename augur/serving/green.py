@@ -56,6 +56,10 @@ _WORK_POLL_S = 0.001
 # How long the polling thread waits on the sockets of calls waiting for Redis before it
 # looks at the completion queue again: what a call arriving meanwhile may wait at most.
 _SOCKETS_POLL_S = 0.0001
+# ...and how often it looks at them at least, however busy the queue: while events keep
+# arriving (calls refused at once and retried, say) the queue never comes up empty, and
+# calls waiting for Redis would wait for a lull: whole seconds under overload.
+_SOCKETS_EVERY_S = 0.0005
 _FD_SETSIZE = 1024  # select's limit: a socket numbered above it blocks its thread instead
 
 
@@ -216,11 +220,17 @@ class GreenPool(futures.Executor):
         _local.hub = hub = Hub(self._queues[0])
         hub.polls_sockets = True
         deferred, readers = hub.deferred, hub.readers
+        sockets_due = 0.0
         while True:
             hub.run_pending()
             if deferred:
                 hub.run_deferred(time.perf_counter())  # what waited out its delay
             if readers or deferred:
+                if readers and time.perf_counter() >= sockets_due:  # however busy the queue
+                    hub.poll_sockets(0.0)
+                    sockets_due = time.perf_counter() + _SOCKETS_EVERY_S
+                    if hub.ready:
+                        continue
                 event = events.look()  # take what has arrived first
                 if event is None:
                     if deferred and hub.receiving <= 0:

@@ -75,6 +75,11 @@ class Hub:
             self._timed_out.discard(me)
             raise TimeoutError("timed out")
 
+    @property
+    def ready(self) -> bool:
+        """Whether a call is ready to run on again."""
+        return bool(self._ready)
+
     def poll_sockets(self, timeout: float) -> None:
         """Wait up to `timeout` for a parked read's socket to be readable; resume the calls
         whose sockets are, and those whose sockets' timeouts have passed."""

@@ -1,6 +1,6 @@
-"""A model's lane through the server: admission (a bounded count of its calls in flight) and
-its dynamic batcher, kept per model. A call the lane admits is decoded, then scored alone or
-in a batch; the scoring itself is augur/serving/scoring.py's."""
+"""A model's lane through the server: its admission (admission.py) and its dynamic batcher,
+kept per model. A call the lane admits is decoded, then scored alone (a large one in chunks,
+chunks.py) or in a batch; the scoring itself is augur/serving/scoring.py's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from functools import partial
 import grpc
 
 from augur.api.v1 import predictor_pb2 as pb
-from augur.serving import metrics
+from augur.serving import chunks, metrics
+from augur.serving.admission import Admission, AdmissionPolicy
 from augur.serving.batcher import THREADS, Batcher, Call, Turns
 from augur.serving.codec import decode_inputs
 from augur.serving.deadlines import deadline_of
@@ -23,13 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class ModelLane:
-    """One model's admission and batcher. Its calls are refused at once (RESOURCE_EXHAUSTED)
-    beyond `limit` in flight, rather than queued."""
+    """One model's admission and batcher."""
 
-    def __init__(self, name: str, limit: int, lanes: Lanes) -> None:
+    def __init__(self, name: str, lanes: Lanes) -> None:
         self.name = name
-        self.limit = limit
-        self._admitted = threading.BoundedSemaphore(limit)
+        self.admission = Admission(name, lanes.admission, lanes.turns)
         self._counted = metrics.for_model(name)
         self._lanes = lanes  # the server's settings, shared by every lane
         self._batcher: Batcher | None = None
@@ -37,35 +36,45 @@ class ModelLane:
 
     def predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
         """Admit the call, decode it, and score it: alone, or in the model's next batch."""
-        if not self._admitted.acquire(blocking=False):
-            self._counted.shed.inc()
-            raise RequestError(
-                f"model {self.name}: {self.limit} calls already in flight "
-                f"(server.model_queue); retry with backoff",
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-            )
+        deadline = deadline_of(context, self.name, "admission")
         try:
+            ticket = self.admission.enter(deadline)
+        except RequestError as e:
+            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self._counted.shed.inc()
+            raise
+        with ticket:
             lanes = self._lanes
             model = route.pinned(request.version) if request.version else route.stable
             batcher = None if request.version else self.batcher(route)
             owner = f"model {self.name}"
             if batcher is None:
-                entities, extra, _ = decode_inputs(request, model, lanes.max_rows, owner)
-                deadline = deadline_of(context, self.name, "features")
+                entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
                 split = not request.version  # the canary may answer rows of a call naming none
-                return lanes.scorer.score(
-                    route, model, entities, extra, deadline, split, self._counted
+                score, counted = lanes.scorer.score, self._counted
+                return Scored.joined(
+                    [  # a large call in chunks, other calls running between them
+                        score(
+                            route,
+                            model,
+                            chunks.entities_of(entities, rows),
+                            chunks.arrays_of(extra, rows),
+                            deadline,
+                            split,
+                            counted,
+                        )
+                        for rows in chunks.slices(n, lanes.turns)
+                    ]
+                    if n > chunks.CHUNK_ROWS
+                    else [score(route, model, entities, extra, deadline, split, counted)]
                 )
             arrival = batcher.arrival()  # announced before decoding: a batch waits for it
             try:
                 entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
-                deadline = deadline_of(context, self.name, "features")
             except BaseException:
                 arrival.withdraw()
                 raise
             return arrival.submit(Call(entities, extra, n, deadline, route))
-        finally:
-            self._admitted.release()
 
     def batcher(self, route: Route) -> Batcher | None:
         """The model's batcher, or None when its calls are scored alone: model.yaml's
@@ -106,7 +115,7 @@ class Lanes:
         self,
         scorer: Scorer,
         max_rows: int,
-        model_queue: int = 32,
+        admission: AdmissionPolicy | None = None,
         batch_max_rows: int = 0,
         batch_max_delay_us: int = 500,
         turns: Turns = THREADS,
@@ -114,7 +123,8 @@ class Lanes:
     ) -> None:
         self.scorer = scorer
         self.max_rows = max_rows
-        self.model_queue = model_queue
+        self.admission = admission or AdmissionPolicy()
+        self.model_queue = self.admission.max_calls
         self.batch_max_rows = batch_max_rows  # 0: each call is scored on its own
         self.batch_max_delay_s = batch_max_delay_us / 1e6
         self.turns = turns  # how a call waits for its batch (the green pool's, or threads)
@@ -131,7 +141,7 @@ class Lanes:
             with self._lock:
                 lane = self._lanes.get(route.name)
                 if lane is None:
-                    lane = self._lanes[route.name] = ModelLane(route.name, self.model_queue, self)
+                    lane = self._lanes[route.name] = ModelLane(route.name, self)
         return lane
 
     def check_threads(self, model: str, rows: int) -> None:

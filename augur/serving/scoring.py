@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from augur.features.reader import FeatureRows
-from augur.serving import metrics
+from augur.features.waiting import BLOCKING, Waiting
+from augur.serving import chunks, metrics
 from augur.serving.batcher import Call
 from augur.serving.errors import deadline_exceeded
 from augur.serving.feature_read import GuardedReader
@@ -35,6 +36,21 @@ class Scored:
     def versions(self) -> list[str]:
         return sorted(set(self.row_versions))
 
+    @classmethod
+    def joined(cls, parts: list[Scored]) -> Scored:
+        """One call's chunks (chunks.py), scored in turn, as one."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        return cls(
+            first.model,
+            chunks.joined_rows([p.rows for p in parts]),
+            np.concatenate([p.batch for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            [v for p in parts for v in p.row_versions],
+            any(p.degraded for p in parts),
+        )
+
     def part(self, rows: slice) -> Scored:
         return Scored(
             self.model,
@@ -49,8 +65,15 @@ class Scored:
 class Scorer:
     """Rows in, scores out, through the feature read, the model and the routing table."""
 
-    def __init__(self, features: GuardedReader, shadow: ShadowScorer, trip: Trip) -> None:
+    def __init__(
+        self,
+        features: GuardedReader,
+        shadow: ShadowScorer,
+        trip: Trip,
+        waiting: Waiting = BLOCKING,
+    ) -> None:
         self.features = features
+        self._waiting = waiting  # where a large model call runs (chunks.OFF_THREAD_ROWS)
         self.shadow = shadow
         self._trip = trip
         self._ages = metrics.FeatureAges()
@@ -76,9 +99,13 @@ class Scorer:
             raise deadline_exceeded("deadline passed before the inference stage")
         batch = model.assemble(rows, extra)
         t2 = time.perf_counter()
-        scores, row_versions = route.score(
-            model, rows, extra, batch, entities if split else None, self._trip
-        )
+        picked = entities if split else None
+        if len(batch) < chunks.OFF_THREAD_ROWS:
+            scores, row_versions = route.score(model, rows, extra, batch, picked, self._trip)
+        else:  # it releases the GIL: off the thread that runs other calls (green pool)
+            scores, row_versions = self._waiting.run_elsewhere(
+                lambda: route.score(model, rows, extra, batch, picked, self._trip)
+            )
         counted.scored(t0, t1, t2, time.perf_counter(), rows, model.plan, self._ages)
         if route.shadow is not None and model is route.stable and not degraded:
             self.shadow.submit(

@@ -34,6 +34,7 @@ from augur.features.waiting import BLOCKING, Waiting
 from augur.modelrepo.repository import ModelRepository
 from augur.serving import metrics, security
 from augur.serving.admin import AdminServicer
+from augur.serving.admission import AdmissionPolicy
 from augur.serving.batcher import THREADS
 from augur.serving.green import GreenPool
 from augur.serving.lifecycle import ModelManager
@@ -137,12 +138,13 @@ def start(config: Config) -> RunningServer:
         reader,
         config.server.max_rows,
         breaker=breaker,
-        model_queue=config.server.model_queue,
+        admission=AdmissionPolicy.of(config.server),
         batch_max_rows=config.server.batch_max_rows,
         batch_max_delay_us=config.server.batch_max_delay_us,
         # on the green pool a waiting call holds no thread: no batch outgrows them
         handler_threads=0 if config.server.workers or green else threads,
         turns=turns,
+        waiting=waiting,
     )
 
     limit = config.server.max_message_bytes
@@ -156,7 +158,9 @@ def start(config: Config) -> RunningServer:
             ("grpc.so_reuseport", int(config.server.reuse_port)),
         ],
         # Beyond this many calls in progress gRPC answers RESOURCE_EXHAUSTED at once, so an
-        # overload cannot grow an unbounded queue (and memory) inside the server.
+        # overload cannot grow an unbounded queue (and memory) inside the server. Well above
+        # the calls admission queues (server.model_queue): a refusal here is a call the
+        # closed-loop caller sends again at once, and says nothing of deadlines.
         maximum_concurrent_rpcs=config.server.max_in_flight,
         # Bearer-token auth when auth.* names callers (health and reflection stay open).
         interceptors=security.interceptors(config.auth),

@@ -17,7 +17,9 @@ from augur.features.breaker import CircuitBreaker
 from augur.features.connection import UNAVAILABLE_ERRORS
 from augur.features.plan import ReadPlan
 from augur.features.reader import OnlineReader
+from augur.features.waiting import BLOCKING, Waiting
 from augur.serving import metrics
+from augur.serving.admission import AdmissionPolicy
 from augur.serving.batcher import THREADS, Turns
 from augur.serving.codec import decode_entities, features_response, predict_response
 from augur.serving.deadlines import deadline_of
@@ -41,22 +43,23 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         max_rows: int,
         shadow: ShadowScorer | None = None,
         breaker: CircuitBreaker | None = None,
-        model_queue: int = 32,
+        admission: AdmissionPolicy | None = None,
         batch_max_rows: int = 0,
         batch_max_delay_us: int = 500,
         handler_threads: int = 0,
         turns: Turns = THREADS,
+        waiting: Waiting = BLOCKING,
     ):
         self.manager = manager
         self.plans = dict(plans)
         self.max_rows = max_rows
         self.features = GuardedReader(reader, breaker)
         self.shadow = shadow or ShadowScorer()
-        scorer = Scorer(self.features, self.shadow, manager.trip)
+        scorer = Scorer(self.features, self.shadow, manager.trip, waiting)
         self.lanes = Lanes(
             scorer,
             max_rows,
-            model_queue,
+            admission,
             batch_max_rows,
             batch_max_delay_us,
             turns,

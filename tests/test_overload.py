@@ -1,0 +1,132 @@
+"""Overload over real gRPC on loopback: many callers on the default settings are queued and
+answered, never refused at a fixed count; under ten times the load every call is answered
+within its deadline; a 10k-row call does not hold a 1-row call behind it. Bounds are
+generous: the point is the outcome, not the timing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import grpc
+import numpy as np
+import pytest
+
+from augur.api.v1 import predictor_pb2_grpc as pb_grpc
+from augur.config import ServerConfig
+from augur.features.redis_server import free_port
+from bench.load import CHANNEL_OPTIONS, request
+from tests.conftest import server_config
+
+CONNECTIONS = 16
+
+
+def _requests(rows: int, count: int = 32) -> list:
+    rng = np.random.default_rng(rows)
+    return [
+        request(
+            "fraud_lgbm",
+            {
+                "entities": {
+                    "user_id": rng.integers(0, 400, rows).tolist(),
+                    "merchant_id": rng.integers(0, 80, rows).tolist(),
+                },
+                "request_features": {"amount": [25.0] * rows},
+            },
+        )
+        for _ in range(count)
+    ]
+
+
+async def _callers(port: int, callers: int, calls: int, deadline_s: float) -> list[tuple]:
+    """`callers` closed-loop callers of `calls` calls each: (code, seconds) per call."""
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        for _ in range(CONNECTIONS)
+    ]
+    pool = _requests(1)
+    outcomes: list[tuple[str, float]] = []
+
+    async def caller(i: int) -> None:
+        predict = pb_grpc.PredictorStub(channels[i % CONNECTIONS]).Predict
+        for k in range(calls):
+            began = time.monotonic()
+            try:
+                await predict(pool[(i + k) % len(pool)], timeout=deadline_s)
+                code = "OK"
+            except grpc.aio.AioRpcError as e:
+                code = e.code().name
+            outcomes.append((code, time.monotonic() - began))
+
+    try:
+        for channel in channels:  # connected before the load starts
+            await channel.channel_ready()
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+    finally:
+        for channel in channels:
+            await channel.close()
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def defaults_server(fraud_repo, model_repo):
+    """A server on the default settings, but for max_rows (10k-row calls)."""
+    from augur.serving.server import start
+
+    config = server_config(fraud_repo, model_repo)
+    config.server = ServerConfig(port=free_port(), metrics_port=0, grace_seconds=2.0)
+    running = start(config)
+    yield running
+    running.stop()
+
+
+def test_sixty_four_callers_on_the_defaults_are_all_served(defaults_server):
+    outcomes = asyncio.run(_callers(defaults_server.port, 64, 30, deadline_s=10.0))
+    codes = Counter(code for code, _ in outcomes)
+    assert codes == {"OK": 64 * 30}, codes
+
+
+def test_under_ten_times_overload_every_call_is_answered_within_its_deadline(defaults_server):
+    deadline_s, slack_s = 0.25, 0.5
+    callers, calls = 320, 15  # ten times what the server serves at its best, here
+    outcomes = asyncio.run(_callers(defaults_server.port, callers, calls, deadline_s))
+    assert len(outcomes) == callers * calls, "a call went unanswered"
+    codes = Counter(code for code, _ in outcomes)
+    # Known residue (the lead's report): a call let in with little time left may find its
+    # Redis read's budget (80% of what is left) spent on a saturated box, and is answered
+    # UNAVAILABLE: a handful in thousands, never more than 1%.
+    assert codes["UNAVAILABLE"] <= len(outcomes) // 100, codes
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, codes
+    assert codes["OK"] >= len(outcomes) // 2, codes  # served, not refused wholesale
+    slowest = max(took for _, took in outcomes)
+    assert slowest < deadline_s + slack_s
+
+
+def test_a_ten_thousand_row_call_does_not_hold_a_one_row_call_behind_it(defaults_server):
+    large, small = _requests(10_000, 1)[0], _requests(1, 1)[0]
+
+    async def run() -> tuple[float, list[float]]:
+        address = f"127.0.0.1:{defaults_server.port}"
+        async with (
+            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as big,
+            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as one,
+        ):
+            big_predict = pb_grpc.PredictorStub(big).Predict
+            one_predict = pb_grpc.PredictorStub(one).Predict
+            await big_predict(large, timeout=30)  # warm: connections, plan, model
+            await one_predict(small, timeout=5)
+            began = time.monotonic()
+            task = asyncio.ensure_future(big_predict(large, timeout=30))
+            waits = []
+            while not task.done():  # 1-row calls one after another while it runs
+                t = time.monotonic()
+                await one_predict(small, timeout=5)
+                waits.append(time.monotonic() - t)
+            await task
+            return time.monotonic() - began, waits
+
+    took, waits = asyncio.run(run())
+    assert waits, "the 10k-row call ended before a 1-row call was sent"
+    # held for the whole of the large call, the longest wait would be about `took`
+    assert max(waits) < max(0.1, took / 3), (took, sorted(waits)[-5:])
