@@ -41,7 +41,7 @@ class ServerConfig:
     # How gRPC calls run. "green": as greenlets on gRPC's polling thread (augur/serving/green.py):
     # a call waiting for its request, its batch or Redis holds no thread, and the thread
     # runs other calls meanwhile. "threads": each call on a thread of a pool, start to end
-    # (README, Choices, says what each costs).
+    # (docs/serving.md says what each costs).
     handlers: str = "green"
     # gRPC handler threads; 0: none of its own on the green pool (gRPC's polling thread
     # runs the calls); 2 on threads (one computing while one waits on Redis), or there, with

@@ -20,8 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.scenarios import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent  # `python -m bench...` needs it as the cwd
-# Augur's admission limits, raised so that 64 closed-loop callers are served, not shed.
-AUGUR_SERVER = {"metrics_port": 0, "max_in_flight": 128, "model_queue": 128}
+# Augur as a user runs it, but for the metrics endpoint (what the floors do not pay either);
+# the admission limits are the defaults, which serve 64 closed-loop callers unshed.
+AUGUR_SERVER = {"metrics_port": 0}
 
 
 @dataclass

@@ -20,7 +20,7 @@ still queued, whose thread goes on. Every other call blocks once on its own lock
 when its batch is done or when it is handed the lead. A call announces itself (`arrival`)
 before it decodes its request, and the leader waits only for calls it knows are coming.
 Each waiting call holds a thread there, and on two cores those threads cost what batching
-saves (README, Benchmarks): the reason for the green pool.
+saves (bench/README.md): the reason for the green pool.
 """
 
 from __future__ import annotations

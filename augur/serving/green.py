@@ -7,7 +7,7 @@ call to a handler run by the executor it is given. On a thread pool a call holds
 from start to end: waiting for its request message, for its batch and for Redis. So a pool
 needs a thread per call waiting, and on two cores those threads, and the hand-over of each
 call between threads (a wake-up and a turn of the GIL each), cost more than they overlap
-(README, Benchmarks). Here each call runs in a greenlet of its own on a `Hub`
+(bench/README.md). Here each call runs in a greenlet of its own on a `Hub`
 (augur/serving/hub.py), which parks a waiting call and takes the next one.
 
 `GreenPool(0)`, as the server builds it, runs its hub on gRPC's polling thread, between the

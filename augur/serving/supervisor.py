@@ -12,7 +12,7 @@ once every sibling has. The kernel hashes a new connection to one of the sockets
 listening at that moment, and gRPC clients keep their connections, so a process that
 listened first would keep every connection a client opened as soon as the replica
 answered: on a 16-core machine, 2 processes served 64 callers on 16 connections no faster
-than 1 (README, Benchmarks).
+than 1 (bench/README.md).
 """
 
 from __future__ import annotations
