@@ -14,7 +14,7 @@ from augur.config import load
 from augur.features.keys import KeyEncoder
 from augur.pipelines.push import push
 
-USER = 900_200  # an id the generator never makes
+USER = 930_000  # an id the generator never makes, and no other test writes (900_2xx do)
 
 
 def _row(fraud_repo, user: int, event_time, **features) -> pd.DataFrame:
