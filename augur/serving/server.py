@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from augur.api.v1 import admin_pb2, admin_pb2_grpc
 from augur.api.v1 import predictor_pb2 as pb
@@ -36,6 +35,7 @@ from augur.serving import metrics, security
 from augur.serving.admin import AdminServicer
 from augur.serving.admission import AdmissionPolicy
 from augur.serving.batcher import THREADS
+from augur.serving.discovery import HEALTH, Health, enable_reflection
 from augur.serving.green import GreenPool
 from augur.serving.lifecycle import ModelManager
 from augur.serving.servicer import PredictorServicer
@@ -49,7 +49,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 @dataclass
 class RunningServer:
     server: grpc.Server
-    health: health.HealthServicer
+    health: Health
     servicer: PredictorServicer
     manager: ModelManager
     port: int
@@ -76,9 +76,7 @@ def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server,
         interceptors=security.interceptors(config.auth),
     )
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(manager), admin)
-    reflection.enable_server_reflection(
-        (admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name, reflection.SERVICE_NAME), admin
-    )
+    enable_reflection([admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name], admin)
     address = f"{config.server.admin_host}:{config.server.admin_port}"
     port = security.bind(admin, config, address)
     if not port:
@@ -90,7 +88,7 @@ def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server,
 def start(config: Config) -> RunningServer:
     plans = load_plans(config.feature_repo, config.redis.address)  # no Feast import if cached
     repo = ModelRepository(config.model_repo)
-    health_servicer = health.HealthServicer()
+    health_servicer = Health()
 
     def on_health(name: str, serving: bool) -> None:
         health_servicer.set(name, SERVING if serving else NOT_SERVING)
@@ -170,8 +168,7 @@ def start(config: Config) -> RunningServer:
     health_servicer.set("", SERVING)
     services = [
         pb.DESCRIPTOR.services_by_name["Predictor"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
+        HEALTH,
     ]
     admin_server, admin_port = None, 0
     if config.server.admin and not config.server.admin_port:
@@ -179,7 +176,7 @@ def start(config: Config) -> RunningServer:
         services.append(admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
     elif config.server.admin:
         admin_server, admin_port = _admin_listener(config, manager)
-    reflection.enable_server_reflection(services, server)
+    enable_reflection(services, server)
     await_siblings()  # one of several processes listens when all are loaded (supervisor.py)
     port = security.bind(server, config)  # TLS / mutual TLS when server.tls_* are set
     if not port:
