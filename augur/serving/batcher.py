@@ -175,18 +175,22 @@ class Batcher:
             raise call.error
         return call.result
 
+    def _score(self, batch: list[Call]) -> None:
+        """Run one batch; a failure is every caller's of the batch."""
+        if self._depth is not None:
+            self._depth.set(self.waiting())
+        try:
+            self._run(batch)
+        except BaseException as e:
+            for call in batch:
+                call.error = e
+
     def _close(self, hub: Parking) -> None:
         """Run the hub's open batch, and let its parked calls go on once the greenlet
         running this yields to the hub (the hub's own: once its deferred work is done)."""
         hub.cancel(self)
         batch = self._open.pop(hub).calls
-        if self._depth is not None:
-            self._depth.set(self.waiting())
-        try:
-            self._run(batch)
-        except BaseException as e:  # every caller of the batch gets the same failure
-            for call in batch:
-                call.error = e
+        self._score(batch)
         here = hub.current()
         for call in batch:
             call.answered = True
@@ -208,13 +212,7 @@ class Batcher:
         """Run batches until `own` is answered, then hand the lead on."""
         while not own.answered:
             batch = self._collect()
-            if self._depth is not None:
-                self._depth.set(self.waiting())
-            try:
-                self._run(batch)
-            except BaseException as e:  # every caller of the batch gets the same failure
-                for call in batch:
-                    call.error = e
+            self._score(batch)
             for call in batch:
                 call.answered = True
                 if call is not own:
