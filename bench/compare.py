@@ -11,16 +11,43 @@ from __future__ import annotations
 AUGUR, BASELINE, ECHO = "augur", "baseline", "echo"
 TARGETS = (AUGUR, BASELINE, ECHO)  # the main series: each server alone, every load point
 ECHO_REDIS = "echo_redis"  # measured with one caller only, at each request size
+# The candidates for one caller's floors: every Python gRPC server that could be the fastest
+# to answer with a canned reply (bench/echo_server.py: server kind, handler threads), each
+# also making the request's Redis round trip first. The fastest at each size is the floor.
+ECHO_KINDS = {"aio": ("aio", 0), "sync1": ("sync", 1), "sync2": ("sync", 2), "green": ("green", 0)}
+ECHO_FLOORS = tuple(f"{ECHO}_{k}" for k in ECHO_KINDS)
+ECHO_REDIS_FLOORS = tuple(f"{ECHO_REDIS}_{k}" for k in ECHO_KINDS)
 FLOORS = "floors"  # the paired comparison of one caller's Predict with the echo floors
 THREADS = "threads"  # the variant handing each call to a handler thread, compared there
 CEILING = "ceiling"  # Augur with each call's read, assembly and model free: batching's bound
 LABELS = {
     AUGUR: "Augur",
     BASELINE: "Feast baseline",
-    ECHO: "gRPC echo floor",
+    ECHO: "gRPC echo (sync server, 8 threads)",
     ECHO_REDIS: "gRPC echo + Redis round trip floor",
     CEILING: "ceiling server (bench/ceiling_server.py)",
 }
+
+
+def echo_server(name: str) -> tuple[bool, str, int] | None:
+    """An echo floor's (makes the Redis round trip, server kind, handler threads); None for
+    a server that is not an echo floor. The main series' echo is the sync server on 8."""
+    if name == ECHO:
+        return False, "sync", 8
+    for prefix, redis in ((ECHO_REDIS, True), (ECHO, False)):
+        kind = ECHO_KINDS.get(name.removeprefix(prefix + "_"))
+        if name.startswith(prefix + "_") and kind is not None:
+            return redis, *kind
+    return None
+
+
+def fastest(steps: dict[str, dict], candidates: tuple[str, ...]) -> tuple[str | None, dict]:
+    """The candidate with the lowest p50 among `steps` (server name -> entry), and its entry."""
+    measured = [(steps[c]["p50_ms"], c) for c in candidates if "p50_ms" in steps.get(c, {})]
+    if not measured:
+        return None, {}
+    name = min(measured)[1]
+    return name, steps[name]
 
 
 def load_point(step: dict) -> str:
@@ -56,15 +83,17 @@ def paired(result: dict, comparison: str) -> dict[tuple[int, int], dict[str, dic
 
 def breakdown(result: dict) -> dict:
     """Where one caller's Predict time goes (p50 ms, closed loop c=1, from the paired
-    comparison with the floors): the gRPC echo floor, the in-process read + assemble +
-    predict (of which Redis floor and model), and the rest (the servicer's own work:
-    validation, metrics, building the reply); Predict against the echo floor that makes
-    the same Redis round trip first; and Predict served on a thread pool."""
+    comparison with the floors): the gRPC echo floor (the fastest echo server measured), the
+    in-process read + assemble + predict (of which Redis floor and model), and the rest (the
+    servicer's own work: validation, metrics, building the reply); Predict against the
+    fastest echo floor that makes the same Redis round trip first; and Predict served on a
+    thread pool. Runs from before the candidates were measured had one echo of each."""
     out = {}
     for (rows, _), steps in paired(result, FLOORS).items():
         size = str(rows)
-        step, echo, echo_redis = (steps.get(t) or {} for t in (AUGUR, ECHO, ECHO_REDIS))
-        threads = steps.get(THREADS) or {}
+        step, threads = steps.get(AUGUR) or {}, steps.get(THREADS) or {}
+        echo_name, echo = fastest(steps, (*ECHO_FLOORS, ECHO))
+        redis_name, echo_redis = fastest(steps, (*ECHO_REDIS_FLOORS, ECHO_REDIS))
         if size not in result["inprocess"] or "p50_ms" not in step or "p50_ms" not in echo:
             continue
         m = result["inprocess"][size]
@@ -73,6 +102,13 @@ def breakdown(result: dict) -> dict:
         out[size] = {
             "predict_p50_ms": step["p50_ms"],
             "predict_p99_ms": step["p99_ms"],
+            "echo_floor_server": echo_name,
+            "echo_redis_floor_server": redis_name,
+            "echo_candidates_p50_ms": {
+                c: steps[c]["p50_ms"]
+                for c in (*ECHO_FLOORS, *ECHO_REDIS_FLOORS)
+                if "p50_ms" in steps.get(c, {})
+            },
             "echo_floor_p50_ms": echo["p50_ms"],
             "echo_floor_p99_ms": echo["p99_ms"],
             "echo_redis_floor_p50_ms": with_redis,

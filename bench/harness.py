@@ -36,7 +36,7 @@ import yaml
 
 from augur.features.redis_server import EmbeddedRedis, free_port
 from bench import inprocess, report, scenarios, targets
-from bench.compare import BASELINE, CEILING, ECHO, ECHO_REDIS, LABELS, TARGETS
+from bench.compare import BASELINE, CEILING, LABELS, TARGETS, echo_server
 from bench.plot import plot
 from bench.profiles import PROFILES, QUICK, QUICK_VARIANTS, VARIANTS, Profile
 
@@ -180,10 +180,11 @@ def _command(target: str, scenario, port: int, pools, options: dict, work: Path)
     with the server `options` (the main series' and each variant's)."""
     if target == BASELINE:
         return targets.baseline_command(scenario, port, pools[1][0]["entities"])
-    if target == ECHO_REDIS:
-        return targets.echo_command(scenario, port, work / "plan.json")
-    if target == ECHO:
-        return targets.echo_command(scenario, port)
+    echo = echo_server(target)
+    if echo is not None:
+        redis, kind, workers = echo
+        plan = work / "plan.json" if redis else None
+        return targets.echo_command(scenario, port, plan, kind, workers)
     if target == CEILING:
         # one process: the instrument patches the servicer in the process it starts
         one = {**options, "processes": 1}

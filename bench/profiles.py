@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.compare import AUGUR, CEILING, ECHO, ECHO_REDIS, FLOORS, THREADS
+from bench.compare import AUGUR, CEILING, ECHO_FLOORS, ECHO_REDIS_FLOORS, FLOORS, THREADS
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,8 @@ PROCESSES = (AUGUR, "processes_2")
 
 def _floors(rows: tuple[int, ...], threads: bool = True) -> tuple:
     """One caller's Predict, as the run serves it (and with `threads` on a thread pool,
-    too), against the echo floors, at each request size."""
-    servers = (AUGUR, THREADS, ECHO, ECHO_REDIS)
+    too), against every candidate echo floor, at each request size."""
+    servers = (AUGUR, THREADS, *ECHO_FLOORS, *ECHO_REDIS_FLOORS)
     return tuple(s for s in servers if threads or s != THREADS), tuple((n, 1) for n in rows)
 
 

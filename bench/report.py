@@ -171,11 +171,14 @@ def markdown(result: dict) -> str:
         "",
         "### One caller against the floors, and where its Predict time goes (paired, p50 ms)",
         "",
-        f"Augur, {'Augur on a thread pool, ' if threads else ''}the gRPC echo floor and "
-        f"the echo + Redis floor in turns at each point ({_turns(result)}). The echo + Redis "
-        "floor is the echo server making the request's Redis round trip (HMGET of its keys' "
-        "vectors, nothing decoded) before it answers: what any server that reads the "
-        "features pays."
+        f"Augur, {'Augur on a thread pool, ' if threads else ''}and every candidate echo "
+        f"server in turns at each point ({_turns(result)}). The gRPC echo floor is the fastest "
+        "of them at that point (p50): `grpc.aio`, the synchronous server on 1 and 2 handler "
+        "threads, and Augur's green pool, each answering a canned reply of the right size "
+        "(bench/echo_server.py; which one it was is in the floor's column, all of them in the "
+        "next table). The echo + Redis floor is the fastest of the same servers making the "
+        "request's Redis round trip (HMGET of its keys' vectors, nothing decoded) before it "
+        "answers: what any server that reads the features pays."
         + (
             " On a thread pool (`server.handlers: threads`, batching off), gRPC's polling "
             "thread hands each call to one of two handler threads instead of running it."
@@ -200,12 +203,15 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {size} | {b['predict_p50_ms']:.2f} / {b['predict_p99_ms']:.2f} "
             f"| {b['echo_floor_p50_ms']:.2f} / {b['echo_floor_p99_ms']:.2f} "
+            f"({_floor_name(b.get('echo_floor_server'))}) "
             f"| {_x(b['p50_vs_echo_floor'])} / {_x(b['p99_vs_echo_floor'])} "
             f"| {'-' if with_redis is None else f'{with_redis:.2f}'} "
+            f"({_floor_name(b.get('echo_redis_floor_server'))}) "
             f"| {_x(b.get('p50_vs_echo_redis_floor'))} "
             f"| {b['pipeline_p50_ms']:.2f} | {b['redis_floor_p50_ms']:.2f} "
             f"| {b['model_p50_ms']:.2f} | {b['rest_p50_ms']:.2f} | {on_threads} |"
         )
+    lines += _candidate_lines(r["breakdown"])
     lines += [
         "",
         "### CPU per answered request at the highest closed-loop concurrency (ms)",
@@ -332,3 +338,33 @@ def _commit(code: dict) -> str:
 
 def _rss(by_pid: dict) -> str:
     return " + ".join(f"{v:.0f}" for v in by_pid.values()) or "-"
+
+
+def _floor_name(name: str | None) -> str:
+    """The echo server a floor came from, as the candidates table names it."""
+    if not name:
+        return "-"
+    return name.removeprefix("echo_redis_").removeprefix("echo_") if "_" in name else "sync 8"
+
+
+def _candidate_lines(breakdown: dict) -> list[str]:
+    """Each candidate echo server's p50 at each size: which Python gRPC server is fastest."""
+    names = sorted({c for b in breakdown.values() for c in b.get("echo_candidates_p50_ms", {})})
+    if not names:
+        return []
+    kinds = sorted({_floor_name(n) for n in names})
+    lines = [
+        "",
+        "Every candidate floor, p50 ms (echo / echo + Redis):",
+        "",
+        "| rows | " + " | ".join(kinds) + " |",
+        "| ---: | " + " | ".join("---:" for _ in kinds) + " |",
+    ]
+    for size, b in breakdown.items():
+        got = b.get("echo_candidates_p50_ms", {})
+        cells = []
+        for kind in kinds:
+            pair = [got.get(f"echo_{kind}"), got.get(f"echo_redis_{kind}")]
+            cells.append(" / ".join("-" if v is None else f"{v:.3f}" for v in pair))
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return lines

@@ -104,9 +104,13 @@ def baseline_command(scenario: Scenario, port: int, warm: dict) -> list[str]:
     ]
 
 
-def echo_command(scenario: Scenario, port: int, plan: Path | None = None) -> list[str]:
-    """The gRPC echo floor; given the read `plan`, the echo + Redis round trip floor."""
+def echo_command(
+    scenario: Scenario, port: int, plan: Path | None = None, kind: str = "sync", workers: int = 8
+) -> list[str]:
+    """A gRPC echo floor on the `kind` of server (bench/echo_server.py); given the read
+    `plan`, the echo + Redis round trip floor."""
     port_args = ["--port", str(port), "--model", scenario.model]
+    port_args += ["--server", kind, "--workers", str(workers)]
     if plan is not None:
         port_args += ["--redis", scenario.redis_address, "--plan", str(plan)]
     return [sys.executable, "-m", "bench.echo_server", *port_args]
