@@ -14,6 +14,7 @@ from pathlib import Path
 
 from augur import config as config_mod
 from augur import logs
+from augur.cli import experiments as experiments_cmd
 from augur.cli import models as models_cmd
 from augur.serving.supervisor import TERMINATED
 
@@ -156,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_push)
 
     models_cmd.add_parser(sub)
+    experiments_cmd.add_parser(sub)
 
     p = sub.add_parser(
         "redis",

@@ -222,6 +222,36 @@ class ModelRepository:
 
         return self._update(name, change)
 
+    def start_experiment(
+        self, name: str, experiment: str, arms: dict[str, float], sticky_key: str = ""
+    ) -> ModelSpec:
+        """Split `name`'s traffic between versions at fixed shares (sticky per entity) until
+        stopped; a running experiment of the model is replaced."""
+
+        def change(raw: dict) -> None:
+            resolved = {self._existing(name, v): w for v, w in arms.items()}
+            if len(resolved) != len(arms):
+                raise RepositoryError(f"experiment {experiment}: two arms name one version")
+            raw["experiment"] = {"name": experiment, "arms": resolved}
+            if sticky_key:
+                raw["experiment"]["sticky_key"] = sticky_key
+
+        return self._update(name, change)
+
+    def stop_experiment(self, name: str) -> ModelSpec:
+        """End `name`'s experiment: calls that name no version go to stable again. Its
+        definition stays as `last_experiment`."""
+
+        def change(raw: dict) -> None:
+            experiment = raw.pop("experiment", None)
+            if experiment is None:
+                raise RepositoryError(f"model {name} runs no experiment")
+            # kept for `augur experiments report`, which assigns outcomes to arms by it
+            at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            raw["last_experiment"] = {**experiment, "stopped_at": at}
+
+        return self._update(name, change)
+
     def _existing(self, name: str, version: str) -> str:
         spec = self.spec(name)
         resolved = spec.aliases.get(version, version)

@@ -7,8 +7,12 @@ models.yaml are parsed here; the folders and versions are augur/modelrepo/reposi
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import mmh3
+import numpy as np
 
 KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
 # `compile`: how a LightGBM model runs; "none" is LightGBM's own predict, "lleaves" native
@@ -47,6 +51,43 @@ class ShadowSpec:
 
 
 @dataclass(frozen=True)
+class ExperimentSpec:
+    """A named A/B experiment: entities (by sticky key hash) split between versions at fixed
+    shares for as long as it runs. A model runs a canary or an experiment, not both."""
+
+    name: str
+    arms: dict[str, float]  # version id -> share of entities; the shares add up to 1
+    sticky_key: str = ""  # entity column to hash; default: the first view's first join key
+
+    @property
+    def cuts(self) -> tuple[int, ...]:
+        """Each arm's upper hash bucket bound, in `arms` order; the last covers every bucket."""
+        cuts, total = [], 0.0
+        for share in self.arms.values():
+            total += share
+            cuts.append(round(total * EXPERIMENT_BUCKETS))
+        cuts[-1] = EXPERIMENT_BUCKETS  # shares adding up to 1 within float error
+        return tuple(cuts)
+
+    def arm_of(self, model: str, keys: Sequence) -> np.ndarray:
+        """Each sticky key's arm index: its hash bucket, salted with the model and experiment
+        names so that two experiments split independently. The server routes by it and
+        `augur experiments report` joins outcomes by it, so the two always agree."""
+        salt = f"{model}:{self.name}:"
+        buckets = np.fromiter(
+            (mmh3.hash(salt + str(k), signed=False) % EXPERIMENT_BUCKETS for k in keys),
+            np.int64,
+            len(keys),
+        )
+        return np.searchsorted(np.asarray(self.cuts), buckets, side="right")
+
+
+EXPERIMENT_BUCKETS = 10_000
+EXPERIMENT_ARMS = 8  # at most: each arm is a label value of the experiment's metrics
+_EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
 class BatchingSpec:
     """A model's own dynamic batching (model.yaml `batching`), in Triton's terms; it
     overrides server.batch_max_rows and server.batch_max_delay_us for this model."""
@@ -72,6 +113,7 @@ class ModelSpec:
     on_feature_store_error: str = "unavailable"
     compile: str = "none"
     batching: BatchingSpec | None = None  # None: the server's batching settings
+    experiment: ExperimentSpec | None = None
 
 
 def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
@@ -115,6 +157,12 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         s = raw["shadow"]
         shadow = ShadowSpec(str(s["version"]), float(s.get("threshold", 0.5)))
     batching = _parse_batching(raw.get("batching"), path)
+    experiment = parse_experiment(raw.get("experiment"), path)
+    if experiment is not None and canary is not None:
+        raise RepositoryError(
+            f"{path}: a model runs a canary or an experiment, not both: end the canary "
+            "(promote or rollback) or stop the experiment first"
+        )
     return ModelSpec(
         name,
         kind,
@@ -129,7 +177,40 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         policy,
         compiler,
         batching,
+        experiment,
     )
+
+
+def parse_experiment(raw: object, path: Path | str) -> ExperimentSpec | None:
+    """model.yaml's `experiment: {name, arms: {version: share, ...}, sticky_key}`."""
+    if not raw:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("arms"), dict):
+        raise RepositoryError(f"{path}: experiment needs a name and arms: {{version: share}}")
+    name = str(raw.get("name", ""))
+    if not _EXPERIMENT_NAME.match(name):
+        raise RepositoryError(
+            f"{path}: experiment.name must be 1-64 letters, digits, '_', '.' or '-', "
+            f"starting with a letter or digit; got {name[:64]!r}"
+        )
+    arms = {}
+    for version, share in raw["arms"].items():
+        try:
+            arms[str(version)] = float(share)
+        except (TypeError, ValueError):
+            raise RepositoryError(
+                f"{path}: experiment.arms.{version}: a share is a number, got {share!r}"
+            ) from None
+    if not 2 <= len(arms) <= EXPERIMENT_ARMS:
+        raise RepositoryError(
+            f"{path}: experiment {name} needs 2 to {EXPERIMENT_ARMS} arms, got {len(arms)}"
+        )
+    if any(not 0.0 < w <= 1.0 for w in arms.values()) or abs(sum(arms.values()) - 1.0) > 1e-6:
+        raise RepositoryError(
+            f"{path}: experiment {name}: each arm's share is within (0, 1] and the shares "
+            f"add up to 1; got {arms}"
+        )
+    return ExperimentSpec(name, arms, str(raw.get("sticky_key") or ""))
 
 
 def _parse_batching(raw: object, path: Path) -> BatchingSpec | None:

@@ -11,6 +11,7 @@ the canary is rolled back in model.yaml and traffic returns to stable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 from augur.features.plan import ReadPlan
 from augur.modelrepo.repository import ModelRepository, RepositoryError
 from augur.serving import metrics, probe
+from augur.serving.experiments import Experiment
 from augur.serving.guardrails import CanaryGuard
 from augur.serving.models import ArtifactRejected, ModelLoadError, ServingModel, load_model
 from augur.serving.routing import Route
@@ -214,6 +216,12 @@ class ModelManager:
             except ModelLoadError as e:
                 problems.append(f"canary: {e}")
                 canary, weight = None, 0.0
+        experiment = None
+        if spec.experiment is not None:
+            try:
+                experiment = self._experiment(name, spec, stable, versions)
+            except ModelLoadError as e:
+                problems.append(f"experiment {spec.experiment.name}: {e}; stable answers")
         shadow = None
         threshold = 0.5
         if spec.shadow:
@@ -243,10 +251,24 @@ class ModelManager:
             threshold,
             spec.batching,
             spec.on_feature_store_error,
+            experiment,
         )
         if previous is not None and _same(previous, route):
             return previous
         return route
+
+    def _experiment(self, name: str, spec, stable, versions: dict) -> Experiment:
+        """model.yaml's experiment with every arm loaded (into `versions`): all arms or none,
+        since an experiment missing an arm would compare something else."""
+        experiment = spec.experiment
+        sticky = experiment.sticky_key or stable.plan.views[0].join_keys[0]
+        if sticky not in stable.plan.entity_types:
+            raise ModelLoadError(
+                f"sticky_key {sticky!r} is not an entity of {spec.feature_service}"
+            )
+        loaded = {version: self._load(name, version) for version in experiment.arms}
+        versions.update(loaded)
+        return Experiment.of(name, dataclasses.replace(experiment, sticky_key=sticky), loaded)
 
     def _keep(self, name: str, previous: Route | None, error: str) -> Route | None:
         if self.errors.get(name) == error:  # said already
@@ -274,6 +296,7 @@ class ModelManager:
             except RepositoryError:
                 continue  # _build reports it
             ids |= {x.version for x in (spec.canary, spec.shadow) if x is not None}
+            ids |= set(spec.experiment.arms) if spec.experiment else set()
             for version in ids:
                 key = (name, version)
                 files = _files(self.repo.root / name / version)
@@ -366,4 +389,5 @@ def _same(a: Route, b: Route) -> bool:
         and a.shadow_threshold == b.shadow_threshold
         and a.batching == b.batching
         and a.on_feature_store_error == b.on_feature_store_error
+        and Experiment.same(a.experiment, b.experiment)
     )

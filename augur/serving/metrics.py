@@ -50,6 +50,23 @@ STAGE = Histogram(
     ["model", "stage"],
     buckets=_LATENCY,
 )
+EXPERIMENT_ROWS = Counter(
+    "augur_experiment_rows_total",
+    "Rows scored by each arm of a model's A/B experiment",
+    ["model", "experiment", "arm"],
+)
+EXPERIMENT_LATENCY = Histogram(
+    "augur_experiment_model_latency_seconds",
+    "Model-call latency of each arm of an A/B experiment",
+    ["model", "experiment", "arm"],
+    buckets=_LATENCY,
+)
+EXPERIMENT_SCORE = Histogram(
+    "augur_experiment_score",
+    "First output of each arm of an A/B experiment (up to 8 rows of each call's share)",
+    ["model", "experiment", "arm"],
+    buckets=tuple(i / 20 for i in range(1, 20)),
+)
 ROWS = Counter("augur_rows_total", "Entity rows scored or read", ["method", "model"])
 FEATURES_MISSING = Counter(
     "augur_features_missing_total",

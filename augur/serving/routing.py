@@ -21,6 +21,7 @@ from augur.features.reader import FeatureRows
 from augur.modelrepo.repository import BatchingSpec
 from augur.serving import metrics
 from augur.serving.errors import not_found, shown
+from augur.serving.experiments import Experiment
 from augur.serving.guardrails import CanaryGuard
 from augur.serving.models import ServingModel
 
@@ -46,6 +47,7 @@ class Route:
     # model.yaml of its load time): dynamic batching, and what a failed feature read does
     batching: BatchingSpec | None = None
     on_feature_store_error: str = "unavailable"
+    experiment: Experiment | None = None  # splits calls that name no version, as a canary
 
     def named(self, version: str) -> ServingModel | None:
         """A loaded version by id or alias (`canary` names the canary while there is one)."""
@@ -75,7 +77,10 @@ class Route:
     ) -> tuple[np.ndarray, list[str]]:
         """Scores of the assembled `batch` and the version that answered each row: `model`'s,
         or split by the sticky canary when `entities` is given (a call that named no
-        version); `trip` is told of a canary guardrail's verdict."""
+        version); `trip` is told of a canary guardrail's verdict. A running experiment splits
+        such a call between its arms instead."""
+        if entities is not None and self.experiment is not None:
+            return self.experiment.score(self.stable, rows, extra, batch, entities)
         mask = None if entities is None else self.canary_rows(entities)
         if mask is None or not mask.any():
             scores = model.runtime.predict(batch)
