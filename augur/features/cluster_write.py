@@ -7,6 +7,7 @@ bytes. Not the read path (augur.features.cluster).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -69,10 +70,8 @@ def write(
                 f"{RETRY_FOR_S:.0f} s of retries ({why}); rerun: rows already written are skipped"
             )
         time.sleep(0.2)  # a failover in progress: give the replica time to take over
-        try:
+        with contextlib.suppress(redis.ConnectionError):
             store.refresh()
-        except redis.ConnectionError:
-            pass
 
 
 def _write_round(store, writer, view, table, timestamp_column, slots, rows, stats):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis
+import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -166,3 +168,33 @@ def unreachable(address: str, timeout_s: float = 2.0, cluster: bool = False) -> 
         return f"Redis at {address} does not answer: {e}"
     finally:
         client.close()
+
+
+def check_topology(address: str, cluster: bool, feature_store_yaml: Path) -> None:
+    """Refuse, naming the option, an Augur setting and a Feast repo that disagree on whether
+    the store is a Redis Cluster (each would write where the other never reads), and
+    Sentinel, which Augur does not speak."""
+    kind = "redis"
+    if feature_store_yaml.is_file():
+        online = (yaml.safe_load(feature_store_yaml.read_text()) or {}).get("online_store")
+        if isinstance(online, dict):
+            kind = str(online.get("redis_type") or "redis")
+    if kind == "redis_sentinel":
+        raise ValueError(
+            f"{feature_store_yaml}: online_store.redis_type: redis_sentinel is not supported "
+            "by Augur; use redis (one node) or redis_cluster"
+        )
+    seeds = not address.startswith(("redis://", "rediss://", "unix://")) and "seeds" in (
+        parse_address(address)
+    )
+    if kind == "redis_cluster" and not (cluster or seeds):
+        raise ValueError(
+            f"{feature_store_yaml} says redis_type: redis_cluster but redis.address "
+            f"{address!r} names one node: set redis.cluster: true or list the cluster's nodes"
+        )
+    if kind != "redis_cluster" and (cluster or seeds):
+        option = "redis.cluster" if cluster else f"redis.address {address!r} (several nodes)"
+        raise ValueError(
+            f"{option} says Redis Cluster but {feature_store_yaml} has redis_type: {kind}: "
+            "set online_store.redis_type: redis_cluster there, or give one node"
+        )
