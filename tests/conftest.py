@@ -84,10 +84,8 @@ def redis_cluster():
 @pytest.fixture(scope="module")
 def cluster_repo(redis_cluster, tmp_path_factory) -> FraudRepo:
     """The fraud repo on `redis_cluster`, applied and materialized."""
-    from augur.features.repo import open_store
+    from augur.features.repo import REDIS_ENV, open_store
     from augur.pipelines.materialize import materialize
-
-    from augur.features.repo import REDIS_ENV
 
     address = redis_cluster.address
     before = os.environ.get(REDIS_ENV)

@@ -156,12 +156,12 @@ def test_a_slot_without_an_owner_gives_missing_rows_or_unavailable_never_a_hang(
 def test_cluster_and_one_node_settings_that_disagree_are_refused_naming_the_option(tmp_path):
     yaml = tmp_path / "feature_store.yaml"
     yaml.write_text("online_store:\n  type: redis\n  redis_type: redis_cluster\n")
-    with pytest.raises(ValueError, match="redis.cluster: true"):
+    with pytest.raises(ValueError, match=r"redis\.cluster: true"):
         check_topology("127.0.0.1:7000", False, yaml)
     check_topology("127.0.0.1:7000,127.0.0.1:7001", False, yaml)
     check_topology("127.0.0.1:7000", True, yaml)
     yaml.write_text("online_store:\n  type: redis\n")
-    with pytest.raises(ValueError, match="redis.cluster says Redis Cluster"):
+    with pytest.raises(ValueError, match=r"redis\.cluster says Redis Cluster"):
         check_topology("127.0.0.1:7000", True, yaml)
     with pytest.raises(ValueError, match="several nodes"):
         check_topology("127.0.0.1:7000,127.0.0.1:7001", False, yaml)

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import math
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from augur.features.resp import OwnConnections, _read_raw, _read_replies
 from augur.features.slots import SlotMap, discover, merge, partition, split_commands
 from augur.features.waiting import BLOCKING, Waiting
 
+# After a node fails, how often the slot map is asked for again until a replica takes over.
+REFRESH_AFTER_FAILURE_S = 0.1
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
 
@@ -85,6 +88,7 @@ class ClusterStore:
         self._lock = threading.Lock()
         self._slots: SlotMap | None = None
         self.refreshes = 0  # slot maps learnt since start (the first, then one per MOVED)
+        self._refreshed_at = 0.0
 
     @property
     def seed_list(self) -> str:
@@ -106,10 +110,13 @@ class ClusterStore:
     def slots(self) -> SlotMap:
         return self._slots or self.refresh()
 
-    def refresh(self) -> SlotMap:
-        """Learn the slot map again, asking the masters known, then the seeds."""
+    def refresh(self, failed: frozenset[tuple[str, int]] = frozenset()) -> SlotMap:
+        """Learn the slot map again, asking the masters known, then the seeds; nodes that
+        just `failed` last."""
+        self._refreshed_at = time.monotonic()
         known = list(self._slots.nodes) if self._slots else []
         asked = known + [s for s in self.seeds if s not in known]
+        asked = [a for a in asked if a not in failed] + [a for a in asked if a in failed]
         try:
             slots = discover([self.node(a).client for a in asked])
         except redis.ConnectionError as e:
@@ -117,6 +124,13 @@ class ClusterStore:
         self._slots = slots
         self.refreshes += 1
         return slots
+
+    def relearn_after_failure(self, failed: frozenset[tuple[str, int]]) -> None:
+        """A node failed: its replica may have taken over, so learn the map again (at most
+        every REFRESH_AFTER_FAILURE_S, from the nodes still answering)."""
+        if time.monotonic() - self._refreshed_at >= REFRESH_AFTER_FAILURE_S:
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError, ValueError):
+                self.refresh(failed)
 
     def breaker_states(self) -> dict[str, str]:
         return {n.address: n.breaker.state for n in self._nodes.values()}
@@ -192,6 +206,8 @@ class ClusterTrips:
         for k in failed:
             replies[k] = _absent(parts[k], counts[k], raw and not fixed)
         if failed:
+            known = len(slots.nodes)
+            store.relearn_after_failure(frozenset(slots.nodes[k] for k in failed if k < known))
             self._lose(failed, counts)
         if fixed or not raw:
             replies = [
