@@ -93,7 +93,7 @@ def test_killing_a_master_loses_no_call_and_its_replica_takes_over(
         counts["late"] += time.monotonic() - start > DEADLINE_S + 0.25
         if kind == "ok" and killed_at and recovered_at is None:
             recovered_at = time.monotonic()
-        if recovered_at and call >= 60 or time.monotonic() - began > RUN_S:
+        if (recovered_at and call >= 60) or time.monotonic() - began > RUN_S:
             break
         time.sleep(0.01)
     sent = sum(counts[k] for k in ("ok", "degraded", "unavailable", "wrong"))
