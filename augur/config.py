@@ -21,6 +21,9 @@ ENV_PREFIX = "AUGUR_"
 class RedisConfig:
     # "host:port[,password=...,ssl=true]" or a redis:// URL; `augur redis` runs one locally
     address: str = "127.0.0.1:6379"
+    # A Redis Cluster: set, or list several seeds in address ("h1:p1,h2:p2"), as Feast's
+    # redis_type: redis_cluster (docs/cluster.md); `augur redis --cluster 3` runs one locally
+    cluster: bool = False
     connect_timeout_ms: int = 250
     read_timeout_ms: int = 500  # upper bound; a call's remaining deadline lowers it
     breaker_failures: int = 5  # consecutive failures that open the circuit to Redis

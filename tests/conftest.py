@@ -4,6 +4,7 @@ a test's own servers (in process or as `augur` processes) and always stops them.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,47 @@ def fraud_repo(redis_server: EmbeddedRedis, tmp_path_factory) -> FraudRepo:
     path = make_repo(tmp_path_factory.mktemp("fraud") / "feature_repo", redis_server.address)
     materialize(path, redis_server.address)
     return FraudRepo(path, redis_server.address, open_store(path, redis_server.address))
+
+
+def make_cluster_repo(dest: Path, address: str, scale: Scale = SMALL) -> Path:
+    """`make_repo` for a Redis Cluster: Feast's online store says redis_type: redis_cluster."""
+    from examples.fraud.generate import generate
+    from examples.fraud.scaffold import copy_definitions, feast_apply
+
+    copy_definitions(dest)
+    yaml = dest / "feature_store.yaml"
+    text = yaml.read_text().replace(
+        "  type: redis\n", "  type: redis\n  redis_type: redis_cluster\n"
+    )
+    yaml.write_text(text)
+    generate(dest / "data", scale)
+    feast_apply(dest, address)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def redis_cluster():
+    """3 masters + 3 replicas on loopback, cluster_state:ok (augur.features.cluster_local)."""
+    from augur.features.cluster_local import LocalCluster
+
+    with LocalCluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def cluster_repo(redis_cluster, tmp_path_factory) -> FraudRepo:
+    """The fraud repo on `redis_cluster`, applied and materialized."""
+    from augur.features.repo import REDIS_ENV, open_store
+    from augur.pipelines.materialize import materialize
+
+    address = redis_cluster.address
+    before = os.environ.get(REDIS_ENV)
+    path = make_cluster_repo(tmp_path_factory.mktemp("fraud-cluster") / "feature_repo", address)
+    materialize(path, address, progress=False)
+    repo = FraudRepo(path, address, open_store(path, address))
+    if before is not None:  # other tests' stores keep the one-node address
+        os.environ[REDIS_ENV] = before
+    return repo
 
 
 @pytest.fixture(scope="session")

@@ -174,6 +174,14 @@ def _parser() -> argparse.ArgumentParser:
         help="data folder, from the working directory; the dataset and server.log are kept "
         "there (default: .augur/redis)",
     )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a Redis Cluster instead: N masters and N replicas on free loopback ports "
+        "(--port is then ignored); prints the seed list for redis.address",
+    )
     p.set_defaults(handler=_redis)
     return parser
 
@@ -202,7 +210,7 @@ def _redis_unreachable(cfg) -> bool:
     """Say in one line where Redis is not answering and why; True when it is not."""
     from augur.features.connection import unreachable
 
-    why = unreachable(cfg.redis.address)
+    why = unreachable(cfg.redis.address, cluster=cfg.redis.cluster)
     if why:
         print(f"augur: {why} (redis.address; `augur redis` runs one locally)", file=sys.stderr)
     return bool(why)
@@ -228,7 +236,7 @@ def _serve(args, cfg) -> int:
     )
     from augur.features.connection import unreachable
 
-    why = unreachable(cfg.redis.address)
+    why = unreachable(cfg.redis.address, cluster=cfg.redis.cluster)
     if why:  # the server still starts: reads answer UNAVAILABLE until Redis is back
         log.warning("%s; Predict answers UNAVAILABLE until it does (redis.address)", why)
     if cfg.server.processes > 1:
@@ -302,6 +310,9 @@ def _redis(args, _cfg) -> int | None:
 
     from augur.features.redis_server import EmbeddedRedis
 
+    if args.cluster:
+        return _redis_cluster(args)
+
     try:
         server = EmbeddedRedis(port=args.port, data_dir=args.dir, persist=True).start()
     except RuntimeError as e:  # the server's own words on why, from its output and log
@@ -319,6 +330,30 @@ def _redis(args, _cfg) -> int | None:
     finally:
         server.stop()
     return 0
+
+
+def _redis_cluster(args) -> int:
+    import time
+
+    from augur.features.cluster_local import LocalCluster
+
+    try:
+        cluster = LocalCluster(args.cluster, data_dir=args.dir / "cluster", persist=True).start()
+    except (RuntimeError, ValueError) as e:
+        print(f"augur redis: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"Redis Cluster of {args.cluster} masters + {args.cluster} replicas; "
+        f"redis.address: {cluster.address!r} (feature_store.yaml: redis_type: redis_cluster); "
+        "Ctrl-C stops it"
+    )
+    try:
+        while all(n.process and n.process.poll() is None for n in cluster.masters):
+            time.sleep(0.5)
+        print(f"augur redis: a cluster node exited; logs under {cluster.data_dir}", file=sys.stderr)
+        return 1
+    finally:
+        cluster.stop()
 
 
 def run() -> None:

@@ -756,7 +756,168 @@ out:
     return result;
 }
 
+/* ---- Redis Cluster ------------------------------------------------------------------- */
+
+/* CRC16-CCITT (XMODEM), Redis Cluster's key hash, bit by bit: keys are a few dozen bytes. */
+static uint16_t crc16(const char *p, Py_ssize_t n) {
+    uint16_t crc = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        crc ^= (uint16_t)((unsigned char)p[i]) << 8;
+        for (int b = 0; b < 8; b++) crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+    }
+    return crc;
+}
+
+/* The key's hash slot, with Redis's hash tags: the part between the first '{' and the next
+ * '}' when it is not empty. */
+static uint16_t key_slot(const char *k, Py_ssize_t n) {
+    const char *open = memchr(k, '{', n);
+    if (open) {
+        Py_ssize_t from = open - k + 1;
+        const char *close = memchr(k + from, '}', n - from);
+        if (close && close - (k + from) > 0) return crc16(k + from, close - (k + from)) & 16383;
+    }
+    return crc16(k, n) & 16383;
+}
+
+/* One command from p (an array of bulk strings): its end, and its key's (argument 1's)
+ * slot; -1 if it is not such a command. */
+static Py_ssize_t command_at(const char *b, Py_ssize_t p, Py_ssize_t len, uint16_t *slot) {
+    if (p >= len || b[p] != '*') return -1;
+    Py_ssize_t e = line_end(b, p + 1, len);
+    long long n, size;
+    if (e < 0 || line_int(b, p + 1, e, &n) < 0 || n < 2) return -1;
+    p = e + 2;
+    for (long long i = 0; i < n; i++) {
+        if (p >= len || b[p] != '$') return -1;
+        e = line_end(b, p + 1, len);
+        if (e < 0 || line_int(b, p + 1, e, &size) < 0 || size < 0) return -1;
+        if (e + 2 + size + 2 > len) return -1;
+        if (i == 1) *slot = key_slot(b + e + 2, (Py_ssize_t)size);
+        p = e + 2 + (Py_ssize_t)size + 2;
+    }
+    return p;
+}
+
+static PyObject *partition(PyObject *self, PyObject *args) {
+    Py_buffer buf, owner_of, owners;
+    Py_ssize_t count, nodes;
+    if (!PyArg_ParseTuple(args, "y*ny*nw*", &buf, &count, &owner_of, &nodes, &owners)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t *ends = NULL, *sizes = NULL;
+    if (owner_of.len != 16384 || owners.len < count || nodes < 1 || nodes > 255) {
+        PyErr_SetString(PyExc_ValueError, "partition: owner_of must be 16384 bytes, owners count");
+        goto out;
+    }
+    ends = PyMem_Malloc(sizeof(Py_ssize_t) * (count + 1));
+    sizes = PyMem_Calloc(nodes, sizeof(Py_ssize_t));
+    if (!ends || !sizes) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    const char *b = buf.buf;
+    unsigned char *own = owners.buf;
+    const unsigned char *map = owner_of.buf;
+    Py_ssize_t p = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint16_t slot = 0;
+        Py_ssize_t e = command_at(b, p, buf.len, &slot);
+        if (e < 0) {
+            PyErr_Format(PyExc_ValueError, "partition: command %zd is not an array of bulk strings with a key", i);
+            goto out;
+        }
+        own[i] = map[slot];
+        if (own[i] >= nodes) {
+            PyErr_Format(PyExc_ValueError, "partition: slot %d has no node", (int)slot);
+            goto out;
+        }
+        sizes[own[i]] += e - p;
+        ends[i] = e;
+        p = e;
+    }
+    result = PyList_New(nodes);
+    if (!result) goto out;
+    for (Py_ssize_t k = 0; k < nodes; k++) {
+        PyObject *part = PyBytes_FromStringAndSize(NULL, sizes[k]);
+        if (!part) {
+            Py_CLEAR(result);
+            goto out;
+        }
+        PyList_SET_ITEM(result, k, part);
+        sizes[k] = 0; /* now the fill position */
+    }
+    p = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        char *to = PyBytes_AS_STRING(PyList_GET_ITEM(result, own[i]));
+        memcpy(to + sizes[own[i]], b + p, ends[i] - p);
+        sizes[own[i]] += ends[i] - p;
+        p = ends[i];
+    }
+out:
+    PyMem_Free(ends);
+    PyMem_Free(sizes);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&owner_of);
+    PyBuffer_Release(&owners);
+    return result;
+}
+
+static PyObject *merge(PyObject *self, PyObject *args) {
+    PyObject *parts;
+    Py_buffer owners;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "O!y*n", &PyList_Type, &parts, &owners, &count)) return NULL;
+    Py_ssize_t nodes = PyList_GET_SIZE(parts);
+    PyObject *result = NULL;
+    Py_buffer *views = PyMem_Calloc(nodes ? nodes : 1, sizeof(Py_buffer));
+    Py_ssize_t *at = PyMem_Calloc(nodes ? nodes : 1, sizeof(Py_ssize_t));
+    Py_ssize_t got = 0, total = 0;
+    if (!views || !at) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (; got < nodes; got++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(parts, got), &views[got], PyBUF_SIMPLE) < 0) goto out;
+        total += views[got].len;
+    }
+    if (owners.len < count) {
+        PyErr_SetString(PyExc_ValueError, "merge: owners shorter than count");
+        goto out;
+    }
+    result = PyByteArray_FromStringAndSize(NULL, total);
+    if (!result) goto out;
+    char *to = PyByteArray_AS_STRING(result);
+    const unsigned char *own = owners.buf;
+    Py_ssize_t w = 0;
+    long long errors = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t k = own[i];
+        Py_ssize_t e = k < nodes ? skip(views[k].buf, at[k], views[k].len, 0, &errors) : -3;
+        if (e < 0) {
+            PyErr_Format(PyExc_ValueError, "merge: reply %zd is not whole in node %zd's replies", i, k);
+            Py_CLEAR(result);
+            goto out;
+        }
+        memcpy(to + w, (const char *)views[k].buf + at[k], e - at[k]);
+        w += e - at[k];
+        at[k] = e;
+    }
+out:
+    for (Py_ssize_t k = 0; k < got; k++) PyBuffer_Release(&views[k]);
+    PyMem_Free(views);
+    PyMem_Free(at);
+    PyBuffer_Release(&owners);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"partition", partition, METH_VARARGS,
+     "partition(payload, count, owner_of, nodes, owners) -> list of bytes: the `count` commands "
+     "of payload split by the node owning their key's slot (owner_of: 16384 bytes, a node per "
+     "slot), each node's in their order; owners[i] gets command i's node."},
+    {"merge", merge, METH_VARARGS,
+     "merge(parts, owners, count) -> bytearray: the replies of each node (parts[k], in order) "
+     "put back in the order of the commands (owners[i]: command i's node)."},
     {"dedupe_int64", dedupe_int64, METH_VARARGS,
      "dedupe_int64(columns, inverse, first) -> distinct: number the distinct rows of int64 "
      "columns in order of first appearance; inverse[i] is row i's number, first[d] the row "

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
+import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from augur.features.cluster import ClusterStore
 
 # What makes the store unavailable to a caller: Redis down or slow, or the circuit open.
 # A refused login is a redis.AuthenticationError, a kind of redis.ConnectionError: included.
@@ -67,19 +73,29 @@ _OPTIONS: dict[str, Callable[[str, str], object]] = {
 
 
 def parse_address(address: str) -> dict:
-    """Connection keyword arguments from a Feast-style address or a redis:// URL."""
+    """Connection keyword arguments from a Feast-style address or a redis:// URL. Several
+    host:port items (Feast's cluster connection_string, "h1:p1,h2:p2,...") add "seeds"."""
     if address.startswith(("redis://", "rediss://", "unix://")):
         return {"url": address}
     host_port, *options = address.split(",")
     host, _, port = host_port.rpartition(":")
     kwargs: dict = {"host": host or "127.0.0.1", "port": int(port or 6379)}
+    seeds = [(kwargs["host"], kwargs["port"])]
     for option in options:
+        if "=" not in option and option.strip():  # another node of a cluster
+            seed_host, _, seed_port = option.strip().rpartition(":")
+            if not seed_port.isdigit():
+                raise ValueError(f"Redis address item {option!r}: expected host:port or name=value")
+            seeds.append((seed_host or "127.0.0.1", int(seed_port)))
+            continue
         name, _, value = option.partition("=")
         name = name.strip()
         parse = _OPTIONS.get(name)
         if parse is None:
             raise ValueError(f"unknown Redis address option {name!r}; known: {', '.join(_OPTIONS)}")
         kwargs[name] = parse(name, value)
+    if len(seeds) > 1:
+        kwargs["seeds"] = seeds
     tls_options = sorted(n for n in kwargs if n.startswith("ssl_"))
     if tls_options and not kwargs.get("ssl"):
         raise ValueError(
@@ -88,7 +104,14 @@ def parse_address(address: str) -> dict:
     return kwargs
 
 
-def connect(address: str, timeouts: RedisTimeouts = RedisTimeouts()) -> redis.Redis:
+def connect(
+    address: str,
+    timeouts: RedisTimeouts = RedisTimeouts(),
+    cluster: bool = False,
+    breaker: tuple[int, float] = (5, 1.0),
+) -> redis.Redis | ClusterStore:
+    """A client of the Redis at `address`, or of the Redis Cluster it names (several seeds,
+    or `cluster`): then a ClusterStore, whose nodes each get `breaker` (failures, cooldown)."""
     kwargs = parse_address(address)
     # One retry (no backoff) replaces a pooled connection that died with a Redis restart;
     # more would spend the caller's deadline on a server that is down.
@@ -101,7 +124,20 @@ def connect(address: str, timeouts: RedisTimeouts = RedisTimeouts()) -> redis.Re
         "redis_connect_func": _log_in,
     }
     if "url" in kwargs:
+        if cluster:
+            raise ValueError(
+                "redis.cluster: true needs redis.address as host:port seeds, not a URL"
+            )
         return redis.Redis.from_url(kwargs["url"], **common)
+    seeds = kwargs.pop("seeds", None)
+    if seeds or cluster:
+        from augur.features.cluster import ClusterStore
+
+        seeds = seeds or [(kwargs["host"], kwargs["port"])]
+        if kwargs.pop("db", 0):
+            raise ValueError("Redis address option db: a Redis Cluster has only db 0")
+        del kwargs["host"], kwargs["port"]
+        return ClusterStore(seeds, {**kwargs, **common}, *breaker)
     return redis.Redis(**kwargs, **common)
 
 
@@ -118,11 +154,11 @@ def _log_in(connection: redis.connection.AbstractConnection) -> None:
         ) from None
 
 
-def unreachable(address: str, timeout_s: float = 2.0) -> str:
+def unreachable(address: str, timeout_s: float = 2.0, cluster: bool = False) -> str:
     """Why Redis at `address` cannot be used now ("" when it answers PING): for commands to
     say so in one line at start, rather than at the first read or as a traceback."""
     try:
-        client = connect(address, RedisTimeouts(timeout_s, timeout_s))
+        client = connect(address, RedisTimeouts(timeout_s, timeout_s), cluster)
     except ValueError as e:
         return f"redis.address {address!r}: {e}"
     try:
@@ -132,3 +168,33 @@ def unreachable(address: str, timeout_s: float = 2.0) -> str:
         return f"Redis at {address} does not answer: {e}"
     finally:
         client.close()
+
+
+def check_topology(address: str, cluster: bool, feature_store_yaml: Path) -> None:
+    """Refuse, naming the option, an Augur setting and a Feast repo that disagree on whether
+    the store is a Redis Cluster (each would write where the other never reads), and
+    Sentinel, which Augur does not speak."""
+    kind = "redis"
+    if feature_store_yaml.is_file():
+        online = (yaml.safe_load(feature_store_yaml.read_text()) or {}).get("online_store")
+        if isinstance(online, dict):
+            kind = str(online.get("redis_type") or "redis")
+    if kind == "redis_sentinel":
+        raise ValueError(
+            f"{feature_store_yaml}: online_store.redis_type: redis_sentinel is not supported "
+            "by Augur; use redis (one node) or redis_cluster"
+        )
+    seeds = not address.startswith(("redis://", "rediss://", "unix://")) and "seeds" in (
+        parse_address(address)
+    )
+    if kind == "redis_cluster" and not (cluster or seeds):
+        raise ValueError(
+            f"{feature_store_yaml} says redis_type: redis_cluster but redis.address "
+            f"{address!r} names one node: set redis.cluster: true or list the cluster's nodes"
+        )
+    if kind != "redis_cluster" and (cluster or seeds):
+        option = "redis.cluster" if cluster else f"redis.address {address!r} (several nodes)"
+        raise ValueError(
+            f"{option} says Redis Cluster but {feature_store_yaml} has redis_type: {kind}: "
+            "set online_store.redis_type: redis_cluster there, or give one node"
+        )

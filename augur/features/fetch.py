@@ -13,6 +13,7 @@ import numpy as np
 import redis
 
 from augur.features import commands
+from augur.features.cluster import ClusterStore
 from augur.features.decode import decode_fields, decode_vectors, hgetall_as_fields
 from augur.features.entities import DistinctKeys
 from augur.features.native import native
@@ -32,10 +33,21 @@ class Fetcher:
     waiting as its Waiting says, and which groups are read from vectors (learnt per group,
     shared by every plan the reader reads)."""
 
-    def __init__(self, client: redis.Redis, waiting: Waiting, *, vectors: bool, hgetall_from: int):
+    def __init__(
+        self,
+        client: redis.Redis | ClusterStore,
+        waiting: Waiting,
+        *,
+        vectors: bool,
+        hgetall_from: int,
+    ):
         self._client = client
-        self._own = OwnConnections(client)
         self._waiting = waiting
+        if isinstance(client, ClusterStore):
+            # the same contract, per node: set once here, so one node's reads pay nothing
+            self.trip = client.trips(waiting).trip  # type: ignore[method-assign]
+        else:
+            self._own = OwnConnections(client)
         self._vectors = vectors
         self._hgetall_from = hgetall_from
         # key groups read from Feast's fields instead of vectors: reads left until a retry

@@ -223,9 +223,11 @@ def _raise_line_errors(lines: bytes) -> None:
         raise redis.ResponseError(message)
 
 
-def _read_raw(sock, count: int, wait) -> list | bytearray:
+def _read_raw(sock, count: int, wait, errors_ok: bool = False) -> list | bytearray:
     """The next `count` replies as received, found complete by the C scanner (each read is
-    scanned from the start: a few ns a reply). Error replies raise redis.ResponseError."""
+    scanned from the start: a few ns a reply). Error replies raise redis.ResponseError
+    (`errors_ok`: the replies come back parsed instead, errors among them, for a cluster's
+    redirections to be followed)."""
     data = bytearray()
     while True:
         data += _recv(sock, wait)
@@ -237,7 +239,10 @@ def _read_raw(sock, count: int, wait) -> list | bytearray:
     if end != len(data):  # a pipeline's replies are all there is: never expected
         raise ConnectionError("Redis sent more than the replies to this round trip")
     if errors:
-        _raise_errors(_read_replies(None, count, None, bytes(data)))
+        replies = _read_replies(None, count, None, bytes(data))
+        if errors_ok:
+            return replies
+        _raise_errors(replies)
     return data
 
 

@@ -85,6 +85,8 @@ class OnlineWriter:
         Chunks overlap with Redis: a chunk's HSETs are sent and, while Redis applies them,
         the next chunk is encoded; its stored event times are then read (after the HSET
         replies, on the same connection) to pick the rows that are newer."""
+        if not isinstance(self._client, redis.Redis):  # a ClusterStore: per node, at once
+            return self._client.write(self, view, table, timestamp_column, progress)
         _check_columns(view, table, timestamp_column)
         # Checked over the whole table before the first write: a refused batch writes nothing.
         _check_event_times(view, table.column(timestamp_column), self._max_future_skew_s)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 
 from augur.features.breaker import CircuitBreaker, CircuitOpenError
+from augur.features.cluster import NodesDown, PartialRead, accepting_partial
 from augur.features.connection import UNAVAILABLE_ERRORS
 from augur.features.plan import ReadPlan
 from augur.features.reader import FeatureRows, OnlineReader
@@ -18,6 +19,9 @@ from augur.serving.routing import Route
 # answering. A reply after the caller's deadline is wasted work, an UNAVAILABLE before it
 # lets the caller fall back.
 _READ_SHARE = 0.8
+
+
+_NOTHING_LOST = PartialRead()
 
 
 class GuardedReader:
@@ -42,10 +46,19 @@ class GuardedReader:
         the failure raises)."""
         budget = None if deadline is None else max(deadline - time.monotonic(), 0.0) * _READ_SHARE
         breaker = self.breaker
+        partial = route is not None and route.on_feature_store_error == "serve_defaults"
         try:
             breaker.before_call()
             try:
-                rows = self.reader.read(plan, entities, timeout_s=budget)
+                if partial:  # on a cluster, a failed node's rows get defaults, not the call
+                    with accepting_partial() as lost:
+                        rows = self.reader.read(plan, entities, timeout_s=budget)
+                else:
+                    lost = _NOTHING_LOST
+                    rows = self.reader.read(plan, entities, timeout_s=budget)
+            except NodesDown:  # a cluster node's own breaker counts it, not the store's
+                breaker.abandoned()
+                raise
             except UNAVAILABLE_ERRORS:
                 breaker.failed()
                 raise
@@ -56,6 +69,10 @@ class GuardedReader:
             if self.reader.cache is not None:
                 self._hits.inc(rows.cache_hits)
                 self._misses.inc(rows.distinct_keys - rows.cache_hits)
+            if lost.keys:  # rows of failed cluster nodes: defaults, each row's status says
+                metrics.STORE_ERRORS.labels("NodesDown").inc()
+                metrics.for_model(route.name).degraded.inc()
+                return rows, True
             return rows, False
         except UNAVAILABLE_ERRORS as e:
             kind = "circuit_open" if isinstance(e, CircuitOpenError) else type(e).__name__

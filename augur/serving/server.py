@@ -24,7 +24,7 @@ from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from augur.config import Config
 from augur.features.breaker import CircuitBreaker
-from augur.features.connection import RedisTimeouts, connect
+from augur.features.connection import RedisTimeouts, check_topology, connect
 from augur.features.native import native
 from augur.features.plan_cache import load_plans
 from augur.features.reader import OnlineReader
@@ -86,6 +86,9 @@ def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server,
 
 
 def start(config: Config) -> RunningServer:
+    check_topology(  # one node or a cluster: Augur and the Feast repo must agree
+        config.redis.address, config.redis.cluster, Path(config.feature_repo) / "feature_store.yaml"
+    )
     plans = load_plans(config.feature_repo, config.redis.address)  # no Feast import if cached
     repo = ModelRepository(config.model_repo)
     health_servicer = Health()
@@ -128,7 +131,13 @@ def start(config: Config) -> RunningServer:
     cache = None
     if config.redis.row_cache_entries > 0:
         cache = RowCache(config.redis.row_cache_entries, config.redis.row_cache_ttl_ms)
-    reader = OnlineReader(connect(config.redis.address, timeouts), cache=cache, waiting=reads)
+    store = connect(
+        config.redis.address,
+        timeouts,
+        config.redis.cluster,
+        (config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000),
+    )
+    reader = OnlineReader(store, cache=cache, waiting=reads)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
     servicer = PredictorServicer(
         manager,

@@ -1,0 +1,172 @@
+"""Reads and writes on a real 3-master Redis Cluster (Valkey, formed by augur's LocalCluster):
+the same rows as Feast's get_online_features, every node asked at once, MOVED and ASK
+followed, and bad cluster settings refused naming the option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from augur.features.cluster import ClusterStore, NodesDown, accepting_partial
+from augur.features.connection import check_topology, connect, unreachable
+from augur.features.reader import OnlineReader
+from augur.features.redis_server import free_port
+from augur.features.repo import build_plan
+from tests.test_differential import _feast_matrix
+
+READ_PATHS = {"c": {}, "numpy": {"use_native": False}, "fields": {"vectors": False}}
+
+
+@pytest.fixture(scope="module")
+def plan(cluster_repo):
+    return build_plan(cluster_repo.store, "fraud_lgbm")
+
+
+def _entities(repo, n: int, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    pairs = pd.read_parquet(repo.data / "user_merchant_stats.parquet")
+    known = pairs.sample(min(n, len(pairs)) // 2, random_state=seed)
+    rest = n - len(known)
+    users = np.concatenate([known["user_id"], rng.integers(0, 450, rest)]).astype(np.int64)
+    merchants = np.concatenate([known["merchant_id"], rng.integers(0, 90, rest)]).astype(np.int64)
+    users[::13] = users[0]  # repeated entities within one request
+    return users, merchants
+
+
+@pytest.mark.parametrize("path", sorted(READ_PATHS))
+def test_reads_on_a_cluster_equal_feasts_get_online_features(cluster_repo, plan, path):
+    reader = OnlineReader(connect(cluster_repo.address), **READ_PATHS[path])
+    users, merchants = _entities(cluster_repo, 120)
+    expected = _feast_matrix(cluster_repo.store, plan, users, merchants)
+    assert not np.isnan(expected).all()
+    defaults = np.array([c.default for c in plan.columns], np.float32)
+    expected = np.where(np.isnan(expected), defaults, expected)  # as tests/test_differential
+    for n in (1, 3, 120):  # one entity (a template), a few (read_few), many (columnar)
+        got = reader.read(plan, {"user_id": users[:n], "merchant_id": merchants[:n]})
+        np.testing.assert_array_equal(got.values, expected[:n])
+
+
+def test_reads_of_1_100_1000_entities_ask_every_node_once(cluster_repo, redis_cluster, plan):
+    store = connect(cluster_repo.address)
+    reader = OnlineReader(store)
+    reference = OnlineReader(connect(cluster_repo.address), use_native=False)
+    masters = [redis.Redis(n.host, n.port) for n in redis_cluster.masters]
+    for n in (1, 100, 1000):
+        users, merchants = _entities(cluster_repo, n, seed=n)
+        entities = {"user_id": users, "merchant_id": merchants}
+        before = [_hmgets(m) for m in masters]
+        got = reader.read(plan, entities)
+        after = [_hmgets(m) for m in masters]
+        np.testing.assert_array_equal(got.values, reference.read(plan, entities).values)
+        assert sum(after) - sum(before) == got.distinct_keys  # each key asked once
+        asked = sum(a > b for a, b in zip(after, before, strict=True))
+        assert asked == (
+            3 if n > 1 else len({_owner(store, plan, g, entities) for g in plan.groups})
+        )
+    assert store.refreshes == 1  # one slot map learnt, no redirection
+
+
+def _hmgets(node: redis.Redis) -> int:
+    return node.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
+
+
+def _owner(store: ClusterStore, plan, group, entities) -> tuple:
+    from augur.features.entities import GroupKeys
+
+    return _slot_and_owner(store, GroupKeys(plan, group).few(entities, 1)[0][0])[1]
+
+
+def _slot_and_owner(store: ClusterStore, key: bytes):
+    from redis.crc import key_slot
+
+    slot = key_slot(key)
+    return slot, store.slots.nodes[store.slots.owner_of[slot]]
+
+
+def _node_id(host, port) -> str:
+    return redis.Redis(host, port).execute_command("CLUSTER", "MYID").decode()
+
+
+def _move_slot(slot, source, target, finish: bool):
+    """CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE of the slot's keys, then (finish) SETSLOT
+    NODE everywhere: a resharding of one slot as redis-cli would do it."""
+    src, dst = redis.Redis(*source), redis.Redis(*target)
+    src_id, dst_id = _node_id(*source), _node_id(*target)
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        src.execute_command("MIGRATE", target[0], target[1], "", 0, 5000, "KEYS", *keys)
+    if finish:
+        for node in (dst, src):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+def test_moved_relearns_the_slot_map_and_ask_is_followed(cluster_repo, plan):
+    from augur.features.entities import GroupKeys
+
+    store = connect(cluster_repo.address)
+    reader = OnlineReader(store)
+    users, merchants = _entities(cluster_repo, 40, seed=9)
+    entities = {"user_id": users[:1], "merchant_id": merchants[:1]}
+    expected = reader.read(plan, entities).values
+    key = GroupKeys(plan, plan.groups[0]).few(entities, 1)[0][0]
+    slot, owner = _slot_and_owner(store, key)
+    other = next(n for n in store.slots.nodes if n != owner)
+
+    _move_slot(slot, owner, other, finish=False)  # mid-migration: the old owner says ASK
+    np.testing.assert_array_equal(reader.read(plan, entities).values, expected)
+    assert store.refreshes == 1
+    for node in (other, owner):  # finished: the old owner now says MOVED
+        redis.Redis(*node).execute_command("CLUSTER", "SETSLOT", slot, "NODE", _node_id(*other))
+    np.testing.assert_array_equal(reader.read(plan, entities).values, expected)
+    assert store.refreshes == 2
+    assert _slot_and_owner(store, key)[1] == other
+
+
+def test_a_seed_list_where_no_node_answers_is_unavailable_naming_the_seeds(plan):
+    seeds = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    reader = OnlineReader(connect(seeds))
+    with pytest.raises(redis.ConnectionError) as e:
+        reader.read(plan, {"user_id": [1], "merchant_id": [2]})
+    assert seeds in str(e.value)
+    assert seeds in unreachable(seeds)
+
+
+def test_a_slot_without_an_owner_gives_missing_rows_or_unavailable_never_a_hang(cluster_repo, plan):
+    store = connect(cluster_repo.address)
+    reader = OnlineReader(store)
+    users, merchants = _entities(cluster_repo, 60, seed=4)
+    entities = {"user_id": users, "merchant_id": merchants}
+    full = reader.read(plan, entities)
+    owner = bytearray(store.slots.owner_of)
+    owner[: 16384 // 3] = bytes([len(store.slots.nodes)]) * (16384 // 3)  # first master's gone
+    store._slots = type(store.slots)(store.slots.nodes, bytes(owner))
+    with pytest.raises(NodesDown, match="without an owner"):
+        reader.read(plan, entities, timeout_s=1.0)
+    with accepting_partial() as lost:
+        partial = reader.read(plan, entities, timeout_s=1.0)
+    assert 0 < lost.keys < full.distinct_keys
+    assert (partial.missing >= full.missing).all() and (partial.missing > full.missing).any()
+    kept = partial.missing == full.missing
+    np.testing.assert_array_equal(partial.values[kept], full.values[kept])
+
+
+def test_cluster_and_one_node_settings_that_disagree_are_refused_naming_the_option(tmp_path):
+    yaml = tmp_path / "feature_store.yaml"
+    yaml.write_text("online_store:\n  type: redis\n  redis_type: redis_cluster\n")
+    with pytest.raises(ValueError, match=r"redis\.cluster: true"):
+        check_topology("127.0.0.1:7000", False, yaml)
+    check_topology("127.0.0.1:7000,127.0.0.1:7001", False, yaml)
+    check_topology("127.0.0.1:7000", True, yaml)
+    yaml.write_text("online_store:\n  type: redis\n")
+    with pytest.raises(ValueError, match=r"redis\.cluster says Redis Cluster"):
+        check_topology("127.0.0.1:7000", True, yaml)
+    with pytest.raises(ValueError, match="several nodes"):
+        check_topology("127.0.0.1:7000,127.0.0.1:7001", False, yaml)
+    yaml.write_text("online_store:\n  type: redis\n  redis_type: redis_sentinel\n")
+    with pytest.raises(ValueError, match="redis_sentinel is not supported"):
+        check_topology("127.0.0.1:7000", False, yaml)
+    with pytest.raises(ValueError, match="not a URL"):
+        connect("redis://127.0.0.1:7000", cluster=True)
