@@ -59,9 +59,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self.manager = manager
         self.plans = dict(plans)
         self.refused: dict[str, str] = dict(getattr(plans, "refused", {}))
+        # Feast's UDFs, decoded on a service's first call: a server whose models take no
+        # on-demand input starts without importing Feast
         self.on_demand = OnDemandViews()
-        for plan in self.plans.values():  # Feast's UDFs decoded now, not on a first call
-            self.on_demand.prepare(plan)
         self.max_rows = max_rows
         self.features = GuardedReader(reader, breaker)
         self.shadow = shadow or ShadowScorer()
