@@ -169,8 +169,33 @@ def _transform(odfv, projection) -> Transform:
     request = tuple(
         (f.name, str(f.dtype)) for r in odfv.source_request_sources.values() for f in r.schema
     )
-    definition = base64.b64encode(odfv.to_proto().SerializeToString()).decode()
+    definition = base64.b64encode(_definition(odfv)).decode()
     return Transform(name, mode, tuple(outputs), sources, request, definition)
+
+
+def _definition(odfv) -> bytes:
+    """The view's proto without the times Feast stamps on each serialization (its own and
+    its sources'), so the same registry gives the same plan."""
+    proto = odfv.to_proto()
+    _drop_meta(proto)
+    return proto.SerializeToString(deterministic=True)
+
+
+def _drop_meta(message) -> None:
+    if "meta" in message.DESCRIPTOR.fields_by_name:
+        message.ClearField("meta")
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].message_type is not None:
+                for item in value.values():
+                    _drop_meta(item)
+        elif field.is_repeated:
+            for item in value:
+                _drop_meta(item)
+        else:
+            _drop_meta(value)
 
 
 def view_schema(store: FeatureStore, view_name: str) -> ViewSchema:
