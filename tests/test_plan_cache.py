@@ -27,7 +27,7 @@ def test_stale_cache_is_ignored_and_rewritten(fraud_repo):
     cache.write_text(json.dumps(body))
     assert read_cache(fraud_repo.path) is None
     plans = load_plans(fraud_repo.path, fraud_repo.address)
-    assert set(plans) == {"fraud_lgbm", "fraud_mlp"}
+    assert set(plans) == {"fraud_lgbm", "fraud_mlp", "fraud_amount_context"}
     assert read_cache(fraud_repo.path) is not None
 
 

@@ -23,6 +23,19 @@ from augur.features.packed import HEADER_BYTES, vector_field
 ENTITY_TYPES = ("int64", "string")
 
 
+class PlanError(ValueError):
+    """A feature service that Augur cannot serve (unsupported type, unknown view)."""
+
+
+class PlanSet(dict):
+    """Read plans by feature service, and the services that have none: `refused` maps each
+    to the reason, for ListFeatureServices and the logs."""
+
+    def __init__(self, plans=(), refused: dict[str, str] | None = None):
+        super().__init__(plans)
+        self.refused: dict[str, str] = dict(refused or {})
+
+
 @dataclass(frozen=True)
 class FeatureColumn:
     view: str
@@ -46,6 +59,19 @@ class ViewRead:
     layout: int = 0
     width: int = 0
     packed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transform:
+    """An on-demand feature view a service selects, computed on the request path (see
+    augur.features.odfv): plain data, its Feast definition kept as serialized bytes."""
+
+    name: str  # as the service names it (its projection's name)
+    mode: str  # "pandas" | "python"
+    features: tuple[FeatureColumn, ...]  # the outputs the service selects
+    sources: tuple[str, ...]  # plan columns ("<view>__<feature>") it reads
+    request: tuple[tuple[str, str], ...]  # request data it reads: (field, Feast type)
+    definition: str = ""  # base64 of the OnDemandFeatureView proto, decoded when first used
 
 
 class ScalarView:
@@ -152,6 +178,8 @@ class ReadPlan:
     project: str
     entity_types: dict[str, str]  # join key -> "int64" | "string"
     views: tuple[ViewRead, ...]
+    transforms: tuple[Transform, ...] = ()  # on-demand feature views, after the stored ones
+    hidden: tuple[str, ...] = ()  # stored columns read only as inputs of `transforms`
     groups: tuple[KeyGroup, ...] = field(init=False)
     columns: tuple[FeatureColumn, ...] = field(init=False, compare=False, repr=False)
     defaults: np.ndarray = field(init=False, compare=False, repr=False)  # float32, NaN: none
@@ -186,6 +214,19 @@ class ReadPlan:
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.full_name for f in self.columns)
 
+    @property
+    def served(self) -> tuple[FeatureColumn, ...]:
+        """What GetOnlineFeatures answers: the service's stored features, then its on-demand
+        ones (not the columns read only as their inputs)."""
+        hidden = set(self.hidden)
+        stored = tuple(c for c in self.columns if c.full_name not in hidden)
+        return stored + tuple(f for t in self.transforms for f in t.features)
+
+    @property
+    def request_fields(self) -> tuple[str, ...]:
+        """Request data the service's on-demand feature views need, in first-use order."""
+        return tuple(dict.fromkeys(name for t in self.transforms for name, _ in t.request))
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -193,6 +234,8 @@ class ReadPlan:
                 "project": self.project,
                 "entity_types": self.entity_types,
                 "views": [asdict(v) for v in self.views],
+                "transforms": [asdict(t) for t in self.transforms],
+                "hidden": list(self.hidden),
             },
             allow_nan=True,
         )
@@ -212,4 +255,22 @@ class ReadPlan:
             )
             for v in raw["views"]
         )
-        return cls(raw["service"], raw["project"], raw["entity_types"], views)
+        transforms = tuple(
+            Transform(
+                t["name"],
+                t["mode"],
+                tuple(FeatureColumn(**f) for f in t["features"]),
+                tuple(t["sources"]),
+                tuple((name, dtype) for name, dtype in t["request"]),
+                t.get("definition", ""),
+            )
+            for t in raw.get("transforms", ())
+        )
+        return cls(
+            raw["service"],
+            raw["project"],
+            raw["entity_types"],
+            views,
+            transforms,
+            tuple(raw.get("hidden", ())),
+        )

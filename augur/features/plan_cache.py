@@ -16,11 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from augur.features.plan import ReadPlan
+from augur.features.plan import PlanSet, ReadPlan
 
 log = logging.getLogger(__name__)
 CACHE_NAME = "augur-plans.json"
-FORMAT = 2  # 2: views carry their packed-vector layout
+FORMAT = 3  # 2: views carry their packed-vector layout; 3: on-demand views, refusals
 
 
 def registry_file(repo_path: Path | str) -> Path | None:
@@ -38,11 +38,13 @@ def registry_file(repo_path: Path | str) -> Path | None:
     return path if path.is_absolute() else Path(repo_path) / path
 
 
-def load_plans(repo_path: Path | str, redis_address: str) -> dict[str, ReadPlan]:
+def load_plans(repo_path: Path | str, redis_address: str) -> PlanSet:
     """Plans from the cache when it matches the registry, else compiled with Feast (and
     the cache rewritten where the folder is writable)."""
     cached = read_cache(repo_path)
     if cached is not None:
+        for service, reason in cached.refused.items():
+            log.warning("feature service %s is not served: %s", service, reason)
         return cached
     from augur.features.repo import build_plans, open_store
 
@@ -52,7 +54,7 @@ def load_plans(repo_path: Path | str, redis_address: str) -> dict[str, ReadPlan]
     return plans
 
 
-def read_cache(repo_path: Path | str) -> dict[str, ReadPlan] | None:
+def read_cache(repo_path: Path | str) -> PlanSet | None:
     registry = registry_file(repo_path)
     if registry is None or not registry.is_file():
         return None
@@ -63,7 +65,8 @@ def read_cache(repo_path: Path | str) -> dict[str, ReadPlan] | None:
         return None
     if raw.get("format") != FORMAT or raw.get("registry_sha256") != _sha256(registry):
         return None
-    return {name: ReadPlan.from_json(text) for name, text in raw["plans"].items()}
+    plans = {name: ReadPlan.from_json(text) for name, text in raw["plans"].items()}
+    return PlanSet(plans, raw.get("refused", {}))
 
 
 def write_cache(repo_path: Path | str, plans: dict[str, ReadPlan]) -> bool:
@@ -76,6 +79,7 @@ def write_cache(repo_path: Path | str, plans: dict[str, ReadPlan]) -> bool:
         "format": FORMAT,
         "registry_sha256": _sha256(registry),
         "plans": {name: plan.to_json() for name, plan in plans.items()},
+        "refused": getattr(plans, "refused", {}),
     }
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     try:

@@ -23,6 +23,7 @@ from augur.features.plan import ReadPlan
 from augur.features.python_read import PythonRead
 from augur.features.row_cache import RowCache
 from augur.features.rows import FeatureRows
+from augur.features.typed_read import TypedRows, read_typed
 from augur.features.waiting import BLOCKING, Waiting
 
 __all__ = ["HGETALL_FROM", "EntityError", "FeatureRows", "OnlineReader", "ReadStrategy"]
@@ -82,6 +83,17 @@ class OnlineReader:
         if strategy is None or strategy.plan is not plan:
             strategy = self._strategy(plan)
         return strategy.read(entities, n, enforce_ttl, timeout_s)
+
+    def read_typed(
+        self,
+        plan: ReadPlan,
+        entities: Mapping[str, Sequence],
+        *,
+        timeout_s: float | None = None,
+    ) -> TypedRows:
+        """`read`'s rows in each feature's Feast type (see augur.features.typed_read)."""
+        n = row_count(plan, entities)
+        return read_typed(self._fetcher, plan, entities, n, self._clock(), timeout_s)
 
     def _strategy(self, plan: ReadPlan) -> ReadStrategy:
         """How this reader reads `plan`, built and kept for its next reads."""

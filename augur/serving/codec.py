@@ -7,17 +7,18 @@ Every refusal names the field, the value and what was expected.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from augur.api.v1 import predictor_pb2 as pb
+from augur.features.odfv import request_values
 from augur.features.plan import ReadPlan
 from augur.serving.errors import invalid, shown
+from augur.serving.typed_columns import float_matrix, typed_column
 
 if TYPE_CHECKING:  # for the hints only: decoding needs none of the server's parts
-    from augur.features.reader import FeatureRows
     from augur.serving.models import ServingModel
     from augur.serving.scoring import Scored
 
@@ -62,12 +63,33 @@ def predict_response(
     return response
 
 
-def features_response(plan: ReadPlan, rows: FeatureRows) -> pb.GetOnlineFeaturesResponse:
-    present = len(plan.columns) - rows.missing
+def features_response(
+    plan: ReadPlan, values: Mapping[str, Sequence], stale: np.ndarray, n: int
+) -> pb.GetOnlineFeaturesResponse:
+    """GetOnlineFeatures' answer from every served feature's values (Python values, None
+    where missing) by full name: typed columns, the back-compat float matrix, the status."""
+    served = plan.served
+    columns = [(c.full_name, c.dtype, values[c.full_name], c.default) for c in served]
+    missing = np.zeros(n, np.int32)
+    for _, _, column, _ in columns:
+        missing += np.fromiter((v is None for v in column), bool, n)
     return pb.GetOnlineFeaturesResponse(
-        features=pb.FeatureMatrix(names=plan.feature_names, values=rows.values.ravel().tolist()),
-        feature_status=feature_status(present, rows.missing, rows.stale),
+        features=pb.FeatureMatrix(
+            names=[c.full_name for c in served], values=float_matrix(columns, n).ravel().tolist()
+        ),
+        feature_status=feature_status(len(served) - missing, missing, stale),
+        columns=[typed_column(name, dtype, column) for name, dtype, column, _ in columns],
     )
+
+
+def decode_request_data(columns, plan: ReadPlan, n: int, owner: str) -> dict[str, list]:
+    """GetOnlineFeatures' request data for the service's on-demand feature views, each value
+    as its declared Feast type."""
+    dtypes = {name: dtype for t in plan.transforms for name, dtype in t.request}
+    doubles = decode_request_features(columns, plan.request_fields, n, owner, as_float32=False)
+    return {
+        name: [request_values(v, dtypes[name]) for v in values] for name, values in doubles.items()
+    }
 
 
 def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple[dict, int]:
@@ -114,7 +136,7 @@ def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple
 
 
 def decode_request_features(
-    columns, wanted: Sequence[str], n: int, owner: str
+    columns, wanted: Sequence[str], n: int, owner: str, as_float32: bool = True
 ) -> dict[str, np.ndarray]:
     for name in columns:
         if name not in wanted:
@@ -129,7 +151,7 @@ def decode_request_features(
         values = columns[name].values
         if len(values) != n:
             raise invalid(f"request_features.{name}: {len(values)} values for {n} entity rows")
-        out[name] = _float32_column(name, values, n)
+        out[name] = _float32_column(name, values, n) if as_float32 else list(values)
     return out
 
 

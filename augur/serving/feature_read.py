@@ -12,6 +12,7 @@ from augur.features.cluster import NodesDown, PartialRead, accepting_partial
 from augur.features.connection import UNAVAILABLE_ERRORS
 from augur.features.plan import ReadPlan
 from augur.features.reader import FeatureRows, OnlineReader
+from augur.features.typed_read import TypedRows
 from augur.serving import metrics
 from augur.serving.routing import Route
 
@@ -82,6 +83,34 @@ class GuardedReader:
                 raise
             metrics.for_model(route.name).degraded.inc()
             return FeatureRows.unavailable(plan, len(next(iter(entities.values())))), True
+        finally:
+            if breaker.state == "closed":
+                metrics.BREAKER_OPEN.set(0)
+
+    def read_typed(
+        self, plan: ReadPlan, entities: Mapping[str, list], deadline: float | None
+    ) -> TypedRows:
+        """The reader's typed read (GetOnlineFeatures), behind the same breaker; a failed
+        store raises (no model, so no serve-defaults policy)."""
+        budget = None if deadline is None else max(deadline - time.monotonic(), 0.0) * _READ_SHARE
+        breaker = self.breaker
+        try:
+            breaker.before_call()
+            try:
+                rows = self.reader.read_typed(plan, entities, timeout_s=budget)
+            except UNAVAILABLE_ERRORS:
+                breaker.failed()
+                raise
+            except BaseException:
+                breaker.abandoned()
+                raise
+            breaker.succeeded()
+            return rows
+        except UNAVAILABLE_ERRORS as e:
+            kind = "circuit_open" if isinstance(e, CircuitOpenError) else type(e).__name__
+            metrics.STORE_ERRORS.labels(kind).inc()
+            metrics.BREAKER_OPEN.set(breaker.state != "closed")
+            raise
         finally:
             if breaker.state == "closed":
                 metrics.BREAKER_OPEN.set(0)

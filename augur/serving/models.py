@@ -8,16 +8,20 @@ the artifact is first loaded and warmed in a probe process (probe.py) when asked
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from augur.features.plan import ReadPlan
+from augur.features.odfv import OnDemandViews, request_values
+from augur.features.plan import ReadPlan, Transform
 from augur.features.reader import FeatureRows
+from augur.features.typed import is_numeric
 from augur.modelrepo.repository import ModelRepository, ModelVersion, RepositoryError
-from augur.serving import probe
+from augur.serving import metrics, probe
 from augur.serving.runtimes import Runtime, load_runtime
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,10 @@ class ServingModel:
     store_columns: np.ndarray  # plan column feeding each store input
     store_inputs: np.ndarray  # model input position of each store input
     request_inputs: tuple[tuple[str, int], ...]  # request feature -> model input position
+    # on-demand feature views feeding inputs, and (their output, model input position)
+    transforms: tuple[Transform, ...] = ()
+    transform_inputs: tuple[tuple[str, int], ...] = ()
+    on_demand: OnDemandViews | None = None
 
     @property
     def name(self) -> str:
@@ -67,7 +75,34 @@ class ServingModel:
         batch[:, self.store_inputs] = rows.values[:, self.store_columns]
         for name, position in self.request_inputs:
             batch[:, position] = request[name]
+        if self.transforms:
+            self._transform(batch, rows, request)
         return batch
+
+    def _transform(
+        self, batch: np.ndarray, rows: FeatureRows, request: Mapping[str, np.ndarray]
+    ) -> None:
+        """Compute the on-demand inputs from the read's columns and the request data, as
+        Feast does on its read; their cost is the model's "transform" stage."""
+        started = time.perf_counter()
+        n = len(batch)
+        inputs: dict[str, list] = {
+            c.full_name: _python(rows.values[:, i]) for i, c in enumerate(self.plan.columns)
+        }
+        for transform in self.transforms:
+            for name, dtype in transform.request:
+                inputs[name] = [request_values(v, dtype) for v in request[name].tolist()]
+        computed: dict[str, list] = {}
+        for transform in self.transforms:
+            assert self.on_demand is not None
+            computed.update(self.on_demand.compute(transform, inputs, n))
+        for name, position in self.transform_inputs:
+            batch[:, position] = [math.nan if v is None else float(v) for v in computed[name]]
+        metrics.STAGE.labels(self.name, "transform").observe(time.perf_counter() - started)
+
+
+def _python(column: np.ndarray) -> list:
+    return [None if v != v else v for v in column.tolist()]  # NaN: no value, as Feast's None
 
 
 def load_model(
@@ -93,11 +128,15 @@ def load_model(
             f"in the Feast registry (have: {', '.join(sorted(plans))})"
         )
     columns = {n: i for i, n in enumerate(plan.feature_names)}
+    on_demand = {f.full_name: (t, f.dtype) for t in plan.transforms for f in t.features}
+    transforms: dict[str, Transform] = {}
+    transform_pos = []
     trained_types = resolved.metadata.get("feature_dtypes", {})
     store_cols, store_pos, request_pos = [], [], []
     for position, feature in enumerate(resolved.features):
         if feature in columns:
             served = plan.columns[columns[feature]].dtype
+            _check_numeric(name, resolved.version, feature, served)
             trained = trained_types.get(feature, served)
             if DTYPE_FAMILY.get(trained) != DTYPE_FAMILY.get(served):
                 raise ModelLoadError(
@@ -108,6 +147,18 @@ def load_model(
             store_pos.append(position)
         elif feature in spec.request_features:
             request_pos.append((feature, position))
+        elif feature in on_demand:
+            transform, dtype = on_demand[feature]
+            _check_numeric(name, resolved.version, feature, dtype)
+            lacking = [r for r, _ in transform.request if r not in spec.request_features]
+            if lacking:
+                raise ModelLoadError(
+                    f"model {name}@{resolved.version}: input {feature!r} is computed from "
+                    f"request data {', '.join(lacking)}; declare them in model.yaml's "
+                    f"request_features"
+                )
+            transforms[transform.name] = transform
+            transform_pos.append((feature, position))
         else:
             raise ModelLoadError(
                 f"model {name}@{resolved.version}: input {feature!r} is neither "
@@ -132,6 +183,9 @@ def load_model(
         np.array(store_cols, np.intp),
         np.array(store_pos, np.intp),
         tuple(request_pos),
+        tuple(transforms.values()),
+        tuple(transform_pos),
+        _on_demand_views(plan, transforms),
     )
     _warm_up(model)
     log.info(
@@ -143,6 +197,24 @@ def load_model(
         runtime.device,
     )
     return model
+
+
+def _check_numeric(model: str, version: str, feature: str, dtype: str) -> None:
+    if not is_numeric(dtype):
+        raise ModelLoadError(
+            f"model {model}@{version}: input {feature!r} has Feast type {dtype}; a model "
+            f"input must be numeric or bool (Int32, Int64, Float32, Float64, Bool, "
+            f"UnixTimestamp): drop it from the model's features or train on a numeric one"
+        )
+
+
+def _on_demand_views(plan: ReadPlan, used: Mapping[str, Transform]) -> OnDemandViews | None:
+    """Feast's UDFs decoded at load, only where the model takes on-demand inputs."""
+    if not used:
+        return None
+    views = OnDemandViews()
+    views.prepare(plan)
+    return views
 
 
 def _warm_up(model: ServingModel) -> None:

@@ -15,13 +15,19 @@ from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from augur.features.breaker import CircuitBreaker
 from augur.features.connection import UNAVAILABLE_ERRORS
+from augur.features.odfv import OnDemandViews
 from augur.features.plan import ReadPlan
 from augur.features.reader import OnlineReader
 from augur.features.waiting import BLOCKING, Waiting
 from augur.serving import metrics
 from augur.serving.admission import AdmissionPolicy
 from augur.serving.batcher import THREADS, Turns
-from augur.serving.codec import decode_entities, features_response, predict_response
+from augur.serving.codec import (
+    decode_entities,
+    decode_request_data,
+    features_response,
+    predict_response,
+)
 from augur.serving.deadlines import deadline_of
 from augur.serving.errors import RequestError, invalid, not_found, shown
 from augur.serving.feature_read import GuardedReader
@@ -52,6 +58,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     ):
         self.manager = manager
         self.plans = dict(plans)
+        self.refused: dict[str, str] = dict(getattr(plans, "refused", {}))
+        # Feast's UDFs, decoded on a service's first call: a server whose models take no
+        # on-demand input starts without importing Feast
+        self.on_demand = OnDemandViews()
         self.max_rows = max_rows
         self.features = GuardedReader(reader, breaker)
         self.shadow = shadow or ShadowScorer()
@@ -97,17 +107,15 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         code = _OK
         try:
             if plan is None:
-                raise not_found(
-                    f"feature service {shown(request.feature_service)!r} is not in the "
-                    f"registry; have: {', '.join(sorted(self.plans))}"
-                )
-            entities, n = decode_entities(
-                request.entities, plan, self.max_rows, f"feature service {plan.service}"
-            )
+                raise self._unknown_service(request.feature_service)
+            owner = f"feature service {plan.service}"
+            entities, n = decode_entities(request.entities, plan, self.max_rows, owner)
+            data = decode_request_data(request.request_features, plan, n, owner)
             deadline = deadline_of(context, plan.service, "features")
-            rows, _ = self.features.read(plan, entities, deadline, None)
+            typed = self.features.read_typed(plan, entities, deadline)
+            values = self._on_demand(plan, {**entities, **data, **typed.columns}, n)
             metrics.ROWS.labels("GetOnlineFeatures", plan.service).inc(n)
-            return features_response(plan, rows)
+            return features_response(plan, values, typed.stale, n)
         except Exception as e:
             code, message = _status(e, "GetOnlineFeatures", service)
             context.abort(code, message)
@@ -133,6 +141,49 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                 )
             )
         return pb.ListModelsResponse(models=models)
+
+    def ListFeatureServices(
+        self, request: pb.ListFeatureServicesRequest, context: grpc.ServicerContext
+    ):
+        services = [
+            pb.FeatureServiceInfo(
+                name=name,
+                served=True,
+                features=[c.full_name for c in plan.served],
+                dtypes=[c.dtype for c in plan.served],
+                entities=sorted(plan.entity_types),
+                request_features=plan.request_fields,
+            )
+            for name, plan in self.plans.items()
+        ]
+        services += [
+            pb.FeatureServiceInfo(name=name, served=False, error=reason)
+            for name, reason in self.refused.items()
+        ]
+        return pb.ListFeatureServicesResponse(services=sorted(services, key=lambda s: s.name))
+
+    def _on_demand(self, plan: ReadPlan, inputs: dict, n: int) -> dict:
+        """The read's columns with the service's on-demand features computed from `inputs`
+        (its entities, request data and read columns); their cost is the "transform" stage."""
+        if not plan.transforms:
+            return inputs
+        started = time.perf_counter()
+        out = dict(inputs)
+        for transform in plan.transforms:
+            out.update(self.on_demand.compute(transform, inputs, n))
+        metrics.STAGE.labels(plan.service, "transform").observe(time.perf_counter() - started)
+        return out
+
+    def _unknown_service(self, name: str) -> RequestError:
+        if name in self.refused:
+            return RequestError(
+                f"feature service {shown(name)!r} is not served: {self.refused[name]}",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        return not_found(
+            f"feature service {shown(name)!r} is not in the registry; have: "
+            f"{', '.join(sorted(self.plans))}"
+        )
 
     def _unknown_model(self, name: str) -> RequestError:
         if not name:

@@ -24,6 +24,18 @@ class DoubleList(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class BoolList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, values: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class BytesList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, values: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class EntityColumn(_message.Message):
     __slots__ = ("int64s", "strings")
     INT64S_FIELD_NUMBER: _ClassVar[int]
@@ -109,7 +121,7 @@ class PredictResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., rows: _Optional[int] = ..., outputs: _Optional[int] = ..., scores: _Optional[_Iterable[float]] = ..., feature_status: _Optional[_Iterable[_Union[FeatureStatus, _Mapping]]] = ..., features: _Optional[_Union[FeatureMatrix, _Mapping]] = ..., row_versions: _Optional[_Iterable[str]] = ..., degraded: _Optional[bool] = ...) -> None: ...
 
 class GetOnlineFeaturesRequest(_message.Message):
-    __slots__ = ("feature_service", "entities")
+    __slots__ = ("feature_service", "entities", "request_features")
     class EntitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,19 +129,80 @@ class GetOnlineFeaturesRequest(_message.Message):
         key: str
         value: EntityColumn
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[EntityColumn, _Mapping]] = ...) -> None: ...
+    class RequestFeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: DoubleList
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[DoubleList, _Mapping]] = ...) -> None: ...
     FEATURE_SERVICE_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FEATURES_FIELD_NUMBER: _ClassVar[int]
     feature_service: str
     entities: _containers.MessageMap[str, EntityColumn]
-    def __init__(self, feature_service: _Optional[str] = ..., entities: _Optional[_Mapping[str, EntityColumn]] = ...) -> None: ...
+    request_features: _containers.MessageMap[str, DoubleList]
+    def __init__(self, feature_service: _Optional[str] = ..., entities: _Optional[_Mapping[str, EntityColumn]] = ..., request_features: _Optional[_Mapping[str, DoubleList]] = ...) -> None: ...
+
+class TypedColumn(_message.Message):
+    __slots__ = ("name", "dtype", "present", "lengths", "int64s", "doubles", "bools", "strings", "bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    INT64S_FIELD_NUMBER: _ClassVar[int]
+    DOUBLES_FIELD_NUMBER: _ClassVar[int]
+    BOOLS_FIELD_NUMBER: _ClassVar[int]
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    present: _containers.RepeatedScalarFieldContainer[bool]
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    int64s: Int64List
+    doubles: DoubleList
+    bools: BoolList
+    strings: StringList
+    bytes: BytesList
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., present: _Optional[_Iterable[bool]] = ..., lengths: _Optional[_Iterable[int]] = ..., int64s: _Optional[_Union[Int64List, _Mapping]] = ..., doubles: _Optional[_Union[DoubleList, _Mapping]] = ..., bools: _Optional[_Union[BoolList, _Mapping]] = ..., strings: _Optional[_Union[StringList, _Mapping]] = ..., bytes: _Optional[_Union[BytesList, _Mapping]] = ...) -> None: ...
 
 class GetOnlineFeaturesResponse(_message.Message):
-    __slots__ = ("features", "feature_status")
+    __slots__ = ("features", "feature_status", "columns")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     features: FeatureMatrix
     feature_status: _containers.RepeatedCompositeFieldContainer[FeatureStatus]
-    def __init__(self, features: _Optional[_Union[FeatureMatrix, _Mapping]] = ..., feature_status: _Optional[_Iterable[_Union[FeatureStatus, _Mapping]]] = ...) -> None: ...
+    columns: _containers.RepeatedCompositeFieldContainer[TypedColumn]
+    def __init__(self, features: _Optional[_Union[FeatureMatrix, _Mapping]] = ..., feature_status: _Optional[_Iterable[_Union[FeatureStatus, _Mapping]]] = ..., columns: _Optional[_Iterable[_Union[TypedColumn, _Mapping]]] = ...) -> None: ...
+
+class ListFeatureServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FeatureServiceInfo(_message.Message):
+    __slots__ = ("name", "served", "error", "features", "dtypes", "entities", "request_features")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    DTYPES_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    served: bool
+    error: str
+    features: _containers.RepeatedScalarFieldContainer[str]
+    dtypes: _containers.RepeatedScalarFieldContainer[str]
+    entities: _containers.RepeatedScalarFieldContainer[str]
+    request_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., served: _Optional[bool] = ..., error: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., dtypes: _Optional[_Iterable[str]] = ..., entities: _Optional[_Iterable[str]] = ..., request_features: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListFeatureServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[FeatureServiceInfo]
+    def __init__(self, services: _Optional[_Iterable[_Union[FeatureServiceInfo, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -49,6 +49,11 @@ class PredictorStub:
                 request_serializer=augur_dot_api_dot_v1_dot_predictor__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=augur_dot_api_dot_v1_dot_predictor__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ListFeatureServices = channel.unary_unary(
+                '/augur.v1.Predictor/ListFeatureServices',
+                request_serializer=augur_dot_api_dot_v1_dot_predictor__pb2.ListFeatureServicesRequest.SerializeToString,
+                response_deserializer=augur_dot_api_dot_v1_dot_predictor__pb2.ListFeatureServicesResponse.FromString,
+                _registered_method=True)
 
 
 class PredictorServicer:
@@ -75,6 +80,13 @@ class PredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFeatureServices(self, request, context):
+        """Feature services in the registry: what GetOnlineFeatures serves, and why any is not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=augur_dot_api_dot_v1_dot_predictor__pb2.ListModelsRequest.FromString,
                     response_serializer=augur_dot_api_dot_v1_dot_predictor__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListFeatureServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeatureServices,
+                    request_deserializer=augur_dot_api_dot_v1_dot_predictor__pb2.ListFeatureServicesRequest.FromString,
+                    response_serializer=augur_dot_api_dot_v1_dot_predictor__pb2.ListFeatureServicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class Predictor:
             '/augur.v1.Predictor/ListModels',
             augur_dot_api_dot_v1_dot_predictor__pb2.ListModelsRequest.SerializeToString,
             augur_dot_api_dot_v1_dot_predictor__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeatureServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/augur.v1.Predictor/ListFeatureServices',
+            augur_dot_api_dot_v1_dot_predictor__pb2.ListFeatureServicesRequest.SerializeToString,
+            augur_dot_api_dot_v1_dot_predictor__pb2.ListFeatureServicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,8 @@ user x merchant pair that never transacted has a history of zero transactions.
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
+from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Bool, Float32, Float64, Int64
 
 user = Entity(
@@ -104,3 +105,27 @@ _all_views = [user_stats, merchant_stats, user_merchant_stats]
 # One service per model, so each model's read plan names exactly what it consumes.
 fraud_lgbm = FeatureService(name="fraud_lgbm", features=_all_views)
 fraud_mlp = FeatureService(name="fraud_mlp", features=_all_views)
+
+# The amount being scored, known only at request time.
+transaction = RequestSource(name="transaction", schema=[Field(name="amount", dtype=Float64)])
+
+
+# Computed on the request path (Augur and Feast alike): how the amount compares with the
+# user's usual one. No model takes it yet; GetOnlineFeatures serves it.
+@on_demand_feature_view(
+    sources=[user_stats, transaction],
+    schema=[Field(name="amount_to_user_avg", dtype=Float64)],
+    mode="python",
+)
+def amount_context(inputs: dict) -> dict:
+    ratios = [
+        None if amount is None or not avg else amount / avg
+        for amount, avg in zip(inputs["amount"], inputs["amount_avg_30d"], strict=True)
+    ]
+    return {"amount_to_user_avg": ratios}
+
+
+fraud_amount_context = FeatureService(
+    name="fraud_amount_context",
+    features=[user_stats[["amount_avg_30d", "txn_count_7d"]], amount_context],
+)
