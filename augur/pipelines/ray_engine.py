@@ -71,10 +71,12 @@ class Writing:
 
 
 def start(address: str | None, workers: int | None) -> int:
-    """Connect to the Ray cluster at `address` (None: a local instance of `workers` CPUs, or
-    the one this process already runs); return how many tasks run at once."""
+    """Connect to the Ray cluster at `address` (None: Ray's own RAY_ADDRESS where set, else a
+    local instance of `workers` CPUs, or the one this process already runs); return how many
+    tasks run at once."""
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS")  # Ray's variable, as `ray job` sets it
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a job
         if address:
