@@ -111,11 +111,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=_timestamp, help="ISO time (default: now)")
     p.add_argument(
         "--engine",
-        choices=("augur", "feast"),
-        default="augur",
+        choices=("augur", "feast", "ray"),
+        default=None,
         help="augur (default): Augur's vectorised writer, the same bytes as Feast's plus "
         "packed vectors; feast: Feast's own materialize (no vectors; for views with "
-        "non-numeric features)",
+        "non-numeric features); ray: Augur's writer in Ray workers, each writing its "
+        "partition straight to Redis (docs/materialize-at-scale.md). Default: what "
+        "feature_store.yaml's batch_engine names (ray.engine: ray), else augur",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        help="ray engine: partitions written at once (default: batch_engine's max_workers, "
+        "else every CPU of the Ray cluster)",
     )
     p.add_argument(
         "--view",
@@ -184,6 +192,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_redis)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a whole number of 1 or more")
+    return value
 
 
 def _timestamp(text: str) -> dt.datetime:
@@ -265,12 +280,15 @@ def _materialize(args, cfg) -> int | None:
         views=args.views,
         engine=args.engine,
         max_future_skew_s=cfg.write.max_future_skew_s,
+        workers=args.workers,
     )
     for view, run in runs.items():
         done = f"{view:28} {run.seconds:6.1f}s"
         if run.rows is not None:
             rate = run.rows / run.seconds if run.seconds else 0.0
             done += f"  {run.rows:>10,} rows ({rate:,.0f}/s), {run.written:,} newer than stored"
+        if run.retries:
+            done += f", {run.retries} task(s) retried after a worker died"
         print(done)
 
 

@@ -6,6 +6,10 @@ Two engines, the same rows and the same bytes in Redis:
   the packed vector per view, and pipelines the writes.
 - `feast`: Feast's own `materialize` (its local engine), for comparison. Views Augur's writer
   does not handle (non-numeric features) take this engine either way.
+- `ray`: the same writer inside Ray workers, each writing its partition of the view's rows
+  straight to Redis (`augur.pipelines.ray_engine`); chosen by `engine="ray"` or by
+  `batch_engine: ray.engine` in feature_store.yaml (Feast's name and settings for its engine:
+  `ray_address`, `max_workers`).
 
 Incremental by default: each view continues from where its last run ended (kept in the
 Feast registry by either engine), so a re-run writes only new rows. Each view gets a
@@ -32,7 +36,7 @@ from augur.features.repo import PlanError, open_store, view_schema
 from augur.features.writer import DEFAULT_MAX_FUTURE_SKEW_S, WRITE_TIMEOUTS, OnlineWriter
 
 log = logging.getLogger(__name__)
-ENGINES = ("augur", "feast")
+ENGINES = ("augur", "feast", "ray")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ViewRun:
     seconds: float
     rows: int | None  # rows read from the offline store (None: Feast's engine does not say)
     written: int | None  # of those, rows newer than what Redis held, written
+    retries: int = 0  # tasks run again after a worker died (the ray engine)
 
 
 def materialize(
@@ -50,13 +55,17 @@ def materialize(
     end: dt.datetime | None = None,
     views: Sequence[str] | None = None,
     progress: bool = True,
-    engine: str = "augur",
+    engine: str | None = None,
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+    workers: int | None = None,
 ) -> dict[str, ViewRun]:
-    """Materialize each selected online view; return what each view's run did."""
-    if engine not in ENGINES:
+    """Materialize each selected online view; return what each view's run did. `engine`
+    None: the one feature_store.yaml's `batch_engine` names (ray.engine: ray), else augur.
+    `workers`: the ray engine's partitions and tasks at once (None: the cluster's CPUs)."""
+    if engine is not None and engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     store = open_store(repo_path, redis_address)
+    engine = engine or engine_of(store)
     end = end or dt.datetime.now(dt.UTC)
     online = [v.name for v in store.list_feature_views() if v.online]
     unknown = set(views or ()) - set(online)
@@ -66,6 +75,13 @@ def materialize(
             f"have: {', '.join(sorted(online))}"
         )
     selected = list(views) if views else online
+    if engine == "ray":
+        window = (start, end)
+        runs = _ray_runs(
+            store, redis_address, selected, window, progress, max_future_skew_s, workers
+        )
+        refresh_cache(store)
+        return runs
     runs: dict[str, ViewRun] = {}
     writer = OnlineWriter(
         connect(redis_address, WRITE_TIMEOUTS),
@@ -137,6 +153,60 @@ def _augur_engine(
         stats = writer.write(view_schema(store, name), table, timestamp, bar.update)
     store.registry.apply_materialization(view, store.project, pull.start, pull.end)
     return table.num_rows, stats.written
+
+
+def engine_of(store) -> str:
+    """The engine feature_store.yaml's `batch_engine` selects: ray for Feast's `ray.engine`,
+    else augur (Augur's writer in this process replaces Feast's local engine)."""
+    return "ray" if ray_settings(store).get("type") == "ray.engine" else "augur"
+
+
+def ray_settings(store) -> dict:
+    """`batch_engine` of feature_store.yaml as a dict (a bare type name is {"type": name})."""
+    configured = store.config.batch_engine_config
+    if isinstance(configured, str):
+        return {"type": configured}
+    if isinstance(configured, dict):
+        return configured
+    return {"type": getattr(configured, "type", "local")}
+
+
+def _ray_runs(
+    store, address: str, selected, window, progress, skew_s, workers
+) -> dict[str, ViewRun]:
+    """Each view's rows split and written by Ray workers; the registry's materialization
+    interval recorded here, once all of a view's partitions are in Redis."""
+    from augur.pipelines import ray_engine
+
+    start, end = window
+    settings = ray_settings(store)
+    concurrency = ray_engine.start(
+        settings.get("ray_address"), workers or settings.get("max_workers")
+    )
+    ttl = store.config.online_store.key_ttl_seconds
+    writing = ray_engine.Writing(address, store.project, ttl, skew_s)
+    runs: dict[str, ViewRun] = {}
+    for name in selected:
+        began = time.perf_counter()
+        if not _writable(store, name):
+            _feast_engine(store, name, start, end)
+            runs[name] = ViewRun(time.perf_counter() - began, None, None)
+            continue
+        pull = _pull_job(store, name, start, end)
+        window = (pull.start, pull.end)
+        source = ray_engine.view_source(pull.view, pull.columns, Path(store.repo_path), window)
+        schema = view_schema(store, name)
+        with tqdm(desc=name, unit="row", unit_scale=True, disable=not progress) as bar:
+
+            def show(done: int, total: int, bar=bar) -> None:
+                bar.total, bar.n = total, done
+                bar.refresh()
+
+            run = ray_engine.write_view(schema, source, writing, concurrency, show)
+        store.registry.apply_materialization(pull.view, store.project, pull.start, pull.end)
+        seconds = time.perf_counter() - began
+        runs[name] = ViewRun(seconds, run.rows, run.written, run.retries)
+    return runs
 
 
 def _writable(store, name: str) -> bool:

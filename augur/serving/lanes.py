@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import grpc
@@ -35,7 +37,16 @@ class ModelLane:
         self._lock = threading.Lock()
 
     def predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
-        """Admit the call, decode it, and score it: alone, or in the model's next batch."""
+        """Admit the call, decode it, and score it: alone, or in the model's next batch;
+        counted in flight meanwhile (the autoscaling signal, metrics.IN_FLIGHT)."""
+        in_flight = self._counted.in_flight
+        in_flight.inc()
+        try:
+            return self._predict(route, request, context)
+        finally:
+            in_flight.dec()
+
+    def _predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
         deadline = deadline_of(context, self.name, "admission")
         try:
             ticket = self.admission.enter(deadline)
@@ -52,29 +63,31 @@ class ModelLane:
                 entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
                 split = not request.version  # the canary may answer rows of a call naming none
                 score, counted = lanes.scorer.score, self._counted
-                return Scored.joined(
-                    [  # a large call in chunks, other calls running between them
-                        score(
-                            route,
-                            model,
-                            chunks.entities_of(entities, rows),
-                            chunks.arrays_of(extra, rows),
-                            deadline,
-                            split,
-                            counted,
-                        )
-                        for rows in chunks.slices(n, lanes.turns)
-                    ]
-                    if n > chunks.CHUNK_ROWS
-                    else [score(route, model, entities, extra, deadline, split, counted)]
-                )
+                with _rows_in_flight(counted, n):
+                    return Scored.joined(
+                        [  # a large call in chunks, other calls running between them
+                            score(
+                                route,
+                                model,
+                                chunks.entities_of(entities, rows),
+                                chunks.arrays_of(extra, rows),
+                                deadline,
+                                split,
+                                counted,
+                            )
+                            for rows in chunks.slices(n, lanes.turns)
+                        ]
+                        if n > chunks.CHUNK_ROWS
+                        else [score(route, model, entities, extra, deadline, split, counted)]
+                    )
             arrival = batcher.arrival()  # announced before decoding: a batch waits for it
             try:
                 entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
             except BaseException:
                 arrival.withdraw()
                 raise
-            return arrival.submit(Call(entities, extra, n, deadline, route))
+            with _rows_in_flight(self._counted, n):
+                return arrival.submit(Call(entities, extra, n, deadline, route))
 
     def batcher(self, route: Route) -> Batcher | None:
         """The model's batcher, or None when its calls are scored alone: model.yaml's
@@ -106,6 +119,15 @@ class ModelLane:
                 lanes.check_threads(self.name, rows)
             batcher.max_rows, batcher.max_delay_s = rows, delay_s
         return batcher
+
+
+@contextmanager
+def _rows_in_flight(counted: metrics.ModelMetrics, rows: int) -> Iterator[None]:
+    counted.rows_in_flight.inc(rows)
+    try:
+        yield
+    finally:
+        counted.rows_in_flight.dec(rows)
 
 
 class Lanes:

@@ -124,6 +124,8 @@ class ModelMetrics:
         self.batch_rows = BATCH_ROWS.labels(model)
         self.batch_calls = BATCH_CALLS.labels(model)
         self.batch_queue = BATCH_QUEUE.labels(model)
+        self.in_flight = IN_FLIGHT.labels(model)
+        self.rows_in_flight = ROWS_IN_FLIGHT.labels(model)
 
     def scored(
         self,
@@ -293,4 +295,19 @@ BATCH_CALLS = Histogram(
     "Calls merged into one dynamic batch",
     ["model"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
+# The autoscaling signal (docs/fleet.md, infra/k8s/hpa.yaml, infra/components/keda): a call
+# counts from the moment its model's lane takes it (queued for admission or for a batch, or
+# computing) until it is answered. Summed over a pod's processes (livesum).
+IN_FLIGHT = Gauge(
+    "augur_model_calls_in_flight",
+    "Calls of a model in this server, queued or computing, not yet answered",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+ROWS_IN_FLIGHT = Gauge(
+    "augur_model_rows_in_flight",
+    "Entity rows of a model's decoded calls in this server, queued or computing",
+    ["model"],
+    multiprocess_mode="livesum",
 )

@@ -61,6 +61,8 @@ def manifests() -> dict[tuple[str, str], dict]:
     """(kind, name) -> object, for every Kubernetes object under infra/k8s/."""
     objects: dict[tuple[str, str], dict] = {}
     for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
         for doc in yaml_documents(path):
             key = (doc["kind"], doc["metadata"]["name"])
             assert key not in objects, f"{key} is defined twice under infra/k8s"

@@ -241,10 +241,13 @@ def test_kubectl_builds_the_base_and_the_secure_component_as_the_tests_read_them
 
 
 def test_kustomization_applies_every_manifest_but_the_secret_templates():
-    kustomization = yaml.safe_load((INFRA / "kustomization.yaml").read_text())
-    listed = {INFRA / r for r in kustomization["resources"]}
+    default = yaml.safe_load((INFRA / "kustomization.yaml").read_text())
+    assert default["resources"] == ["k8s"], "`kubectl apply -k infra/` applies the base"
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = {(K8S / r).resolve() for r in kustomization["resources"]}
     assert all(p.exists() for p in listed), sorted(str(p) for p in listed if not p.exists())
-    assert set(K8S.glob("*.yaml")) - listed == SECRET_TEMPLATES
+    manifests_listed = set(K8S.glob("*.yaml")) - {K8S / "kustomization.yaml"}
+    assert manifests_listed - listed == SECRET_TEMPLATES
     assert {p.name for p in SECRET_TEMPLATES} == {
         "redis-secret.template.yaml",
         "tls-secret.template.yaml",
@@ -256,8 +259,10 @@ def test_kustomization_applies_every_manifest_but_the_secret_templates():
             assert all(v == "" or "\n" in v for v in secret["stringData"].values()), (
                 f"{template.name} holds a value: templates hold placeholders only"
             )
-    for generator in kustomization["configMapGenerator"]:
+    for generator in yaml.safe_load((INFRA / "redis" / "kustomization.yaml").read_text())[
+        "configMapGenerator"
+    ]:
         for entry in generator["files"]:
-            assert (INFRA / entry.split("=", 1)[-1]).is_file(), entry
+            assert (INFRA / "redis" / entry.split("=", 1)[-1]).is_file(), entry
     images = {i["name"] for i in kustomization["images"]}
     assert {c["image"].split(":")[0] for _, c in augur_containers()} <= images

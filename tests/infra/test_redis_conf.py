@@ -48,9 +48,13 @@ def test_redis_statefulset_uses_redis_conf_and_fits_its_memory_limit():
     (container,) = pod_spec(statefulset)["containers"]
     assert "/etc/redis/redis.conf" in " ".join(container["args"])
     _, volume = mount_source(statefulset, container, PurePosixPath("/etc/redis/redis.conf"))
-    generators = yaml.safe_load((INFRA / "kustomization.yaml").read_text())["configMapGenerator"]
-    (generator,) = [g for g in generators if g["name"] == volume["configMap"]["name"]]
-    assert any(f.split("=", 1) == ["redis.conf", "redis/redis.conf"] for f in generator["files"])
+    redis = yaml.safe_load((INFRA / "redis" / "kustomization.yaml").read_text())
+    (generator,) = [
+        g for g in redis["configMapGenerator"] if g["name"] == volume["configMap"]["name"]
+    ]
+    assert any(f.split("=", 1) == ["redis.conf", "redis.conf"] for f in generator["files"])
+    base = yaml.safe_load((INFRA / "k8s" / "kustomization.yaml").read_text())
+    assert "../redis" in base["resources"], "the base does not generate Redis's ConfigMap"
     data, volume = mount_source(statefulset, container, PurePosixPath(directives["dir"]))
     claims = {t["metadata"]["name"] for t in statefulset["spec"]["volumeClaimTemplates"]}
     assert volume is None and data["name"] in claims, "Redis data must be on its own claim"
