@@ -156,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_push)
 
     models_cmd.add_parser(sub)
+    models_cmd.add_skew_parser(sub, _timestamp, _CONFIG_HELP)
 
     p = sub.add_parser(
         "redis",

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from augur.features.plan import ReadPlan
+from augur.modelrepo.monitoring import log_spec
 from augur.modelrepo.repository import ModelRepository, RepositoryError
 from augur.serving import metrics, probe
 from augur.serving.guardrails import CanaryGuard
@@ -209,7 +210,12 @@ class ModelManager:
                 guard = (
                     previous.guard
                     if keep
-                    else CanaryGuard(spec.canary.version, spec.canary.guardrails)
+                    else CanaryGuard(
+                        spec.canary.version,
+                        spec.canary.guardrails,
+                        canary.version.features,
+                        canary.version.metadata.get("training_distribution"),
+                    )
                 )
             except ModelLoadError as e:
                 problems.append(f"canary: {e}")
@@ -243,6 +249,7 @@ class ModelManager:
             threshold,
             spec.batching,
             spec.on_feature_store_error,
+            log_spec(spec.logging, stable.version.metadata),
         )
         if previous is not None and _same(previous, route):
             return previous
@@ -366,4 +373,5 @@ def _same(a: Route, b: Route) -> bool:
         and a.shadow_threshold == b.shadow_threshold
         and a.batching == b.batching
         and a.on_feature_store_error == b.on_feature_store_error
+        and a.feature_log == b.feature_log
     )
