@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from augur.config import Config
@@ -156,6 +157,10 @@ def _skew_allows(repo: ModelRepository, cfg: Config, args) -> bool:
     from augur.modelrepo.monitoring import log_spec
     from augur.pipelines.skew import SkewError, skew_report
 
+    if getattr(args, "server", None) and args.model not in repo.names():
+        # the server's repository is not here: nothing local to judge the candidate by
+        print(f"skew check skipped: {args.model} is not in {repo.root} (--config)", file=sys.stderr)
+        return True
     spec = repo.spec(args.model)
     if spec.skew is None and log_spec(spec.logging, repo.resolve(args.model).metadata) is None:
         return True  # nothing to check the candidate against
