@@ -166,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
 
     models_cmd.add_parser(sub)
     experiments_cmd.add_parser(sub)
+    models_cmd.add_skew_parser(sub, _timestamp, _CONFIG_HELP)
 
     p = sub.add_parser(
         "redis",

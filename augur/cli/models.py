@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from augur.config import Config
@@ -58,9 +59,14 @@ def add_parser(sub) -> None:
     v.add_argument("--feature-service", help="for a new model: its Feast feature service")
     v.add_argument("--request-feature", action="append", default=[], dest="request_features")
     v.add_argument("--output", action="append", default=[], dest="outputs")
-    v = verb("promote", "make a version stable (the default for callers)")
+    v = verb(
+        "promote",
+        "make a version stable (the default for callers); refused when the model logs "
+        "served features or sets `skew` thresholds and the version's skew report exceeds them",
+    )
     v.add_argument("model")
     v.add_argument("version")
+    v.add_argument("--force", action="store_true", help="promote even beyond the skew thresholds")
     v = verb("canary", "send a sticky, weighted share of entities to a version")
     v.add_argument("model")
     v.add_argument("version")
@@ -82,12 +88,104 @@ def run(args, cfg: Config) -> int:
             return _list(repo)
         if args.verb == "publish":
             return _publish(repo, args)
+        if args.verb == "promote" and not args.force and not _skew_allows(repo, cfg, args):
+            return 1
         if getattr(args, "server", None):
             return _remote(args)
         return _local(repo, args)
     except RepositoryError as e:
         print(f"augur models {args.verb}: {e}")
         return 1
+
+
+def add_skew_parser(sub, timestamp, config_help: str) -> None:
+    p = sub.add_parser(
+        "skew",
+        help="training/serving skew of a model: its served-feature log vs offline features",
+        description="Join the model's served-feature log (model.yaml `logging`) with "
+        "Feast's get_historical_features for the same entities and times; print per feature "
+        "the share of mismatches, mean absolute difference, missing rate online and offline, "
+        "and the PSI against the version's training distribution. Exits 1 beyond the "
+        "thresholds (model.yaml `skew`, else the defaults), so it can gate CI/CD.",
+    )
+    p.add_argument("model")
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--version", default="", help="version or alias (default: stable)")
+    p.add_argument("--since", type=timestamp, help="ISO time: only rows logged from then")
+    p.add_argument("--until", type=timestamp, help="ISO time: only rows logged before then")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw the report here")
+    p.add_argument("--max-mismatch", type=float, help="share of differing rows allowed per feature")
+    p.add_argument("--max-psi", type=float, help="PSI allowed per feature vs training")
+    p.add_argument("--max-rows", type=int, default=50_000, help="logged rows joined at most")
+    p.set_defaults(handler=run_skew)
+
+
+def run_skew(args, cfg: Config) -> int:
+    import dataclasses
+
+    from augur.modelrepo.spec import SkewThresholds
+    from augur.pipelines.skew import skew_report
+
+    spec = ModelRepository(cfg.model_repo).spec(args.model)
+    limits = spec.skew or SkewThresholds()
+    if args.max_mismatch is not None:
+        limits = dataclasses.replace(limits, max_mismatch=args.max_mismatch)
+    if args.max_psi is not None:
+        limits = dataclasses.replace(limits, max_psi=args.max_psi)
+    report = skew_report(
+        cfg.feature_repo,
+        cfg.model_repo,
+        cfg.redis.address,
+        args.model,
+        args.version,
+        args.since,
+        args.until,
+        limits,
+        args.max_rows,
+    )
+    print(report.table())
+    if args.plot:
+        from augur.pipelines.skew_plot import plot
+
+        print(f"plot: {plot(report, args.plot)}")
+    return 1 if report.exceeded() else 0
+
+
+def _skew_allows(repo: ModelRepository, cfg: Config, args) -> bool:
+    """The promote gate: a model that logs served features or sets `skew` thresholds is
+    promoted only when the candidate's skew report is within them."""
+    from augur.modelrepo.monitoring import log_spec
+    from augur.pipelines.skew import SkewError, skew_report
+
+    if getattr(args, "server", None) and args.model not in repo.names():
+        # the server's repository is not here: nothing local to judge the candidate by
+        print(f"skew check skipped: {args.model} is not in {repo.root} (--config)", file=sys.stderr)
+        return True
+    spec = repo.spec(args.model)
+    if spec.skew is None and log_spec(spec.logging, repo.resolve(args.model).metadata) is None:
+        return True  # nothing to check the candidate against
+    version = repo.resolve(args.model, args.version).version
+    try:
+        report = skew_report(
+            cfg.feature_repo, cfg.model_repo, cfg.redis.address, args.model, version
+        )
+    except ValueError as e:  # SkewError, and a feature repo that cannot be read
+        kind = "" if isinstance(e, SkewError) else f"{type(e).__name__}: "
+        print(
+            f"augur models promote: cannot check {args.model}@{version} for skew: {kind}{e}; "
+            "--force promotes without the check"
+        )
+        return False
+    bad = report.exceeded()
+    if not bad:
+        print(f"skew check of {args.model}@{version}: {report.rows:,} rows within thresholds")
+        return True
+    print(report.table())
+    print(
+        f"augur models promote: refusing to promote {args.model}@{version}: its skew report "
+        f"exceeds {len(bad)} threshold(s) (model.yaml `skew`); fix the features, or --force"
+    )
+    return False
 
 
 def _list(repo: ModelRepository) -> int:

@@ -32,6 +32,9 @@ class Guardrails:
     max_error_rate: float | None = None
     max_p99_ms: float | None = None
     max_psi: float | None = None  # population stability index of scores vs stable
+    # PSI of any one input of the canary's live traffic vs the version's training
+    # distribution (metadata.json `training_distribution`)
+    max_feature_psi: float | None = None
     window: int = 500
     min_requests: int = 50
 
@@ -97,6 +100,25 @@ class BatchingSpec:
 
 
 @dataclass(frozen=True)
+class LoggingSpec:
+    """Served-feature logging (model.yaml `logging`): the share of rows whose inputs, score
+    and version are written, in Feast's feature-log layout, to `path` (a folder)."""
+
+    sample_rate: float
+    path: str  # absolute once parsed; default <model repo>/<model>/feature_log
+    flush_interval_s: float = 30.0  # a log file is written at least this often
+
+
+@dataclass(frozen=True)
+class SkewThresholds:
+    """Limits of the training/serving skew report (model.yaml `skew`): `augur skew` exits
+    non-zero, and `augur models promote` refuses, beyond them."""
+
+    max_mismatch: float = 0.01  # share of rows whose served value differs from offline
+    max_psi: float = 0.25  # PSI of a feature's served distribution vs training
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     kind: str
@@ -114,6 +136,8 @@ class ModelSpec:
     compile: str = "none"
     batching: BatchingSpec | None = None  # None: the server's batching settings
     experiment: ExperimentSpec | None = None
+    logging: LoggingSpec | None = None  # None: model.yaml asks for no served-feature log
+    skew: SkewThresholds | None = None  # None: promote is not gated on a skew report
 
 
 def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
@@ -178,7 +202,54 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         compiler,
         batching,
         experiment,
+        logging=_parse_logging(raw.get("logging"), path),
+        skew=_parse_skew(raw.get("skew"), path),
     )
+
+
+def _parse_logging(raw: object, path: Path) -> LoggingSpec | None:
+    if raw is None:
+        return None
+    values = _numbers(raw, "logging", ("sample_rate", "flush_interval_s"), path)
+    rate = values.get("sample_rate")
+    if rate is None or not 0.0 <= rate <= 1.0:
+        raise RepositoryError(f"{path}: logging.sample_rate must be within [0, 1], got {rate!r}")
+    if values.get("flush_interval_s", 1.0) <= 0:
+        raise RepositoryError(f"{path}: logging.flush_interval_s must be > 0")
+    where = raw.get("path") or "feature_log"  # relative: to the model's folder
+    if not isinstance(where, str):
+        raise RepositoryError(f"{path}: logging.path must be a folder path, got {where!r}")
+    folder = Path(where) if Path(where).is_absolute() else path.parent / where
+    return LoggingSpec(rate, str(folder), values.get("flush_interval_s", 30.0))
+
+
+def _parse_skew(raw: object, path: Path) -> SkewThresholds | None:
+    if raw is None:
+        return None
+    values = _numbers(raw, "skew", ("max_mismatch", "max_psi"), path)
+    return SkewThresholds(**values)
+
+
+def _numbers(raw: object, block: str, keys: tuple[str, ...], path: Path) -> dict[str, float]:
+    """A model.yaml block of numbers >= 0 (and `path`, for logging), by key."""
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"{path}: {block} must be a mapping of {', '.join(keys)}")
+    allowed = {*keys, "path"} if block == "logging" else set(keys)
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise RepositoryError(
+            f"{path}: {block}.{unknown[0]} is not an option; {block} takes "
+            f"{', '.join(sorted(allowed))}"
+        )
+    out = {}
+    for key in keys:
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise RepositoryError(f"{path}: {block}.{key} must be a number >= 0, got {value!r}")
+        out[key] = float(value)
+    return out
 
 
 def parse_experiment(raw: object, path: Path | str) -> ExperimentSpec | None:

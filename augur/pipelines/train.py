@@ -20,6 +20,7 @@ import yaml
 
 from augur.features.plan_cache import refresh_cache
 from augur.features.repo import build_plan, open_store
+from augur.modelrepo.monitoring import training_distribution
 from augur.modelrepo.repository import ModelRepository, ModelVersion
 from augur.modelrepo.spec import ModelSpec, parse_identity
 from augur.pipelines.training_set import TrainingSet, auc, build_training_set
@@ -113,8 +114,22 @@ def train(
                 model.spec.request_features,
                 plan.timestamp_column,
             )
-        results.append(_train_one(model, sets[key], plan.holdout_days, repository, progress))
+        logging = feast_logging(store, Path(repo_path), model.spec.feature_service)
+        results.append(
+            _train_one(model, sets[key], plan.holdout_days, repository, progress, logging)
+        )
     return results
+
+
+def feast_logging(store, repo_path: Path, service: str) -> dict | None:
+    """The feature service's Feast `logging_config` where it logs to files (the server logs
+    there when model.yaml asks for no `logging` of its own), as metadata.json keeps it."""
+    config = store.get_feature_service(service).logging_config
+    path = getattr(getattr(config, "destination", None), "path", None)
+    if config is None or not path or "://" in path:
+        return None
+    folder = Path(path) if Path(path).is_absolute() else repo_path.resolve() / path
+    return {"sample_rate": float(config.sample_rate), "path": str(folder)}
 
 
 def _train_one(
@@ -123,6 +138,7 @@ def _train_one(
     holdout_days: float,
     repository: ModelRepository,
     progress: bool,
+    feature_logging: dict | None = None,
 ) -> TrainResult:
     cutoff = data.timestamps.max() - np.timedelta64(int(holdout_days * 86400), "s")
     fit = data.timestamps < cutoff
@@ -149,6 +165,9 @@ def _train_one(
                 "positive_rate": round(float(data.y.mean()), 5),
             },
             "params": model.params,
+            # what serving inputs are compared with (drift guardrail, `augur skew`)
+            "training_distribution": training_distribution(x_fit, data.features),
+            "feature_logging": feature_logging,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         version = repository.publish(model.spec, artifact, metadata)

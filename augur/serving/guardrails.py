@@ -1,4 +1,6 @@
-"""Canary guardrails: error rate, p99 latency and score drift (PSI) over a recent window.
+"""Canary guardrails: error rate, p99 latency, score drift (PSI against stable) and feature
+drift (PSI of the canary's live inputs against its own training distribution) over a recent
+window.
 
 A `CanaryGuard` watches one canary version. It trips once; the model manager then rolls
 the canary back and records the reason.
@@ -6,14 +8,21 @@ the canary back and records the reason.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
+from augur.modelrepo import monitoring
 from augur.modelrepo.repository import Guardrails
 
+log = logging.getLogger(__name__)
 _SCORE_SAMPLES = 5_000  # per side: enough for stable deciles, bounded memory
+_INPUT_ROWS = 5_000  # the canary's most recent input rows kept for feature drift
+_MIN_INPUT_ROWS = 200  # fewer say too little of a distribution to judge it
+_DRIFT_EVERY = 32  # canary calls between feature-drift checks (each bins every input)
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
@@ -29,7 +38,15 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
 
 
 class CanaryGuard:
-    def __init__(self, version: str, limits: Guardrails):
+    def __init__(
+        self,
+        version: str,
+        limits: Guardrails,
+        features: Sequence[str] = (),
+        training: dict | None = None,
+    ):
+        """`features`: the canary's inputs in order; `training`: its metadata.json
+        `training_distribution`, what max_feature_psi compares its live inputs with."""
         self.version = version
         self.limits = limits
         self._calls: deque[tuple[bool, float]] = deque(maxlen=limits.window)
@@ -37,6 +54,34 @@ class CanaryGuard:
         self._stable_scores: deque[float] = deque(maxlen=_SCORE_SAMPLES)
         self._lock = threading.Lock()
         self.tripped: str | None = None
+        self._features = tuple(features)
+        self._training = training or {}
+        self._inputs: np.ndarray | None = None  # ring of the latest input rows
+        self._input_rows = 0  # rows ever recorded; the ring's next slot is this mod its size
+        self._drift: tuple[float, str] | None = None  # the latest check: worst PSI, feature
+        self._calls_to_check = _DRIFT_EVERY
+        if limits.max_feature_psi is not None:
+            if not self._training:
+                log.warning(
+                    "canary %s has no training_distribution in metadata.json (trained before "
+                    "Augur recorded one): its max_feature_psi guardrail is off; retrain it",
+                    version,
+                )
+            else:
+                self._inputs = np.empty((_INPUT_ROWS, len(self._features)), np.float32)
+
+    def record_inputs(self, batch: np.ndarray) -> None:
+        """The inputs the canary just scored (its feature order), for the feature drift check."""
+        ring = self._inputs
+        if ring is None:
+            return
+        size = len(ring)
+        batch = batch[-size:]
+        start = self._input_rows % size
+        first = min(len(batch), size - start)
+        ring[start : start + first] = batch[:first]
+        ring[: len(batch) - first] = batch[first:]
+        self._input_rows += len(batch)
 
     def record_stable(self, scores: np.ndarray) -> None:
         if self.limits.max_psi is not None:
@@ -58,7 +103,8 @@ class CanaryGuard:
             self.tripped = verdict[1]
         return verdict
 
-    def stats(self) -> dict[str, float]:
+    def stats(self, fresh_drift: bool = True) -> dict[str, float]:
+        """The window's figures; `fresh_drift` False: feature drift as last checked."""
         calls = list(self._calls)
         if not calls:
             return {"calls": 0}
@@ -69,13 +115,38 @@ class CanaryGuard:
             out["p99_ms"] = float(np.percentile(latencies, 99) * 1e3)
         if len(self._canary_scores) >= 50 and len(self._stable_scores) >= 50:
             out["psi"] = psi(np.array(self._stable_scores), np.array(self._canary_scores))
+        drift = self._feature_drift() if fresh_drift else self._drift
+        if drift is not None:
+            out["feature_psi"] = drift[0]
         return out
+
+    def _feature_drift(self) -> tuple[float, str] | None:
+        """The largest PSI of one input against training, and that input's name."""
+        ring = self._inputs
+        if ring is None or self._input_rows < _MIN_INPUT_ROWS:
+            return None
+        seen = ring[: min(self._input_rows, len(ring))]
+        worst = None
+        for j, name in enumerate(self._features):
+            reference = self._training.get(name)
+            if reference is None:
+                continue
+            value = monitoring.psi(reference, seen[:, j])
+            if worst is None or value > worst[0]:
+                worst = (value, name)
+        self._drift = worst
+        return worst
 
     def _verdict(self) -> tuple[str, str] | None:
         limits = self.limits
         if self.tripped or len(self._calls) < limits.min_requests:
             return None
-        stats = self.stats()
+        if self._inputs is not None:  # binning every input is costly: every few calls
+            self._calls_to_check -= 1
+            if self._calls_to_check <= 0 or self._drift is None:
+                self._calls_to_check = _DRIFT_EVERY
+                self._feature_drift()
+        stats = self.stats(fresh_drift=False)
         if limits.max_error_rate is not None and stats["error_rate"] > limits.max_error_rate:
             return "error_rate", (
                 f"error rate {stats['error_rate']:.1%} over the last {stats['calls']} calls "
@@ -89,5 +160,12 @@ class CanaryGuard:
             return "drift", (
                 f"score drift: PSI {stats['psi']:.3f} against stable exceeds max_psi "
                 f"{limits.max_psi:g}"
+            )
+        drift = self._drift
+        if limits.max_feature_psi is not None and drift and drift[0] > limits.max_feature_psi:
+            return "feature_drift", (
+                f"feature drift: PSI {drift[0]:.3f} of input {drift[1]} against "
+                f"{self.version}'s training distribution exceeds max_feature_psi "
+                f"{limits.max_feature_psi:g}"
             )
         return None

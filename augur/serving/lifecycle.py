@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from augur.features.plan import ReadPlan
+from augur.modelrepo.monitoring import log_spec
 from augur.modelrepo.repository import ModelRepository, RepositoryError
 from augur.serving import metrics, probe
 from augur.serving.experiments import Experiment
@@ -211,7 +212,12 @@ class ModelManager:
                 guard = (
                     previous.guard
                     if keep
-                    else CanaryGuard(spec.canary.version, spec.canary.guardrails)
+                    else CanaryGuard(
+                        spec.canary.version,
+                        spec.canary.guardrails,
+                        canary.version.features,
+                        canary.version.metadata.get("training_distribution"),
+                    )
                 )
             except ModelLoadError as e:
                 problems.append(f"canary: {e}")
@@ -252,6 +258,7 @@ class ModelManager:
             spec.batching,
             spec.on_feature_store_error,
             experiment,
+            log_spec(spec.logging, stable.version.metadata),
         )
         if previous is not None and _same(previous, route):
             return previous
@@ -390,4 +397,5 @@ def _same(a: Route, b: Route) -> bool:
         and a.batching == b.batching
         and a.on_feature_store_error == b.on_feature_store_error
         and Experiment.same(a.experiment, b.experiment)
+        and a.feature_log == b.feature_log
     )

@@ -237,6 +237,12 @@ SHADOW_DROPPED = Counter(
     "Traffic copies dropped because the shadow queue was full",
     ["model"],
 )
+FEATURE_LOG_ROWS = Counter(
+    "augur_feature_log_rows_total",
+    "Served rows sampled for the feature log (model.yaml `logging`), by outcome: written, "
+    "or dropped (the writer's queue full, or the write failed)",
+    ["model", "outcome"],
+)
 CANARY_FALLBACKS = Counter(
     "augur_canary_fallbacks_total",
     "Canary calls that failed and were answered by the stable version instead",

@@ -19,6 +19,7 @@ import numpy as np
 
 from augur.features.reader import FeatureRows
 from augur.modelrepo.repository import BatchingSpec
+from augur.modelrepo.spec import LoggingSpec
 from augur.serving import metrics
 from augur.serving.errors import not_found, shown
 from augur.serving.experiments import Experiment
@@ -48,6 +49,9 @@ class Route:
     batching: BatchingSpec | None = None
     on_feature_store_error: str = "unavailable"
     experiment: Experiment | None = None  # splits calls that name no version, as a canary
+    # served-feature logging (model.yaml `logging`, else the feature service's Feast
+    # logging_config recorded at training); None: nothing is logged, at no cost
+    feature_log: LoggingSpec | None = None
 
     def named(self, version: str) -> ServingModel | None:
         """A loaded version by id or alias (`canary` names the canary while there is one)."""
@@ -111,12 +115,15 @@ class Route:
         began = time.perf_counter()
         try:
             picked = {k: v[canary_mask] for k, v in extra.items()}
-            theirs = canary.runtime.predict(canary.assemble(rows.take(canary_mask), picked))
+            inputs = canary.assemble(rows.take(canary_mask), picked)
+            theirs = canary.runtime.predict(inputs)
             if not np.isfinite(theirs).all():
                 raise ValueError("non-finite canary scores")
             scores[canary_mask] = theirs
             versions[canary_mask] = canary.version.version
             ok, seen = True, theirs
+            if self.guard is not None:
+                self.guard.record_inputs(inputs)  # for the feature drift guardrail
         except Exception as e:
             metrics.CANARY_FALLBACKS.labels(self.name, canary.version.version).inc()
             version = canary.version.version

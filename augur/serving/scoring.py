@@ -15,6 +15,7 @@ from augur.features.waiting import BLOCKING, Waiting
 from augur.serving import chunks, metrics
 from augur.serving.batcher import Call
 from augur.serving.errors import deadline_exceeded
+from augur.serving.feature_log import FeatureLog
 from augur.serving.feature_read import GuardedReader
 from augur.serving.models import ServingModel
 from augur.serving.routing import Route, Trip
@@ -71,8 +72,10 @@ class Scorer:
         shadow: ShadowScorer,
         trip: Trip,
         waiting: Waiting = BLOCKING,
+        feature_log: FeatureLog | None = None,
     ) -> None:
         self.features = features
+        self.feature_log = feature_log or FeatureLog()  # starts its writer on a first sample
         self._waiting = waiting  # where a large model call runs (chunks.OFF_THREAD_ROWS)
         self.shadow = shadow
         self._trip = trip
@@ -117,6 +120,8 @@ class Scorer:
                 extra,
                 scores,
             )
+        if route.feature_log is not None:  # a sample of what was served, off the request path
+            self.feature_log.offer(route, entities, rows, extra, scores, row_versions)
         return Scored(model, rows, batch, scores, row_versions, degraded)
 
     def score_calls(self, calls: list[Call], counted: metrics.ModelMetrics) -> None:

@@ -65,6 +65,7 @@ class RunningServer:
         if self.admin_server is not None:
             self.admin_server.stop(1.0)
         self.server.stop(self.grace_seconds).wait()
+        self.servicer.feature_log.close()  # the samples of the last calls, written
         if self.pool is not None:
             self.pool.shutdown()
 

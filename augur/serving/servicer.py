@@ -66,6 +66,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self.features = GuardedReader(reader, breaker)
         self.shadow = shadow or ShadowScorer()
         scorer = Scorer(self.features, self.shadow, manager.trip, waiting)
+        self.feature_log = scorer.feature_log  # the server writes what is left at its stop
         self.lanes = Lanes(
             scorer,
             max_rows,
