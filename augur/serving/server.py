@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +61,14 @@ class RunningServer:
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
+        due = time.monotonic() + self.grace_seconds
         self.health.enter_graceful_shutdown()
+        if isinstance(self.pool, GreenPool):  # calls gRPC holds for it are taken, not cancelled
+            self.pool.stop_taking_calls(self.grace_seconds)
         self.manager.stop()
         if self.admin_server is not None:
             self.admin_server.stop(1.0)
-        self.server.stop(self.grace_seconds).wait()
+        self.server.stop(max(due - time.monotonic(), 0.0)).wait()
         if self.pool is not None:
             self.pool.shutdown()
 
