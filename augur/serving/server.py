@@ -22,7 +22,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from augur.api.v1 import admin_pb2, admin_pb2_grpc
 from augur.api.v1 import predictor_pb2 as pb
-from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from augur.config import Config
 from augur.features.breaker import CircuitBreaker
 from augur.features.connection import RedisTimeouts, check_topology, connect
@@ -40,6 +39,7 @@ from augur.serving.discovery import HEALTH, Health, enable_reflection
 from augur.serving.green import GreenPool
 from augur.serving.lifecycle import ModelManager
 from augur.serving.servicer import PredictorServicer
+from augur.serving.servicer import add_to_server as add_predictor
 from augur.serving.supervisor import await_siblings, supervisor_pid
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def start(config: Config) -> RunningServer:
         # Bearer-token auth when auth.* names callers (health and reflection stay open).
         interceptors=security.interceptors(config.auth),
     )
-    pb_grpc.add_PredictorServicer_to_server(servicer, server)
+    add_predictor(servicer, server)  # request bytes parsed after auth (servicer.py)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", SERVING)
     services = [
