@@ -93,6 +93,32 @@ def test_paused_redis_answers_within_the_deadline_then_recovers(
         client.close()
 
 
+def test_reads_cut_short_by_their_callers_deadlines_leave_the_breaker_closed(
+    fraud_repo, model_repo, servers
+):
+    """A read that times out within the little time its caller's deadline left says the
+    caller ran out of time, not that Redis is down: those calls end DEADLINE_EXCEEDED, and
+    calls with room to wait are served (not refused by a breaker they opened)."""
+    from augur.features.connection import connect
+
+    config = server_config(fraud_repo, model_repo)  # breaker: 5 failures open it for 1 s
+    config.redis.read_timeout_ms = 2_000  # a call with time to spare outwaits the pause
+    running = servers.start(config)
+    with PredictorClient(f"127.0.0.1:{running.port}", timeout=5) as client:
+        assert _outcome(lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS))[0] == "OK"
+        # Valkey answers nobody for 1.5 s (and then again by itself)
+        connect(fraud_repo.address).execute_command("CLIENT", "PAUSE", 1_500, "ALL")
+        short = [
+            _outcome(lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS, timeout=0.1))
+            for _ in range(6)
+        ]
+        breaker = running.servicer.breaker.state
+        served = _outcome(lambda: client.predict("fraud_lgbm", ENTITIES, AMOUNTS, timeout=5))
+    assert {code for code, _ in short} == {"DEADLINE_EXCEEDED"}, short
+    assert breaker == "closed"
+    assert served[0] == "OK", served
+
+
 def test_breaker_fails_fast_while_redis_is_down_and_probes_it_back(
     fraud_repo, model_repo, own_redis, servers
 ):

@@ -93,11 +93,10 @@ def test_under_ten_times_overload_every_call_is_answered_within_its_deadline(def
     outcomes = asyncio.run(_callers(defaults_server.port, callers, calls, deadline_s))
     assert len(outcomes) == callers * calls, "a call went unanswered"
     codes = Counter(code for code, _ in outcomes)
-    # Known residue (the lead's report): a call let in with little time left may find its
-    # Redis read's budget (80% of what is left) spent on a saturated box, and is answered
-    # UNAVAILABLE: a handful in thousands, never more than 1%.
-    assert codes["UNAVAILABLE"] <= len(outcomes) // 100, codes
-    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, codes
+    # A call let in with little time left may spend its Redis read's budget (80% of what
+    # is left) on a saturated box: that ends DEADLINE_EXCEEDED and leaves the breaker
+    # closed, so no call is refused UNAVAILABLE by a breaker such calls opened.
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
     assert codes["OK"] >= len(outcomes) // 2, codes  # served, not refused wholesale
     slowest = max(took for _, took in outcomes)
     assert slowest < deadline_s + slack_s

@@ -24,6 +24,12 @@ from augur.features.native import native
 from augur.features.waiting import BLOCKING, Waiting
 
 
+class DeadlineTimeout(redis.TimeoutError):
+    """A round trip that timed out within the time a caller's own deadline left it, shorter
+    than the configured read timeout: the caller ran out of time, which says nothing of
+    whether Redis is healthy (the circuit breaker does not count it)."""
+
+
 class OwnConnections:
     """Connections of a thread's own, made from the client's pool settings and kept: one per
     round trip in flight on the thread (one, unless its calls wait for Redis in turns: see
@@ -73,6 +79,7 @@ def round_trip(
     wait = None if waiting is BLOCKING else waiting.wait_readable
     for attempt in (0, 1):
         conn = own.get() if own is not None else pool.get_connection()
+        narrowed = False
         try:
             if conn._sock is None:  # new, or dropped after a failure
                 waiting.run_elsewhere(conn.connect)
@@ -94,6 +101,11 @@ def round_trip(
             continue
         except TimeoutError as e:  # the socket's own timeout
             conn.disconnect()
+            if narrowed:
+                raise DeadlineTimeout(
+                    f"Redis did not answer within the {timeout_s * 1000:.0f} ms the call's "
+                    "deadline left for its read"
+                ) from e
             raise redis.TimeoutError("Timeout reading from Redis") from e
         except BaseException:
             conn.disconnect()

@@ -1,6 +1,7 @@
 """A serving call's feature read: the online reader within the call's deadline, behind the
 circuit breaker, and what a failed read does (UNAVAILABLE, or the model's declared defaults,
-flagged degraded). Not the read itself: that is augur.features.reader's."""
+flagged degraded). A read whose time the caller's own deadline cut short and ran out ends
+DEADLINE_EXCEEDED, not counted against Redis. Not the read itself: augur.features.reader's."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from augur.features.cluster import NodesDown, PartialRead, accepting_partial
 from augur.features.connection import UNAVAILABLE_ERRORS
 from augur.features.plan import ReadPlan
 from augur.features.reader import FeatureRows, OnlineReader
+from augur.features.resp import DeadlineTimeout
 from augur.features.typed_read import TypedRows
 from augur.serving import metrics
+from augur.serving.errors import deadline_exceeded
 from augur.serving.routing import Route
 
 # The share of a call's remaining time its read may take: the rest is kept for scoring and
@@ -57,6 +60,12 @@ class GuardedReader:
                 else:
                     lost = _NOTHING_LOST
                     rows = self.reader.read(plan, entities, timeout_s=budget)
+            except DeadlineTimeout as e:  # the caller's time ran out, not Redis's health
+                breaker.abandoned()
+                metrics.DEADLINE_DROPPED.labels(
+                    route.name if route is not None else plan.service, "features"
+                ).inc()
+                raise deadline_exceeded(f"deadline passed during the features stage: {e}") from None
             except NodesDown:  # a cluster node's own breaker counts it, not the store's
                 breaker.abandoned()
                 raise

@@ -61,6 +61,9 @@ _SOCKETS_POLL_S = 0.0001
 # calls waiting for Redis would wait for a lull: whole seconds under overload.
 _SOCKETS_EVERY_S = 0.0005
 _FD_SETSIZE = 1024  # select's limit: a socket numbered above it blocks its thread instead
+# At stop, how long the polling thread takes calls that have arrived at most before it begins
+# gRPC's shutdown: callers with one call each are done within it; an endless stream is cut.
+_CLOSE_MATCH_S = 0.2
 
 
 def _hub() -> Hub | None:
@@ -177,6 +180,11 @@ class GreenPool(futures.Executor):
         self._turn = 0
         self._lock = threading.Lock()
         self._shutdown = False
+        # stop_taking_calls: asked (_closing), done (_closed); _idle while the polling thread
+        # waits with no call in progress, when there is nothing for it to match first
+        self._closing = False
+        self._closed = threading.Event()
+        self._idle = False
         self._threads = [
             threading.Thread(target=_work, args=(queue,), name=f"{name}_{i}", daemon=True)
             for i, queue in enumerate(self._queues)
@@ -213,15 +221,55 @@ class GreenPool(futures.Executor):
             for thread in self._threads:
                 thread.join()
 
+    def stop_taking_calls(self, timeout: float) -> None:
+        """From another thread, before the server's stop: have the polling thread take every
+        call that has reached the server, then begin gRPC's shutdown, so that the stop drains
+        them. gRPC's core holds a call that arrives while the polling thread runs calls until
+        the thread asks for the next one, and cancels those it still holds at shutdown: on a
+        busy green pool, most callers' calls (on a thread pool the polling thread is free to
+        ask at once). Returns once done, or after `timeout`."""
+        if not self.runs_polling_loop:
+            return
+        with self._lock:
+            self._closing = True
+            if self._idle:  # waiting for an event: gRPC holds no call for it
+                return
+        self._closed.wait(timeout)
+
+    def _take_arrived_and_close(self, events: grpc_patch.ServerEvents) -> bool:
+        """Take the calls that have arrived (handing each to the hub, which runs them next),
+        then begin gRPC's shutdown; False if the server stopped meanwhile."""
+        self._closing = False
+        give_up = time.perf_counter() + _CLOSE_MATCH_S
+        while time.perf_counter() < give_up:
+            event = events.look()
+            if event is None:
+                break
+            if not events.handle(event):
+                return False
+            event = None
+        events.begin_shutdown()
+        self._closed.set()
+        return True
+
     def run_polling_loop(self, events: grpc_patch.ServerEvents) -> None:
         """gRPC's polling loop, running this pool's hub between the completion queue's
         events: calls queued or woken by an event run once it is handled; deferred work runs
         once a look at the queue finds nothing (and no call is receiving) or once it is due."""
+        try:
+            self._poll(events)
+        finally:
+            self._closed.set()  # whoever waits for stop_taking_calls waits no longer
+
+    def _poll(self, events: grpc_patch.ServerEvents) -> None:
         _local.hub = hub = Hub(self._queues[0])
         hub.polls_sockets = True
         deferred, readers = hub.deferred, hub.readers
         sockets_due = 0.0
         while True:
+            if self._closing and not self._take_arrived_and_close(events):
+                hub.drain()
+                return
             hub.run_pending()
             if deferred:
                 hub.run_deferred(time.perf_counter())  # what waited out its delay
@@ -246,10 +294,15 @@ class GreenPool(futures.Executor):
                         hub.run_deferred(None)
                         continue
             else:
-                wait = _IDLE_POLL_S
                 if hub.parked:
-                    wait = _WORK_POLL_S if hub.working else _PARKED_POLL_S
-                event = events.wait(wait)
+                    event = events.wait(_WORK_POLL_S if hub.working else _PARKED_POLL_S)
+                else:
+                    with self._lock:
+                        if self._closing:
+                            continue
+                        self._idle = True
+                    event = events.wait(_IDLE_POLL_S)
+                    self._idle = False
             if not events.handle(event):
                 hub.drain()
                 return

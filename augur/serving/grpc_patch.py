@@ -56,6 +56,11 @@ class ServerEvents:
             self._begin_shutdown(self._state)
         return event is None or self._process(self._state, event)
 
+    def begin_shutdown(self) -> None:
+        """Begin gRPC's shutdown (as `server.stop` does first): new calls are refused, and
+        calls gRPC's core holds unmatched, not yet handed to this process, are cancelled."""
+        self._begin_shutdown(self._state)
+
 
 def install(condition: type[threading.Condition]) -> bool:
     """Build each gRPC call's state with `condition`, and let a thread pool whose

@@ -68,6 +68,11 @@ EXPERIMENT_SCORE = Histogram(
     buckets=tuple(i / 20 for i in range(1, 20)),
 )
 ROWS = Counter("augur_rows_total", "Entity rows scored or read", ["method", "model"])
+REQUESTS_UNDECODABLE = Counter(
+    "augur_requests_undecodable_total",
+    "augur.v1 calls whose request bytes are not the method's message (INVALID_ARGUMENT)",
+    ["method"],
+)
 FEATURES_MISSING = Counter(
     "augur_features_missing_total",
     "Feature values absent from the online store (default or NaN served)",

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from augur.api.v1 import admin_pb2, admin_pb2_grpc
 from augur.api.v1 import predictor_pb2 as pb
-from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from augur.config import Config
 from augur.features.breaker import CircuitBreaker
 from augur.features.connection import RedisTimeouts, check_topology, connect
@@ -39,6 +39,7 @@ from augur.serving.discovery import HEALTH, Health, enable_reflection
 from augur.serving.green import GreenPool
 from augur.serving.lifecycle import ModelManager
 from augur.serving.servicer import PredictorServicer
+from augur.serving.servicer import add_to_server as add_predictor
 from augur.serving.supervisor import await_siblings, supervisor_pid
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,14 @@ class RunningServer:
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
+        due = time.monotonic() + self.grace_seconds
         self.health.enter_graceful_shutdown()
+        if isinstance(self.pool, GreenPool):  # calls gRPC holds for it are taken, not cancelled
+            self.pool.stop_taking_calls(self.grace_seconds)
         self.manager.stop()
         if self.admin_server is not None:
             self.admin_server.stop(1.0)
-        self.server.stop(self.grace_seconds).wait()
+        self.server.stop(max(due - time.monotonic(), 0.0)).wait()
         self.servicer.feature_log.close()  # the samples of the last calls, written
         if self.pool is not None:
             self.pool.shutdown()
@@ -173,7 +177,7 @@ def start(config: Config) -> RunningServer:
         # Bearer-token auth when auth.* names callers (health and reflection stay open).
         interceptors=security.interceptors(config.auth),
     )
-    pb_grpc.add_PredictorServicer_to_server(servicer, server)
+    add_predictor(servicer, server)  # request bytes parsed after auth (servicer.py)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", SERVING)
     services = [
