@@ -221,14 +221,15 @@ def _count(method: str, model: str, version: str, code: grpc.StatusCode, started
 def add_to_server(servicer: PredictorServicer, server: grpc.Server) -> None:
     """Register `augur.v1.Predictor` as the generated code does (same service and method
     names, same responses), each request taken as bytes and parsed by `_parsing`."""
-    methods: dict[str, tuple[type[Message], type[Message], Callable[..., Any]]] = {
-        "Predict": (pb.PredictRequest, pb.PredictResponse, servicer.Predict),
-        "GetOnlineFeatures": (
-            pb.GetOnlineFeaturesRequest,
-            pb.GetOnlineFeaturesResponse,
-            servicer.GetOnlineFeatures,
-        ),
-        "ListModels": (pb.ListModelsRequest, pb.ListModelsResponse, servicer.ListModels),
+    described = pb.DESCRIPTOR.services_by_name["Predictor"]
+    # every method the proto declares, so that a new RPC cannot be left on gRPC's own parsing
+    methods = {
+        m.name: (
+            getattr(pb, m.input_type.name),
+            getattr(pb, m.output_type.name),
+            getattr(servicer, m.name),
+        )
+        for m in described.methods
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -238,7 +239,7 @@ def add_to_server(servicer: PredictorServicer, server: grpc.Server) -> None:
         )
         for name, (request, response, behavior) in methods.items()
     }
-    service = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+    service = described.full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
 
