@@ -15,7 +15,6 @@ from collections import Counter
 
 import grpc
 import numpy as np
-import pytest
 
 from augur.client.client import PredictorClient
 from augur.features.redis_server import free_port
@@ -26,10 +25,6 @@ START_TIMEOUT_S = 120.0
 SERVER = {"reuse_port": True, "grace_seconds": 5, "max_rows": 1_000}
 
 
-# On this branch 2 of ~4,700 calls came back CANCELLED as the old server drained on the green
-# pool (the SIGTERM drain defect being fixed in serving/server.py and hub.py, not here), and
-# under a load average of 15 a few reads timed out on Redis. Remove the mark with that fix.
-@pytest.mark.xfail(reason="green-pool drain on SIGTERM cancels in-flight calls", strict=False)
 def test_a_new_server_on_the_same_port_takes_over_under_load_without_losing_a_call(
     fraud_repo, model_repo, servers
 ):
