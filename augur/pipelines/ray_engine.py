@@ -195,7 +195,11 @@ def write_partition(
 ) -> tuple[int, int]:
     """Stage two, on a worker: the newest row per entity of partition `index`, written to
     Redis by Augur's writer in pipelines; returns (rows, rows written)."""
-    tracker.started.remote(index)
+    import ray
+
+    # Waited for: the driver counts retries from these once every result is in, and a
+    # fire-and-forget call from a retried attempt could reach the tracker after that count.
+    ray.get(tracker.started.remote(index))
     timestamp = source.column(source.timestamp)
     table = _newest_per_entity(
         pa.concat_tables(pieces), schema.join_keys, timestamp, source.column(source.created)
