@@ -46,6 +46,9 @@ class ModelManager:
         self.probe_timeout_s = probe_timeout_s  # None: load in this process only
         self.on_health = on_health
         self.errors: dict[str, str] = {}  # model -> why its latest wanted state is not serving
+        # models an operator unloaded here (OIP's RepositoryModelUnload): not served by this
+        # process until loaded again, whatever the repository holds
+        self.unloaded: set[str] = set()
         self._routes: dict[str, Route] = {}
         self._ended_canaries: dict[str, str] = {}  # rolled back here, whatever model.yaml says
         self._cache: dict[tuple[str, str], ServingModel] = {}
@@ -67,8 +70,9 @@ class ModelManager:
         """Bring every model's routing in line with the repository."""
         with self._refresh_lock:
             routes = {}
-            self._vet_all(self.repo.names())
-            for name in self.repo.names():
+            names = [n for n in self.repo.names() if n not in self.unloaded]
+            self._vet_all(names)
+            for name in names:
                 route = self._build(name, self._routes.get(name))
                 if route is not None:
                     routes[name] = route
@@ -84,6 +88,16 @@ class ModelManager:
             for name in gone:
                 self.on_health(name, False)
             metrics.MODELS_SERVING.set(len(routes))
+
+    def load(self, name: str) -> None:
+        """Serve `name` again after `unload` (and pick up its repository state now)."""
+        self.unloaded.discard(name)
+        self.refresh()
+
+    def unload(self, name: str) -> None:
+        """Stop serving `name` in this process until `load`; its memory goes with it."""
+        self.unloaded.add(name)
+        self.refresh()
 
     def prepare(self, name: str, version: str) -> None:
         """Load and warm `version` before model.yaml routes to it, so a change this server

@@ -52,6 +52,15 @@ class ServingModel:
     store_columns: np.ndarray  # plan column feeding each store input
     store_inputs: np.ndarray  # model input position of each store input
     request_inputs: tuple[tuple[str, int], ...]  # request feature -> model input position
+    # scored on other servers (kind remote): its wait runs off the thread that runs calls
+    off_thread: bool = False
+
+    def infer(self, batch: np.ndarray, deadline: float | None) -> np.ndarray:
+        """Scores of an assembled batch; `deadline` (monotonic) bounds a remote model's
+        attempts, a local model runs to the end."""
+        if self.off_thread:
+            return self.runtime.predict(batch, deadline)  # type: ignore[call-arg]
+        return self.runtime.predict(batch)
 
     @property
     def name(self) -> str:
