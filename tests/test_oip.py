@@ -118,9 +118,7 @@ def test_model_metadata_lists_the_inputs_in_feature_order_and_the_outputs(triton
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["typed", "raw"])
-def test_infer_with_the_features_given_scores_as_predict_does(
-    triton, triton_stub, predicted, raw
-):
+def test_infer_with_the_features_given_scores_as_predict_does(triton, triton_stub, predicted, raw):
     batch = predicted.features.astype(np.float32)
     scores, version = _infer(triton, triton_stub, raw, [_input("features", batch, "FP32")])
     assert scores.shape == (len(USERS),)
@@ -138,9 +136,7 @@ def test_infer_takes_a_tensor_per_feature_in_fp64(triton, triton_stub, predicted
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["typed", "raw"])
-def test_infer_with_entity_keys_reads_the_features_and_scores(
-    triton, triton_stub, predicted, raw
-):
+def test_infer_with_entity_keys_reads_the_features_and_scores(triton, triton_stub, predicted, raw):
     inputs = [
         _input("user_id", np.array(USERS, np.int64), "INT64"),
         _input("merchant_id", np.array(MERCHANTS, np.int64), "INT64"),

@@ -287,6 +287,8 @@ class ModelManager:
                 ids = {self.repo.default_version(spec), *spec.aliases.values()}
             except RepositoryError:
                 continue  # _build reports it
+            if spec.remote is not None:
+                continue  # no artifact to probe (its fallback is probed as it loads)
             ids |= {x.version for x in (spec.canary, spec.shadow) if x is not None}
             for version in ids:
                 key = (name, version)
@@ -320,6 +322,8 @@ class ModelManager:
     def _load(self, name: str, version: str) -> ServingModel:
         key = (name, version)
         model = self._cache.get(key)
+        if model is not None and model.off_thread and model.version.spec != self._spec(name):
+            model = None  # a remote model is its model.yaml: an edit (backends...) reloads it
         if model is None:
             files = _files(self.repo.root / name / version)
             if key in self.bad and self.bad[key][0] == files:
@@ -351,6 +355,12 @@ class ModelManager:
             log.info("loaded %s@%s in %.2fs", name, version, time.perf_counter() - began)
             self._cache[key] = model
         return model
+
+    def _spec(self, name: str):
+        try:
+            return self.repo.spec(name)
+        except RepositoryError:
+            return None
 
 
 def _files(version_dir: Path) -> tuple:

@@ -63,7 +63,9 @@ def _by_entity(tensors: dict[str, np.ndarray], model: ServingModel) -> tuple[dic
     wanted = model.version.spec.request_features
     for name in tensors:
         if name not in expected and name not in wanted:
-            raise invalid(f"inputs.{shown(name)}: not an entity or request feature; {_expected(model)}")
+            raise invalid(
+                f"inputs.{shown(name)}: not an entity or request feature; {_expected(model)}"
+            )
     n = None
     entities: dict[str, list] = {}
     for name in sorted(expected):
@@ -90,7 +92,7 @@ def _by_feature(tensors: dict[str, np.ndarray], model: ServingModel) -> dict[str
     tensor per feature, named by feature."""
     features = model.version.features
     if len(tensors) == 1:
-        (name, only), = tensors.items()
+        ((name, only),) = tensors.items()
         if only.ndim == 2 and only.shape[1] == len(features) and name not in features:
             batch = _float32(name, only, missing_ok=True)
             return {f: batch[:, i] for i, f in enumerate(features)}

@@ -75,9 +75,7 @@ def read_tensor(tensor, raw: bytes | None, field: str) -> np.ndarray:
     else:
         found = getattr(tensor.contents, contents_field)
         values = (
-            np.array(list(found), dtype=object)
-            if datatype == "BYTES"
-            else np.asarray(found, dtype)
+            np.array(list(found), dtype=object) if datatype == "BYTES" else np.asarray(found, dtype)
         )
     if len(values) != size:
         raise invalid(f"{field}: {len(values)} elements; shape {shape} holds {size}")
@@ -111,7 +109,9 @@ def write_output(
         tensor.contents.fp32_contents.extend(values.ravel().tolist())
 
 
-def fp32_input(name: str, batch: np.ndarray) -> tuple[oip.ModelInferRequest.InferInputTensor, bytes]:
+def fp32_input(
+    name: str, batch: np.ndarray
+) -> tuple[oip.ModelInferRequest.InferInputTensor, bytes]:
     """A float32 batch as a raw-encoded input tensor: (the tensor, its raw contents)."""
     batch = np.ascontiguousarray(batch, np.float32)
     tensor = oip.ModelInferRequest.InferInputTensor(name=name, datatype="FP32", shape=batch.shape)
