@@ -88,14 +88,15 @@ def remote_models(model_repo: Path, mlserver, other_augur, silent_port, tmp_path
         (models / name / "model.yaml").write_text(yaml.safe_dump(entry))
 
     lgbm = {"address": other_augur, "model": "fraud_lgbm"}
-    remote("on_mlserver", [mlserver.address])
+    seldon = {"address": mlserver.address, "model": "fraud_lgbm"}
+    remote("on_mlserver", [seldon])
     remote(
         "failover",
-        [mlserver.address, lgbm],
+        [seldon, lgbm],
         breaker_failures=2,
         breaker_cooldown_ms=300,
     )
-    remote("narrow", [lgbm, mlserver.address], features=features[:5])
+    remote("narrow", [lgbm, seldon], features=features[:5])
     remote("hedged", [f"127.0.0.1:{silent_port}", lgbm], hedge_after_ms=30)
     remote("down_with_fallback", [dead], fallback="fraud_lgbm")
     remote("down", [dead])
