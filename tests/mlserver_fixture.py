@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,14 +25,53 @@ VENV = ROOT / ".venv-mlserver"
 PACKAGES = ("mlserver==1.7.1", "mlserver-lightgbm==1.7.1", "uvloop==0.21.0")
 _STAMP = VENV / ".installed"
 _INSTALL_TIMEOUT_S = 900
+_WANTED = "\n".join(PACKAGES)
+_installing: threading.Thread | None = None
+_failed: list[str] = []  # why the background install failed
+
+
+def install_in_background() -> None:
+    """Start building the virtualenv (minutes on a fresh clone) while other tests run; the
+    MLServer tests wait for it (conftest starts it when they are collected)."""
+    global _installing
+    if _installing is not None or _installed():
+        return
+
+    def install() -> None:
+        try:
+            _install()
+        except _InstallFailed as e:
+            _failed.append(str(e))
+
+    _installing = threading.Thread(target=install, name="mlserver-install", daemon=True)
+    _installing.start()
 
 
 def mlserver_bin() -> Path:
     """The `mlserver` command of the cached virtualenv, built on first use; the test is
     skipped, saying why, only if installing itself fails (no index, no wheels)."""
-    wanted = "\n".join(PACKAGES)
-    if _STAMP.is_file() and _STAMP.read_text() == wanted:
-        return VENV / "bin" / "mlserver"
+    if _installing is not None:
+        _installing.join()
+    if not _installed():
+        try:
+            if not _failed:
+                _install()
+        except _InstallFailed as e:
+            _failed.append(str(e))
+        if _failed:
+            pytest.skip(_failed[0])
+    return VENV / "bin" / "mlserver"
+
+
+class _InstallFailed(Exception):
+    pass
+
+
+def _installed() -> bool:
+    return _STAMP.is_file() and _STAMP.read_text() == _WANTED
+
+
+def _install() -> None:
     python = f"python{sys.version_info.major}.{sys.version_info.minor}"
     steps = [
         [sys.executable, "-m", "venv", "--clear", str(VENV)],
@@ -43,14 +83,15 @@ def mlserver_bin() -> Path:
                 step, capture_output=True, text=True, timeout=_INSTALL_TIMEOUT_S, check=False
             )
         except (OSError, subprocess.TimeoutExpired) as e:
-            pytest.skip(f"cannot install MLServer ({' '.join(PACKAGES)}) with {python}: {e}")
+            raise _InstallFailed(
+                f"cannot install MLServer ({' '.join(PACKAGES)}) with {python}: {e}"
+            ) from None
         if done.returncode != 0:
-            pytest.skip(
+            raise _InstallFailed(
                 f"cannot install MLServer ({' '.join(PACKAGES)}): {' '.join(step[-3:])} "
                 f"failed: {(done.stderr or done.stdout)[-800:]}"
             )
-    _STAMP.write_text(wanted)
-    return VENV / "bin" / "mlserver"
+    _STAMP.write_text(_WANTED)
 
 
 class MLServer:
