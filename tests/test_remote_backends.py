@@ -241,3 +241,39 @@ def test_killing_the_first_backend_under_load_loses_no_call_and_restoring_it_bri
         assert _wait_for(lambda: _calls("failover", first, "ok") > served + 20, 30)
     assert load.failed == []
     assert load.ok > killed_at + 100
+
+
+def test_oip_callers_reach_a_remote_model_with_features_or_entity_keys(
+    augur, fraud_repo, remote_models, local_scores
+):
+    from augur.api.oip import open_inference_pb2 as oip
+    from augur.api.oip import open_inference_pb2_grpc as oip_grpc
+
+    features = augur.predict("fraud_lgbm", ENTITIES, {"amount": AMOUNTS}, return_features=True)
+    batch = np.ascontiguousarray(features.features, np.float32)
+    tensor = oip.ModelInferRequest.InferInputTensor(
+        name="input-0", datatype="FP32", shape=list(batch.shape)
+    )
+    given = oip.ModelInferRequest(
+        model_name="on_mlserver", inputs=[tensor], raw_input_contents=[batch.tobytes()]
+    )
+    keys = oip.ModelInferRequest(model_name="on_mlserver")
+    for name, values, datatype in (
+        ("user_id", USERS, "INT64"),
+        ("merchant_id", MERCHANTS, "INT64"),
+        ("amount", AMOUNTS, "FP64"),
+    ):
+        keys.inputs.add(name=name, datatype=datatype, shape=[len(values)])
+        field = "int64_contents" if datatype == "INT64" else "fp64_contents"
+        getattr(keys.inputs[-1].contents, field).extend(values)
+    stub = oip_grpc.GRPCInferenceServiceStub(augur.channel)
+    for request in (given, keys):
+        answer = stub.ModelInfer(request, timeout=5)
+        assert answer.model_version == "remote"
+        raw = answer.raw_output_contents
+        scores = (
+            np.frombuffer(raw[0], np.float32)
+            if raw
+            else np.array(answer.outputs[0].contents.fp32_contents, np.float32)
+        )
+        np.testing.assert_allclose(scores, local_scores[:, 0], rtol=1e-5)

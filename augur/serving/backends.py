@@ -41,6 +41,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
 ]
+# gRPC reports a call without a deadline as one centuries away (beyond what a timed wait
+# takes): such a deadline is treated as none, each attempt within remote.attempt_timeout_ms
+_NO_DEADLINE_S = 86_400.0
 _HEDGE_SAMPLES = 512  # recent answers a percentile hedge delay is taken over
 _HEDGE_MIN_SAMPLES = 20
 
@@ -103,6 +106,8 @@ class BackendChain:
         """Scores (rows, outputs) of `batch` from the first backend that answers, else the
         fallback's; UNAVAILABLE or DEADLINE_EXCEEDED (naming each backend's failure) when
         neither can, the backend's own refusal when it refuses the request."""
+        if deadline is not None and deadline - time.monotonic() > _NO_DEADLINE_S:
+            deadline = None
         tensor, raw = fp32_input(self.remote.input, batch)
         attempt = _Attempts(self, tensor, raw, deadline)
         answer = attempt.run()
