@@ -236,11 +236,19 @@ def test_killing_the_first_backend_under_load_loses_no_call_and_restoring_it_bri
         killed_at = load.ok
         assert _wait_for(lambda: load.ok >= killed_at + 100, 30)
         assert _calls("failover", second, "ok") > 0
+        on_second = _calls("failover", second, "ok")
         mlserver.start()  # the same ports
+        restored_at = time.monotonic()
         served = _calls("failover", first, "ok")
         assert _wait_for(lambda: _calls("failover", first, "ok") > served + 20, 30)
+        back_s = time.monotonic() - restored_at
     assert load.failed == []
     assert load.ok > killed_at + 100
+    print(  # the kill report (pytest -s shows it)
+        f"\nfailover: {load.ok} calls answered, {len(load.failed)} lost; {killed_at} before the "
+        f"kill; {on_second:.0f} batches on the second backend while the first was down; "
+        f"traffic back on the first {back_s:.2f}s after it answered ready again"
+    )
 
 
 def test_oip_callers_reach_a_remote_model_with_features_or_entity_keys(
