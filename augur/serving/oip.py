@@ -69,7 +69,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         ]
         return oip.ModelMetadataResponse(
             name=route.name,
-            versions=self.manager.repo.versions(route.name),
+            # a remote model has no version folders: its one version is named by model.yaml
+            versions=self.manager.repo.versions(route.name) or [route.stable.version.version],
             platform=f"augur_{spec.kind}",
             inputs=inputs,
             outputs=[_Tensor(name=o, datatype="FP32", shape=[-1]) for o in spec.outputs],
