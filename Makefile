@@ -10,7 +10,7 @@ help:
 	@echo "make demo   install into .venv, start an embedded Redis, run the fraud flow end to end"
 	@echo "make test   run the test suite (what CI runs)"
 	@echo "make test-grpc-latest  the serving tests again on the newest grpcio (CI runs it too)"
-	@echo "make proto  regenerate the gRPC stubs from augur/api/v1/*.proto"
+	@echo "make proto  regenerate the gRPC stubs from augur/api/v1/*.proto and augur/api/oip/*.proto"
 	@echo "make lint   ruff"
 	@echo "make bench  Augur vs a Feast-based server vs the floors, fraud and wide (~10 min)"
 	@echo "make soak   fault and soak run: load while Redis stops, pauses, slows; 3x overload"
@@ -18,7 +18,7 @@ help:
 $(STAMP): pyproject.toml setup.py augur/features/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray,fleet,skew]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,fleet,skew,oip]'
 	touch $(STAMP)
 
 demo: $(STAMP)

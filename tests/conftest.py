@@ -244,6 +244,15 @@ def client(server):
         yield c
 
 
+def pytest_collection_finish(session):
+    """The MLServer tests' virtualenv (minutes to build on a fresh clone) installs while the
+    tests before them run."""
+    if any("test_remote_backends" in item.nodeid for item in session.items):
+        from tests.mlserver_fixture import install_in_background
+
+        install_in_background()
+
+
 _exit_status = 0
 
 

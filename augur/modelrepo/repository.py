@@ -35,6 +35,7 @@ import yaml
 from augur.modelrepo.spec import (  # noqa: F401  (importers of the schema from here)
     COMPILERS,
     KINDS,
+    REMOTE,
     BatchingSpec,
     CanarySpec,
     Guardrails,
@@ -66,6 +67,8 @@ class ModelVersion:
 
     def verify(self) -> None:
         """Refuse an artifact whose bytes differ from what was published."""
+        if self.spec.kind == REMOTE:
+            return  # nothing on disk: model.yaml is the whole of it
         expected = self.metadata.get("sha256")
         actual = sha256_of(self.artifact)
         if expected != actual:
@@ -106,6 +109,8 @@ class ModelRepository:
 
     def default_version(self, spec: ModelSpec) -> str:
         """The `stable` alias, else the newest version."""
+        if spec.kind == REMOTE:
+            return REMOTE
         versions = self.versions(spec.name)
         if not versions:
             raise RepositoryError(f"model {spec.name!r} has no published version")
@@ -114,6 +119,13 @@ class ModelRepository:
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         """A version by id or alias; the default is the `stable` alias, else the newest."""
         spec = self.spec(name)
+        if spec.kind == REMOTE and spec.remote is not None:
+            if spec.aliases.get(version, version) not in ("", REMOTE):
+                raise RepositoryError(
+                    f"model {name!r} is remote: its one version is {REMOTE!r}, not {version!r}"
+                )
+            features = {"features": list(spec.remote.features)}
+            return ModelVersion(spec, REMOTE, self.root / name, features)
         versions = self.versions(name)
         wanted = version or self.default_version(spec)
         wanted = spec.aliases.get(wanted, wanted)

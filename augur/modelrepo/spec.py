@@ -15,6 +15,9 @@ import mmh3
 import numpy as np
 
 KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
+# A model scored on other Open Inference Protocol servers (augur/serving/runtimes/remote.py):
+# no artifact, and one version, named so, described wholly by model.yaml's `remote`.
+REMOTE = "remote"
 # `compile`: how a LightGBM model runs; "none" is LightGBM's own predict, "lleaves" native
 # code compiled from model.txt (augur/serving/runtimes/compiled_runtime.py)
 COMPILERS = ("none", "lleaves")
@@ -119,6 +122,36 @@ class SkewThresholds:
 
 
 @dataclass(frozen=True)
+class BackendSpec:
+    """One OIP server a remote model may be scored on."""
+
+    address: str  # host:port of its gRPC endpoint
+    model: str = ""  # the model's name there; "": this model's name
+    version: str = ""  # the version to ask for there; "": the backend's default
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """Where and how a `kind: remote` model is scored (model.yaml `remote`)."""
+
+    features: tuple[str, ...]  # the tensor's columns, in order
+    backends: tuple[BackendSpec, ...]  # tried in order; the next after a retryable failure
+    input: str = "input-0"  # the name of the one [rows, features] FP32 input tensor
+    output: str = ""  # the backend's output to read; "": its first
+    # an attempt's timeout when the caller set no deadline (with one: the share of what is
+    # left, split among the backends still to try)
+    attempt_timeout_ms: int = 1000
+    hedge_after_ms: float | None = None  # ask the next backend too if no answer by then
+    hedge_percentile: float | None = None  # ... or by this percentile of recent answers
+    breaker_failures: int = 3  # consecutive failures that open a backend's circuit
+    breaker_cooldown_ms: int = 1000  # how long it stays open before one probe call
+    fallback: str = ""  # a local model of this repository that answers when no backend can
+
+
+_REMOTE_KEYS = {f for f in RemoteSpec.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     kind: str
@@ -138,12 +171,16 @@ class ModelSpec:
     experiment: ExperimentSpec | None = None
     logging: LoggingSpec | None = None  # None: model.yaml asks for no served-feature log
     skew: SkewThresholds | None = None  # None: promote is not gated on a skew report
+    remote: RemoteSpec | None = None  # kind remote only
 
 
 def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
     kind = raw.get("kind")
-    if kind not in KINDS:
-        raise RepositoryError(f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if kind not in KINDS and kind != REMOTE:
+        raise RepositoryError(
+            f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r} (or {REMOTE} in "
+            f"model.yaml: scored on Open Inference Protocol servers)"
+        )
     if not raw.get("feature_service"):
         raise RepositoryError(f"{path}: feature_service is required")
     canary = None
@@ -202,6 +239,7 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         compiler,
         batching,
         experiment,
+        remote=_parse_remote(raw.get("remote"), path) if kind == REMOTE else None,
         logging=_parse_logging(raw.get("logging"), path),
         skew=_parse_skew(raw.get("skew"), path),
     )
@@ -284,6 +322,53 @@ def parse_experiment(raw: object, path: Path | str) -> ExperimentSpec | None:
     return ExperimentSpec(name, arms, str(raw.get("sticky_key") or ""))
 
 
+def _parse_remote(raw: object, path: Path) -> RemoteSpec:
+    if not isinstance(raw, dict):
+        raise RepositoryError(
+            f"{path}: kind remote needs `remote`, a mapping with features and backends"
+        )
+    unknown = sorted(set(raw) - _REMOTE_KEYS)
+    if unknown:
+        raise RepositoryError(
+            f"{path}: remote.{unknown[0]} is not an option; remote takes "
+            f"{', '.join(sorted(_REMOTE_KEYS))}"
+        )
+    features = raw.get("features")
+    if not isinstance(features, list) or not features:
+        raise RepositoryError(f"{path}: remote.features must list the tensor's columns in order")
+    backends = []
+    for i, entry in enumerate(raw.get("backends") or ()):
+        entry = {"address": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not entry.get("address"):
+            raise RepositoryError(
+                f"{path}: remote.backends[{i}] must be host:port or a mapping with address"
+            )
+        try:
+            backends.append(BackendSpec(**{k: str(v) for k, v in entry.items()}))
+        except TypeError:
+            raise RepositoryError(
+                f"{path}: remote.backends[{i}] takes address, model and version"
+            ) from None
+    if not backends:
+        raise RepositoryError(f"{path}: remote.backends must name at least one OIP server")
+    options = {k: v for k, v in raw.items() if k not in ("features", "backends")}
+    for key in ("attempt_timeout_ms", "breaker_failures", "breaker_cooldown_ms"):
+        value = options.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise RepositoryError(
+                f"{path}: remote.{key} must be a whole number >= 1, got {value!r}"
+            )
+    for key in ("hedge_after_ms", "hedge_percentile"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, int | float) or value <= 0):
+            raise RepositoryError(f"{path}: remote.{key} must be a number > 0, got {value!r}")
+    if options.get("hedge_percentile") is not None and options["hedge_percentile"] >= 100:
+        raise RepositoryError(f"{path}: remote.hedge_percentile must be below 100")
+    return RemoteSpec(tuple(str(f) for f in features), tuple(backends), **options)
+
+
 def _parse_batching(raw: object, path: Path) -> BatchingSpec | None:
     if raw is None:
         return None
@@ -325,6 +410,11 @@ def parse_identity(name: str, raw: dict, path: Path) -> ModelSpec:
         raise RepositoryError(
             f"{path}: model {name}: {unknown[0]} is not an option here; a model entry takes "
             f"{', '.join(IDENTITY_KEYS)}"
+        )
+    if raw.get("kind") == REMOTE:
+        raise RepositoryError(
+            f"{path}: model {name}: kind {REMOTE} is not trained; write its model.yaml in the "
+            f"model repository instead"
         )
     return parse_spec(name, raw, path)
 

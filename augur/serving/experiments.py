@@ -79,8 +79,10 @@ class Experiment:
         extra: Mapping[str, np.ndarray],
         stable_batch: np.ndarray,
         entities: Mapping[str, list],
+        deadline: float | None = None,
     ) -> tuple[np.ndarray, list[str]]:
-        """Scores of every row by its arm, and the version that answered each."""
+        """Scores of every row by its arm, and the version that answered each; `deadline`
+        (monotonic) bounds a remote arm's attempts."""
         arm_of = self.assign(entities)
         outputs = len(stable.version.spec.outputs)
         scores = np.empty((len(arm_of), outputs), np.float32)
@@ -95,7 +97,7 @@ class Experiment:
             else:
                 batch = model.assemble(rows.take(mask), {k: v[mask] for k, v in extra.items()})
             began = time.perf_counter()
-            got = model.runtime.predict(batch)
+            got = model.infer(batch, deadline)
             arm.latency.observe(time.perf_counter() - began)
             arm.rows.inc(int(mask.sum()))
             for value in got[:SCORES_OBSERVED, 0].tolist():

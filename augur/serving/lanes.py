@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
@@ -19,10 +19,13 @@ from augur.serving.batcher import THREADS, Batcher, Call, Turns
 from augur.serving.codec import decode_inputs
 from augur.serving.deadlines import deadline_of
 from augur.serving.errors import RequestError
+from augur.serving.models import ServingModel
 from augur.serving.routing import Route
 from augur.serving.scoring import Scored, Scorer
 
 log = logging.getLogger(__name__)
+# A call's inputs for the version that answers it: (entity columns, request features, rows)
+Decode = Callable[[ServingModel], tuple[dict, dict, int]]
 
 
 class ModelLane:
@@ -37,16 +40,29 @@ class ModelLane:
         self._lock = threading.Lock()
 
     def predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
-        """Admit the call, decode it, and score it: alone, or in the model's next batch;
-        counted in flight meanwhile (the autoscaling signal, metrics.IN_FLIGHT)."""
+        """A Predict call: admitted, decoded and scored (`score`)."""
+        lanes = self._lanes
+        owner = f"model {self.name}"
+        return self.score(
+            route,
+            request.version,
+            lambda model: decode_inputs(request, model, lanes.max_rows, owner),
+            context,
+        )
+
+    def score(self, route: Route, version: str, decode: Decode, context) -> Scored:
+        """Admit a call (Predict's, or an OIP ModelInfer's), decode it with `decode` for the
+        version it names (`version`, empty: the stable one, canary split) and score it:
+        alone, or in the model's next batch; counted in flight meanwhile (the autoscaling
+        signal, metrics.IN_FLIGHT)."""
         in_flight = self._counted.in_flight
         in_flight.inc()
         try:
-            return self._predict(route, request, context)
+            return self._score(route, version, decode, context)
         finally:
             in_flight.dec()
 
-    def _predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
+    def _score(self, route: Route, version: str, decode: Decode, context) -> Scored:
         deadline = deadline_of(context, self.name, "admission")
         try:
             ticket = self.admission.enter(deadline)
@@ -56,12 +72,12 @@ class ModelLane:
             raise
         with ticket:
             lanes = self._lanes
-            model = route.pinned(request.version) if request.version else route.stable
-            batcher = None if request.version else self.batcher(route)
-            owner = f"model {self.name}"
+            model = route.pinned(version) if version else route.stable
+            batcher = None if version else self.batcher(route)
             if batcher is None:
-                entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
-                split = not request.version  # the canary may answer rows of a call naming none
+                entities, extra, n = decode(model)
+                # the canary may answer rows of a call naming no version (and naming entities)
+                split = not version and bool(entities)
                 score, counted = lanes.scorer.score, self._counted
                 with _rows_in_flight(counted, n):
                     return Scored.joined(
@@ -82,7 +98,7 @@ class ModelLane:
                     )
             arrival = batcher.arrival()  # announced before decoding: a batch waits for it
             try:
-                entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
+                entities, extra, n = decode(model)
             except BaseException:
                 arrival.withdraw()
                 raise

@@ -49,6 +49,9 @@ class ModelManager:
         self.probe_timeout_s = probe_timeout_s  # None: load in this process only
         self.on_health = on_health
         self.errors: dict[str, str] = {}  # model -> why its latest wanted state is not serving
+        # models an operator unloaded here (OIP's RepositoryModelUnload): not served by this
+        # process until loaded again, whatever the repository holds
+        self.unloaded: set[str] = set()
         self._routes: dict[str, Route] = {}
         self._ended_canaries: dict[str, str] = {}  # rolled back here, whatever model.yaml says
         self._cache: dict[tuple[str, str], ServingModel] = {}
@@ -70,8 +73,9 @@ class ModelManager:
         """Bring every model's routing in line with the repository."""
         with self._refresh_lock:
             routes = {}
-            self._vet_all(self.repo.names())
-            for name in self.repo.names():
+            names = [n for n in self.repo.names() if n not in self.unloaded]
+            self._vet_all(names)
+            for name in names:
                 route = self._build(name, self._routes.get(name))
                 if route is not None:
                     routes[name] = route
@@ -87,6 +91,16 @@ class ModelManager:
             for name in gone:
                 self.on_health(name, False)
             metrics.MODELS_SERVING.set(len(routes))
+
+    def load(self, name: str) -> None:
+        """Serve `name` again after `unload` (and pick up its repository state now)."""
+        self.unloaded.discard(name)
+        self.refresh()
+
+    def unload(self, name: str) -> None:
+        """Stop serving `name` in this process until `load`; its memory goes with it."""
+        self.unloaded.add(name)
+        self.refresh()
 
     def prepare(self, name: str, version: str) -> None:
         """Load and warm `version` before model.yaml routes to it, so a change this server
@@ -302,6 +316,8 @@ class ModelManager:
                 ids = {self.repo.default_version(spec), *spec.aliases.values()}
             except RepositoryError:
                 continue  # _build reports it
+            if spec.remote is not None:
+                continue  # no artifact to probe (its fallback is probed as it loads)
             ids |= {x.version for x in (spec.canary, spec.shadow) if x is not None}
             ids |= set(spec.experiment.arms) if spec.experiment else set()
             for version in ids:
@@ -336,6 +352,8 @@ class ModelManager:
     def _load(self, name: str, version: str) -> ServingModel:
         key = (name, version)
         model = self._cache.get(key)
+        if model is not None and model.off_thread and model.version.spec != self._spec(name):
+            model = None  # a remote model is its model.yaml: an edit (backends...) reloads it
         if model is None:
             files = _files(self.repo.root / name / version)
             if key in self.bad and self.bad[key][0] == files:
@@ -367,6 +385,12 @@ class ModelManager:
             log.info("loaded %s@%s in %.2fs", name, version, time.perf_counter() - began)
             self._cache[key] = model
         return model
+
+    def _spec(self, name: str):
+        try:
+            return self.repo.spec(name)
+        except RepositoryError:
+            return None
 
 
 def _files(version_dir: Path) -> tuple:

@@ -322,3 +322,21 @@ ROWS_IN_FLIGHT = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+
+REMOTE_CALLS = Counter(
+    "augur_remote_calls_total",
+    "Attempts to score a remote model on a backend, by outcome (ok, a gRPC code's name, "
+    "circuit_open: skipped, hedged: a second attempt started, cancelled: lost to another)",
+    ["model", "backend", "outcome"],
+)
+REMOTE_LATENCY = Histogram(
+    "augur_remote_latency_seconds",
+    "Latency of a remote backend's answers",
+    ["model", "backend"],
+    buckets=_LATENCY,
+)
+REMOTE_FALLBACKS = Counter(
+    "augur_remote_fallbacks_total",
+    "Remote calls answered by the model's local fallback because no backend could",
+    ["model"],
+)

@@ -20,7 +20,7 @@ from augur.features.odfv import OnDemandViews, request_values
 from augur.features.plan import ReadPlan, Transform
 from augur.features.reader import FeatureRows
 from augur.features.typed import is_numeric
-from augur.modelrepo.repository import ModelRepository, ModelVersion, RepositoryError
+from augur.modelrepo.repository import REMOTE, ModelRepository, ModelVersion, RepositoryError
 from augur.serving import metrics, probe
 from augur.serving.runtimes import Runtime, load_runtime
 
@@ -60,6 +60,15 @@ class ServingModel:
     transforms: tuple[Transform, ...] = ()
     transform_inputs: tuple[tuple[str, int], ...] = ()
     on_demand: OnDemandViews | None = None
+    # scored on other servers (kind remote): its wait runs off the thread that runs calls
+    off_thread: bool = False
+
+    def infer(self, batch: np.ndarray, deadline: float | None) -> np.ndarray:
+        """Scores of an assembled batch; `deadline` (monotonic) bounds a remote model's
+        attempts, a local model runs to the end."""
+        if self.off_thread:
+            return self.runtime.predict(batch, deadline)  # type: ignore[call-arg]
+        return self.runtime.predict(batch)
 
     @property
     def name(self) -> str:
@@ -165,6 +174,17 @@ def load_model(
                 f"in feature service {spec.feature_service!r} nor a request "
                 f"feature of model.yaml"
             )
+    if spec.kind == REMOTE:
+        return _load_remote(
+            repo,
+            resolved,
+            plan,
+            (store_cols, store_pos, request_pos),
+            plans,
+            threads,
+            compile_cache,
+            probe_timeout_s,
+        )
     if probe_timeout_s is not None:
         try:
             took = probe.vet(resolved, compile_cache, probe_timeout_s)
@@ -226,3 +246,49 @@ def _warm_up(model: ServingModel) -> None:
         raise ModelLoadError(
             f"model {model.name}@{model.version.version}: warm-up failed: {e}"
         ) from e
+
+
+def _load_remote(
+    repo: ModelRepository,
+    resolved: ModelVersion,
+    plan: ReadPlan,
+    inputs: tuple[list, list, list],
+    plans: Mapping[str, ReadPlan],
+    threads: int,
+    compile_cache: Path | None,
+    probe_timeout_s: float | None,
+) -> ServingModel:
+    """A `kind: remote` model: its backends' channels and its fallback, loaded as any local
+    model is. No warm-up call: backends down at start are for the breakers to find."""
+    from augur.serving.runtimes.remote import load_remote
+
+    spec = resolved.spec
+    assert spec.remote is not None
+    fallback = None
+    if spec.remote.fallback:
+        if spec.remote.fallback == spec.name:
+            raise ModelLoadError(f"model {spec.name}: remote.fallback names the model itself")
+        fallback = load_model(
+            repo, spec.remote.fallback, plans, threads, "", compile_cache, probe_timeout_s
+        )
+    try:
+        runtime = load_remote(resolved, fallback)
+    except ValueError as e:
+        raise ModelLoadError(f"model {spec.name}: {e}") from e
+    store_cols, store_pos, request_pos = inputs
+    log.info(
+        "loaded remote model %s (%d inputs; backends %s; fallback %s)",
+        spec.name,
+        len(resolved.features),
+        ", ".join(b.address for b in spec.remote.backends),
+        spec.remote.fallback or "none",
+    )
+    return ServingModel(
+        resolved,
+        plan,
+        runtime,
+        np.array(store_cols, np.intp),
+        np.array(store_pos, np.intp),
+        tuple(request_pos),
+        off_thread=True,
+    )

@@ -78,20 +78,22 @@ class Route:
         batch: np.ndarray,
         entities: Mapping[str, list] | None,
         trip: Trip,
+        deadline: float | None = None,
     ) -> tuple[np.ndarray, list[str]]:
         """Scores of the assembled `batch` and the version that answered each row: `model`'s,
         or split by the sticky canary when `entities` is given (a call that named no
-        version); `trip` is told of a canary guardrail's verdict. A running experiment splits
-        such a call between its arms instead."""
+        version); `trip` is told of a canary guardrail's verdict; `deadline` (monotonic)
+        bounds a remote model's attempts. A running experiment splits such a call between its
+        arms instead."""
         if entities is not None and self.experiment is not None:
-            return self.experiment.score(self.stable, rows, extra, batch, entities)
+            return self.experiment.score(self.stable, rows, extra, batch, entities, deadline)
         mask = None if entities is None else self.canary_rows(entities)
         if mask is None or not mask.any():
-            scores = model.runtime.predict(batch)
+            scores = model.infer(batch, deadline)
             if mask is not None and self.guard is not None:
                 self.guard.record_stable(scores)  # the reference for the canary's drift
             return scores, [model.version.version] * len(batch)
-        return self._split(rows, extra, batch, mask, trip)
+        return self._split(rows, extra, batch, mask, trip, deadline)
 
     def _split(
         self,
@@ -100,6 +102,7 @@ class Route:
         stable_batch: np.ndarray,
         canary_mask: np.ndarray,
         trip: Trip,
+        deadline: float | None,
     ) -> tuple[np.ndarray, list[str]]:
         """Score canary rows with the canary and the rest with stable; a failing canary call
         is answered by stable instead (and counted against the canary's guardrails)."""
@@ -109,14 +112,14 @@ class Route:
         versions = np.full(len(canary_mask), stable.version.version, dtype=object)
         keep = ~canary_mask
         if keep.any():
-            scores[keep] = stable.runtime.predict(stable_batch[keep])
+            scores[keep] = stable.infer(stable_batch[keep], deadline)
             if self.guard is not None:
                 self.guard.record_stable(scores[keep])
         began = time.perf_counter()
         try:
             picked = {k: v[canary_mask] for k, v in extra.items()}
             inputs = canary.assemble(rows.take(canary_mask), picked)
-            theirs = canary.runtime.predict(inputs)
+            theirs = canary.infer(inputs, deadline)
             if not np.isfinite(theirs).all():
                 raise ValueError("non-finite canary scores")
             scores[canary_mask] = theirs
@@ -128,7 +131,7 @@ class Route:
             metrics.CANARY_FALLBACKS.labels(self.name, canary.version.version).inc()
             version = canary.version.version
             log.debug("canary %s@%s failed, stable answers: %s", self.name, version, e)
-            scores[canary_mask] = stable.runtime.predict(stable_batch[canary_mask])
+            scores[canary_mask] = stable.infer(stable_batch[canary_mask], deadline)
             ok, seen = False, None
         if self.guard is not None:
             verdict = self.guard.record_canary(ok, time.perf_counter() - began, seen)

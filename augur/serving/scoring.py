@@ -18,6 +18,7 @@ from augur.serving.errors import deadline_exceeded
 from augur.serving.feature_log import FeatureLog
 from augur.serving.feature_read import GuardedReader
 from augur.serving.models import ServingModel
+from augur.serving.oip_inputs import given_rows
 from augur.serving.routing import Route, Trip
 from augur.serving.shadow import ShadowScorer
 
@@ -95,7 +96,10 @@ class Scorer:
         the sticky canary may answer some rows (the call named no version); `counted`: the
         model's metrics."""
         t0 = time.perf_counter()
-        rows, degraded = self.features.read(model.plan, entities, deadline, route)
+        if entities:
+            rows, degraded = self.features.read(model.plan, entities, deadline, route)
+        else:  # an OIP call that gave the features themselves: nothing to read
+            rows, degraded = given_rows(model.plan, extra), False
         t1 = time.perf_counter()
         if deadline is not None and time.monotonic() > deadline:
             counted.late.inc()
@@ -103,11 +107,11 @@ class Scorer:
         batch = model.assemble(rows, extra)
         t2 = time.perf_counter()
         picked = entities if split else None
-        if len(batch) < chunks.OFF_THREAD_ROWS:
+        if len(batch) < chunks.OFF_THREAD_ROWS and not model.off_thread:
             scores, row_versions = route.score(model, rows, extra, batch, picked, self._trip)
-        else:  # it releases the GIL: off the thread that runs other calls (green pool)
+        else:  # it releases the GIL, or waits on another server: off the calls' thread
             scores, row_versions = self._waiting.run_elsewhere(
-                lambda: route.score(model, rows, extra, batch, picked, self._trip)
+                lambda: route.score(model, rows, extra, batch, picked, self._trip, deadline)
             )
         counted.scored(t0, t1, t2, time.perf_counter(), rows, model.plan, self._ages)
         if route.shadow is not None and model is route.stable and not degraded:
@@ -128,9 +132,10 @@ class Scorer:
         """One batch of a model's calls (`counted`: its metrics): calls routed alike share one
         read and one model call, then split."""
         began = time.perf_counter()
-        groups: dict[int, list[Call]] = {}
+        # calls that name entities and calls that give their features (OIP) merge apart
+        groups: dict[tuple[int, bool], list[Call]] = {}
         for call in calls:
-            groups.setdefault(id(call.route), []).append(call)
+            groups.setdefault((id(call.route), not call.entities), []).append(call)
         queue = counted.queue
         for call in calls:
             queue.observe(began - call.queued)
@@ -145,7 +150,8 @@ class Scorer:
                 deadlines = [c.deadline for c in group]
                 deadline = None if None in deadlines else max(deadlines)
             try:
-                scored = self.score(route, route.stable, entities, extra, deadline, True, counted)
+                split = bool(entities)  # an OIP call that gave features names no sticky key
+                scored = self.score(route, route.stable, entities, extra, deadline, split, counted)
             except BaseException as e:
                 for call in group:
                     call.error = e

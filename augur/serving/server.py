@@ -31,7 +31,7 @@ from augur.features.reader import OnlineReader
 from augur.features.row_cache import RowCache
 from augur.features.waiting import BLOCKING, Waiting
 from augur.modelrepo.repository import ModelRepository
-from augur.serving import metrics, security
+from augur.serving import metrics, oip, security
 from augur.serving.admin import AdminServicer
 from augur.serving.admission import AdmissionPolicy
 from augur.serving.batcher import THREADS
@@ -178,6 +178,7 @@ def start(config: Config) -> RunningServer:
         interceptors=security.interceptors(config.auth),
     )
     add_predictor(servicer, server)  # request bytes parsed after auth (servicer.py)
+    oip.add_to_server(servicer, server, waiting)  # the Open Inference Protocol, same lanes
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set("", SERVING)
     services = [
