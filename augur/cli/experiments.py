@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from augur.config import Config
+from augur.modelrepo.experiment_spec import ExperimentSpec, parse_experiment
 from augur.modelrepo.repository import ModelRepository, RepositoryError
-from augur.modelrepo.spec import ExperimentSpec, parse_experiment
 
 
 def add_parser(sub) -> None:

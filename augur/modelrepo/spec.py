@@ -7,12 +7,15 @@ models.yaml are parsed here; the folders and versions are augur/modelrepo/reposi
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mmh3
-import numpy as np
+from augur.modelrepo.errors import RepositoryError
+from augur.modelrepo.experiment_spec import ExperimentSpec, parse_experiment
+from augur.modelrepo.remote_spec import RemoteSpec, parse_remote
+
+# importers of the schema from here keep working
+__all__ = ["ExperimentSpec", "RemoteSpec", "RepositoryError", "parse_experiment"]
 
 KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
 # A model scored on other Open Inference Protocol servers (augur/serving/runtimes/remote.py):
@@ -22,10 +25,6 @@ REMOTE = "remote"
 # code compiled from model.txt (augur/serving/runtimes/compiled_runtime.py)
 COMPILERS = ("none", "lleaves")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-
-
-class RepositoryError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -57,43 +56,6 @@ class ShadowSpec:
 
 
 @dataclass(frozen=True)
-class ExperimentSpec:
-    """A named A/B experiment: entities (by sticky key hash) split between versions at fixed
-    shares for as long as it runs. A model runs a canary or an experiment, not both."""
-
-    name: str
-    arms: dict[str, float]  # version id -> share of entities; the shares add up to 1
-    sticky_key: str = ""  # entity column to hash; default: the first view's first join key
-
-    @property
-    def cuts(self) -> tuple[int, ...]:
-        """Each arm's upper hash bucket bound, in `arms` order; the last covers every bucket."""
-        cuts, total = [], 0.0
-        for share in self.arms.values():
-            total += share
-            cuts.append(round(total * EXPERIMENT_BUCKETS))
-        cuts[-1] = EXPERIMENT_BUCKETS  # shares adding up to 1 within float error
-        return tuple(cuts)
-
-    def arm_of(self, model: str, keys: Sequence) -> np.ndarray:
-        """Each sticky key's arm index: its hash bucket, salted with the model and experiment
-        names so that two experiments split independently. The server routes by it and
-        `augur experiments report` joins outcomes by it, so the two always agree."""
-        salt = f"{model}:{self.name}:"
-        buckets = np.fromiter(
-            (mmh3.hash(salt + str(k), signed=False) % EXPERIMENT_BUCKETS for k in keys),
-            np.int64,
-            len(keys),
-        )
-        return np.searchsorted(np.asarray(self.cuts), buckets, side="right")
-
-
-EXPERIMENT_BUCKETS = 10_000
-EXPERIMENT_ARMS = 8  # at most: each arm is a label value of the experiment's metrics
-_EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-@dataclass(frozen=True)
 class BatchingSpec:
     """A model's own dynamic batching (model.yaml `batching`), in Triton's terms; it
     overrides server.batch_max_rows and server.batch_max_delay_us for this model."""
@@ -119,36 +81,6 @@ class SkewThresholds:
 
     max_mismatch: float = 0.01  # share of rows whose served value differs from offline
     max_psi: float = 0.25  # PSI of a feature's served distribution vs training
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """One OIP server a remote model may be scored on."""
-
-    address: str  # host:port of its gRPC endpoint
-    model: str = ""  # the model's name there; "": this model's name
-    version: str = ""  # the version to ask for there; "": the backend's default
-
-
-@dataclass(frozen=True)
-class RemoteSpec:
-    """Where and how a `kind: remote` model is scored (model.yaml `remote`)."""
-
-    features: tuple[str, ...]  # the tensor's columns, in order
-    backends: tuple[BackendSpec, ...]  # tried in order; the next after a retryable failure
-    input: str = "input-0"  # the name of the one [rows, features] FP32 input tensor
-    output: str = ""  # the backend's output to read; "": its first
-    # an attempt's timeout when the caller set no deadline (with one: the share of what is
-    # left, split among the backends still to try)
-    attempt_timeout_ms: int = 1000
-    hedge_after_ms: float | None = None  # ask the next backend too if no answer by then
-    hedge_percentile: float | None = None  # ... or by this percentile of recent answers
-    breaker_failures: int = 3  # consecutive failures that open a backend's circuit
-    breaker_cooldown_ms: int = 1000  # how long it stays open before one probe call
-    fallback: str = ""  # a local model of this repository that answers when no backend can
-
-
-_REMOTE_KEYS = {f for f in RemoteSpec.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -239,7 +171,7 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         compiler,
         batching,
         experiment,
-        remote=_parse_remote(raw.get("remote"), path) if kind == REMOTE else None,
+        remote=parse_remote(raw.get("remote"), path) if kind == REMOTE else None,
         logging=_parse_logging(raw.get("logging"), path),
         skew=_parse_skew(raw.get("skew"), path),
     )
@@ -288,85 +220,6 @@ def _numbers(raw: object, block: str, keys: tuple[str, ...], path: Path) -> dict
             raise RepositoryError(f"{path}: {block}.{key} must be a number >= 0, got {value!r}")
         out[key] = float(value)
     return out
-
-
-def parse_experiment(raw: object, path: Path | str) -> ExperimentSpec | None:
-    """model.yaml's `experiment: {name, arms: {version: share, ...}, sticky_key}`."""
-    if not raw:
-        return None
-    if not isinstance(raw, dict) or not isinstance(raw.get("arms"), dict):
-        raise RepositoryError(f"{path}: experiment needs a name and arms: {{version: share}}")
-    name = str(raw.get("name", ""))
-    if not _EXPERIMENT_NAME.match(name):
-        raise RepositoryError(
-            f"{path}: experiment.name must be 1-64 letters, digits, '_', '.' or '-', "
-            f"starting with a letter or digit; got {name[:64]!r}"
-        )
-    arms = {}
-    for version, share in raw["arms"].items():
-        try:
-            arms[str(version)] = float(share)
-        except (TypeError, ValueError):
-            raise RepositoryError(
-                f"{path}: experiment.arms.{version}: a share is a number, got {share!r}"
-            ) from None
-    if not 2 <= len(arms) <= EXPERIMENT_ARMS:
-        raise RepositoryError(
-            f"{path}: experiment {name} needs 2 to {EXPERIMENT_ARMS} arms, got {len(arms)}"
-        )
-    if any(not 0.0 < w <= 1.0 for w in arms.values()) or abs(sum(arms.values()) - 1.0) > 1e-6:
-        raise RepositoryError(
-            f"{path}: experiment {name}: each arm's share is within (0, 1] and the shares "
-            f"add up to 1; got {arms}"
-        )
-    return ExperimentSpec(name, arms, str(raw.get("sticky_key") or ""))
-
-
-def _parse_remote(raw: object, path: Path) -> RemoteSpec:
-    if not isinstance(raw, dict):
-        raise RepositoryError(
-            f"{path}: kind remote needs `remote`, a mapping with features and backends"
-        )
-    unknown = sorted(set(raw) - _REMOTE_KEYS)
-    if unknown:
-        raise RepositoryError(
-            f"{path}: remote.{unknown[0]} is not an option; remote takes "
-            f"{', '.join(sorted(_REMOTE_KEYS))}"
-        )
-    features = raw.get("features")
-    if not isinstance(features, list) or not features:
-        raise RepositoryError(f"{path}: remote.features must list the tensor's columns in order")
-    backends = []
-    for i, entry in enumerate(raw.get("backends") or ()):
-        entry = {"address": entry} if isinstance(entry, str) else entry
-        if not isinstance(entry, dict) or not entry.get("address"):
-            raise RepositoryError(
-                f"{path}: remote.backends[{i}] must be host:port or a mapping with address"
-            )
-        try:
-            backends.append(BackendSpec(**{k: str(v) for k, v in entry.items()}))
-        except TypeError:
-            raise RepositoryError(
-                f"{path}: remote.backends[{i}] takes address, model and version"
-            ) from None
-    if not backends:
-        raise RepositoryError(f"{path}: remote.backends must name at least one OIP server")
-    options = {k: v for k, v in raw.items() if k not in ("features", "backends")}
-    for key in ("attempt_timeout_ms", "breaker_failures", "breaker_cooldown_ms"):
-        value = options.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise RepositoryError(
-                f"{path}: remote.{key} must be a whole number >= 1, got {value!r}"
-            )
-    for key in ("hedge_after_ms", "hedge_percentile"):
-        value = options.get(key)
-        if value is not None and (not isinstance(value, int | float) or value <= 0):
-            raise RepositoryError(f"{path}: remote.{key} must be a number > 0, got {value!r}")
-    if options.get("hedge_percentile") is not None and options["hedge_percentile"] >= 100:
-        raise RepositoryError(f"{path}: remote.hedge_percentile must be below 100")
-    return RemoteSpec(tuple(str(f) for f in features), tuple(backends), **options)
 
 
 def _parse_batching(raw: object, path: Path) -> BatchingSpec | None:

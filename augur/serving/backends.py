@@ -18,7 +18,7 @@ import numpy as np
 
 from augur.api.oip import open_inference_pb2 as oip
 from augur.features.breaker import CircuitBreaker, CircuitOpenError
-from augur.modelrepo.spec import BackendSpec, RemoteSpec
+from augur.modelrepo.remote_spec import BackendSpec, RemoteSpec
 from augur.serving import metrics
 from augur.serving.errors import RequestError
 from augur.serving.oip_tensors import fp32_input, read_tensor

@@ -9,6 +9,7 @@ Route that holds it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from augur.features.reader import FeatureRows
-from augur.modelrepo.spec import ExperimentSpec
+from augur.modelrepo.experiment_spec import ExperimentSpec
 from augur.serving import metrics
-from augur.serving.models import ServingModel
+from augur.serving.models import ModelLoadError, ServingModel
 
 # Score distribution: the first rows of each arm's share of a call (a histogram observe per
 # row would cost a 100-row call more than its model)
@@ -54,6 +55,21 @@ class Experiment:
                 )
             )
         return cls(spec, model_name, tuple(arms))
+
+    @classmethod
+    def build(cls, name: str, spec, stable: ServingModel, versions: dict, load) -> Experiment:
+        """model.yaml's experiment of model `name` (`spec`: its ModelSpec) with every arm
+        loaded by `load(name, version)` into `versions`: all arms or none, since an
+        experiment missing an arm would compare something else. Raises what `load` raises."""
+        experiment = spec.experiment
+        sticky = experiment.sticky_key or stable.plan.views[0].join_keys[0]
+        if sticky not in stable.plan.entity_types:
+            raise ModelLoadError(
+                f"sticky_key {sticky!r} is not an entity of {spec.feature_service}"
+            )
+        loaded = {version: load(name, version) for version in experiment.arms}
+        versions.update(loaded)
+        return cls.of(name, dataclasses.replace(experiment, sticky_key=sticky), loaded)
 
     @staticmethod
     def same(a: Experiment | None, b: Experiment | None) -> bool:

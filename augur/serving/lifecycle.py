@@ -11,7 +11,6 @@ the canary is rolled back in model.yaml and traffic returns to stable.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -239,7 +238,7 @@ class ModelManager:
         experiment = None
         if spec.experiment is not None:
             try:
-                experiment = self._experiment(name, spec, stable, versions)
+                experiment = Experiment.build(name, spec, stable, versions, self._load)
             except ModelLoadError as e:
                 problems.append(f"experiment {spec.experiment.name}: {e}; stable answers")
         shadow = None
@@ -274,22 +273,9 @@ class ModelManager:
             experiment,
             log_spec(spec.logging, stable.version.metadata),
         )
-        if previous is not None and _same(previous, route):
+        if previous is not None and previous.routes_like(route):
             return previous
         return route
-
-    def _experiment(self, name: str, spec, stable, versions: dict) -> Experiment:
-        """model.yaml's experiment with every arm loaded (into `versions`): all arms or none,
-        since an experiment missing an arm would compare something else."""
-        experiment = spec.experiment
-        sticky = experiment.sticky_key or stable.plan.views[0].join_keys[0]
-        if sticky not in stable.plan.entity_types:
-            raise ModelLoadError(
-                f"sticky_key {sticky!r} is not an entity of {spec.feature_service}"
-            )
-        loaded = {version: self._load(name, version) for version in experiment.arms}
-        versions.update(loaded)
-        return Experiment.of(name, dataclasses.replace(experiment, sticky_key=sticky), loaded)
 
     def _keep(self, name: str, previous: Route | None, error: str) -> Route | None:
         if self.errors.get(name) == error:  # said already
@@ -405,21 +391,3 @@ def _files(version_dir: Path) -> tuple:
 def _stat(path: Path) -> tuple[int, int, int]:
     stat = path.stat()
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def _same(a: Route, b: Route) -> bool:
-    return (
-        a.stable is b.stable
-        and a.canary is b.canary
-        and a.shadow is b.shadow
-        and a.canary_weight == b.canary_weight
-        and a.aliases == b.aliases
-        and a.versions.keys() == b.versions.keys()
-        and a.guard is b.guard
-        and a.sticky_key == b.sticky_key
-        and a.shadow_threshold == b.shadow_threshold
-        and a.batching == b.batching
-        and a.on_feature_store_error == b.on_feature_store_error
-        and Experiment.same(a.experiment, b.experiment)
-        and a.feature_log == b.feature_log
-    )

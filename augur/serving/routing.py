@@ -53,6 +53,26 @@ class Route:
     # logging_config recorded at training); None: nothing is logged, at no cost
     feature_log: LoggingSpec | None = None
 
+    def routes_like(self, other: Route) -> bool:
+        """Whether `other` routes every call as this route does (the model manager then keeps
+        this one, and with it its guardrail window)."""
+        a, b = self, other
+        return (
+            a.stable is b.stable
+            and a.canary is b.canary
+            and a.shadow is b.shadow
+            and a.canary_weight == b.canary_weight
+            and a.aliases == b.aliases
+            and a.versions.keys() == b.versions.keys()
+            and a.guard is b.guard
+            and a.sticky_key == b.sticky_key
+            and a.shadow_threshold == b.shadow_threshold
+            and a.batching == b.batching
+            and a.on_feature_store_error == b.on_feature_store_error
+            and Experiment.same(a.experiment, b.experiment)
+            and a.feature_log == b.feature_log
+        )
+
     def named(self, version: str) -> ServingModel | None:
         """A loaded version by id or alias (`canary` names the canary while there is one)."""
         if version == "canary" and self.canary is not None:
