@@ -56,6 +56,15 @@ class BatchingSpec:
 
 
 @dataclass(frozen=True)
+class SloSpec:
+    """A model's latency objective (model.yaml `slo`): its batcher picks the window and cap
+    that serve the most calls while a call's p99 queue wait and batch run stay within it
+    (augur/serving/slo.py); batching's max_batch_size, where set, caps the batch."""
+
+    p99_ms: float
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     kind: str
@@ -72,6 +81,7 @@ class ModelSpec:
     on_feature_store_error: str = "unavailable"
     compile: str = "none"
     batching: BatchingSpec | None = None  # None: the server's batching settings
+    slo: SloSpec | None = None  # None: batching as `batching` says, fixed
 
 
 def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
@@ -115,6 +125,7 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         s = raw["shadow"]
         shadow = ShadowSpec(str(s["version"]), float(s.get("threshold", 0.5)))
     batching = _parse_batching(raw.get("batching"), path)
+    slo = _parse_slo(raw.get("slo"), path)
     return ModelSpec(
         name,
         kind,
@@ -129,7 +140,23 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         policy,
         compiler,
         batching,
+        slo,
     )
+
+
+def _parse_slo(raw: object, path: Path) -> SloSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"p99_ms"}:
+        raise RepositoryError(
+            f"{path}: slo must be a mapping with p99_ms alone, e.g. slo: {{p99_ms: 5}}; got {raw!r}"
+        )
+    value = raw["p99_ms"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 60_000:
+        raise RepositoryError(
+            f"{path}: slo.p99_ms must be a number of milliseconds in (0, 60000], got {value!r}"
+        )
+    return SloSpec(float(value))
 
 
 def _parse_batching(raw: object, path: Path) -> BatchingSpec | None:

@@ -19,8 +19,12 @@ from augur.serving.deadlines import deadline_of
 from augur.serving.errors import RequestError
 from augur.serving.routing import Route
 from augur.serving.scoring import Scored, Scorer
+from augur.serving.slo import SloController
 
 log = logging.getLogger(__name__)
+# The most rows an SLO-tuned batch holds where neither model.yaml's batching nor the server's
+# batch_max_rows says: the controller picks a cap up to it that fits the objective
+SLO_ROWS = 64
 
 
 class ModelLane:
@@ -32,6 +36,8 @@ class ModelLane:
         self._counted = metrics.for_model(name)
         self._lanes = lanes  # the server's settings, shared by every lane
         self._batcher: Batcher | None = None
+        # (rows, delay, objective) the batcher was last set to from model.yaml / the server
+        self._configured: tuple = (0, 0.0, None)
         self._lock = threading.Lock()
 
     def predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
@@ -78,7 +84,9 @@ class ModelLane:
 
     def batcher(self, route: Route) -> Batcher | None:
         """The model's batcher, or None when its calls are scored alone: model.yaml's
-        `batching` where it has one, else the server's batch_max_rows / batch_max_delay_us."""
+        `batching` where it has one, else the server's batch_max_rows / batch_max_delay_us;
+        with model.yaml's `slo`, a controller (slo.py) tunes the window and cap, the cap up
+        to those rows (SLO_ROWS when neither sets any)."""
         lanes = self._lanes
         own = route.batching
         if own is None:
@@ -87,6 +95,9 @@ class ModelLane:
             rows = own.max_batch_size
             delay_us = own.max_queue_delay_us
             delay_s = lanes.batch_max_delay_s if delay_us is None else delay_us / 1e6
+        objective = route.slo
+        if objective is not None and own is None and rows <= 0:
+            rows = SLO_ROWS  # an objective turns batching on; `max_batch_size: 0` keeps it off
         if rows <= 0:
             return None
         batcher = self._batcher
@@ -98,14 +109,32 @@ class ModelLane:
                     run = partial(lanes.scorer.score_calls, counted=self._counted)
                     depth = self._counted.batch_queue
                     batcher = Batcher(run, rows, delay_s, lanes.turns, depth)
+                    self._configured = (rows, delay_s, None)
                     self._batcher = batcher
                     lanes.check_threads(self.name, rows)
-        elif batcher.max_rows != rows or batcher.max_delay_s != delay_s:
+        if self._configured != (rows, delay_s, objective):
             # model.yaml changed while serving: the batches that close from now on follow it
-            if batcher.max_rows != rows:
-                lanes.check_threads(self.name, rows)
-            batcher.max_rows, batcher.max_delay_s = rows, delay_s
+            with self._lock:
+                self._configure(batcher, rows, delay_s, objective)
         return batcher
+
+    def _configure(self, batcher: Batcher, rows: int, delay_s: float, objective) -> None:
+        """With the lock held: apply model.yaml's batching and objective to the batcher."""
+        if self._configured[0] != rows:
+            self._lanes.check_threads(self.name, rows)
+        self._configured = (rows, delay_s, objective)
+        if objective is None:
+            batcher.slo = None
+            batcher.max_rows, batcher.max_delay_s = rows, delay_s
+            return
+        slo = batcher.slo
+        if slo is None:
+            slo = SloController(objective.p99_ms / 1e3, rows, metrics.slo_gauges(self.name))
+        else:  # what it learnt of the model's costs stands; the bounds change
+            slo.objective_s, slo.most_rows = objective.p99_ms / 1e3, rows
+            slo.max_rows = min(slo.max_rows, rows)
+        batcher.max_rows, batcher.max_delay_s = slo.max_rows, slo.window_s
+        batcher.slo = slo
 
 
 class Lanes:

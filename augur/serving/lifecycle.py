@@ -243,6 +243,7 @@ class ModelManager:
             threshold,
             spec.batching,
             spec.on_feature_store_error,
+            spec.slo,
         )
         if previous is not None and _same(previous, route):
             return previous
@@ -366,4 +367,5 @@ def _same(a: Route, b: Route) -> bool:
         and a.shadow_threshold == b.shadow_threshold
         and a.batching == b.batching
         and a.on_feature_store_error == b.on_feature_store_error
+        and a.slo == b.slo
     )

@@ -277,3 +277,53 @@ BATCH_CALLS = Histogram(
     ["model"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
 )
+SLO_WINDOW = Gauge(
+    "augur_slo_batch_window_seconds",
+    "The batch window an SLO-tuned model's batcher chose (model.yaml slo)",
+    ["model"],
+    multiprocess_mode="max",
+)
+SLO_BATCH_ROWS = Gauge(
+    "augur_slo_batch_max_rows",
+    "The batch cap an SLO-tuned model's batcher chose (model.yaml slo)",
+    ["model"],
+    multiprocess_mode="max",
+)
+SLO_P99 = Gauge(
+    "augur_slo_p99_seconds",
+    "An SLO-tuned model's p99 of queue wait plus batch run: as its controller predicts it "
+    "for the chosen window and cap (kind=predicted), as measured over its recent calls "
+    "(kind=observed), and its objective (kind=objective)",
+    ["model", "kind"],
+    multiprocess_mode="max",
+)
+IN_FLIGHT = Gauge(
+    "augur_model_in_flight_calls",
+    "Calls of a model admitted or waiting for admission and not yet answered: the "
+    "pending work autoscaling scales on",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+
+
+class SloGauges:
+    """One SLO-tuned model's gauges, bound once."""
+
+    def __init__(self, model: str) -> None:
+        self.window = SLO_WINDOW.labels(model)
+        self.rows = SLO_BATCH_ROWS.labels(model)
+        self.predicted = SLO_P99.labels(model, "predicted")
+        self.observed = SLO_P99.labels(model, "observed")
+        self.objective = SLO_P99.labels(model, "objective")
+
+    def show(self, controller) -> None:
+        """The decision of an augur.serving.slo.SloController."""
+        self.window.set(controller.window_s)
+        self.rows.set(controller.max_rows)
+        self.predicted.set(controller.predicted_p99_s)
+        self.observed.set(controller.observed_p99_s)
+        self.objective.set(controller.objective_s)
+
+
+def slo_gauges(model: str) -> SloGauges:
+    return SloGauges(model)

@@ -19,6 +19,7 @@ import numpy as np
 
 from augur.features.reader import FeatureRows
 from augur.modelrepo.repository import BatchingSpec
+from augur.modelrepo.spec import SloSpec
 from augur.serving import metrics
 from augur.serving.errors import not_found, shown
 from augur.serving.guardrails import CanaryGuard
@@ -46,6 +47,7 @@ class Route:
     # model.yaml of its load time): dynamic batching, and what a failed feature read does
     batching: BatchingSpec | None = None
     on_feature_store_error: str = "unavailable"
+    slo: SloSpec | None = None  # the latency objective its batcher tunes to (serving/slo.py)
 
     def named(self, version: str) -> ServingModel | None:
         """A loaded version by id or alias (`canary` names the canary while there is one)."""
