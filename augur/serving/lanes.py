@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from functools import partial
 
 import grpc
@@ -20,6 +21,7 @@ from augur.serving.errors import RequestError
 from augur.serving.routing import Route
 from augur.serving.scoring import Scored, Scorer
 from augur.serving.slo import SloController
+from augur.serving.tracing import StageMarks
 
 log = logging.getLogger(__name__)
 # The most rows an SLO-tuned batch holds where neither model.yaml's batching nor the server's
@@ -40,8 +42,11 @@ class ModelLane:
         self._configured: tuple = (0, 0.0, None)
         self._lock = threading.Lock()
 
-    def predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
-        """Admit the call, decode it, and score it: alone, or in the model's next batch."""
+    def predict(
+        self, route: Route, request: pb.PredictRequest, context, marks: StageMarks | None = None
+    ) -> Scored:
+        """Admit the call, decode it, and score it: alone, or in the model's next batch;
+        `marks`: a traced call's, given the times of its stages."""
         deadline = deadline_of(context, self.name, "admission")
         try:
             ticket = self.admission.enter(deadline)
@@ -50,6 +55,8 @@ class ModelLane:
                 self._counted.shed.inc()
             raise
         with ticket:
+            if marks is not None:
+                marks.admitted = time.perf_counter()
             lanes = self._lanes
             model = route.pinned(request.version) if request.version else route.stable
             batcher = None if request.version else self.batcher(route)
@@ -58,7 +65,7 @@ class ModelLane:
                 entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
                 split = not request.version  # the canary may answer rows of a call naming none
                 score, counted = lanes.scorer.score, self._counted
-                return Scored.joined(
+                scored = Scored.joined(
                     [  # a large call in chunks, other calls running between them
                         score(
                             route,
@@ -74,13 +81,20 @@ class ModelLane:
                     if n > chunks.CHUNK_ROWS
                     else [score(route, model, entities, extra, deadline, split, counted)]
                 )
+                if marks is not None:
+                    marks.scored = scored
+                return scored
             arrival = batcher.arrival()  # announced before decoding: a batch waits for it
             try:
                 entities, extra, n = decode_inputs(request, model, lanes.max_rows, owner)
             except BaseException:
                 arrival.withdraw()
                 raise
-            return arrival.submit(Call(entities, extra, n, deadline, route))
+            call = Call(entities, extra, n, deadline, route)
+            scored = arrival.submit(call)
+            if marks is not None:
+                marks.queued, marks.scored = call.queued, scored
+            return scored
 
     def batcher(self, route: Route) -> Batcher | None:
         """The model's batcher, or None when its calls are scored alone: model.yaml's

@@ -15,6 +15,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,7 +32,7 @@ from augur.features.reader import OnlineReader
 from augur.features.row_cache import RowCache
 from augur.features.waiting import BLOCKING, Waiting
 from augur.modelrepo.repository import ModelRepository
-from augur.serving import metrics, security
+from augur.serving import metrics, security, tracing
 from augur.serving.admin import AdminServicer
 from augur.serving.admission import AdmissionPolicy
 from augur.serving.batcher import THREADS
@@ -40,6 +41,7 @@ from augur.serving.green import GreenPool
 from augur.serving.lifecycle import ModelManager
 from augur.serving.servicer import PredictorServicer
 from augur.serving.supervisor import await_siblings, supervisor_pid
+from augur.serving.tracing import Tracing
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -57,6 +59,7 @@ class RunningServer:
     admin_server: grpc.Server | None = None  # when Admin has a listener of its own
     admin_port: int = 0
     pool: futures.Executor | None = None  # the gRPC handlers' (the server does not stop it)
+    tracing: Tracing | None = None  # OpenTelemetry spans, when tracing.enabled
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
@@ -67,6 +70,8 @@ class RunningServer:
         self.server.stop(self.grace_seconds).wait()
         if self.pool is not None:
             self.pool.shutdown()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server, int]:
@@ -85,7 +90,9 @@ def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server,
     return admin, port
 
 
-def start(config: Config) -> RunningServer:
+def start(config: Config, span_exporter: Any = None) -> RunningServer:
+    """Serve `config`; `span_exporter`: where traced calls' spans go instead of OTLP (an
+    OpenTelemetry SpanExporter, e.g. a test's in-memory one; tracing.enabled still decides)."""
     plans = load_plans(config.feature_repo, config.redis.address)  # no Feast import if cached
     repo = ModelRepository(config.model_repo)
     health_servicer = Health()
@@ -130,6 +137,7 @@ def start(config: Config) -> RunningServer:
         cache = RowCache(config.redis.row_cache_entries, config.redis.row_cache_ttl_ms)
     reader = OnlineReader(connect(config.redis.address, timeouts), cache=cache, waiting=reads)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
+    traced = tracing.from_config(config.tracing, span_exporter)
     servicer = PredictorServicer(
         manager,
         plans,
@@ -143,6 +151,7 @@ def start(config: Config) -> RunningServer:
         handler_threads=0 if config.server.workers or green else threads,
         turns=turns,
         waiting=waiting,
+        tracing=traced,
     )
 
     limit = config.server.max_message_bytes
@@ -216,6 +225,7 @@ def start(config: Config) -> RunningServer:
         admin_server,
         admin_port,
         pool,
+        traced,
     )
 
 

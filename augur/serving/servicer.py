@@ -29,6 +29,7 @@ from augur.serving.lanes import Lanes
 from augur.serving.lifecycle import ModelManager
 from augur.serving.scoring import Scorer
 from augur.serving.shadow import ShadowScorer
+from augur.serving.tracing import StageMarks, Tracing
 
 log = logging.getLogger(__name__)
 _OK = grpc.StatusCode.OK
@@ -49,8 +50,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         handler_threads: int = 0,
         turns: Turns = THREADS,
         waiting: Waiting = BLOCKING,
+        tracing: Tracing | None = None,
     ):
         self.manager = manager
+        self.tracing = tracing  # None: tracing off, and Predict pays one check for it
         self.plans = dict(plans)
         self.max_rows = max_rows
         self.features = GuardedReader(reader, breaker)
@@ -71,6 +74,12 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         return self.features.breaker
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
+        if self.tracing is None:
+            return self._predict(request, context, None)
+        return self.tracing.predict(self._predict, request, context)
+
+    def _predict(self, request: pb.PredictRequest, context, marks: StageMarks | None):
+        """A Predict; `marks` (a traced call's) collects its stages' times for its spans."""
         started = time.perf_counter()
         route = self.manager.route(request.model)
         model = route.name if route is not None else "unknown"
@@ -79,7 +88,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         try:
             if route is None:
                 raise self._unknown_model(request.model)
-            scored = self.lanes.of(route).predict(route, request, context)
+            scored = self.lanes.of(route).predict(route, request, context, marks)
             versions = scored.versions
             return predict_response(route.name, request.options, scored, versions)
         except Exception as e:
