@@ -161,6 +161,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    # Tenants by name: {share: of each model's admission, priority: higher shed last,
+    # callers: auth caller names}; empty: one first-come queue (augur/serving/tenants.py)
+    tenants: dict = field(default_factory=dict)
 
 
 class ConfigError(ValueError):

@@ -21,6 +21,7 @@ from augur.serving.errors import RequestError
 from augur.serving.routing import Route
 from augur.serving.scoring import Scored, Scorer
 from augur.serving.slo import SloController
+from augur.serving.tenants import Tenant, TenantTable
 from augur.serving.tracing import StageMarks
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class ModelLane:
 
     def __init__(self, name: str, lanes: Lanes) -> None:
         self.name = name
-        self.admission = Admission(name, lanes.admission, lanes.turns)
+        self.admission = Admission(name, lanes.admission, lanes.turns, lanes.tenants)
         self._counted = metrics.for_model(name)
         self._lanes = lanes  # the server's settings, shared by every lane
         self._batcher: Batcher | None = None
@@ -43,16 +44,24 @@ class ModelLane:
         self._lock = threading.Lock()
 
     def predict(
-        self, route: Route, request: pb.PredictRequest, context, marks: StageMarks | None = None
+        self,
+        route: Route,
+        request: pb.PredictRequest,
+        context,
+        marks: StageMarks | None = None,
+        tenant: Tenant | None = None,
     ) -> Scored:
         """Admit the call, decode it, and score it: alone, or in the model's next batch;
-        `marks`: a traced call's, given the times of its stages."""
+        `marks`: a traced call's, given the times of its stages; `tenant`: whose call it is
+        (with tenants configured)."""
         deadline = deadline_of(context, self.name, "admission")
         try:
-            ticket = self.admission.enter(deadline)
+            ticket = self.admission.enter(deadline, tenant)
         except RequestError as e:
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self._counted.shed.inc()
+                if tenant is not None:
+                    metrics.TENANT_SHED.labels(self.name, tenant.name).inc()
             raise
         with ticket:
             if marks is not None:
@@ -163,8 +172,10 @@ class Lanes:
         batch_max_delay_us: int = 500,
         turns: Turns = THREADS,
         handler_threads: int = 0,
+        tenants: TenantTable | None = None,
     ) -> None:
         self.scorer = scorer
+        self.tenants = tenants  # each model's admission shares itself among them
         self.max_rows = max_rows
         self.admission = admission or AdmissionPolicy()
         self.model_queue = self.admission.max_calls

@@ -327,3 +327,11 @@ class SloGauges:
 
 def slo_gauges(model: str) -> SloGauges:
     return SloGauges(model)
+
+
+TENANT_SHED = Counter(
+    "augur_tenant_shed_total",
+    "Calls of a tenant refused by a model's admission (over its share, past its deadline, or "
+    "shed for higher priority); tenants are augur.yaml's, so the labels stay bounded",
+    ["model", "tenant"],
+)

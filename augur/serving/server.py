@@ -32,7 +32,7 @@ from augur.features.reader import OnlineReader
 from augur.features.row_cache import RowCache
 from augur.features.waiting import BLOCKING, Waiting
 from augur.modelrepo.repository import ModelRepository
-from augur.serving import metrics, security, tracing
+from augur.serving import metrics, security, tenants, tracing
 from augur.serving.admin import AdminServicer
 from augur.serving.admission import AdmissionPolicy
 from augur.serving.batcher import THREADS
@@ -152,6 +152,7 @@ def start(config: Config, span_exporter: Any = None) -> RunningServer:
         turns=turns,
         waiting=waiting,
         tracing=traced,
+        tenants=tenants.table_of(config.tenants),
     )
 
     limit = config.server.max_message_bytes

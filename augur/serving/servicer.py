@@ -29,6 +29,7 @@ from augur.serving.lanes import Lanes
 from augur.serving.lifecycle import ModelManager
 from augur.serving.scoring import Scorer
 from augur.serving.shadow import ShadowScorer
+from augur.serving.tenants import TenantTable
 from augur.serving.tracing import StageMarks, Tracing
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         turns: Turns = THREADS,
         waiting: Waiting = BLOCKING,
         tracing: Tracing | None = None,
+        tenants: TenantTable | None = None,
     ):
         self.manager = manager
         self.tracing = tracing  # None: tracing off, and Predict pays one check for it
@@ -67,7 +69,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             batch_max_delay_us,
             turns,
             handler_threads,
+            tenants,
         )
+        self.tenants = tenants  # None: no tenants, and Predict pays one check for it
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -88,7 +92,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         try:
             if route is None:
                 raise self._unknown_model(request.model)
-            scored = self.lanes.of(route).predict(route, request, context, marks)
+            tenant = None if self.tenants is None else self.tenants.of(context)
+            if marks is not None and tenant is not None:
+                marks.tenant = tenant.name
+            scored = self.lanes.of(route).predict(route, request, context, marks, tenant)
             versions = scored.versions
             return predict_response(route.name, request.options, scored, versions)
         except Exception as e:
