@@ -109,11 +109,22 @@ class Admission:
         its place; DEADLINE_EXCEEDED when its deadline passes while it waits."""
         now = time.monotonic()
         with self._lock:
-            if self.running < int(self.limit) and not self._queue:
-                self.running += 1
-                if tenant is not None:
-                    self._fair.running[tenant.index] += 1
-                return Ticket(self, now, tenant)
+            fair = self._fair
+            if tenant is None or fair is None:
+                if self.running < int(self.limit) and not self._queue:
+                    self.running += 1
+                    return Ticket(self, now)
+            else:
+                fair.seen(tenant, now)
+                limit = int(self.limit)
+                if (
+                    self.running < limit
+                    and not fair.queued(tenant)
+                    and fair.may_run(tenant, limit, now)
+                ):
+                    self.running += 1
+                    fair.running[tenant.index] += 1
+                    return Ticket(self, now, tenant)
             self._check_room(now, deadline, tenant)
             waiter = _Waiter(deadline, self._turns.parking(), tenant)
             self._queue.append(waiter)
@@ -160,7 +171,10 @@ class Admission:
                 f"(server.model_queue); retry with backoff",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
-        if deadline is None or self._latency <= 0.0:
+        latency = self._latency
+        if tenant is not None and fair is not None and fair.latency[tenant.index] > 0.0:
+            latency = fair.latency[tenant.index]  # its own calls', not another tenant's
+        if deadline is None or latency <= 0.0:
             return
         # Calls leave about `limit` per latency: the ones ahead, then this one, in turns (with
         # tenants: its tenant's calls ahead, at its share of the places).
@@ -168,12 +182,12 @@ class Admission:
             turns = (fair.queued(tenant) + 1) / max(self.limit * tenant.share, 1.0)
         else:
             turns = (len(self._queue) + 1) / max(self.limit, 1.0)
-        wait = turns * self._latency
+        wait = turns * latency
         left = deadline - now
-        if wait + _ROOM * self._latency + _ROOM_S > left:
+        if wait + _ROOM * latency + _ROOM_S > left:
             raise RequestError(
                 f"model {self.name}: {len(self._queue)} calls queued ahead, about "
-                f"{wait * 1e3:.0f} ms to wait and {self._latency * 1e3:.0f} ms to serve, "
+                f"{wait * 1e3:.0f} ms to wait and {latency * 1e3:.0f} ms to serve, "
                 f"but the deadline leaves {max(left, 0.0) * 1e3:.0f} ms; retry with backoff "
                 f"or a longer deadline",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -188,6 +202,8 @@ class Admission:
             fair = self._fair
             if tenant is not None and fair is not None:
                 fair.running[tenant.index] -= 1
+                if latency_s is not None:
+                    fair.learn(tenant, latency_s, _SMOOTHING)
             queue = self._queue
             if queue and now >= self._sweep_due:
                 self._sweep_due = now + _EXPIRED_SWEEP_S
@@ -195,7 +211,12 @@ class Admission:
                     queue.remove(waiter)
                     waiter.wake(self._turns.parking())
             while queue and self.running < int(self.limit):
-                waiter = queue.popleft()
+                if fair is not None:  # the fair queue's pick; None: no tenant may take one
+                    waiter = fair.popleft(int(self.limit), now)
+                    if waiter is None:
+                        break
+                else:
+                    waiter = queue.popleft()
                 if not waiter.expired(now + _ROOM * self._latency + _ROOM_S):
                     waiter.admitted = True
                     self.running += 1

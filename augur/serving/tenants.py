@@ -3,8 +3,11 @@ each with a share of every model's admission and a priority, and the fair queue 
 keeps per model when tenants are configured. Not admission's limit (admission.py).
 
 A tenant's calls wait in a queue of its own; when a model frees a place, the waiting tenant
-using least of its share goes next (weighted fair queueing over places held), so a tenant
-takes more than its share only while no other is waiting. A tenant may hold queued calls up
+using least of its share goes next (weighted fair queueing over places held). While another
+tenant is active (a call of its within ACTIVE_S), a tenant holds at most its share of the
+places (at least one), even with places free: a running call costs the others CPU on these
+cores, so borrowing a place another tenant may need next is what a flood must not do. A
+tenant alone uses every place. A tenant may hold queued calls up
 to its share of server.model_queue; beyond that its calls are refused at once, not queued in
 front of others. When the model's queue is full, a call of higher priority takes the place of
 the newest queued call of the lowest priority below it, which is refused: under overload,
@@ -25,6 +28,7 @@ from augur.serving import security
 DEFAULT = "default"
 HEADER = "tenant"  # the metadata key a caller without its own identity names its tenant in
 _MIN_DEFAULT_SHARE = 0.05  # what calls of no tenant get when the configured shares fill 1
+ACTIVE_S = 1.0  # a tenant with a call this recent is active: the others keep to their shares
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class FairQueue:
         self.table = table
         self._queues: list[deque] = [deque() for _ in table.tenants]
         self.running = [0] * len(table.tenants)
+        self.latency = [0.0] * len(table.tenants)  # each tenant's smoothed call latency, s
+        self._active_until = [0.0] * len(table.tenants)  # time.monotonic
         self._count = 0
 
     def __len__(self) -> int:
@@ -139,19 +145,39 @@ class FairQueue:
         self._queues[waiter.tenant.index].remove(waiter)
         self._count -= 1
 
-    def popleft(self) -> Any:
+    def seen(self, tenant: Tenant, now: float) -> None:
+        """A call of `tenant` arrived (time.monotonic): it is active for ACTIVE_S."""
+        self._active_until[tenant.index] = now + ACTIVE_S
+
+    def may_run(self, tenant: Tenant, limit: int, now: float) -> bool:
+        """Whether `tenant` may take one more of the model's `limit` places now."""
+        i = tenant.index
+        if self.running[i] + 1 <= max(1, round(tenant.share * limit)):
+            return True
+        until = self._active_until
+        return not any(until[j] > now for j in range(len(until)) if j != i)
+
+    def popleft(self, limit: int = 0, now: float = 0.0) -> Any:
         """The next call to let in: the oldest of the waiting tenant that holds least of its
-        share (ties: higher priority, then the table's order)."""
+        share (ties: higher priority, then the table's order), among those that may take a
+        place (`limit` 0: any); None when no waiting tenant may."""
         best, key = None, None
         for tenant in self.table.tenants:
-            if self._queues[tenant.index]:
+            if self._queues[tenant.index] and (not limit or self.may_run(tenant, limit, now)):
                 held = self.running[tenant.index] / tenant.share
                 k = (held, -tenant.priority)
                 if key is None or k < key:
                     best, key = tenant, k
-        assert best is not None
+        if best is None:
+            return None
         self._count -= 1
         return self._queues[best.index].popleft()
+
+    def learn(self, tenant: Tenant, latency_s: float, smoothing: float) -> None:
+        own = self.latency[tenant.index]
+        self.latency[tenant.index] = (
+            latency_s if own <= 0.0 else own + smoothing * (latency_s - own)
+        )
 
     def over_share(self, tenant: Tenant, max_calls: int) -> bool:
         """Whether the tenant already queues its share of the model's queue."""
