@@ -73,6 +73,8 @@ def test_calls_of_a_model_with_an_objective_share_batches_and_get_their_own_answ
     window = _sample("augur_slo_batch_window_seconds", model="fraud_lgbm")
     assert window is not None and 0 <= window < 0.005
     assert 1 <= (_sample("augur_slo_batch_max_rows", model="fraud_lgbm") or 0) <= 64
+    # every call answered: the pending-work gauge autoscaling reads is back to none
+    assert _sample("augur_model_in_flight_calls", model="fraud_lgbm") == 0
 
 
 def test_a_lone_call_of_a_model_with_an_objective_is_answered_at_once(slo_server):

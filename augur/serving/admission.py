@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -45,6 +46,7 @@ _EXPIRED_SWEEP_S = 0.01  # how often a leaving call answers queued calls past th
 # failure the circuit breaker counts against Redis.
 _ROOM = 3.0
 _ROOM_S = 0.01
+_GAUGE_S = 0.01  # how often the in-flight gauge is updated
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,10 @@ class Admission:
         policy: AdmissionPolicy = AdmissionPolicy(),
         turns: Turns = THREADS,
         tenants: TenantTable | None = None,
+        in_flight: Any = None,
     ):
+        """`in_flight`: a gauge set, at most every _GAUGE_S, to the calls admitted or queued
+        (the model's pending work, which autoscaling scales on)."""
         self.name = name
         self.policy = policy
         self._turns = turns  # how a queued call waits: parked on its hub, or blocked
@@ -96,6 +101,8 @@ class Admission:
         self._noload = math.inf  # least latency seen (drifting up), seconds
         self._noload_at = time.monotonic()
         self._sweep_due = 0.0
+        self._in_flight = in_flight
+        self._gauge_due = 0.0
 
     @property
     def queued(self) -> int:
@@ -109,6 +116,7 @@ class Admission:
         its place; DEADLINE_EXCEEDED when its deadline passes while it waits."""
         now = time.monotonic()
         with self._lock:
+            self._show(now)
             fair = self._fair
             if tenant is None or fair is None:
                 if self.running < int(self.limit) and not self._queue:
@@ -193,6 +201,15 @@ class Admission:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
 
+    def _show(self, now: float) -> None:
+        """With the lock held: the in-flight gauge, at most every _GAUGE_S (a gauge's set
+        takes a lock of its own: not once per call), and whenever the model goes idle, so
+        that an idle model never shows the work it had."""
+        here = self.running + len(self._queue)
+        if (now >= self._gauge_due or not here) and self._in_flight is not None:
+            self._gauge_due = now + _GAUGE_S
+            self._in_flight.set(here)
+
     def _leave(self, latency_s: float | None, tenant: Tenant | None) -> None:
         now = time.monotonic()
         with self._lock:
@@ -223,6 +240,7 @@ class Admission:
                     if waiter.tenant is not None and fair is not None:
                         fair.running[waiter.tenant.index] += 1
                 waiter.wake(self._turns.parking())
+            self._show(now)
 
     def _learn(self, latency_s: float, now: float) -> None:
         """With the lock held: tune the limit from one call's latency (Vegas)."""

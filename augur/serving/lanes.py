@@ -35,7 +35,13 @@ class ModelLane:
 
     def __init__(self, name: str, lanes: Lanes) -> None:
         self.name = name
-        self.admission = Admission(name, lanes.admission, lanes.turns, lanes.tenants)
+        self.admission = Admission(
+            name,
+            lanes.admission,
+            lanes.turns,
+            lanes.tenants,
+            metrics.IN_FLIGHT.labels(name),  # the one gauge autoscaling scales on
+        )
         self._counted = metrics.for_model(name)
         self._lanes = lanes  # the server's settings, shared by every lane
         self._batcher: Batcher | None = None

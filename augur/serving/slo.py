@@ -81,35 +81,40 @@ class BatchCost:
             slope = _PRIOR_SLOPE * mc / max(mn, 1.0)
         return max(mc - slope * mn, 0.0), slope
 
-    def p99(self, rows: float) -> float:
-        """Seconds a batch of `rows` takes at its 99th percentile."""
+    def p99_line(self) -> tuple[float, float]:
+        """(A, B): the p99 of a batch of n rows is A + B*n seconds. The spread around the
+        fitted line (what the rows do not explain) is measured at the usual size and taken
+        in proportion at another, so the p99 is the line scaled."""
         a, b = self.line()
         w = self._w
         mn, mc = self._n / w, self._c / w
-        # the spread around the line (what the rows do not explain), measured at the usual
-        # size and taken in proportion at another
         cov = self._nc / w - mn * mc
-        residual = self._cc / w - mc * mc - b * cov
-        spread = math.sqrt(max(residual, 0.0))
+        spread = math.sqrt(max(self._cc / w - mc * mc - b * cov, 0.0))
         usual = a + b * mn
-        cost = a + b * rows
-        return cost + _Z99 * spread * (cost / usual if usual > 0 else 1.0)
+        scale = 1.0 + (_Z99 * spread / usual if usual > 0 else 0.0)
+        return a * scale, b * scale
+
+    def p99(self, rows: float) -> float:
+        """Seconds a batch of `rows` takes at its 99th percentile."""
+        a, b = self.p99_line()
+        return a + b * rows
 
 
-def predict(cost: BatchCost, rate_rows: float, window_s: float, max_rows: int) -> Policy:
-    """What a window and cap give at `rate_rows` arrivals a second (the module's model)."""
-    n = 1.0
-    for _ in range(30):  # n = r * (c(n) + w): a fixed point, reached in a few steps
-        nxt = min(max(rate_rows * (cost.p99(n) + window_s), 1.0), float(max_rows))
-        if abs(nxt - n) < 0.01:
-            break
-        n = nxt
-    n = nxt
-    c = cost.p99(n)
-    capacity = max_rows / cost.p99(max_rows)
+def predict(
+    cost: BatchCost | tuple[float, float], rate_rows: float, window_s: float, max_rows: int
+) -> Policy:
+    """What a window and cap give at `rate_rows` arrivals a second (the module's model);
+    `cost`: the fitted cost, or its p99 line (A, B)."""
+    a, b = cost.p99_line() if isinstance(cost, BatchCost) else cost
+    # n = r * (c(n) + w), c linear: n = r (A + w) / (1 - r B), within [1, max_rows]
+    grows = 1.0 - rate_rows * b
+    n = rate_rows * (a + window_s) / grows if grows > 0 else float(max_rows)
+    n = min(max(n, 1.0), float(max_rows))
+    c = a + b * n
+    full = a + b * max_rows
+    capacity = max_rows / full
     busy = rate_rows * c / n
     p99 = math.inf if busy >= 1.0 else window_s + c * (2.0 + busy / (1.0 - busy))
-    full = cost.p99(max_rows)
     return Policy(window_s, max_rows, p99, capacity, busy, window_s + 2.0 * full)
 
 
@@ -128,8 +133,9 @@ def choose(
         caps.append(caps[-1] * 2)
     if most_rows > 1:
         caps.append(most_rows)
+    line = cost.p99_line()  # fitted once: a decision is ~60 closed forms, tens of us
     options = [
-        predict(cost, rate_rows, w / 1e6, cap)
+        predict(line, rate_rows, w / 1e6, cap)
         for w in windows_us
         if w / 1e6 < objective_s
         for cap in caps
