@@ -106,16 +106,21 @@ def predict(
     """What a window and cap give at `rate_rows` arrivals a second (the module's model);
     `cost`: the fitted cost, or its p99 line (A, B)."""
     a, b = cost.p99_line() if isinstance(cost, BatchCost) else cost
-    # n = r * (c(n) + w), c linear: n = r (A + w) / (1 - r B), within [1, max_rows]
-    grows = 1.0 - rate_rows * b
-    n = rate_rows * (a + window_s) / grows if grows > 0 else float(max_rows)
-    n = min(max(n, 1.0), float(max_rows))
+    return Policy(window_s, max_rows, *_model(a, b, rate_rows, window_s, max_rows))
+
+
+def _model(a: float, b: float, rate: float, window_s: float, cap: int) -> tuple:
+    """(p99, capacity, busy, floor) of a policy, batch cost A + B*n: plain floats, as a
+    decision weighs some sixty policies on the serving thread."""
+    # n = r * (c(n) + w), c linear: n = r (A + w) / (1 - r B), within [1, cap]
+    grows = 1.0 - rate * b
+    n = rate * (a + window_s) / grows if grows > 0 else float(cap)
+    n = min(max(n, 1.0), float(cap))
     c = a + b * n
-    full = a + b * max_rows
-    capacity = max_rows / full
-    busy = rate_rows * c / n
+    full = a + b * cap
+    busy = rate * c / n
     p99 = math.inf if busy >= 1.0 else window_s + c * (2.0 + busy / (1.0 - busy))
-    return Policy(window_s, max_rows, p99, capacity, busy, window_s + 2.0 * full)
+    return p99, cap / full, busy, window_s + 2.0 * full
 
 
 def choose(
@@ -126,27 +131,35 @@ def choose(
     windows_us: tuple[int, ...] = WINDOWS_US,
 ) -> Policy:
     """The policy for an arrival rate: within the objective, keeping up with least p99; if
-    none keeps up, the most capacity within the objective; if none fits, the most capacity
+    none keeps up, the most capacity whose full batches fit; if none fits, the most capacity
     (the objective cannot be held: serve what can be served)."""
     caps = [1]
     while caps[-1] * 2 < most_rows:
         caps.append(caps[-1] * 2)
     if most_rows > 1:
         caps.append(most_rows)
-    line = cost.p99_line()  # fitted once: a decision is ~60 closed forms, tens of us
-    options = [
-        predict(line, rate_rows, w / 1e6, cap)
-        for w in windows_us
-        if w / 1e6 < objective_s
-        for cap in caps
-    ]
-    keeping = [p for p in options if p.p99_s <= objective_s and p.busy <= HEADROOM]
-    if keeping:  # least p99; ties to the shorter window, then the larger cap
-        return min(keeping, key=lambda p: (round(p.p99_s, 6), p.window_s, -p.max_rows))
-    # Nothing keeps up: the most capacity whose full batches still fit, the shortest window
-    # (a queue fills batches without one); admission holds back or refuses the excess.
-    fits = [p for p in options if p.floor_s <= objective_s] or options
-    return max(fits, key=lambda p: (p.capacity, -p.window_s))
+    a, b = cost.p99_line()  # fitted once for all the policies weighed
+    keeping, fitting, best_any = None, None, None
+    for w_us in windows_us:
+        w = w_us / 1e6
+        if w >= objective_s:
+            break
+        for cap in caps:
+            p99, capacity, busy, floor = _model(a, b, rate_rows, w, cap)
+            if p99 <= objective_s and busy <= HEADROOM:
+                # least p99; ties to the shorter window (met first), then the larger cap
+                key = (round(p99, 6), -cap)
+                if keeping is None or key < keeping[0]:
+                    keeping = (key, w, cap)
+            elif keeping is None:
+                # nothing keeps up so far: the most capacity, the shortest window (a queue
+                # fills batches without one); admission holds back or refuses the excess
+                if floor <= objective_s and (fitting is None or capacity > fitting[0]):
+                    fitting = (capacity, w, cap)
+                if best_any is None or capacity > best_any[0]:
+                    best_any = (capacity, w, cap)
+    _, w, cap = keeping or fitting or best_any
+    return predict((a, b), rate_rows, w, cap)
 
 
 class SloController:
