@@ -2,7 +2,7 @@
 model.yaml `slo: {p99_ms: N}` and with each fixed window, at several closed-loop caller
 counts in one run per server, so the load changes while each server runs.
 
-    python -m bench.slo [--models lightgbm,torch] [--seconds 3] [--p99-ms 5]
+    python -m bench.slo [--models lightgbm,torch] [--rounds 2] [--seconds 3] [--p99-ms 5]
                         [--windows 0,250,500,1000,2000] [--callers 1,4,16,64] [--quick]
 
 For each model (the fraud scenario's LightGBM model compiled by lleaves, and `augur train`'s
@@ -12,15 +12,17 @@ controller (augur/serving/slo.py) picks window and cap itself. Each server meets
 steps of 1-row Predicts from bench/load.py: 1, 4, 16 and 64 closed-loop callers, then 4
 again right after 64 (the load dropping mid-run), `--seconds` each. The table gives each
 step's calls/s and p99 per server, the SLO server's throughput over the best fixed window's,
-and whether it held the objective where some fixed window did. One run, alternating
-nothing: on a shared machine read the ratios, not the absolute figures. Not part of
-`make bench`.
+and whether it held the objective where some fixed window did. The servers run in
+alternating order over `--rounds` rounds (A..F, F..A) and each cell is the median over the
+rounds: these machines drift by tens of percent within minutes. Read the ratios, not the
+absolute figures. Not part of `make bench`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +43,7 @@ def run(
     seconds: float,
     p99_ms: float,
     quick: bool = False,
+    rounds: int = 2,
 ) -> list[dict]:
     """One row per model, server and step; every process started is gone when this returns."""
     rows: list[dict] = []
@@ -57,7 +60,12 @@ def run(
                 pool = scenarios.requests(scenario, 1, 256)
                 servers = [(f"fixed {w} us", {"batch_max_delay_us": w}, None) for w in windows_us]
                 servers.append((f"slo {p99_ms:g} ms", {}, p99_ms))
-                for name, options, objective in servers:
+                turns = [
+                    (r, server)
+                    for r in range(rounds)
+                    for server in (servers if r % 2 == 0 else servers[::-1])
+                ]
+                for round_, (name, options, objective) in turns:
                     began = time.perf_counter()
                     _set_slo(scenario, objective)
                     try:
@@ -67,9 +75,12 @@ def run(
                     finally:
                         _set_slo(scenario, None)
                     for step, measured in steps:
-                        rows.append({"model": kind, "server": name, "step": step, **measured})
+                        rows.append(
+                            {"model": kind, "server": name, "step": step, "round": round_}
+                            | measured
+                        )
                     print(
-                        f"[{kind}] {name}: {time.perf_counter() - began:.0f}s",
+                        f"[{kind}, round {round_ + 1}] {name}: {time.perf_counter() - began:.0f}s",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -144,7 +155,10 @@ def table(rows: list[dict], p99_ms: float) -> str:
             "| --- " * (len(names) + 3) + "|",
         ]
         for step in dict.fromkeys(r["step"] for r in mine):
-            at = {r["server"]: r for r in mine if r["step"] == step}
+            at = {
+                n: _median([r for r in mine if r["step"] == step and r["server"] == n])
+                for n in names
+            }
             cells = [f"{at[n]['throughput_rps']:.0f} ({at[n]['p99_ms'] or 0:.2f})" for n in names]
             best = max(at[n]["throughput_rps"] for n in fixed)
             ratio = at[adaptive]["throughput_rps"] / best if best else 0.0
@@ -155,12 +169,21 @@ def table(rows: list[dict], p99_ms: float) -> str:
     return "\n".join(lines)
 
 
+def _median(rows: list[dict]) -> dict:
+    """The median throughput and p99 of one cell's rounds."""
+    return {
+        k: statistics.median([r[k] if r[k] is not None else 1e9 for r in rows])
+        for k in ("throughput_rps", "p99_ms")
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lightgbm,torch", help="lightgbm,torch (both)")
     parser.add_argument("--windows", default="0,250,500,1000,2000", help="fixed windows, us")
     parser.add_argument("--callers", default="1,4,16,64", help="closed-loop callers per step")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per step (3)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (2)")
     parser.add_argument("--p99-ms", type=float, default=5.0, help="the SLO server's objective")
     parser.add_argument("--quick", action="store_true", help="a toy scenario: the smoke test")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -172,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         args.seconds,
         args.p99_ms,
         args.quick,
+        args.rounds,
     )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -1,6 +1,7 @@
 """OpenTelemetry tracing of Predict: a server span per call, continuing the caller's W3C trace
 context (`traceparent` metadata), with a child span per stage - admission, queue (waiting
-for its batch), feature read, assemble, model call - exported over OTLP. Not metrics.
+for its batch), feature read, assemble, model call - exported over OTLP. Not metrics. (No
+remote-backend span: this server has no remote model kind yet.)
 
 Off by default (tracing.enabled), and then free: the servicer holds None and checks it once
 per call; nothing else runs, nothing is allocated. On, the stages are not wrapped as they run:
@@ -108,13 +109,6 @@ class Tracing:
         if failure is not None:
             span.set_status(self._status(self._error, _describe(failure, context)))
         span.end(end_time=ns(ended))
-
-    def outgoing(self, metadata: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """`metadata` with the current span's `traceparent` added, for a call to a remote
-        backend made inside a traced stage."""
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier)
-        return metadata + list(carrier.items())
 
     def shutdown(self) -> None:
         """Export what is buffered, then stop."""
