@@ -140,7 +140,7 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         policy,
         compiler,
         batching,
-        slo,
+        slo=slo,
     )
 
 

@@ -243,7 +243,7 @@ class ModelManager:
             threshold,
             spec.batching,
             spec.on_feature_store_error,
-            spec.slo,
+            slo=spec.slo,
         )
         if previous is not None and _same(previous, route):
             return previous
