@@ -9,12 +9,15 @@ reads `window_s` and `max_rows` from it. Not the batcher (batcher.py), not admis
 The model of a batch policy (window w, cap B) at an arrival rate of r rows a second, with
 c(n) the p99 cost of running n rows (read, assemble, model call) fitted from recent batches:
 a batch takes what arrives while the one before it runs plus up to w more, n = r * (c(n) + w)
-rows (at least 1, at most B); the model is busy rho = r * c(n) / n of the time; a call waits
-out at most the window, the batch running when it came (c(n)) and queueing that grows as rho
-nears 1; then its own batch runs: p99 = w + c(n) * (2 + rho / (1 - rho)). The capacity of a
-policy is B / c(B) rows a second. The choice: among policies whose p99 fits the objective,
-the one that keeps up with the arrivals (rho under HEADROOM) with the least p99; when none
-keeps up, the one of most capacity. At one caller that is window 0: a batch never waits.
+rows. Under one row a batch, calls come mostly alone and queue only as the model fills
+(busy = r * c(1)): p99 = w + c(1) * (1 + busy / (1 - busy)). Between one row and B, greedy
+batching keeps itself stable - the busier the model, the larger its batches - and a call
+waits out at most the window and the batch running when it came, then its own: p99 =
+w + 2 c(n). At B the batches stop growing and queueing grows as r nears B / c(B), the
+policy's capacity. The choice: among policies whose p99 fits the objective and whose
+capacity keeps HEADROOM over the arrivals, the least p99 (at any load that is window 0, as
+a window only adds to a wait that greedy batching does not need); when none keeps up, the
+most capacity with no window. At one caller that is window 0: a batch never waits.
 Observed p99 above the predicted (what the model leaves out: decode, the GIL) scales the
 predictions up, so the choice corrects itself.
 """
@@ -112,15 +115,23 @@ def predict(
 def _model(a: float, b: float, rate: float, window_s: float, cap: int) -> tuple:
     """(p99, capacity, busy, floor) of a policy, batch cost A + B*n: plain floats, as a
     decision weighs some sixty policies on the serving thread."""
-    # n = r * (c(n) + w), c linear: n = r (A + w) / (1 - r B), within [1, cap]
-    grows = 1.0 - rate * b
-    n = rate * (a + window_s) / grows if grows > 0 else float(cap)
-    n = min(max(n, 1.0), float(cap))
-    c = a + b * n
     full = a + b * cap
-    busy = rate * c / n
-    p99 = math.inf if busy >= 1.0 else window_s + c * (2.0 + busy / (1.0 - busy))
-    return p99, cap / full, busy, window_s + 2.0 * full
+    capacity = cap / full
+    floor = window_s + 2.0 * full
+    # n = r * (c(n) + w), c linear: n = r (A + w) / (1 - r B)
+    grows = 1.0 - rate * b
+    n = rate * (a + window_s) / grows if grows > 0 else math.inf
+    if n <= 1.0:  # light: calls mostly alone, queueing only as the model fills
+        c = a + b
+        busy = rate * c
+        p99 = math.inf if busy >= 1.0 else window_s + c * (1.0 + busy / (1.0 - busy))
+        return p99, capacity, busy, floor
+    if n < cap:  # batches take what came while the last ran: the running one, then its own
+        c = a + b * n
+        return window_s + 2.0 * c, capacity, rate * c / n, floor
+    busy = rate / capacity  # full batches: queueing grows as they stop keeping up
+    p99 = math.inf if busy >= 1.0 else window_s + full * (2.0 + busy / (1.0 - busy))
+    return p99, capacity, busy, floor
 
 
 def choose(
@@ -130,36 +141,33 @@ def choose(
     most_rows: int,
     windows_us: tuple[int, ...] = WINDOWS_US,
 ) -> Policy:
-    """The policy for an arrival rate: within the objective, keeping up with least p99; if
-    none keeps up, the most capacity whose full batches fit; if none fits, the most capacity
-    (the objective cannot be held: serve what can be served)."""
+    """The policy for an arrival rate: within the objective, keeping up, with least p99; if
+    none does, the most capacity (the objective cannot be held: serve what can be served)."""
     caps = [1]
     while caps[-1] * 2 < most_rows:
         caps.append(caps[-1] * 2)
     if most_rows > 1:
         caps.append(most_rows)
     a, b = cost.p99_line()  # fitted once for all the policies weighed
-    keeping, fitting, best_any = None, None, None
+    keeping = None
     for w_us in windows_us:
         w = w_us / 1e6
         if w >= objective_s:
             break
         for cap in caps:
-            p99, capacity, busy, floor = _model(a, b, rate_rows, w, cap)
-            if p99 <= objective_s and busy <= HEADROOM:
+            p99, capacity, _, _ = _model(a, b, rate_rows, w, cap)
+            if p99 <= objective_s and rate_rows <= HEADROOM * capacity:
                 # least p99; ties to the shorter window (met first), then the larger cap
                 key = (round(p99, 6), -cap)
                 if keeping is None or key < keeping[0]:
                     keeping = (key, w, cap)
-            elif keeping is None:
-                # nothing keeps up so far: the most capacity, the shortest window (a queue
-                # fills batches without one); admission holds back or refuses the excess
-                if floor <= objective_s and (fitting is None or capacity > fitting[0]):
-                    fitting = (capacity, w, cap)
-                if best_any is None or capacity > best_any[0]:
-                    best_any = (capacity, w, cap)
-    _, w, cap = keeping or fitting or best_any
-    return predict((a, b), rate_rows, w, cap)
+    if keeping is not None:
+        return predict((a, b), rate_rows, keeping[1], keeping[2])
+    # Nothing keeps up within the objective: the most capacity (the largest batch) and no
+    # window (a queue fills batches without one). A smaller cap would serve fewer calls and
+    # queue the rest longer in admission, which holds back or refuses what cannot finish by
+    # its deadline: throughput first, as no fixed window does better here.
+    return predict((a, b), rate_rows, 0.0, caps[-1])
 
 
 class SloController:
