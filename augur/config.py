@@ -138,6 +138,23 @@ class WriteConfig:
 
 
 @dataclass
+class TracingConfig:
+    # OpenTelemetry spans of each Predict's stages (augur/serving/tracing.py, docs/slo.md),
+    # continuing the caller's W3C `traceparent`; off: no cost. Needs the `otel` extra.
+    enabled: bool = False
+    sample_ratio: float = 1.0  # share of traces kept (by trace id) when the caller sent none
+    endpoint: str = "127.0.0.1:4317"  # an OTLP/gRPC collector
+    insecure: bool = True  # plaintext to the collector (set False for TLS)
+    service_name: str = "augur"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise ConfigError(
+                f"tracing.sample_ratio: expected a share within [0, 1], got {self.sample_ratio!r}"
+            )
+
+
+@dataclass
 class Config:
     feature_repo: Path = Path("examples/fraud/feature_repo")
     model_repo: Path = Path("models")
@@ -146,6 +163,10 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    # Tenants by name: {share: of each model's admission, priority: higher shed last,
+    # callers: auth caller names}; empty: one first-come queue (augur/serving/tenants.py)
+    tenants: dict = field(default_factory=dict)
 
 
 class ConfigError(ValueError):

@@ -84,6 +84,15 @@ class SkewThresholds:
 
 
 @dataclass(frozen=True)
+class SloSpec:
+    """A model's latency objective (model.yaml `slo`): its batcher picks the window and cap
+    that serve the most calls while a call's p99 queue wait and batch run stay within it
+    (augur/serving/slo.py); batching's max_batch_size, where set, caps the batch."""
+
+    p99_ms: float
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     kind: str
@@ -104,6 +113,7 @@ class ModelSpec:
     logging: LoggingSpec | None = None  # None: model.yaml asks for no served-feature log
     skew: SkewThresholds | None = None  # None: promote is not gated on a skew report
     remote: RemoteSpec | None = None  # kind remote only
+    slo: SloSpec | None = None  # None: batching as `batching` says, fixed
 
 
 def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
@@ -156,6 +166,7 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
             f"{path}: a model runs a canary or an experiment, not both: end the canary "
             "(promote or rollback) or stop the experiment first"
         )
+    slo = _parse_slo(raw.get("slo"), path)
     return ModelSpec(
         name,
         kind,
@@ -174,6 +185,7 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
         remote=parse_remote(raw.get("remote"), path) if kind == REMOTE else None,
         logging=_parse_logging(raw.get("logging"), path),
         skew=_parse_skew(raw.get("skew"), path),
+        slo=slo,
     )
 
 
@@ -220,6 +232,21 @@ def _numbers(raw: object, block: str, keys: tuple[str, ...], path: Path) -> dict
             raise RepositoryError(f"{path}: {block}.{key} must be a number >= 0, got {value!r}")
         out[key] = float(value)
     return out
+
+
+def _parse_slo(raw: object, path: Path) -> SloSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"p99_ms"}:
+        raise RepositoryError(
+            f"{path}: slo must be a mapping with p99_ms alone, e.g. slo: {{p99_ms: 5}}; got {raw!r}"
+        )
+    value = raw["p99_ms"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 60_000:
+        raise RepositoryError(
+            f"{path}: slo.p99_ms must be a number of milliseconds in (0, 60000], got {value!r}"
+        )
+    return SloSpec(float(value))
 
 
 def _parse_batching(raw: object, path: Path) -> BatchingSpec | None:

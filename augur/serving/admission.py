@@ -10,7 +10,8 @@ time and serves it at full rate, instead of refusing at a fixed count: a refused
 that retries at once costs the server a call for nothing. Not metrics, not batching.
 
 On a green pool (the `Turns` handed in) a waiting call parks and holds no thread; elsewhere
-it blocks its thread, up to its deadline.
+it blocks its thread, up to its deadline. With tenants configured (tenants.py) the queue is a
+fair queue: each tenant's share of the places, and lower priority shed first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import grpc
 from augur.config import ServerConfig
 from augur.serving.batcher import THREADS, Parking, Turns
 from augur.serving.errors import RequestError
+from augur.serving.tenants import FairQueue, Tenant, TenantTable
 
 # Vegas' bounds on the calls it lets queue inside the model (beyond what the no-load latency
 # says it can serve): below ALPHA the limit grows, above BETA it shrinks; both scale with
@@ -73,7 +75,11 @@ class Admission:
     """One model's admission: `enter(deadline)` admits, queues or refuses a call."""
 
     def __init__(
-        self, name: str, policy: AdmissionPolicy = AdmissionPolicy(), turns: Turns = THREADS
+        self,
+        name: str,
+        policy: AdmissionPolicy = AdmissionPolicy(),
+        turns: Turns = THREADS,
+        tenants: TenantTable | None = None,
     ):
         self.name = name
         self.policy = policy
@@ -82,7 +88,9 @@ class Admission:
         self.limit = float(policy.limit if fixed else policy.initial_limit)
         self._adaptive = not fixed
         self.running = 0
-        self._queue: deque[_Waiter] = deque()
+        # with tenants, a queue per tenant and the places each holds; without, one queue
+        self._fair = FairQueue(tenants) if tenants is not None else None
+        self._queue: deque[_Waiter] | FairQueue = self._fair or deque()
         self._lock = threading.Lock()  # calls on other threads (a thread pool) share this
         self._latency = 0.0  # smoothed latency of the calls let through, seconds
         self._noload = math.inf  # least latency seen (drifting up), seconds
@@ -93,62 +101,109 @@ class Admission:
     def queued(self) -> int:
         return len(self._queue)
 
-    def enter(self, deadline: float | None) -> Ticket:
+    def enter(self, deadline: float | None, tenant: Tenant | None = None) -> Ticket:
         """Admit a call now, or queue it until a call leaves; `deadline` is when its caller
-        gives up (time.monotonic), None for never. RequestError RESOURCE_EXHAUSTED when it
-        cannot be served in time or too many calls are here, DEADLINE_EXCEEDED when its
-        deadline passes while it waits."""
+        gives up (time.monotonic), None for never; `tenant`: whose call it is, with tenants
+        configured. RequestError RESOURCE_EXHAUSTED when it cannot be served in time, too
+        many calls (or too many of its tenant's) are here, or a call of higher priority took
+        its place; DEADLINE_EXCEEDED when its deadline passes while it waits."""
         now = time.monotonic()
         with self._lock:
-            if self.running < int(self.limit) and not self._queue:
-                self.running += 1
-                return Ticket(self, now)
-            self._check_room(now, deadline)
-            waiter = _Waiter(deadline, self._turns.parking())
+            fair = self._fair
+            if tenant is None or fair is None:
+                if self.running < int(self.limit) and not self._queue:
+                    self.running += 1
+                    return Ticket(self, now)
+            else:
+                fair.seen(tenant, now)
+                limit = int(self.limit)
+                if (
+                    self.running < limit
+                    and not fair.queued(tenant)
+                    and fair.may_run(tenant, limit, now)
+                ):
+                    self.running += 1
+                    fair.running[tenant.index] += 1
+                    return Ticket(self, now, tenant)
+            self._check_room(now, deadline, tenant)
+            waiter = _Waiter(deadline, self._turns.parking(), tenant)
             self._queue.append(waiter)
         if not waiter.wait():  # blocked past its deadline: leave the queue, unless admitted
             with self._lock:
                 if not waiter.admitted:
                     self._queue.remove(waiter)
+        if waiter.shed:
+            raise RequestError(
+                f"model {self.name}: shed for calls of higher priority while queued (tenant "
+                f"{tenant.name if tenant else '-'}); retry with backoff",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
         if not waiter.admitted:
             raise RequestError(
                 f"model {self.name}: the deadline passed after "
                 f"{(time.monotonic() - now) * 1e3:.0f} ms in the admission queue",
                 grpc.StatusCode.DEADLINE_EXCEEDED,
             )
-        return Ticket(self, time.monotonic())
+        return Ticket(self, time.monotonic(), tenant)
 
-    def _check_room(self, now: float, deadline: float | None) -> None:
-        """With the lock held: refuse a call that would overfill the model's queue or that
-        would wait past its deadline."""
+    def _check_room(self, now: float, deadline: float | None, tenant: Tenant | None) -> None:
+        """With the lock held: refuse a call that would overfill the model's queue (or its
+        tenant's share of it) or that would wait past its deadline."""
         here = self.running + len(self._queue)
+        fair = self._fair
+        if tenant is not None and fair is not None:
+            if fair.over_share(tenant, self.policy.max_calls):
+                raise RequestError(
+                    f"model {self.name}: tenant {tenant.name} already queues "
+                    f"{fair.queued(tenant)} calls, its share ({tenant.share:g}) of "
+                    f"server.model_queue; retry with backoff",
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                )
+            if here >= self.policy.max_calls:
+                shed = fair.lower_than(tenant)  # lower priority gives way
+                if shed is not None:
+                    shed.shed = True
+                    shed.wake(self._turns.parking())
+                    here -= 1
         if here >= self.policy.max_calls:
             raise RequestError(
                 f"model {self.name}: {here} calls already in flight or queued "
                 f"(server.model_queue); retry with backoff",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
-        if deadline is None or self._latency <= 0.0:
+        latency = self._latency
+        if tenant is not None and fair is not None and fair.latency[tenant.index] > 0.0:
+            latency = fair.latency[tenant.index]  # its own calls', not another tenant's
+        if deadline is None or latency <= 0.0:
             return
-        # Calls leave about `limit` per latency: the ones ahead, then this one, in turns.
-        turns = (len(self._queue) + 1) / max(self.limit, 1.0)
-        wait = turns * self._latency
+        # Calls leave about `limit` per latency: the ones ahead, then this one, in turns (with
+        # tenants: its tenant's calls ahead, at its share of the places).
+        if tenant is not None and fair is not None:
+            turns = (fair.queued(tenant) + 1) / max(self.limit * tenant.share, 1.0)
+        else:
+            turns = (len(self._queue) + 1) / max(self.limit, 1.0)
+        wait = turns * latency
         left = deadline - now
-        if wait + _ROOM * self._latency + _ROOM_S > left:
+        if wait + _ROOM * latency + _ROOM_S > left:
             raise RequestError(
                 f"model {self.name}: {len(self._queue)} calls queued ahead, about "
-                f"{wait * 1e3:.0f} ms to wait and {self._latency * 1e3:.0f} ms to serve, "
+                f"{wait * 1e3:.0f} ms to wait and {latency * 1e3:.0f} ms to serve, "
                 f"but the deadline leaves {max(left, 0.0) * 1e3:.0f} ms; retry with backoff "
                 f"or a longer deadline",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
 
-    def _leave(self, latency_s: float | None) -> None:
+    def _leave(self, latency_s: float | None, tenant: Tenant | None) -> None:
         now = time.monotonic()
         with self._lock:
             if latency_s is not None:
                 self._learn(latency_s, now)
             self.running -= 1
+            fair = self._fair
+            if tenant is not None and fair is not None:
+                fair.running[tenant.index] -= 1
+                if latency_s is not None:
+                    fair.learn(tenant, latency_s, _SMOOTHING)
             queue = self._queue
             if queue and now >= self._sweep_due:
                 self._sweep_due = now + _EXPIRED_SWEEP_S
@@ -156,10 +211,17 @@ class Admission:
                     queue.remove(waiter)
                     waiter.wake(self._turns.parking())
             while queue and self.running < int(self.limit):
-                waiter = queue.popleft()
+                if fair is not None:  # the fair queue's pick; None: no tenant may take one
+                    waiter = fair.popleft(int(self.limit), now)
+                    if waiter is None:
+                        break
+                else:
+                    waiter = queue.popleft()
                 if not waiter.expired(now + _ROOM * self._latency + _ROOM_S):
                     waiter.admitted = True
                     self.running += 1
+                    if waiter.tenant is not None and fair is not None:
+                        fair.running[waiter.tenant.index] += 1
                 waiter.wake(self._turns.parking())
 
     def _learn(self, latency_s: float, now: float) -> None:
@@ -188,10 +250,11 @@ class Ticket:
     """An admitted call's place: `leave()` once it is answered (or use it as a context
     manager), which lets the next queued call in and tunes the limit."""
 
-    __slots__ = ("_admission", "_began", "_left")
+    __slots__ = ("_admission", "_began", "_left", "_tenant")
 
-    def __init__(self, admission: Admission, began: float):
+    def __init__(self, admission: Admission, began: float, tenant: Tenant | None = None):
         self._admission, self._began, self._left = admission, began, False
+        self._tenant = tenant
 
     def leave(self, latency_s: float | None = None) -> None:
         """The call is answered: its latency (by default, since it was admitted) tunes the
@@ -199,14 +262,14 @@ class Ticket:
         if not self._left:
             self._left = True
             latency = time.monotonic() - self._began if latency_s is None else latency_s
-            self._admission._leave(latency)
+            self._admission._leave(latency, self._tenant)
 
     def drop(self) -> None:
         """The call failed: its place goes to the next call, and its latency, which says
         nothing of the model's (a bad request fails in microseconds), tunes nothing."""
         if not self._left:
             self._left = True
-            self._admission._leave(None)
+            self._admission._leave(None, self._tenant)
 
     def __enter__(self) -> Ticket:
         return self
@@ -221,11 +284,13 @@ class Ticket:
 class _Waiter:
     """A queued call: parked on its hub (a green pool's) or blocked on a lock of its own."""
 
-    __slots__ = ("_call", "_hub", "_lock", "admitted", "deadline")
+    __slots__ = ("_call", "_hub", "_lock", "admitted", "deadline", "shed", "tenant")
 
-    def __init__(self, deadline: float | None, hub: Parking | None):
+    def __init__(self, deadline: float | None, hub: Parking | None, tenant: Tenant | None = None):
         self.deadline = deadline
         self.admitted = False
+        self.shed = False  # refused for a call of higher priority (tenants)
+        self.tenant = tenant
         self._hub = hub
         self._call = hub.current() if hub is not None else None
         self._lock: threading.Lock | None = None

@@ -21,6 +21,10 @@ when its batch is done or when it is handed the lead. A call announces itself (`
 before it decodes its request, and the leader waits only for calls it knows are coming.
 Each waiting call holds a thread there, and on two cores those threads cost what batching
 saves (bench/README.md): the reason for the green pool.
+
+With an `SloController` (slo.py, a model's `slo` in model.yaml) the window and cap are the
+controller's, retuned as it measures; a call with a deadline closes its batch early enough
+for the batch to run before that deadline.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from augur.serving.slo import SloController
 
 
 def _held() -> threading.Lock:
@@ -103,12 +110,16 @@ class Batcher:
         max_delay_s: float,
         turns: Turns = THREADS,
         depth: Any = None,
+        slo: SloController | None = None,
     ):
         """`run` scores a batch, setting each call's result; `turns`: how calls wait (the
         green pool's, or THREADS); `depth`: a gauge set to the calls left waiting whenever a
-        batch closes."""
+        batch closes; `slo`: the controller that sets the window and cap, if any."""
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
+        self.slo = slo
+        if slo is not None:
+            self.max_rows, self.max_delay_s = slo.max_rows, slo.window_s
         self._run = run
         self._turns = turns
         self._depth = depth
@@ -132,6 +143,8 @@ class Batcher:
 
     def _submit(self, call: Call) -> Any:
         call.queued = time.perf_counter()
+        if self.slo is not None:
+            self.slo.arrived(call.rows)
         hub = self._turns.parking()
         if hub is not None:
             return self._park(hub, call)
@@ -163,7 +176,7 @@ class Batcher:
             batch = None
         if batch is None:
             batch = self._open[hub] = _Open()
-            hub.defer(self, call.queued + self.max_delay_s, lambda: self._close(hub))
+            hub.defer(self, self._closes(call), lambda: self._close(hub))
         batch.calls.append(call)
         batch.rows += call.rows
         call.waiter = hub.current()
@@ -175,15 +188,35 @@ class Batcher:
             raise call.error
         return call.result
 
+    def _closes(self, first: Call) -> float:
+        """When a batch opened by `first` closes at the latest (perf_counter): its window
+        after `first` queued, and with a controller early enough to run before `first`'s
+        deadline."""
+        closes = first.queued + self.max_delay_s
+        slo = self.slo
+        if slo is not None and first.deadline is not None and self.max_delay_s > 0:
+            # the deadline is monotonic time; the batch's run takes about its predicted cost
+            left = first.deadline - time.monotonic() - slo.batch_cost_s(self.max_rows)
+            closes = min(closes, time.perf_counter() + max(left, 0.0))
+        return closes
+
     def _score(self, batch: list[Call]) -> None:
         """Run one batch; a failure is every caller's of the batch."""
         if self._depth is not None:
             self._depth.set(self.waiting())
+        began = time.perf_counter()
         try:
             self._run(batch)
         except BaseException as e:
             for call in batch:
                 call.error = e
+        slo = self.slo
+        if slo is not None:
+            done = time.perf_counter()
+            slo.ran(
+                sum(c.rows for c in batch), done - began, [done - c.queued for c in batch], done
+            )
+            self.max_rows, self.max_delay_s = slo.max_rows, slo.window_s
 
     def _close(self, hub: Parking) -> None:
         """Run the hub's open batch, and let its parked calls go on once the greenlet
@@ -234,7 +267,7 @@ class Batcher:
                     batch.append(call)
                     rows += call.rows
                 if closes is None:
-                    closes = batch[0].queued + self.max_delay_s
+                    closes = self._closes(batch[0])
                 left = closes - time.perf_counter()
                 if rows >= self.max_rows or self._arriving <= 0 or left <= 0 or self._queued:
                     self._woken = None

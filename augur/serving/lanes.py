@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -22,10 +23,16 @@ from augur.serving.errors import RequestError
 from augur.serving.models import ServingModel
 from augur.serving.routing import Route
 from augur.serving.scoring import Scored, Scorer
+from augur.serving.slo import SloController
+from augur.serving.tenants import Tenant, TenantTable
+from augur.serving.tracing import StageMarks
 
 log = logging.getLogger(__name__)
 # A call's inputs for the version that answers it: (entity columns, request features, rows)
 Decode = Callable[[ServingModel], tuple[dict, dict, int]]
+# The most rows an SLO-tuned batch holds where neither model.yaml's batching nor the server's
+# batch_max_rows says: the controller picks a cap up to it that fits the objective
+SLO_ROWS = 64
 
 
 class ModelLane:
@@ -33,13 +40,22 @@ class ModelLane:
 
     def __init__(self, name: str, lanes: Lanes) -> None:
         self.name = name
-        self.admission = Admission(name, lanes.admission, lanes.turns)
+        self.admission = Admission(name, lanes.admission, lanes.turns, lanes.tenants)
         self._counted = metrics.for_model(name)
         self._lanes = lanes  # the server's settings, shared by every lane
         self._batcher: Batcher | None = None
+        # (rows, delay, objective) the batcher was last set to from model.yaml / the server
+        self._configured: tuple = (0, 0.0, None)
         self._lock = threading.Lock()
 
-    def predict(self, route: Route, request: pb.PredictRequest, context) -> Scored:
+    def predict(
+        self,
+        route: Route,
+        request: pb.PredictRequest,
+        context,
+        marks: StageMarks | None = None,
+        tenant: Tenant | None = None,
+    ) -> Scored:
         """A Predict call: admitted, decoded and scored (`score`)."""
         lanes = self._lanes
         owner = f"model {self.name}"
@@ -48,29 +64,44 @@ class ModelLane:
             request.version,
             lambda model: decode_inputs(request, model, lanes.max_rows, owner),
             context,
+            marks,
+            tenant,
         )
 
-    def score(self, route: Route, version: str, decode: Decode, context) -> Scored:
+    def score(
+        self,
+        route: Route,
+        version: str,
+        decode: Decode,
+        context,
+        marks: StageMarks | None = None,
+        tenant: Tenant | None = None,
+    ) -> Scored:
         """Admit a call (Predict's, or an OIP ModelInfer's), decode it with `decode` for the
         version it names (`version`, empty: the stable one, canary split) and score it:
         alone, or in the model's next batch; counted in flight meanwhile (the autoscaling
-        signal, metrics.IN_FLIGHT)."""
+        signal, metrics.IN_FLIGHT). `marks`: a traced call's, given the times of its
+        stages; `tenant`: whose call it is (with tenants configured)."""
         in_flight = self._counted.in_flight
         in_flight.inc()
         try:
-            return self._score(route, version, decode, context)
+            return self._score(route, version, decode, context, marks, tenant)
         finally:
             in_flight.dec()
 
-    def _score(self, route: Route, version: str, decode: Decode, context) -> Scored:
+    def _score(self, route, version, decode, context, marks, tenant) -> Scored:
         deadline = deadline_of(context, self.name, "admission")
         try:
-            ticket = self.admission.enter(deadline)
+            ticket = self.admission.enter(deadline, tenant)
         except RequestError as e:
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self._counted.shed.inc()
+                if tenant is not None:
+                    metrics.TENANT_SHED.labels(self.name, tenant.name).inc()
             raise
         with ticket:
+            if marks is not None:
+                marks.admitted = time.perf_counter()
             lanes = self._lanes
             model = route.pinned(version) if version else route.stable
             batcher = None if version else self.batcher(route)
@@ -80,7 +111,7 @@ class ModelLane:
                 split = not version and bool(entities)
                 score, counted = lanes.scorer.score, self._counted
                 with _rows_in_flight(counted, n):
-                    return Scored.joined(
+                    scored = Scored.joined(
                         [  # a large call in chunks, other calls running between them
                             score(
                                 route,
@@ -96,18 +127,27 @@ class ModelLane:
                         if n > chunks.CHUNK_ROWS
                         else [score(route, model, entities, extra, deadline, split, counted)]
                     )
+                if marks is not None:
+                    marks.scored = scored
+                return scored
             arrival = batcher.arrival()  # announced before decoding: a batch waits for it
             try:
                 entities, extra, n = decode(model)
             except BaseException:
                 arrival.withdraw()
                 raise
+            call = Call(entities, extra, n, deadline, route)
             with _rows_in_flight(self._counted, n):
-                return arrival.submit(Call(entities, extra, n, deadline, route))
+                scored = arrival.submit(call)
+            if marks is not None:
+                marks.queued, marks.scored = call.queued, scored
+            return scored
 
     def batcher(self, route: Route) -> Batcher | None:
         """The model's batcher, or None when its calls are scored alone: model.yaml's
-        `batching` where it has one, else the server's batch_max_rows / batch_max_delay_us."""
+        `batching` where it has one, else the server's batch_max_rows / batch_max_delay_us;
+        with model.yaml's `slo`, a controller (slo.py) tunes the window and cap, the cap up
+        to those rows (SLO_ROWS when neither sets any)."""
         lanes = self._lanes
         own = route.batching
         if own is None:
@@ -116,6 +156,9 @@ class ModelLane:
             rows = own.max_batch_size
             delay_us = own.max_queue_delay_us
             delay_s = lanes.batch_max_delay_s if delay_us is None else delay_us / 1e6
+        objective = route.slo
+        if objective is not None and own is None and rows <= 0:
+            rows = SLO_ROWS  # an objective turns batching on; `max_batch_size: 0` keeps it off
         if rows <= 0:
             return None
         batcher = self._batcher
@@ -127,14 +170,32 @@ class ModelLane:
                     run = partial(lanes.scorer.score_calls, counted=self._counted)
                     depth = self._counted.batch_queue
                     batcher = Batcher(run, rows, delay_s, lanes.turns, depth)
+                    self._configured = (rows, delay_s, None)
                     self._batcher = batcher
                     lanes.check_threads(self.name, rows)
-        elif batcher.max_rows != rows or batcher.max_delay_s != delay_s:
+        if self._configured != (rows, delay_s, objective):
             # model.yaml changed while serving: the batches that close from now on follow it
-            if batcher.max_rows != rows:
-                lanes.check_threads(self.name, rows)
-            batcher.max_rows, batcher.max_delay_s = rows, delay_s
+            with self._lock:
+                self._configure(batcher, rows, delay_s, objective)
         return batcher
+
+    def _configure(self, batcher: Batcher, rows: int, delay_s: float, objective) -> None:
+        """With the lock held: apply model.yaml's batching and objective to the batcher."""
+        if self._configured[0] != rows:
+            self._lanes.check_threads(self.name, rows)
+        self._configured = (rows, delay_s, objective)
+        if objective is None:
+            batcher.slo = None
+            batcher.max_rows, batcher.max_delay_s = rows, delay_s
+            return
+        slo = batcher.slo
+        if slo is None:
+            slo = SloController(objective.p99_ms / 1e3, rows, metrics.slo_gauges(self.name))
+        else:  # what it learnt of the model's costs stands; the bounds change
+            slo.objective_s, slo.most_rows = objective.p99_ms / 1e3, rows
+            slo.max_rows = min(slo.max_rows, rows)
+        batcher.max_rows, batcher.max_delay_s = slo.max_rows, slo.window_s
+        batcher.slo = slo
 
 
 @contextmanager
@@ -158,8 +219,10 @@ class Lanes:
         batch_max_delay_us: int = 500,
         turns: Turns = THREADS,
         handler_threads: int = 0,
+        tenants: TenantTable | None = None,
     ) -> None:
         self.scorer = scorer
+        self.tenants = tenants  # each model's admission shares itself among them
         self.max_rows = max_rows
         self.admission = admission or AdmissionPolicy()
         self.model_queue = self.admission.max_calls

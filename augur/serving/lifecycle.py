@@ -272,6 +272,7 @@ class ModelManager:
             spec.on_feature_store_error,
             experiment,
             log_spec(spec.logging, stable.version.metadata),
+            slo=spec.slo,
         )
         if previous is not None and previous.routes_like(route):
             return previous

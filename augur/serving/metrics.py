@@ -307,6 +307,26 @@ BATCH_CALLS = Histogram(
     ["model"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
 )
+SLO_WINDOW = Gauge(
+    "augur_slo_batch_window_seconds",
+    "The batch window an SLO-tuned model's batcher chose (model.yaml slo)",
+    ["model"],
+    multiprocess_mode="max",
+)
+SLO_BATCH_ROWS = Gauge(
+    "augur_slo_batch_max_rows",
+    "The batch cap an SLO-tuned model's batcher chose (model.yaml slo)",
+    ["model"],
+    multiprocess_mode="max",
+)
+SLO_P99 = Gauge(
+    "augur_slo_p99_seconds",
+    "An SLO-tuned model's p99 of queue wait plus batch run: as its controller predicts it "
+    "for the chosen window and cap (kind=predicted), as measured over its recent calls "
+    "(kind=observed), and its objective (kind=objective)",
+    ["model", "kind"],
+    multiprocess_mode="max",
+)
 # The autoscaling signal (docs/fleet.md, infra/k8s/hpa.yaml, infra/components/keda): a call
 # counts from the moment its model's lane takes it (queued for admission or for a batch, or
 # computing) until it is answered. Summed over a pod's processes (livesum).
@@ -339,4 +359,35 @@ REMOTE_FALLBACKS = Counter(
     "augur_remote_fallbacks_total",
     "Remote calls answered by the model's local fallback because no backend could",
     ["model"],
+)
+
+
+class SloGauges:
+    """One SLO-tuned model's gauges, bound once."""
+
+    def __init__(self, model: str) -> None:
+        self.window = SLO_WINDOW.labels(model)
+        self.rows = SLO_BATCH_ROWS.labels(model)
+        self.predicted = SLO_P99.labels(model, "predicted")
+        self.observed = SLO_P99.labels(model, "observed")
+        self.objective = SLO_P99.labels(model, "objective")
+
+    def show(self, controller) -> None:
+        """The decision of an augur.serving.slo.SloController."""
+        self.window.set(controller.window_s)
+        self.rows.set(controller.max_rows)
+        self.predicted.set(controller.predicted_p99_s)
+        self.observed.set(controller.observed_p99_s)
+        self.objective.set(controller.objective_s)
+
+
+def slo_gauges(model: str) -> SloGauges:
+    return SloGauges(model)
+
+
+TENANT_SHED = Counter(
+    "augur_tenant_shed_total",
+    "Calls of a tenant refused by a model's admission (over its share, past its deadline, or "
+    "shed for higher priority); tenants are augur.yaml's, so the labels stay bounded",
+    ["model", "tenant"],
 )

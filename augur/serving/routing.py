@@ -19,7 +19,7 @@ import numpy as np
 
 from augur.features.reader import FeatureRows
 from augur.modelrepo.repository import BatchingSpec
-from augur.modelrepo.spec import LoggingSpec
+from augur.modelrepo.spec import LoggingSpec, SloSpec
 from augur.serving import metrics
 from augur.serving.errors import not_found, shown
 from augur.serving.experiments import Experiment
@@ -53,6 +53,8 @@ class Route:
     # logging_config recorded at training); None: nothing is logged, at no cost
     feature_log: LoggingSpec | None = None
 
+    slo: SloSpec | None = None  # the latency objective its batcher tunes to (serving/slo.py)
+
     def routes_like(self, other: Route) -> bool:
         """Whether `other` routes every call as this route does (the model manager then keeps
         this one, and with it its guardrail window)."""
@@ -71,6 +73,7 @@ class Route:
             and a.on_feature_store_error == b.on_feature_store_error
             and Experiment.same(a.experiment, b.experiment)
             and a.feature_log == b.feature_log
+            and a.slo == b.slo
         )
 
     def named(self, version: str) -> ServingModel | None:

@@ -33,6 +33,13 @@ class Scored:
     scores: np.ndarray
     row_versions: list[str]
     degraded: bool
+    # perf_counter marks of its read, assembly and model call (for tracing), and the rows
+    # of the batch they were run for
+    began: float = 0.0
+    read: float = 0.0
+    assembled: float = 0.0
+    done: float = 0.0
+    batch_rows: int = 0
 
     @property
     def versions(self) -> list[str]:
@@ -51,6 +58,11 @@ class Scored:
             np.concatenate([p.scores for p in parts]),
             [v for p in parts for v in p.row_versions],
             any(p.degraded for p in parts),
+            first.began,
+            first.read,
+            first.assembled,
+            parts[-1].done,
+            first.batch_rows,
         )
 
     def part(self, rows: slice) -> Scored:
@@ -61,6 +73,11 @@ class Scored:
             self.scores[rows],
             self.row_versions[rows],
             self.degraded,
+            self.began,
+            self.read,
+            self.assembled,
+            self.done,
+            self.batch_rows,
         )
 
 
@@ -113,7 +130,8 @@ class Scorer:
             scores, row_versions = self._waiting.run_elsewhere(
                 lambda: route.score(model, rows, extra, batch, picked, self._trip, deadline)
             )
-        counted.scored(t0, t1, t2, time.perf_counter(), rows, model.plan, self._ages)
+        t3 = time.perf_counter()
+        counted.scored(t0, t1, t2, t3, rows, model.plan, self._ages)
         if route.shadow is not None and model is route.stable and not degraded:
             self.shadow.submit(
                 route.name,
@@ -126,7 +144,9 @@ class Scorer:
             )
         if route.feature_log is not None:  # a sample of what was served, off the request path
             self.feature_log.offer(route, entities, rows, extra, scores, row_versions)
-        return Scored(model, rows, batch, scores, row_versions, degraded)
+        return Scored(
+            model, rows, batch, scores, row_versions, degraded, t0, t1, t2, t3, len(batch)
+        )
 
     def score_calls(self, calls: list[Call], counted: metrics.ModelMetrics) -> None:
         """One batch of a model's calls (`counted`: its metrics): calls routed alike share one

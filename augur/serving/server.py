@@ -16,6 +16,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,7 +32,7 @@ from augur.features.reader import OnlineReader
 from augur.features.row_cache import RowCache
 from augur.features.waiting import BLOCKING, Waiting
 from augur.modelrepo.repository import ModelRepository
-from augur.serving import metrics, oip, security
+from augur.serving import metrics, oip, security, tenants, tracing
 from augur.serving.admin import AdminServicer
 from augur.serving.admission import AdmissionPolicy
 from augur.serving.batcher import THREADS
@@ -41,6 +42,7 @@ from augur.serving.lifecycle import ModelManager
 from augur.serving.servicer import PredictorServicer
 from augur.serving.servicer import add_to_server as add_predictor
 from augur.serving.supervisor import await_siblings, supervisor_pid
+from augur.serving.tracing import Tracing
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -58,6 +60,7 @@ class RunningServer:
     admin_server: grpc.Server | None = None  # when Admin has a listener of its own
     admin_port: int = 0
     pool: futures.Executor | None = None  # the gRPC handlers' (the server does not stop it)
+    tracing: Tracing | None = None  # OpenTelemetry spans, when tracing.enabled
 
     def stop(self) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period, then stop."""
@@ -72,6 +75,8 @@ class RunningServer:
         self.servicer.feature_log.close()  # the samples of the last calls, written
         if self.pool is not None:
             self.pool.shutdown()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server, int]:
@@ -90,7 +95,9 @@ def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server,
     return admin, port
 
 
-def start(config: Config) -> RunningServer:
+def start(config: Config, span_exporter: Any = None) -> RunningServer:
+    """Serve `config`; `span_exporter`: where traced calls' spans go instead of OTLP (an
+    OpenTelemetry SpanExporter, e.g. a test's in-memory one; tracing.enabled still decides)."""
     check_topology(  # one node or a cluster: Augur and the Feast repo must agree
         config.redis.address, config.redis.cluster, Path(config.feature_repo) / "feature_store.yaml"
     )
@@ -144,6 +151,7 @@ def start(config: Config) -> RunningServer:
     )
     reader = OnlineReader(store, cache=cache, waiting=reads)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
+    traced = tracing.from_config(config.tracing, span_exporter)
     servicer = PredictorServicer(
         manager,
         plans,
@@ -157,6 +165,8 @@ def start(config: Config) -> RunningServer:
         handler_threads=0 if config.server.workers or green else threads,
         turns=turns,
         waiting=waiting,
+        tracing=traced,
+        tenants=tenants.table_of(config.tenants),
     )
 
     limit = config.server.max_message_bytes
@@ -231,6 +241,7 @@ def start(config: Config) -> RunningServer:
         admin_server,
         admin_port,
         pool,
+        traced,
     )
 
 

@@ -39,6 +39,8 @@ from augur.serving.lanes import Lanes
 from augur.serving.lifecycle import ModelManager
 from augur.serving.scoring import Scorer
 from augur.serving.shadow import ShadowScorer
+from augur.serving.tenants import TenantTable
+from augur.serving.tracing import StageMarks, Tracing
 
 log = logging.getLogger(__name__)
 _OK = grpc.StatusCode.OK
@@ -59,8 +61,11 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         handler_threads: int = 0,
         turns: Turns = THREADS,
         waiting: Waiting = BLOCKING,
+        tracing: Tracing | None = None,
+        tenants: TenantTable | None = None,
     ):
         self.manager = manager
+        self.tracing = tracing  # None: tracing off, and Predict pays one check for it
         self.plans = dict(plans)
         self.refused: dict[str, str] = dict(getattr(plans, "refused", {}))
         # Feast's UDFs, decoded on a service's first call: a server whose models take no
@@ -79,13 +84,21 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             batch_max_delay_us,
             turns,
             handler_threads,
+            tenants,
         )
+        self.tenants = tenants  # None: no tenants, and Predict pays one check for it
 
     @property
     def breaker(self) -> CircuitBreaker:
         return self.features.breaker
 
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext):
+        if self.tracing is None:
+            return self._predict(request, context, None)
+        return self.tracing.predict(self._predict, request, context)
+
+    def _predict(self, request: pb.PredictRequest, context, marks: StageMarks | None):
+        """A Predict; `marks` (a traced call's) collects its stages' times for its spans."""
         started = time.perf_counter()
         route = self.manager.route(request.model)
         model = route.name if route is not None else "unknown"
@@ -94,7 +107,10 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         try:
             if route is None:
                 raise self._unknown_model(request.model)
-            scored = self.lanes.of(route).predict(route, request, context)
+            tenant = None if self.tenants is None else self.tenants.of(context)
+            if marks is not None and tenant is not None:
+                marks.tenant = tenant.name
+            scored = self.lanes.of(route).predict(route, request, context, marks, tenant)
             versions = scored.versions
             return predict_response(route.name, request.options, scored, versions)
         except Exception as e:
