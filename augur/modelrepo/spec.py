@@ -8,9 +8,29 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
-KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
+# The artifact file a version of each built-in kind holds; ARTIFACTS lists every name a
+# kind reads, the first being what publishing names an artifact of no other suffix.
+# torch: model.pt2 (torch.export) is current, model.pt (TorchScript) is read for one release.
+KINDS = {
+    "lightgbm": "model.txt",
+    "torch": "model.pt2",
+    "xgboost": "model.ubj",
+    "catboost": "model.cbm",
+    "onnx": "model.onnx",
+}
+ARTIFACTS = {
+    "lightgbm": ("model.txt",),
+    "torch": ("model.pt2", "model.pt"),
+    "xgboost": ("model.ubj", "model.json"),
+    "catboost": ("model.cbm",),
+    "onnx": ("model.onnx",),
+}
+# Runtimes an operator installs (pip) register under this entry point group; a model.yaml
+# `kind:` may name one. Their code comes from the environment, never from the repository.
+PLUGIN_GROUP = "augur.runtimes"
 # `compile`: how a LightGBM model runs; "none" is LightGBM's own predict, "lleaves" native
 # code compiled from model.txt (augur/serving/runtimes/compiled_runtime.py)
 COMPILERS = ("none", "lleaves")
@@ -74,10 +94,22 @@ class ModelSpec:
     batching: BatchingSpec | None = None  # None: the server's batching settings
 
 
+@cache
+def plugin_kinds() -> frozenset[str]:
+    """The kinds installed runtime plugins register (names only: nothing is imported)."""
+    from importlib.metadata import entry_points
+
+    return frozenset(ep.name for ep in entry_points(group=PLUGIN_GROUP)) - set(KINDS)
+
+
 def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
     kind = raw.get("kind")
-    if kind not in KINDS:
-        raise RepositoryError(f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if kind not in KINDS and kind not in plugin_kinds():
+        raise RepositoryError(
+            f"{path}: kind must be one of {sorted(KINDS)} or an installed runtime plugin "
+            f"({', '.join(sorted(plugin_kinds())) or f'none in entry point group {PLUGIN_GROUP}'}"
+            f"), got {kind!r}"
+        )
     if not raw.get("feature_service"):
         raise RepositoryError(f"{path}: feature_service is required")
     canary = None
