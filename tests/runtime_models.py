@@ -4,6 +4,7 @@ framework's own predict for each, to check Augur's scores against."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -93,33 +94,48 @@ def variant(kind: str, n_inputs: int, tmp: Path, seed: int) -> Path:
 
 def framework_scores(version: ModelVersion, rows: np.ndarray) -> np.ndarray:
     """The model's scores from its framework's own API, as its users would call it."""
-    path, kind = str(version.artifact), version.spec.kind
+    return np.asarray(_framework_predict(str(version.artifact), version.spec.kind)(rows))
+
+
+@functools.cache
+def _framework_predict(path: str, kind: str):
+    """Each artifact loaded once (versions never change): rows -> (rows, outputs)."""
     if kind == "xgboost":
         import xgboost as xgb
 
         booster = xgb.Booster(model_file=path)
-        matrix = xgb.DMatrix(rows, missing=np.nan, feature_names=booster.feature_names)
-        return booster.predict(matrix).reshape(len(rows), -1)
+
+        def predict(rows):
+            matrix = xgb.DMatrix(rows, missing=np.nan, feature_names=booster.feature_names)
+            return booster.predict(matrix).reshape(len(rows), -1)
+
+        return predict
     if kind == "catboost":
         from catboost import CatBoostClassifier
 
-        return CatBoostClassifier().load_model(path).predict_proba(rows)[:, 1:]
+        model = CatBoostClassifier().load_model(path)
+        return lambda rows: model.predict_proba(rows)[:, 1:]
     if kind == "onnx":
         import onnx
         from onnx.reference import ReferenceEvaluator  # onnx's own, not ONNX Runtime
 
-        (scores,) = ReferenceEvaluator(onnx.load(path)).run(None, {"x": rows})
-        return np.asarray(scores).reshape(len(rows), -1)
+        evaluator = ReferenceEvaluator(onnx.load(path))
+        return lambda rows: np.asarray(evaluator.run(None, {"x": rows})[0]).reshape(len(rows), -1)
     if kind == "torch":
         import torch
 
         program = torch.export.load(path).module()
-        with torch.inference_mode():
-            return program(torch.from_numpy(rows)).numpy().reshape(len(rows), -1)
+
+        def predict(rows):
+            with torch.inference_mode():
+                return program(torch.from_numpy(rows)).numpy().reshape(len(rows), -1)
+
+        return predict
     if kind == "lightgbm":
         import lightgbm as lgb
 
-        return lgb.Booster(model_file=path).predict(rows).reshape(len(rows), -1)
+        booster = lgb.Booster(model_file=path)
+        return lambda rows: booster.predict(rows).reshape(len(rows), -1)
     raise ValueError(kind)
 
 
