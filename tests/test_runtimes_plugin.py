@@ -120,3 +120,42 @@ def test_a_kind_no_installed_plugin_provides_is_refused_naming_the_installed_one
             stack["repo"].spec("fraud_linear")
     finally:
         path.write_text(text)
+
+
+def test_the_cli_publishes_a_plugin_models_file_by_its_kind(stack, tmp_path):
+    repo = stack["repo"]
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text(json.dumps({"features": list(repo.resolve("fraud_linear").features)}))
+    raw, artifact = _linear(tmp_path, "cli", len(repo.resolve("fraud_linear").features))
+    config = tmp_path / "augur.yaml"
+    config.write_text(json.dumps({"model_repo": str(repo.root)}))  # JSON is YAML
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "augur.cli.main",
+            "models",
+            "publish",
+            "fraud_cli",
+            str(artifact),
+            "--kind",
+            "linear_json",
+            "--metadata",
+            str(metadata),
+            "--feature-service",
+            "fraud_lgbm",
+            "--request-feature",
+            "amount",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "published fraud_cli@v1 (linear_json" in done.stdout
+    version = repo.resolve("fraud_cli")
+    assert version.spec.kind == "linear_json" and version.artifact.name == "linear.json"
+    assert json.loads(version.artifact.read_text()) == raw

@@ -117,6 +117,18 @@ def test_a_bad_artifact_is_refused_at_load_with_the_reason(stack, model, artifac
     assert reason in _refused_promote(stack, model, bad.version)
 
 
+@pytest.mark.parametrize("model", ["fraud_xgb", "fraud_cat"])
+def test_an_artifact_changed_after_publishing_is_refused_by_its_sha256(stack, model):
+    repo = stack["repo"]
+    v1 = repo.resolve(model, "v1")
+    published = repo.publish(
+        v1.spec, variant(v1.spec.kind, stack["n"], stack["tmp"], 5), {"features": list(v1.features)}
+    )
+    published.artifact.write_bytes(v1.artifact.read_bytes())  # a valid model, other bytes
+    details = _refused_promote(stack, model, published.version)
+    assert "sha256" in details and "does not match metadata.json" in details
+
+
 def test_a_torch_export_with_a_fixed_batch_is_refused_saying_how_to_export(stack):
     repo, tmp = stack["repo"], stack["tmp"]
     x, y = train_rows(stack["n"], rows=200)

@@ -1,7 +1,8 @@
-"""The one schema of a model entry: what a model is (kind, feature service, request
-features, outputs), how it runs (device, compile, batching) and how it is served (aliases,
-canary, shadow). model.yaml in the model repository and each entry of a feature repo's
-models.yaml are parsed here; the folders and versions are augur/modelrepo/repository.py.
+"""The one schema of a model entry: what a model is (kind: a built-in or an installed runtime
+plugin's; feature service, request features, outputs), how it runs (device, compile,
+batching) and how it is served (aliases, canary, shadow). model.yaml in the model repository
+and each entry of a feature repo's models.yaml are parsed here; the folders and versions are
+augur/modelrepo/repository.py.
 """
 
 from __future__ import annotations
