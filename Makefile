@@ -18,7 +18,7 @@ help:
 $(STAMP): pyproject.toml setup.py augur/features/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray,fleet,skew,oip,otel]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,fleet,skew,oip,otel,runtimes]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -150,10 +150,11 @@ def test_train_with_an_unknown_kind_lists_the_valid_kinds(tmp_path):
     repo.mkdir()
     (repo / "models.yaml").write_text(
         "labels: {path: labels.parquet, label: y}\n"
-        "models:\n  m: {kind: xgboost, feature_service: fs}\n"
+        "models:\n  m: {kind: sklearn, feature_service: fs}\n"
     )
     config = _config(tmp_path, repo, "127.0.0.1:6379")
     done = _augur("train", "--config", str(config))
     assert done.returncode == 1
-    assert "kind must be one of ['lightgbm', 'torch'], got 'xgboost'" in done.stderr
+    assert "kind must be one of ['catboost', 'lightgbm', 'onnx', 'torch', 'xgboost']" in done.stderr
+    assert "got 'sklearn'" in done.stderr
     assert "Traceback" not in done.stderr

@@ -23,6 +23,7 @@ from augur.api.v1 import predictor_pb2 as pb
 from augur.client import encode_entities
 from augur.client.client import PredictorClient
 from augur.features.redis_server import EmbeddedRedis
+from augur.modelrepo.repository import ModelRepository
 from augur.pipelines.materialize import materialize
 from augur.serving import metrics
 from tests.conftest import server_config
@@ -239,7 +240,7 @@ def test_bad_model_never_takes_traffic_and_the_rest_serve(
 ):
     models = tmp_path / "models"
     shutil.copytree(model_repo, models)
-    artifact = models / "fraud_mlp" / "v1" / "model.pt"
+    artifact = ModelRepository(models).resolve("fraud_mlp", "v1").artifact
     artifact.write_bytes(artifact.read_bytes()[:-10] + b"corrupted!")
     with caplog.at_level("ERROR"):
         running, client = _serve(servers, fraud_repo, models, fraud_repo.address)

@@ -58,7 +58,8 @@ def test_scores_equal_offline_predictions(client, fraud_repo, model_repo, sample
         offline = lgb.Booster(model_file=str(version.artifact)).predict(rows)
     else:
         with torch.inference_mode():
-            offline = torch.jit.load(str(version.artifact))(torch.from_numpy(rows)).numpy()
+            program = torch.export.load(str(version.artifact)).module()  # `augur train`'s .pt2
+            offline = program(torch.from_numpy(rows)).numpy()
 
     answer = client.predict(
         model,

@@ -168,8 +168,9 @@ def test_a_training_entry_is_read_with_the_model_yaml_schema(tmp_path):
     "entry, message",
     [
         (
-            "    kind: xgboost\n    feature_service: fs\n",
-            r"kind must be one of \['lightgbm', 'torch'\], got 'xgboost'",
+            "    kind: sklearn\n    feature_service: fs\n",
+            r"kind must be one of \['catboost', 'lightgbm', 'onnx', 'torch', 'xgboost'\] "
+            r"or an installed runtime plugin \(.*\), got 'sklearn'",
         ),
         ("    kind: torch\n", "feature_service is required"),
         (

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from augur.config import Config
-from augur.modelrepo.repository import KINDS, ModelRepository, ModelSpec, RepositoryError
+from augur.modelrepo.repository import ARTIFACTS, ModelRepository, ModelSpec, RepositoryError
 
 
 def add_parser(sub) -> None:
@@ -49,7 +49,17 @@ def add_parser(sub) -> None:
     v.add_argument("model", nargs="?", default="")
     v = verb("publish", "add a model file as the next version of a model", False)
     v.add_argument("model")
-    v.add_argument("artifact", type=Path, help="model.txt (LightGBM) or model.pt (TorchScript)")
+    v.add_argument(
+        "artifact",
+        type=Path,
+        help="the model file: .txt (LightGBM), .pt2 (torch.export), .ubj/.json (XGBoost), "
+        ".cbm (CatBoost), .onnx (ONNX), or a runtime plugin's file with --kind",
+    )
+    v.add_argument(
+        "--kind",
+        help="the model's kind when the file's suffix does not say it (a runtime plugin's "
+        "kind, see docs/runtimes.md); default: from the suffix, or the existing model's",
+    )
     v.add_argument(
         "--metadata",
         type=Path,
@@ -219,11 +229,21 @@ def _role(spec: ModelSpec, stable: str, version: str) -> str:
 
 
 def _publish(repo: ModelRepository, args) -> int:
-    kind = next((k for k, f in KINDS.items() if Path(f).suffix == args.artifact.suffix), None)
+    kind = args.kind or next(
+        (
+            k
+            for k, names in ARTIFACTS.items()
+            for f in names
+            if Path(f).suffix == args.artifact.suffix
+        ),
+        None,
+    )
+    if kind is None and args.model in repo.names():
+        kind = repo.spec(args.model).kind  # a plugin's file: the model's kind says
     if kind is None:
         print(
-            f"augur models publish: {args.artifact}: expected a .txt (LightGBM) or .pt "
-            f"(TorchScript) file"
+            f"augur models publish: {args.artifact}: expected a .txt (LightGBM), .pt2 (torch), "
+            f".ubj or .json (XGBoost), .cbm (CatBoost) or .onnx (ONNX) file, or --kind"
         )
         return 1
     metadata = json.loads(args.metadata.read_text())

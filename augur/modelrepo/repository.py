@@ -5,8 +5,10 @@
                                 it is served:
                                 aliases (stable: v2), canary (version, weight, guardrails),
                                 shadow, last rollback
-    models/<name>/<version>/    model.txt (LightGBM) or model.pt (TorchScript), metadata.json
-                                (feature order and dtypes, window, metrics, sha256)
+    models/<name>/<version>/    the artifact (model.txt LightGBM, model.pt2 torch.export or
+                                model.pt TorchScript, model.ubj/.json XGBoost, model.cbm
+                                CatBoost, model.onnx ONNX, a plugin's own file), metadata.json
+                                (feature order and dtypes, window, metrics, artifact, sha256)
 
 Publishing writes a version into a temporary folder and renames it into place, so a reader
 never sees half a version; versions are v1, v2, ... in publishing order and never change.
@@ -32,7 +34,9 @@ from pathlib import Path
 
 import yaml
 
+from augur.modelrepo.formats import artifact_name, check_artifact
 from augur.modelrepo.spec import (  # noqa: F401  (importers of the schema from here)
+    ARTIFACTS,
     COMPILERS,
     KINDS,
     REMOTE,
@@ -59,7 +63,16 @@ class ModelVersion:
 
     @property
     def artifact(self) -> Path:
-        return self.path / KINDS[self.spec.kind]
+        """The file metadata.json names (versions published before it did: the kind's file
+        that exists, model.pt for TorchScript)."""
+        named = self.metadata.get("artifact")
+        allowed = ARTIFACTS.get(self.spec.kind)
+        if isinstance(named, str) and (named in allowed if allowed else Path(named).name == named):
+            return self.path / named
+        for name in allowed or ():
+            if (self.path / name).exists():
+                return self.path / name
+        return self.path / KINDS.get(self.spec.kind, "model")
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -140,17 +153,20 @@ class ModelRepository:
 
     def publish(self, spec: ModelSpec, artifact: Path, metadata: dict) -> ModelVersion:
         """Copy `artifact` in as the next version of `spec.name`, with its metadata."""
+        name = artifact_name(spec.kind, Path(artifact))
+        check_artifact(spec.kind, Path(artifact))  # before anything is written
         model_dir = self.root / spec.name
         model_dir.mkdir(parents=True, exist_ok=True)
         self._write_identity(spec)
         staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=model_dir))
         try:
-            target = staging / KINDS[spec.kind]
+            target = staging / name
             shutil.copyfile(artifact, target)
             metadata = {
                 **metadata,
                 "name": spec.name,
                 "kind": spec.kind,
+                "artifact": name,
                 "feature_service": spec.feature_service,
                 "sha256": sha256_of(target),
             }

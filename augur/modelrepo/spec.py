@@ -1,13 +1,15 @@
-"""The one schema of a model entry: what a model is (kind, feature service, request
-features, outputs), how it runs (device, compile, batching) and how it is served (aliases,
-canary, shadow). model.yaml in the model repository and each entry of a feature repo's
-models.yaml are parsed here; the folders and versions are augur/modelrepo/repository.py.
+"""The one schema of a model entry: what a model is (kind: a built-in or an installed runtime
+plugin's; feature service, request features, outputs), how it runs (device, compile,
+batching) and how it is served (aliases, canary, shadow). model.yaml in the model repository
+and each entry of a feature repo's models.yaml are parsed here; the folders and versions are
+augur/modelrepo/repository.py.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from augur.modelrepo.errors import RepositoryError
@@ -17,7 +19,26 @@ from augur.modelrepo.remote_spec import RemoteSpec, parse_remote
 # importers of the schema from here keep working
 __all__ = ["ExperimentSpec", "RemoteSpec", "RepositoryError", "parse_experiment"]
 
-KINDS = {"lightgbm": "model.txt", "torch": "model.pt"}
+# The artifact file a version of each built-in kind holds; ARTIFACTS lists every name a
+# kind reads, the first being what publishing names an artifact of no other suffix.
+# torch: model.pt2 (torch.export) is current, model.pt (TorchScript) is read for one release.
+KINDS = {
+    "lightgbm": "model.txt",
+    "torch": "model.pt2",
+    "xgboost": "model.ubj",
+    "catboost": "model.cbm",
+    "onnx": "model.onnx",
+}
+ARTIFACTS = {
+    "lightgbm": ("model.txt",),
+    "torch": ("model.pt2", "model.pt"),
+    "xgboost": ("model.ubj", "model.json"),
+    "catboost": ("model.cbm",),
+    "onnx": ("model.onnx",),
+}
+# Runtimes an operator installs (pip) register under this entry point group; a model.yaml
+# `kind:` may name one. Their code comes from the environment, never from the repository.
+PLUGIN_GROUP = "augur.runtimes"
 # A model scored on other Open Inference Protocol servers (augur/serving/runtimes/remote.py):
 # no artifact, and one version, named so, described wholly by model.yaml's `remote`.
 REMOTE = "remote"
@@ -116,12 +137,22 @@ class ModelSpec:
     slo: SloSpec | None = None  # None: batching as `batching` says, fixed
 
 
+@cache
+def plugin_kinds() -> frozenset[str]:
+    """The kinds installed runtime plugins register (names only: nothing is imported)."""
+    from importlib.metadata import entry_points
+
+    return frozenset(ep.name for ep in entry_points(group=PLUGIN_GROUP)) - set(KINDS)
+
+
 def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
     kind = raw.get("kind")
-    if kind not in KINDS and kind != REMOTE:
+    if kind not in KINDS and kind != REMOTE and kind not in plugin_kinds():
         raise RepositoryError(
-            f"{path}: kind must be one of {sorted(KINDS)}, got {kind!r} (or {REMOTE} in "
-            f"model.yaml: scored on Open Inference Protocol servers)"
+            f"{path}: kind must be one of {sorted(KINDS)} or an installed runtime plugin "
+            f"({', '.join(sorted(plugin_kinds())) or f'none in entry point group {PLUGIN_GROUP}'}"
+            f"), got {kind!r} (or {REMOTE} in model.yaml: scored on Open Inference Protocol "
+            f"servers)"
         )
     if not raw.get("feature_service"):
         raise RepositoryError(f"{path}: feature_service is required")

@@ -1,12 +1,14 @@
 """The PyTorch model family `augur train` builds: an MLP that carries its own preprocessing.
 
 Imputation, a signed log (features are heavy-tailed counts and amounts) and
-standardisation live inside the module, so the served TorchScript file is self-contained.
+standardisation live inside the module, so the served file (a torch.export program) is
+self-contained.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,3 +77,13 @@ def fit_mlp(
             loss.backward()
             optimizer.step()
     return model.eval()
+
+
+def export_mlp(model: nn.Module, example: np.ndarray, path: Path) -> Path:
+    """Save `model` as a torch.export program (model.pt2) that takes any number of rows:
+    weights and graph only, loaded without running Python code."""
+    rows = torch.export.Dim("rows", min=1, max=1 << 20)
+    sample = torch.from_numpy(np.ascontiguousarray(example[:2], np.float32))
+    program = torch.export.export(model.eval(), (sample,), dynamic_shapes=({0: rows},))
+    torch.export.save(program, str(path))
+    return path

@@ -144,11 +144,14 @@ def _train_one(
     fit = data.timestamps < cutoff
     x_fit, y_fit, x_hold, y_hold = data.x[fit], data.y[fit], data.x[~fit], data.y[~fit]
     with tempfile.TemporaryDirectory() as tmp:
-        # parse_identity admitted only known kinds
-        if model.spec.kind == "lightgbm":
-            artifact, predict = _fit_lightgbm(model, data.features, x_fit, y_fit, Path(tmp))
-        else:
-            artifact, predict = _fit_torch(model, x_fit, y_fit, Path(tmp), progress)
+        fit_kind = TRAINERS.get(model.spec.kind)
+        if fit_kind is None:
+            raise ValueError(
+                f"model {model.name}: augur train trains {', '.join(TRAINERS)}; a "
+                f"{model.spec.kind} model is trained elsewhere and published with "
+                f"`augur models publish`"
+            )
+        artifact, predict = fit_kind(model, data.features, x_fit, y_fit, Path(tmp), progress)
         auc_fit, auc_hold = auc(y_fit, predict(x_fit)), auc(y_hold, predict(x_hold))
         metadata = {
             "features": list(data.features),
@@ -190,7 +193,7 @@ LIGHTGBM_PARAMS = {
 }
 
 
-def _fit_lightgbm(model: ModelTraining, features, x, y, tmp: Path):
+def _fit_lightgbm(model: ModelTraining, features, x, y, tmp: Path, progress: bool = False):
     import lightgbm as lgb
 
     params = {**LIGHTGBM_PARAMS, **model.params}
@@ -205,22 +208,79 @@ def _fit_lightgbm(model: ModelTraining, features, x, y, tmp: Path):
     return path, lambda m: booster.predict(m)
 
 
-def _fit_torch(model: ModelTraining, x, y, tmp: Path, progress: bool):
+def _fit_torch(model: ModelTraining, features, x, y, tmp: Path, progress: bool):
     import torch
 
-    from augur.pipelines.mlp import fit_mlp
+    from augur.pipelines.mlp import export_mlp, fit_mlp
 
     params = dict(model.params)
     net = fit_mlp(x, y, hidden=tuple(params.pop("hidden", (64, 64))), progress=progress, **params)
-    scripted = torch.jit.script(net)
-    path = tmp / "model.pt"
-    scripted.save(str(path))
+    path = export_mlp(net, x[:2], tmp / "model.pt2")
+    program = torch.export.load(str(path)).module()  # scores as served, from the saved file
 
     def predict(m: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return scripted(torch.from_numpy(m)).numpy().ravel()
+            return program(torch.from_numpy(m)).numpy().ravel()
 
     return path, predict
+
+
+# XGBoost's parameters for every model unless models.yaml overrides them: the same depth
+# and learning rate as LightGBM's, missing values learnt per split as LightGBM does.
+XGBOOST_PARAMS = {
+    "objective": "binary:logistic",
+    "eta": 0.05,
+    "max_depth": 6,
+    "min_child_weight": 5,
+    "subsample": 0.8,
+    "colsample_bytree": 0.9,
+    "tree_method": "hist",
+    "seed": 7,
+    "nthread": 2,
+}
+
+
+def _fit_xgboost(model: ModelTraining, features, x, y, tmp: Path, progress: bool = False):
+    import xgboost as xgb
+
+    params = {**XGBOOST_PARAMS, **model.params}
+    rounds = int(params.pop("num_boost_round", 200))
+    names = [_safe(f) for f in features]
+    booster = xgb.train(params, xgb.DMatrix(x, y, feature_names=names), num_boost_round=rounds)
+    path = tmp / "model.ubj"  # XGBoost's own binary JSON: no pickle
+    booster.save_model(str(path))
+    return path, lambda m: booster.inplace_predict(m, missing=np.nan)
+
+
+# CatBoost's parameters for every model unless models.yaml overrides them.
+CATBOOST_PARAMS = {
+    "loss_function": "Logloss",
+    "iterations": 200,
+    "depth": 6,
+    "learning_rate": 0.1,
+    "random_seed": 7,
+    "thread_count": 2,
+    "verbose": 0,
+    "allow_writing_files": False,  # no catboost_info/ beside the caller
+}
+
+
+def _fit_catboost(model: ModelTraining, features, x, y, tmp: Path, progress: bool = False):
+    from catboost import CatBoostClassifier
+
+    classifier = CatBoostClassifier(**{**CATBOOST_PARAMS, **model.params})
+    classifier.fit(x, y, verbose=False)
+    path = tmp / "model.cbm"
+    classifier.save_model(str(path), format="cbm")
+    return path, lambda m: classifier.predict_proba(m)[:, 1]
+
+
+TRAINERS = {
+    "lightgbm": _fit_lightgbm,
+    "torch": _fit_torch,
+    "xgboost": _fit_xgboost,
+    "catboost": _fit_catboost,
+}
 
 
 def _safe(name: str) -> str:

@@ -1,6 +1,7 @@
 """Load and warm a model version in a child process before the server loads it: a native
-parser (LightGBM's, torch's, LLVM's) that crashes on a malformed artifact takes down only
-the child, never the server.
+parser (LightGBM's, XGBoost's, CatBoost's, ONNX Runtime's, torch's, LLVM's, a plugin's)
+that crashes on a malformed artifact takes down only the child, never the server. Every
+kind goes through the same load_runtime as the server, so the child refuses what it would.
 
 `vet(version)` runs `python -m augur.serving.probe <version dir>` and raises ProbeFailed
 with what went wrong (the signal or exit code, a timeout, the child's own error). The child

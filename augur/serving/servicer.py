@@ -159,6 +159,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                     entities=sorted(stable.plan.entity_types),
                     device=stable.runtime.device,
                     versions=self.manager.repo.versions(name),
+                    outputs=spec.outputs,
                 )
             )
         return pb.ListModelsResponse(models=models)

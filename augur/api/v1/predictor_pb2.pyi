@@ -209,7 +209,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "kind", "feature_service", "features", "request_features", "entities", "device", "versions")
+    __slots__ = ("name", "version", "kind", "feature_service", "features", "request_features", "entities", "device", "versions", "outputs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,7 @@ class ModelInfo(_message.Message):
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     kind: str
@@ -228,7 +229,8 @@ class ModelInfo(_message.Message):
     entities: _containers.RepeatedScalarFieldContainer[str]
     device: str
     versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., feature_service: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., request_features: _Optional[_Iterable[str]] = ..., entities: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., feature_service: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., request_features: _Optional[_Iterable[str]] = ..., entities: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
