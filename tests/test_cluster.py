@@ -4,6 +4,8 @@ followed, and bad cluster settings refused naming the option."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,7 +144,7 @@ def test_a_slot_without_an_owner_gives_missing_rows_or_unavailable_never_a_hang(
     full = reader.read(plan, entities)
     owner = bytearray(store.slots.owner_of)
     owner[: 16384 // 3] = bytes([len(store.slots.nodes)]) * (16384 // 3)  # first master's gone
-    store._slots = type(store.slots)(store.slots.nodes, bytes(owner))
+    store._slots = store._reads = type(store.slots)(store.slots.nodes, bytes(owner))
     with pytest.raises(NodesDown, match="without an owner"):
         reader.read(plan, entities, timeout_s=1.0)
     with accepting_partial() as lost:
@@ -170,3 +172,47 @@ def test_cluster_and_one_node_settings_that_disagree_are_refused_naming_the_opti
         check_topology("127.0.0.1:7000", False, yaml)
     with pytest.raises(ValueError, match="not a URL"):
         connect("redis://127.0.0.1:7000", cluster=True)
+    with pytest.raises(ValueError, match=r"redis\.read_from_replicas needs a Redis Cluster"):
+        connect("127.0.0.1:7000", read_from_replicas=True)
+
+
+def test_reads_from_replicas_give_the_same_rows_and_leave_the_masters_alone(
+    cluster_repo, redis_cluster, plan
+):
+    _replicas_caught_up(redis_cluster)
+    store = connect(cluster_repo.address, read_from_replicas=True)
+    reader = OnlineReader(store)
+    on_masters = OnlineReader(connect(cluster_repo.address))
+    masters = [redis.Redis(n.host, n.port) for n in redis_cluster.masters]
+    replicas = [redis.Redis(n.host, n.port) for n in redis_cluster.replicas]
+    users, merchants = _entities(cluster_repo, 300, seed=21)
+    expected = _feast_matrix(cluster_repo.store, plan, users, merchants)
+    defaults = np.array([c.default for c in plan.columns], np.float32)
+    expected = np.where(np.isnan(expected), defaults, expected)
+    for n in (1, 300):
+        entities = {"user_id": users[:n], "merchant_id": merchants[:n]}
+        before = [_hmgets(m) for m in masters], [_hmgets(r) for r in replicas]
+        got = reader.read(plan, entities)
+        after = [_hmgets(m) for m in masters], [_hmgets(r) for r in replicas]
+        np.testing.assert_array_equal(got.values, expected[:n])
+        np.testing.assert_array_equal(got.values, on_masters.read(plan, entities).values)
+        assert after[0] == before[0], "a master was read"
+        assert sum(after[1]) - sum(before[1]) == got.distinct_keys  # each key on a replica
+    assert set(store.read_slots.nodes) <= {(n.host, n.port) for n in redis_cluster.replicas}
+    assert store.slots.nodes != store.read_slots.nodes  # writes still go to the masters
+
+
+def _replicas_caught_up(cluster, timeout_s: float = 10.0) -> None:
+    """Until every replica has applied its master's whole replication stream (the offsets
+    an operator compares to see the lag: INFO replication on the master)."""
+    deadline = time.monotonic() + timeout_s
+    for master in cluster.masters:
+        info = redis.Redis(master.host, master.port).info("replication")
+        while any(
+            v["offset"] < info["master_repl_offset"]
+            for k, v in info.items()
+            if k.startswith("slave") and isinstance(v, dict)
+        ):
+            assert time.monotonic() < deadline, f"replicas of {master.address} lag: {info}"
+            time.sleep(0.05)
+            info = redis.Redis(master.host, master.port).info("replication")

@@ -109,9 +109,11 @@ def connect(
     timeouts: RedisTimeouts = RedisTimeouts(),
     cluster: bool = False,
     breaker: tuple[int, float] = (5, 1.0),
+    read_from_replicas: bool = False,
 ) -> redis.Redis | ClusterStore:
     """A client of the Redis at `address`, or of the Redis Cluster it names (several seeds,
-    or `cluster`): then a ClusterStore, whose nodes each get `breaker` (failures, cooldown)."""
+    or `cluster`): then a ClusterStore, whose nodes each get `breaker` (failures, cooldown),
+    reading from replicas if asked."""
     kwargs = parse_address(address)
     # One retry (no backoff) replaces a pooled connection that died with a Redis restart;
     # more would spend the caller's deadline on a server that is down.
@@ -123,6 +125,11 @@ def connect(
         "health_check_interval": 0,
         "redis_connect_func": _log_in,
     }
+    if read_from_replicas and not (cluster or "seeds" in kwargs):
+        raise ValueError(
+            "redis.read_from_replicas needs a Redis Cluster: set redis.cluster: true or list "
+            "the cluster's nodes in redis.address, or drop redis.read_from_replicas"
+        )
     if "url" in kwargs:
         if cluster:
             raise ValueError(
@@ -137,7 +144,7 @@ def connect(
         if kwargs.pop("db", 0):
             raise ValueError("Redis address option db: a Redis Cluster has only db 0")
         del kwargs["host"], kwargs["port"]
-        return ClusterStore(seeds, {**kwargs, **common}, *breaker)
+        return ClusterStore(seeds, {**kwargs, **common}, *breaker, read_from_replicas)
     return redis.Redis(**kwargs, **common)
 
 

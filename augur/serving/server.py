@@ -136,6 +136,7 @@ def start(config: Config) -> RunningServer:
         timeouts,
         config.redis.cluster,
         (config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000),
+        config.redis.read_from_replicas,
     )
     reader = OnlineReader(store, cache=cache, waiting=reads)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)
