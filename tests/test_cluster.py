@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from redis.crc import key_slot
 
 from augur.features.cluster import ClusterStore, NodesDown, accepting_partial
 from augur.features.connection import check_topology, connect, unreachable
+from augur.features.native import native
 from augur.features.reader import OnlineReader
 from augur.features.redis_server import free_port
 from augur.features.repo import build_plan
+from augur.features.slots import SLOTS, SlotMap, merge, partition, partition_py
 from tests.test_differential import _feast_matrix
 
 READ_PATHS = {"c": {}, "numpy": {"use_native": False}, "fields": {"vectors": False}}
@@ -216,3 +219,36 @@ def _replicas_caught_up(cluster, timeout_s: float = 10.0) -> None:
             assert time.monotonic() < deadline, f"replicas of {master.address} lag: {info}"
             time.sleep(0.05)
             info = redis.Redis(master.host, master.port).info("replication")
+
+
+@pytest.mark.skipif(native is None, reason="the C extension is not built")
+def test_c_partition_and_merge_agree_with_the_python_reference_and_redis_py_slots():
+    """Random keys (some with hash tags, some empty), commands of several shapes in a row (the
+    C skips a repeated tail of fields by comparing bytes), replies merged back in order."""
+    rng = np.random.default_rng(5)
+    shapes = [[b"HMGET", b"f1", b"f2", b"f3"], [b"HGETALL"], [b"HMGET", b"f1"], [b"GET"]]
+    keys, commands = [], []
+    for i in range(3000):
+        key = rng.integers(0, 256, rng.integers(0, 40), dtype=np.uint8).tobytes()
+        if i % 7 == 0:
+            key = b"a{%d}b" % (i % 5)
+        shape = shapes[(i // 50) % len(shapes)]  # runs of one shape, then another
+        args = [shape[0], key, *shape[1:]]
+        keys.append(key)
+        commands.append(
+            b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+        )
+    payload = b"".join(commands)
+    owner = np.array([s * 3 // SLOTS for s in range(SLOTS)], np.uint8)
+    owner[100:200] = 3  # slots without an owner
+    slots = SlotMap((("a", 1), ("b", 2), ("c", 3)), owner.tobytes())
+    parts, owners = partition(payload, len(commands), slots)
+    reference = np.empty(len(commands), np.uint8)
+    assert parts == partition_py(payload, len(commands), slots, reference)
+    np.testing.assert_array_equal(owners, reference)
+    np.testing.assert_array_equal(owners, owner[[key_slot(k) for k in keys]])
+    echoes = [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]  # each command's reply: its key
+    replies = [b"".join(e for e, o in zip(echoes, owners, strict=True) if o == n) for n in range(4)]
+    assert bytes(merge(replies, owners, len(commands))) == b"".join(echoes)
+    with pytest.raises(ValueError):
+        partition(payload[:-3], len(commands), slots)
