@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 K8S = INFRA / "k8s"
 SECURE = INFRA / "secure"
-REDIS_CLUSTER = INFRA / "redis" / "cluster"
 SECRET_TEMPLATES = frozenset(K8S.glob("*.template.yaml"))
 REDIS_SECRET = K8S / "redis-secret.template.yaml"
 ALERTS = INFRA / "prometheus" / "alerts.yml"
@@ -132,48 +131,6 @@ def secure_manifests() -> dict[tuple[str, str], dict]:
             "data": data,
         }
     return objects
-
-
-@functools.cache
-def cluster_manifests() -> dict[tuple[str, str], dict]:
-    """The objects of infra/k8s with the component infra/redis/cluster/ applied: its resources
-    added, its JSON patches applied to their targets, the objects its `$patch: delete` patches
-    name removed, and the ConfigMaps its generator makes."""
-    objects = copy.deepcopy(manifests())
-    component = yaml.safe_load((REDIS_CLUSTER / "kustomization.yaml").read_text())
-    for resource in component["resources"]:
-        for doc in yaml_documents(REDIS_CLUSTER / resource):
-            key = (doc["kind"], doc["metadata"]["name"])
-            assert key not in objects, f"infra/redis/cluster defines {key} again"
-            objects[key] = doc
-    for patch in component["patches"]:
-        if "patch" in patch:  # inline: only deletions here
-            doc = yaml.safe_load(patch["patch"])
-            assert doc.pop("$patch") == "delete", patch
-            key = (doc["kind"], doc["metadata"]["name"])
-            assert key in objects, f"infra/redis/cluster deletes {key}, which is not defined"
-            del objects[key]
-            continue
-        key = (patch["target"]["kind"], patch["target"]["name"])
-        assert key in objects, f"infra/redis/cluster patches {key}, which is not defined"
-        operations = yaml.safe_load((REDIS_CLUSTER / patch["path"]).read_text())
-        objects[key] = json_patch(objects[key], operations)
-    for generator in component.get("configMapGenerator", []):
-        data = {PurePosixPath(f).name: (REDIS_CLUSTER / f).read_text() for f in generator["files"]}
-        metadata = {"name": generator["name"], "namespace": generator["namespace"]}
-        objects[("ConfigMap", generator["name"])] = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": metadata,
-            "data": data,
-        }
-    return objects
-
-
-def cluster_object(kind: str, name: str) -> dict:
-    objects = cluster_manifests()
-    assert (kind, name) in objects, f"no {kind} {name!r} with infra/redis/cluster applied"
-    return objects[(kind, name)]
 
 
 def secure_object(kind: str, name: str) -> dict:

@@ -5,6 +5,8 @@ with a config that loads and agrees with a redis_cluster feature repo."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -18,12 +20,11 @@ from augur import config
 from augur.features.connection import check_topology, parse_address
 from tests.infra.manifests import (
     INFRA,
-    REDIS_CLUSTER,
-    cluster_manifests,
-    cluster_object,
     container_env,
+    json_patch,
     k8s_bytes,
     manifest,
+    manifests,
     mount_source,
     pod_labels,
     pod_spec,
@@ -31,9 +32,53 @@ from tests.infra.manifests import (
     redis_directives,
     secret_template,
     selects,
+    yaml_documents,
 )
 
+REDIS_CLUSTER = INFRA / "redis" / "cluster"
 SCRIPT = REDIS_CLUSTER / "create-cluster.sh"
+
+
+@functools.cache
+def cluster_manifests() -> dict[tuple[str, str], dict]:
+    """The objects of infra/k8s with the component infra/redis/cluster/ applied: its resources
+    added, its JSON patches applied to their targets, the objects its `$patch: delete` patches
+    name removed, and the ConfigMaps its generator makes."""
+    objects = copy.deepcopy(manifests())
+    component = yaml.safe_load((REDIS_CLUSTER / "kustomization.yaml").read_text())
+    for resource in component["resources"]:
+        for doc in yaml_documents(REDIS_CLUSTER / resource):
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in objects, f"infra/redis/cluster defines {key} again"
+            objects[key] = doc
+    for patch in component["patches"]:
+        if "patch" in patch:  # inline: only deletions here
+            doc = yaml.safe_load(patch["patch"])
+            assert doc.pop("$patch") == "delete", patch
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key in objects, f"infra/redis/cluster deletes {key}, which is not defined"
+            del objects[key]
+            continue
+        key = (patch["target"]["kind"], patch["target"]["name"])
+        assert key in objects, f"infra/redis/cluster patches {key}, which is not defined"
+        operations = yaml.safe_load((REDIS_CLUSTER / patch["path"]).read_text())
+        objects[key] = json_patch(objects[key], operations)
+    for generator in component.get("configMapGenerator", []):
+        data = {PurePosixPath(f).name: (REDIS_CLUSTER / f).read_text() for f in generator["files"]}
+        metadata = {"name": generator["name"], "namespace": generator["namespace"]}
+        objects[("ConfigMap", generator["name"])] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": data,
+        }
+    return objects
+
+
+def cluster_object(kind: str, name: str) -> dict:
+    objects = cluster_manifests()
+    assert (kind, name) in objects, f"no {kind} {name!r} with infra/redis/cluster applied"
+    return objects[(kind, name)]
 
 
 def _cluster_node() -> tuple[dict, dict, dict]:
