@@ -12,6 +12,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from augur.client.client import PredictorClient
 from augur.features.cluster import ClusterStore, NodesDown, accepting_partial
 from augur.features.connection import check_topology, connect, unreachable
 from augur.features.native import native
@@ -19,6 +20,7 @@ from augur.features.reader import OnlineReader
 from augur.features.redis_server import free_port
 from augur.features.repo import build_plan
 from augur.features.slots import SLOTS, SlotMap, merge, partition, partition_py
+from tests.conftest import server_config
 from tests.test_differential import _feast_matrix
 
 READ_PATHS = {"c": {}, "numpy": {"use_native": False}, "fields": {"vectors": False}}
@@ -177,6 +179,9 @@ def test_cluster_and_one_node_settings_that_disagree_are_refused_naming_the_opti
         connect("redis://127.0.0.1:7000", cluster=True)
     with pytest.raises(ValueError, match=r"redis\.read_from_replicas needs a Redis Cluster"):
         connect("127.0.0.1:7000", read_from_replicas=True)
+    yaml.write_text("online_store:\n  type: redis\n")
+    with pytest.raises(ValueError, match=r"redis\.read_from_replicas needs a Redis Cluster"):
+        check_topology("127.0.0.1:7000", False, yaml, read_from_replicas=True)
 
 
 def test_reads_from_replicas_give_the_same_rows_and_leave_the_masters_alone(
@@ -252,3 +257,26 @@ def test_c_partition_and_merge_agree_with_the_python_reference_and_redis_py_slot
     assert bytes(merge(replies, owners, len(commands))) == b"".join(echoes)
     with pytest.raises(ValueError):
         partition(payload[:-3], len(commands), slots)
+
+
+def test_predict_on_a_cluster_reading_replicas_scores_as_on_one_node(
+    cluster_repo, redis_cluster, model_repo, client, servers
+):
+    """A server whose config says read_from_replicas, on the cluster holding the same rows as
+    the session's one-node server: the same scores and feature status, read from replicas."""
+    _replicas_caught_up(redis_cluster)
+    config = server_config(cluster_repo, model_repo)
+    config.redis.read_from_replicas = True
+    running = servers.start(config)
+    users, merchants = _entities(cluster_repo, 100, seed=31)
+    entities = {"user_id": users.tolist(), "merchant_id": merchants.tolist()}
+    amounts = {"amount": [float(i) for i in range(100)]}
+    replicas = [redis.Redis(n.host, n.port) for n in redis_cluster.replicas]
+    before = sum(_hmgets(r) for r in replicas)
+    with PredictorClient(f"127.0.0.1:{running.port}", timeout=10) as own:
+        got = own.predict("fraud_lgbm", entities, amounts)
+    expected = client.predict("fraud_lgbm", entities, amounts)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+    np.testing.assert_array_equal(got.missing, expected.missing)
+    assert got.missing.sum() < got.present.sum()  # most rows found: not all defaults
+    assert sum(_hmgets(r) for r in replicas) > before

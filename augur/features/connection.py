@@ -177,10 +177,12 @@ def unreachable(address: str, timeout_s: float = 2.0, cluster: bool = False) -> 
         client.close()
 
 
-def check_topology(address: str, cluster: bool, feature_store_yaml: Path) -> None:
+def check_topology(
+    address: str, cluster: bool, feature_store_yaml: Path, read_from_replicas: bool = False
+) -> None:
     """Refuse, naming the option, an Augur setting and a Feast repo that disagree on whether
-    the store is a Redis Cluster (each would write where the other never reads), and
-    Sentinel, which Augur does not speak."""
+    the store is a Redis Cluster (each would write where the other never reads), replica
+    reads without a cluster, and Sentinel, which Augur does not speak."""
     kind = "redis"
     if feature_store_yaml.is_file():
         online = (yaml.safe_load(feature_store_yaml.read_text()) or {}).get("online_store")
@@ -198,6 +200,11 @@ def check_topology(address: str, cluster: bool, feature_store_yaml: Path) -> Non
         raise ValueError(
             f"{feature_store_yaml} says redis_type: redis_cluster but redis.address "
             f"{address!r} names one node: set redis.cluster: true or list the cluster's nodes"
+        )
+    if read_from_replicas and kind != "redis_cluster":
+        raise ValueError(
+            f"redis.read_from_replicas needs a Redis Cluster, and {feature_store_yaml} has "
+            f"redis_type: {kind}: drop redis.read_from_replicas"
         )
     if kind != "redis_cluster" and (cluster or seeds):
         option = "redis.cluster" if cluster else f"redis.address {address!r} (several nodes)"

@@ -87,7 +87,10 @@ def _admin_listener(config: Config, manager: ModelManager) -> tuple[grpc.Server,
 
 def start(config: Config) -> RunningServer:
     check_topology(  # one node or a cluster: Augur and the Feast repo must agree
-        config.redis.address, config.redis.cluster, Path(config.feature_repo) / "feature_store.yaml"
+        config.redis.address,
+        config.redis.cluster,
+        Path(config.feature_repo) / "feature_store.yaml",
+        config.redis.read_from_replicas,
     )
     plans = load_plans(config.feature_repo, config.redis.address)  # no Feast import if cached
     repo = ModelRepository(config.model_repo)
