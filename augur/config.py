@@ -24,6 +24,9 @@ class RedisConfig:
     # A Redis Cluster: set, or list several seeds in address ("h1:p1,h2:p2"), as Feast's
     # redis_type: redis_cluster (docs/cluster.md); `augur redis --cluster 3` runs one locally
     cluster: bool = False
+    # Cluster reads from a replica of each slot's master (READONLY): spreads read load, and
+    # may answer up to the replication lag stale (docs/cluster.md, "Replica reads")
+    read_from_replicas: bool = False
     connect_timeout_ms: int = 250
     read_timeout_ms: int = 500  # upper bound; a call's remaining deadline lowers it
     breaker_failures: int = 5  # consecutive failures that open the circuit to Redis

@@ -4,16 +4,23 @@ followed, and bad cluster settings refused naming the option."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
 import redis
+from redis.crc import key_slot
 
+from augur.client.client import PredictorClient
 from augur.features.cluster import ClusterStore, NodesDown, accepting_partial
 from augur.features.connection import check_topology, connect, unreachable
+from augur.features.native import native
 from augur.features.reader import OnlineReader
 from augur.features.redis_server import free_port
 from augur.features.repo import build_plan
+from augur.features.slots import SLOTS, SlotMap, merge, partition, partition_py
+from tests.conftest import server_config
 from tests.test_differential import _feast_matrix
 
 READ_PATHS = {"c": {}, "numpy": {"use_native": False}, "fields": {"vectors": False}}
@@ -142,7 +149,7 @@ def test_a_slot_without_an_owner_gives_missing_rows_or_unavailable_never_a_hang(
     full = reader.read(plan, entities)
     owner = bytearray(store.slots.owner_of)
     owner[: 16384 // 3] = bytes([len(store.slots.nodes)]) * (16384 // 3)  # first master's gone
-    store._slots = type(store.slots)(store.slots.nodes, bytes(owner))
+    store._slots = store._reads = type(store.slots)(store.slots.nodes, bytes(owner))
     with pytest.raises(NodesDown, match="without an owner"):
         reader.read(plan, entities, timeout_s=1.0)
     with accepting_partial() as lost:
@@ -170,3 +177,106 @@ def test_cluster_and_one_node_settings_that_disagree_are_refused_naming_the_opti
         check_topology("127.0.0.1:7000", False, yaml)
     with pytest.raises(ValueError, match="not a URL"):
         connect("redis://127.0.0.1:7000", cluster=True)
+    with pytest.raises(ValueError, match=r"redis\.read_from_replicas needs a Redis Cluster"):
+        connect("127.0.0.1:7000", read_from_replicas=True)
+    yaml.write_text("online_store:\n  type: redis\n")
+    with pytest.raises(ValueError, match=r"redis\.read_from_replicas needs a Redis Cluster"):
+        check_topology("127.0.0.1:7000", False, yaml, read_from_replicas=True)
+
+
+def test_reads_from_replicas_give_the_same_rows_and_leave_the_masters_alone(
+    cluster_repo, redis_cluster, plan
+):
+    _replicas_caught_up(redis_cluster)
+    store = connect(cluster_repo.address, read_from_replicas=True)
+    reader = OnlineReader(store)
+    on_masters = OnlineReader(connect(cluster_repo.address))
+    masters = [redis.Redis(n.host, n.port) for n in redis_cluster.masters]
+    replicas = [redis.Redis(n.host, n.port) for n in redis_cluster.replicas]
+    users, merchants = _entities(cluster_repo, 300, seed=21)
+    expected = _feast_matrix(cluster_repo.store, plan, users, merchants)
+    defaults = np.array([c.default for c in plan.columns], np.float32)
+    expected = np.where(np.isnan(expected), defaults, expected)
+    for n in (1, 300):
+        entities = {"user_id": users[:n], "merchant_id": merchants[:n]}
+        before = [_hmgets(m) for m in masters], [_hmgets(r) for r in replicas]
+        got = reader.read(plan, entities)
+        after = [_hmgets(m) for m in masters], [_hmgets(r) for r in replicas]
+        np.testing.assert_array_equal(got.values, expected[:n])
+        np.testing.assert_array_equal(got.values, on_masters.read(plan, entities).values)
+        assert after[0] == before[0], "a master was read"
+        assert sum(after[1]) - sum(before[1]) == got.distinct_keys  # each key on a replica
+    assert set(store.read_slots.nodes) <= {(n.host, n.port) for n in redis_cluster.replicas}
+    assert store.slots.nodes != store.read_slots.nodes  # writes still go to the masters
+
+
+def _replicas_caught_up(cluster, timeout_s: float = 10.0) -> None:
+    """Until every replica has applied its master's whole replication stream (the offsets
+    an operator compares to see the lag: INFO replication on the master)."""
+    deadline = time.monotonic() + timeout_s
+    for master in cluster.masters:
+        info = redis.Redis(master.host, master.port).info("replication")
+        while any(
+            v["offset"] < info["master_repl_offset"]
+            for k, v in info.items()
+            if k.startswith("slave") and isinstance(v, dict)
+        ):
+            assert time.monotonic() < deadline, f"replicas of {master.address} lag: {info}"
+            time.sleep(0.05)
+            info = redis.Redis(master.host, master.port).info("replication")
+
+
+@pytest.mark.skipif(native is None, reason="the C extension is not built")
+def test_c_partition_and_merge_agree_with_the_python_reference_and_redis_py_slots():
+    """Random keys (some with hash tags, some empty), commands of several shapes in a row (the
+    C skips a repeated tail of fields by comparing bytes), replies merged back in order."""
+    rng = np.random.default_rng(5)
+    shapes = [[b"HMGET", b"f1", b"f2", b"f3"], [b"HGETALL"], [b"HMGET", b"f1"], [b"GET"]]
+    keys, commands = [], []
+    for i in range(3000):
+        key = rng.integers(0, 256, rng.integers(0, 40), dtype=np.uint8).tobytes()
+        if i % 7 == 0:
+            key = b"a{%d}b" % (i % 5)
+        shape = shapes[(i // 50) % len(shapes)]  # runs of one shape, then another
+        args = [shape[0], key, *shape[1:]]
+        keys.append(key)
+        commands.append(
+            b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+        )
+    payload = b"".join(commands)
+    owner = np.array([s * 3 // SLOTS for s in range(SLOTS)], np.uint8)
+    owner[100:200] = 3  # slots without an owner
+    slots = SlotMap((("a", 1), ("b", 2), ("c", 3)), owner.tobytes())
+    parts, owners = partition(payload, len(commands), slots)
+    reference = np.empty(len(commands), np.uint8)
+    assert parts == partition_py(payload, len(commands), slots, reference)
+    np.testing.assert_array_equal(owners, reference)
+    np.testing.assert_array_equal(owners, owner[[key_slot(k) for k in keys]])
+    echoes = [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]  # each command's reply: its key
+    replies = [b"".join(e for e, o in zip(echoes, owners, strict=True) if o == n) for n in range(4)]
+    assert bytes(merge(replies, owners, len(commands))) == b"".join(echoes)
+    with pytest.raises(ValueError):
+        partition(payload[:-3], len(commands), slots)
+
+
+def test_predict_on_a_cluster_reading_replicas_scores_as_on_one_node(
+    cluster_repo, redis_cluster, model_repo, client, servers
+):
+    """A server whose config says read_from_replicas, on the cluster holding the same rows as
+    the session's one-node server: the same scores and feature status, read from replicas."""
+    _replicas_caught_up(redis_cluster)
+    config = server_config(cluster_repo, model_repo)
+    config.redis.read_from_replicas = True
+    running = servers.start(config)
+    users, merchants = _entities(cluster_repo, 100, seed=31)
+    entities = {"user_id": users.tolist(), "merchant_id": merchants.tolist()}
+    amounts = {"amount": [float(i) for i in range(100)]}
+    replicas = [redis.Redis(n.host, n.port) for n in redis_cluster.replicas]
+    before = sum(_hmgets(r) for r in replicas)
+    with PredictorClient(f"127.0.0.1:{running.port}", timeout=10) as own:
+        got = own.predict("fraud_lgbm", entities, amounts)
+    expected = client.predict("fraud_lgbm", entities, amounts)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+    np.testing.assert_array_equal(got.missing, expected.missing)
+    assert got.missing.sum() < got.present.sum()  # most rows found: not all defaults
+    assert sum(_hmgets(r) for r in replicas) > before

@@ -72,7 +72,9 @@ class _Node:
 
 class ClusterStore:
     """A cluster's masters, reached from `seeds`; `options` are each node's connection
-    options (credentials, TLS, timeouts), as redis.Redis takes them."""
+    options (credentials, TLS, timeouts), as redis.Redis takes them. With
+    `read_from_replicas`, reads go to a replica of each slot's master (READONLY on every
+    connection; docs/cluster.md says how stale they may be); writes always to masters."""
 
     def __init__(
         self,
@@ -80,13 +82,18 @@ class ClusterStore:
         options: dict,
         breaker_failures: int = 5,
         breaker_cooldown_s: float = 1.0,
+        read_from_replicas: bool = False,
     ):
         self.seeds = seeds
+        self.read_from_replicas = read_from_replicas
         self._options = options
+        if read_from_replicas:
+            self._options = {**options, "redis_connect_func": _read_only(options)}
         self._breaker = (breaker_failures, breaker_cooldown_s)
         self._nodes: dict[tuple[str, int], _Node] = {}
         self._lock = threading.Lock()
         self._slots: SlotMap | None = None
+        self._reads: SlotMap | None = None
         self.refreshes = 0  # slot maps learnt since start (the first, then one per MOVED)
         self._refreshed_at = 0.0
 
@@ -108,7 +115,15 @@ class ClusterStore:
 
     @property
     def slots(self) -> SlotMap:
+        """Each slot's master: where writes go."""
         return self._slots or self.refresh()
+
+    @property
+    def read_slots(self) -> SlotMap:
+        """Where each slot is read: its master, or a replica of it (read_from_replicas)."""
+        if self._reads is None:
+            self.refresh()
+        return self._reads
 
     def refresh(self, failed: frozenset[tuple[str, int]] = frozenset()) -> SlotMap:
         """Learn the slot map again, asking the masters known, then the seeds; nodes that
@@ -118,10 +133,14 @@ class ClusterStore:
         asked = known + [s for s in self.seeds if s not in known]
         asked = [a for a in asked if a not in failed] + [a for a in asked if a in failed]
         try:
-            slots = discover([self.node(a).client for a in asked])
+            reply = discover([self.node(a).client for a in asked])
         except redis.ConnectionError as e:
             raise redis.ConnectionError(f"Redis Cluster at {self.seed_list}: {e}") from None
-        self._slots = slots
+        slots = SlotMap.from_slots_reply(reply)
+        reads = slots
+        if self.read_from_replicas:
+            reads = SlotMap.from_slots_reply(reply, True, failed)
+        self._slots, self._reads = slots, reads
         self.refreshes += 1
         return slots
 
@@ -166,7 +185,7 @@ class ClusterTrips:
         """resp.round_trip's contract on a cluster: every node's part sent, then every
         node's replies read (so the nodes work at once), put back in command order."""
         store = self._store
-        slots = store.slots
+        slots = store.read_slots
         parts, owners = partition(payload, count, slots)
         counts = np.bincount(owners, minlength=len(parts)).tolist()
         failed: dict[int, str] = {}
@@ -303,6 +322,22 @@ class ClusterTrips:
             raise NodesDown(f"Redis Cluster at {self._store.seed_list}: {why}")
         lost.keys += sum(counts[k] for k in failed)
         lost.nodes.update(failed.values())
+
+
+def _read_only(options: dict):
+    """A connect hook: the usual handshake, then READONLY, so that a replica answers reads
+    of its master's slots instead of redirecting them (a master ignores it)."""
+    log_in = options.get("redis_connect_func")
+
+    def connect(connection) -> None:
+        if log_in is None:
+            connection.on_connect()
+        else:
+            log_in(connection)
+        connection.send_command("READONLY")
+        connection.read_response()
+
+    return connect
 
 
 def _absent(part: bytes, count: int, raw: bool) -> list | bytes:

@@ -109,9 +109,11 @@ def connect(
     timeouts: RedisTimeouts = RedisTimeouts(),
     cluster: bool = False,
     breaker: tuple[int, float] = (5, 1.0),
+    read_from_replicas: bool = False,
 ) -> redis.Redis | ClusterStore:
     """A client of the Redis at `address`, or of the Redis Cluster it names (several seeds,
-    or `cluster`): then a ClusterStore, whose nodes each get `breaker` (failures, cooldown)."""
+    or `cluster`): then a ClusterStore, whose nodes each get `breaker` (failures, cooldown),
+    reading from replicas if asked."""
     kwargs = parse_address(address)
     # One retry (no backoff) replaces a pooled connection that died with a Redis restart;
     # more would spend the caller's deadline on a server that is down.
@@ -123,6 +125,11 @@ def connect(
         "health_check_interval": 0,
         "redis_connect_func": _log_in,
     }
+    if read_from_replicas and not (cluster or "seeds" in kwargs):
+        raise ValueError(
+            "redis.read_from_replicas needs a Redis Cluster: set redis.cluster: true or list "
+            "the cluster's nodes in redis.address, or drop redis.read_from_replicas"
+        )
     if "url" in kwargs:
         if cluster:
             raise ValueError(
@@ -137,7 +144,7 @@ def connect(
         if kwargs.pop("db", 0):
             raise ValueError("Redis address option db: a Redis Cluster has only db 0")
         del kwargs["host"], kwargs["port"]
-        return ClusterStore(seeds, {**kwargs, **common}, *breaker)
+        return ClusterStore(seeds, {**kwargs, **common}, *breaker, read_from_replicas)
     return redis.Redis(**kwargs, **common)
 
 
@@ -170,10 +177,12 @@ def unreachable(address: str, timeout_s: float = 2.0, cluster: bool = False) -> 
         client.close()
 
 
-def check_topology(address: str, cluster: bool, feature_store_yaml: Path) -> None:
+def check_topology(
+    address: str, cluster: bool, feature_store_yaml: Path, read_from_replicas: bool = False
+) -> None:
     """Refuse, naming the option, an Augur setting and a Feast repo that disagree on whether
-    the store is a Redis Cluster (each would write where the other never reads), and
-    Sentinel, which Augur does not speak."""
+    the store is a Redis Cluster (each would write where the other never reads), replica
+    reads without a cluster, and Sentinel, which Augur does not speak."""
     kind = "redis"
     if feature_store_yaml.is_file():
         online = (yaml.safe_load(feature_store_yaml.read_text()) or {}).get("online_store")
@@ -191,6 +200,11 @@ def check_topology(address: str, cluster: bool, feature_store_yaml: Path) -> Non
         raise ValueError(
             f"{feature_store_yaml} says redis_type: redis_cluster but redis.address "
             f"{address!r} names one node: set redis.cluster: true or list the cluster's nodes"
+        )
+    if read_from_replicas and kind != "redis_cluster":
+        raise ValueError(
+            f"redis.read_from_replicas needs a Redis Cluster, and {feature_store_yaml} has "
+            f"redis_type: {kind}: drop redis.read_from_replicas"
         )
     if kind != "redis_cluster" and (cluster or seeds):
         option = "redis.cluster" if cluster else f"redis.address {address!r} (several nodes)"

@@ -42,6 +42,12 @@ def open_store(repo_path: Path | str, redis_address: str | None = None) -> Featu
     return FeatureStore(repo_path=str(repo_path))
 
 
+def is_cluster(store: FeatureStore) -> bool:
+    """Whether the repo's online store is a Redis Cluster (`redis_type: redis_cluster`): its
+    writers must split keys by node even when the address names one seed."""
+    return str(getattr(store.config.online_store, "redis_type", "redis")).endswith("cluster")
+
+
 def build_plan(store: FeatureStore, service_name: str) -> ReadPlan:
     """The read plan of one feature service; PlanError (with the reason) when Augur cannot
     serve it."""

@@ -1,10 +1,12 @@
-"""A Redis Cluster's slot map: which master owns each of the 16384 hash slots, learnt with
-CLUSTER SLOTS, and commands split by it (in C where augur.features._native is built, else the
-Python reference here). Not the sending: augur.features.cluster does that.
+"""A Redis Cluster's slot map: which master (or, for replica reads, which replica) serves each
+of the 16384 hash slots, learnt with CLUSTER SLOTS, and commands split by it (in C where
+augur.features._native is built, else the Python reference here). Not the sending:
+augur.features.cluster does that.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import hiredis
@@ -19,25 +21,33 @@ SLOTS = 16384
 
 @dataclass(frozen=True)
 class SlotMap:
-    """Masters in a fixed order and, per slot, the index of its owner; a slot without one
-    points at len(nodes), a node that is never reachable."""
+    """Nodes in a fixed order (masters; replicas in a map for replica reads) and, per slot,
+    the index of the node serving it; a slot without one points at len(nodes), a node that is
+    never reachable."""
 
     nodes: tuple[tuple[str, int], ...]
     owner_of: bytes  # SLOTS bytes
 
     @classmethod
-    def from_slots_reply(cls, reply: list) -> SlotMap:
+    def from_slots_reply(
+        cls, reply: list, replicas: bool = False, avoid: frozenset = frozenset()
+    ) -> SlotMap:
+        """The owners of CLUSTER SLOTS' ranges: each range's master, or with `replicas` one
+        of its replicas, not one of `avoid` (that just failed: the cluster may not have
+        marked it yet); the master where there is none."""
         nodes: list[tuple[str, int]] = []
         owner = np.full(SLOTS, 255, np.uint8)
         for entry in reply:
-            lo, hi, master = entry[0], entry[1], entry[2]
-            host = master[0].decode() if isinstance(master[0], bytes) else master[0]
-            node = (host, int(master[1]))
+            lo, hi = entry[0], entry[1]
+            # Processes spread over a range's replicas (a fixed pick per process).
+            choices = [r for r in entry[3:] if _node(r) not in avoid] if replicas else []
+            choices = choices or entry[2:3]
+            node = _node(choices[os.getpid() % len(choices)])
             if node not in nodes:
                 nodes.append(node)
             owner[int(lo) : int(hi) + 1] = nodes.index(node)
         if len(nodes) > 254:
-            raise ValueError(f"a cluster of {len(nodes)} masters: Augur reads up to 254")
+            raise ValueError(f"a cluster of {len(nodes)} nodes to read: Augur reads up to 254")
         owner[owner == 255] = len(nodes)
         return cls(tuple(nodes), owner.tobytes())
 
@@ -45,12 +55,18 @@ class SlotMap:
         return self.owner_of[key_slot(key)]
 
 
-def discover(clients: list[redis.Redis]) -> SlotMap:
-    """The slot map from the first of `clients` that answers CLUSTER SLOTS."""
+def _node(entry: list) -> tuple[str, int]:
+    host = entry[0].decode() if isinstance(entry[0], bytes) else entry[0]
+    return host, int(entry[1])
+
+
+def discover(clients: list[redis.Redis]) -> list:
+    """CLUSTER SLOTS from the first of `clients` that answers it (SlotMap.from_slots_reply
+    makes the map)."""
     errors = []
     for client in clients:
         try:
-            return SlotMap.from_slots_reply(client.execute_command("CLUSTER", "SLOTS"))
+            return client.execute_command("CLUSTER", "SLOTS")
         except redis.ResponseError as e:
             raise ValueError(
                 f"Redis at {_where(client)} is not a cluster node ({e}); drop redis.cluster, "

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from augur.features.connection import connect
 from augur.features.plan_cache import refresh_cache
-from augur.features.repo import PlanError, open_store, view_schema
+from augur.features.repo import PlanError, is_cluster, open_store, view_schema
 from augur.features.writer import DEFAULT_MAX_FUTURE_SKEW_S, WRITE_TIMEOUTS, OnlineWriter
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def materialize(
         return runs
     runs: dict[str, ViewRun] = {}
     writer = OnlineWriter(
-        connect(redis_address, WRITE_TIMEOUTS),
+        connect(redis_address, WRITE_TIMEOUTS, is_cluster(store)),
         store.project,
         store.config.online_store.key_ttl_seconds,
         max_future_skew_s,

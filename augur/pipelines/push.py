@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from augur.features.connection import connect
-from augur.features.repo import open_store, view_schema
+from augur.features.repo import is_cluster, open_store, view_schema
 from augur.features.writer import (
     DEFAULT_MAX_FUTURE_SKEW_S,
     WRITE_TIMEOUTS,
@@ -35,7 +35,7 @@ def push(
     store = open_store(repo_path, redis_address)
     schema = view_schema(store, view)  # a clear error for an unknown view before any write
     writer = OnlineWriter(
-        connect(redis_address, WRITE_TIMEOUTS),
+        connect(redis_address, WRITE_TIMEOUTS, is_cluster(store)),
         store.project,
         store.config.online_store.key_ttl_seconds,
         max_future_skew_s,

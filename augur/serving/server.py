@@ -99,7 +99,10 @@ def start(config: Config, span_exporter: Any = None) -> RunningServer:
     """Serve `config`; `span_exporter`: where traced calls' spans go instead of OTLP (an
     OpenTelemetry SpanExporter, e.g. a test's in-memory one; tracing.enabled still decides)."""
     check_topology(  # one node or a cluster: Augur and the Feast repo must agree
-        config.redis.address, config.redis.cluster, Path(config.feature_repo) / "feature_store.yaml"
+        config.redis.address,
+        config.redis.cluster,
+        Path(config.feature_repo) / "feature_store.yaml",
+        config.redis.read_from_replicas,
     )
     plans = load_plans(config.feature_repo, config.redis.address)  # no Feast import if cached
     repo = ModelRepository(config.model_repo)
@@ -148,6 +151,7 @@ def start(config: Config, span_exporter: Any = None) -> RunningServer:
         timeouts,
         config.redis.cluster,
         (config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000),
+        config.redis.read_from_replicas,
     )
     reader = OnlineReader(store, cache=cache, waiting=reads)
     breaker = CircuitBreaker(config.redis.breaker_failures, config.redis.breaker_cooldown_ms / 1000)

@@ -129,9 +129,15 @@ def test_one_autoscaler_scales_the_deployment_on_calls_in_flight(path):
 def test_every_augur_container_reads_the_redis_the_overlay_deploys(path):
     objects = build(path)
     cluster = ("StatefulSet", "augur-redis") not in objects
-    host = "redis-cluster" if cluster else "augur-redis"
+    # the cluster's seeds are its pods (the slot map names them), the first leading
+    host = "redis-cluster-0.redis-cluster" if cluster else "augur-redis"
     if cluster:  # the single Redis is gone, all but the password Secret both use
-        left = [key for key in objects if key[1].startswith("augur-redis") and key[0] != "Secret"]
+        # (the cluster's nodes read the same generated redis.conf: its ConfigMap stays)
+        shared = {"Secret", "ConfigMap"}
+        left = [k for k in objects if k[1].startswith("augur-redis") and k[0] not in shared]
+        volumes = objects[("StatefulSet", "redis-cluster")]["spec"]["template"]["spec"]["volumes"]
+        config = next(k for k in objects if k[1].startswith("augur-redis-config"))
+        assert config[1] in {v.get("configMap", {}).get("name") for v in volumes}
         assert not left, f"{_name(path)} deploys Redis Cluster beside the single Redis: {left}"
     else:
         service = objects[("Service", "augur-redis")]
@@ -142,6 +148,7 @@ def test_every_augur_container_reads_the_redis_the_overlay_deploys(path):
         env = {v["name"]: v.get("value") for v in container.get("env", [])}
         address = env["AUGUR_REDIS__ADDRESS"]
         assert address.startswith(f"{host}:6379,"), (workload["metadata"]["name"], address)
+        assert env.get("AUGUR_REDIS__CLUSTER") == ("true" if cluster else None), address
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=_name)
