@@ -64,6 +64,10 @@ _FD_SETSIZE = 1024  # select's limit: a socket numbered above it blocks its thre
 # At stop, how long the polling thread takes calls that have arrived at most before it begins
 # gRPC's shutdown: callers with one call each are done within it; an endless stream is cut.
 _CLOSE_MATCH_S = 0.2
+# ...and how long the completion queue must stay quiet before it does: a caller answered just
+# before the stop sends its next call within it (a millisecond or two on a loaded box), and
+# gRPC's core would cancel that call, not refuse it, once its shutdown has begun.
+_CLOSE_QUIET_S = 0.02
 
 
 def _hub() -> Hub | None:
@@ -223,31 +227,50 @@ class GreenPool(futures.Executor):
 
     def stop_taking_calls(self, timeout: float) -> None:
         """From another thread, before the server's stop: have the polling thread take every
-        call that has reached the server, then begin gRPC's shutdown, so that the stop drains
-        them. gRPC's core holds a call that arrives while the polling thread runs calls until
-        the thread asks for the next one, and cancels those it still holds at shutdown: on a
-        busy green pool, most callers' calls (on a thread pool the polling thread is free to
-        ask at once). Returns once done, or after `timeout`."""
+        call that reaches the server until none has come for a while, holding their answers,
+        then begin gRPC's shutdown, so that the stop drains them. Returns once done, or after
+        `timeout`.
+
+        Why: gRPC's core cancels (CANCELLED, which no client retries) every call it holds
+        unmatched when its shutdown begins, and every call whose headers reach it after that,
+        until the client has read the GOAWAY the shutdown sends. On a busy green pool the
+        first are most callers' calls (the core holds a call that arrives while the polling
+        thread runs calls until the thread asks for the next one). The second are calls on
+        their way: a caller answered just before the shutdown sends its next call at once.
+        So no call runs, and none is answered, until the queue has been quiet for
+        `_CLOSE_QUIET_S`: a caller waiting for its answer sends nothing, and a caller's call on
+        its way arrives within it; the answers then follow the GOAWAY on each connection, and
+        each caller's next call goes to a server still taking calls (a client that keeps
+        sending without waiting for answers can still meet the core's cancel: it is cut off
+        at `_CLOSE_MATCH_S`)."""
         if not self.runs_polling_loop:
             return
         with self._lock:
             self._closing = True
-            if self._idle:  # waiting for an event: gRPC holds no call for it
-                return
+            idle = self._idle
+        if idle:  # no call in progress: a caller answered last may send its next one now
+            time.sleep(_CLOSE_QUIET_S)
+            with self._lock:
+                if self._idle:  # none came: the server's stop begins the shutdown
+                    return
         self._closed.wait(timeout)
 
     def _take_arrived_and_close(self, events: grpc_patch.ServerEvents) -> bool:
-        """Take the calls that have arrived (handing each to the hub, which runs them next),
-        then begin gRPC's shutdown; False if the server stopped meanwhile."""
+        """Take the calls that arrive until the queue has been quiet for `_CLOSE_QUIET_S`
+        (handing each to the hub, which runs them once this returns), then begin gRPC's
+        shutdown; False if the server stopped meanwhile."""
         self._closing = False
-        give_up = time.perf_counter() + _CLOSE_MATCH_S
-        while time.perf_counter() < give_up:
-            event = events.look()
+        now = time.perf_counter()
+        give_up, quiet = now + _CLOSE_MATCH_S, now + _CLOSE_QUIET_S
+        while now < give_up:
+            event = events.wait(min(quiet, give_up) - now)
             if event is None:
                 break
             if not events.handle(event):
                 return False
             event = None
+            now = time.perf_counter()
+            quiet = now + _CLOSE_QUIET_S
         events.begin_shutdown()
         self._closed.set()
         return True
