@@ -131,3 +131,22 @@ def test_a_good_predict_answers_beside_garbage(garbage_server):
             {"amount": np.ones(3)},
         ).scores
     assert scores.shape == (3, 1) and np.isfinite(scores).all()
+
+
+def test_open_inference_protocol_garbage_is_refused_the_same_way(garbage_server):
+    with grpc.insecure_channel(garbage_server.address) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        counted = garbage_server.metric('augur_requests_undecodable_total{method="ModelInfer"}')
+        with pytest.raises(grpc.RpcError) as unauthenticated:
+            infer(GARBAGE, timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(GARBAGE, timeout=10, metadata=AUTH)
+    assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("request is not a valid inference.ModelInferRequest")
+    after = garbage_server.metric('augur_requests_undecodable_total{method="ModelInfer"}')
+    assert after == counted + 1

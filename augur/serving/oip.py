@@ -20,6 +20,7 @@ from augur.serving.lifecycle import ModelManager
 from augur.serving.oip_inputs import decode_infer
 from augur.serving.oip_statistics import model_statistics
 from augur.serving.oip_tensors import FEAST_DATATYPES, write_output
+from augur.serving.parsing import add_parsed
 from augur.serving.routing import Route
 from augur.serving.scoring import Scored
 from augur.serving.servicer import _count, _status
@@ -192,4 +193,5 @@ def add_to_server(predictor, server: grpc.Server, waiting: Waiting = BLOCKING) -
     except PackageNotFoundError:
         release = "0"
     servicer = InferenceServicer(predictor.manager, predictor.lanes, release, waiting)
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    # request bytes parsed after auth, as augur.v1's (serving/parsing.py)
+    add_parsed(oip.DESCRIPTOR.services_by_name["GRPCInferenceService"], oip, servicer, server)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
 from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
@@ -37,6 +35,7 @@ from augur.serving.errors import RequestError, invalid, not_found, shown
 from augur.serving.feature_read import GuardedReader
 from augur.serving.lanes import Lanes
 from augur.serving.lifecycle import ModelManager
+from augur.serving.parsing import add_parsed
 from augur.serving.scoring import Scorer
 from augur.serving.shadow import ShadowScorer
 from augur.serving.tenants import TenantTable
@@ -236,49 +235,5 @@ def _count(method: str, model: str, version: str, code: grpc.StatusCode, started
 
 
 def add_to_server(servicer: PredictorServicer, server: grpc.Server) -> None:
-    """Register `augur.v1.Predictor` as the generated code does (same service and method
-    names, same responses), each request taken as bytes and parsed by `_parsing`."""
-    described = pb.DESCRIPTOR.services_by_name["Predictor"]
-    # every method the proto declares, so that a new RPC cannot be left on gRPC's own parsing
-    methods = {
-        m.name: (
-            getattr(pb, m.input_type.name),
-            getattr(pb, m.output_type.name),
-            getattr(servicer, m.name),
-        )
-        for m in described.methods
-    }
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            _parsing(name, request, behavior),
-            request_deserializer=None,  # the bytes as they came
-            response_serializer=response.SerializeToString,
-        )
-        for name, (request, response, behavior) in methods.items()
-    }
-    service = described.full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    server.add_registered_method_handlers(service, handlers)
-
-
-def _parsing(
-    method: str, message: type[Message], behavior: Callable[[Any, grpc.ServicerContext], Any]
-) -> Callable[[bytes, grpc.ServicerContext], Any]:
-    """`behavior` on the parsed request; bytes that are not a `message` end the call
-    INVALID_ARGUMENT, counted, without a traceback."""
-    parse, name = message.FromString, message.DESCRIPTOR.full_name
-    undecodable = metrics.REQUESTS_UNDECODABLE.labels(method)
-
-    def handle(raw: bytes, context: grpc.ServicerContext) -> Any:
-        try:
-            request = parse(raw)
-        except DecodeError as e:
-            undecodable.inc()
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request is not a valid {name}: {e}; send a serialized {name} (the "
-                "augur.v1 protos, or the augur client)",
-            )
-        return behavior(request, context)
-
-    return handle
+    """Register `augur.v1.Predictor`, each request parsed after auth (serving/parsing.py)."""
+    add_parsed(pb.DESCRIPTOR.services_by_name["Predictor"], pb, servicer, server)
