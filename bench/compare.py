@@ -20,12 +20,16 @@ ECHO_REDIS_FLOORS = tuple(f"{ECHO_REDIS}_{k}" for k in ECHO_KINDS)
 FLOORS = "floors"  # the paired comparison of one caller's Predict with the echo floors
 THREADS = "threads"  # the variant handing each call to a handler thread, compared there
 CEILING = "ceiling"  # Augur with each call's read, assembly and model free: batching's bound
+# MLServer serving the same model with each request's features handed in (no feature read):
+# the server and its paired comparison with Augur (bench/model_server.py)
+MLSERVER = "mlserver"
 LABELS = {
     AUGUR: "Augur",
     BASELINE: "Feast baseline",
     ECHO: "gRPC echo (sync server, 8 threads)",
     ECHO_REDIS: "gRPC echo + Redis round trip floor",
     CEILING: "ceiling server (bench/ceiling_server.py)",
+    MLSERVER: "MLServer alone, features in the request",
 }
 
 
@@ -164,4 +168,25 @@ def variant_ratios(result: dict) -> list[dict]:
                         ),
                     }
                 )
+    return out
+
+
+def model_server_ratios(result: dict) -> list[dict]:
+    """Augur's Predict against MLServer alone at each point of their paired comparison: the
+    same rows per call, so predictions/s compare as calls/s do."""
+    out = []
+    for (rows, callers), steps in sorted(paired(result, MLSERVER).items()):
+        augur, mlserver = steps.get(AUGUR, {}), steps.get(MLSERVER, {})
+        out.append(
+            {
+                "rows": rows,
+                "concurrency": callers,
+                "augur_rows_per_s": augur.get("rows_per_s"),
+                "mlserver_rows_per_s": mlserver.get("rows_per_s"),
+                "rows_per_s_vs_mlserver": ratio(
+                    augur.get("rows_per_s"), mlserver.get("rows_per_s")
+                ),
+                "p50_speedup_vs_mlserver": ratio(mlserver.get("p50_ms"), augur.get("p50_ms")),
+            }
+        )
     return out

@@ -15,6 +15,7 @@ from bench.compare import (
     beside_feast,
     best_rows_per_s,
     fastest,
+    model_server_ratios,
     paired,
     quotient,
     variant_ratios,
@@ -69,6 +70,12 @@ def goals(result: dict) -> list[dict]:
         goal(name, best[AUGUR], 40_000, True, best[ECHO])
         name = "Predict 100 rows: predictions/s / Feast baseline's"
         goal(name, quotient(best[AUGUR], best[BASELINE]), 10, True)
+    callers = (result.get("profile") or {}).get("mlserver_goal_callers", ())
+    for p in model_server_ratios(result):
+        if p["concurrency"] in callers:
+            name = f"Predict {p['rows']} rows, {p['concurrency']} callers: predictions/s / "
+            rows_per_s = quotient(p["augur_rows_per_s"], p["mlserver_rows_per_s"])
+            goal(name + "MLServer alone's", rows_per_s, 2, True)
     for p in variant_ratios(result):
         point = f"{p['rows']} row(s), {p['concurrency']} callers"
         base, step = p["base"], p["step"]
@@ -96,8 +103,9 @@ def goal_lines(result: dict) -> list[str]:
         "",
         "The issue sets them for the fraud scenario (its reads for the fraud plan); other "
         "scenarios show them for comparison. Reads: in process, Feast's time over Augur's "
-        "and Augur's over the cheapest Redis floor; one caller and the variants: from their "
-        "paired comparisons below; 100 rows: the best closed-loop point of the main series. "
+        "and Augur's over the cheapest Redis floor; one caller, the variants and MLServer "
+        "alone: from their paired comparisons below; 100 rows: the best closed-loop point of "
+        "the main series (against MLServer: at each point paired with it). "
         "The floor: the same quantity for what bounds the target - one caller: the gRPC echo "
         "+ Redis floor, which makes the round trip any feature server makes; 100 rows: the "
         "gRPC echo floor's best point; batching: the ceiling server's calls over Augur's "

@@ -12,10 +12,12 @@ same requests for every server. Then the paired comparisons: the servers compare
 (Augur against the echo floors at one caller; against itself with dynamic batching on and
 with two server processes) are started together and loaded in alternating turns at each
 point, so that both sides of a ratio meet the same drift of the machine. Writes
-bench/results/<scenario>.json, .md (bench/report.py) and .png (bench/plot.py). `--quick` is
-a tiny version for the smoke test. `--augur processes=2` sets an Augur server option for
-the run (any `server.*` option of augur.yaml). Augur serves the model compiled with lleaves
-unless `--compile none`.
+bench/results/<scenario>.json, .md (bench/report.py) and .png (bench/plot.py). MLServer alone
+(bench/model_server.py) serving the same model, the features in each request, is paired
+with Augur at the 100-row points; where its virtualenv cannot be built the run says so in
+one line and goes on without it. `--quick` is a tiny version for the smoke test.
+`--augur processes=2` sets an Augur server option for the run (any `server.*` option of
+augur.yaml). Augur serves the model compiled with lleaves unless `--compile none`.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
 from augur.features.redis_server import EmbeddedRedis, free_port
-from bench import inprocess, report, scenarios, targets
-from bench.compare import BASELINE, CEILING, LABELS, TARGETS, echo_server
+from bench import inprocess, model_server, report, scenarios, targets
+from bench.compare import AUGUR, BASELINE, CEILING, LABELS, MLSERVER, TARGETS, echo_server
 from bench.plot import plot
 from bench.profiles import PROFILES, QUICK, QUICK_VARIANTS, VARIANTS, Profile
 
@@ -61,6 +64,7 @@ def run(
     profile = QUICK if quick else PROFILES[name]
     started = time.perf_counter()
     code = _code_version()
+    profile, skipped = _without_unavailable(profile, started)
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"augur-bench-{name}-", dir=workdir))
@@ -114,7 +118,9 @@ def run(
                 "step_seconds": profile.step_seconds,
                 "step_requests": profile.step_requests,
                 "inprocess_repeats": profile.inprocess_repeats,
+                "mlserver_goal_callers": profile.mlserver_goal_callers,
             },
+            "skipped": skipped,
             "servers": servers,
             "series": series,
             "paired": paired,
@@ -143,6 +149,21 @@ def _code_version() -> dict:
         return {"commit": git("rev-parse", "--short", "HEAD"), "changed": changed}
     except (OSError, subprocess.TimeoutExpired):
         return {}
+
+
+def _without_unavailable(profile: Profile, began: float) -> tuple[Profile, dict]:
+    """The profile without the MLServer comparison when MLServer cannot be installed here,
+    and why (one line, said now); its virtualenv is built first (minutes on a fresh clone,
+    then cached), before anything is timed."""
+    if MLSERVER not in profile.paired:
+        return profile, {}
+    _say(began, "MLServer alone: its virtualenv (.venv-mlserver)")
+    reason = model_server.unavailable()
+    if reason is None:
+        return profile, {}
+    _say(began, f"MLServer-alone baseline skipped: {reason}")
+    paired = {k: v for k, v in profile.paired.items() if MLSERVER not in v[0]}
+    return replace(profile, paired=paired), {MLSERVER: reason}
 
 
 def _inprocess(scenario, pools: dict, profile: Profile, work: Path) -> dict:
@@ -216,10 +237,19 @@ def _paired(
     servers = {}
     try:
         for name in names:
+            if name == MLSERVER:
+                servers[name] = model_server.start(scenario, work)
+                continue
             port = free_port()
             options = {**augur_options, **variants.get(name, {})}
             command = _command(name, scenario, port, pools, options, work)
             servers[name] = targets.start(name, command, port, scenario.model, work)
+        if MLSERVER in servers:  # the features of the same requests, as Augur assembles them
+            sizes = {n: pools[n] for n, _ in profile.paired[MLSERVER][1]}
+            features = model_server.feature_pools(
+                servers[AUGUR].address, servers[MLSERVER].address, scenario.model, sizes
+            )
+            servers[MLSERVER].load = {"protocol": "oip", "pools": features}
         steps = profile.paired_steps()
         measured = _load(servers, scenario, pools, profile, steps, work, redis_pid)
         info = {name: _server_info(server) for name, server in servers.items()}

@@ -19,6 +19,14 @@ was already full. A paired step loads several servers in alternating turns (A B,
 pools each one's turns: servers compared that way meet the same drift of these shared cores,
 where steps minutes apart do not. Nothing here knows which server it is talking to.
 
+A target whose plan entry says `"protocol": "oip"` is driven with Open Inference Protocol
+ModelInfer calls instead (MLServer alone, bench/model_server.py), each carrying the features
+of the same pooled request as one FP32 tensor (the entry's own `pools`). Both protocols go
+through the same code: grpc.aio stubs generated from Augur's own protos (the OIP ones in a
+descriptor pool of their own, not tritonclient's client), every message built once before
+the load, so a call costs this process one serialization of a prebuilt message and one
+parse of the reply on either side (`client_cpu_ms_per_req` shows it).
+
 Several connections because SO_REUSEPORT spreads connections, not calls, over the processes
 sharing a port: over one connection a second server process would never see a call. A
 service calling Augur from many pods reaches it over many connections too.
@@ -39,6 +47,7 @@ import grpc
 import numpy as np
 import psutil
 
+from augur.api.oip import open_inference_pb2_grpc as oip_grpc
 from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from bench.timing import paired_order
@@ -205,11 +214,30 @@ class MachineCpu:
 
 @dataclass
 class Target:
-    """One server under load: its connections and its process tree's CPU clock."""
+    """One server under load: its connections, its process tree's CPU clock, and the
+    requests it is sent (rows -> prebuilt messages)."""
 
     predicts: list
     channels: list
     cpu: ProcessCpu
+    pools: dict
+
+
+def _target(server: dict, model: str, pools: dict, connections: int) -> Target:
+    """Channels and calls for one plan target: augur.v1 Predict of the shared `pools`, or
+    (`"protocol": "oip"`) ModelInfer of the target's own feature pools."""
+    from bench.model_server import infer_request  # only the MLServer baseline needs it
+
+    channels = [
+        grpc.aio.insecure_channel(server["address"], options=CHANNEL_OPTIONS)
+        for _ in range(connections)
+    ]
+    if server.get("protocol") == "oip":
+        calls = [oip_grpc.GRPCInferenceServiceStub(c).ModelInfer for c in channels]
+        pools = {int(k): [infer_request(model, r) for r in v] for k, v in server["pools"].items()}
+    else:
+        calls = [pb_grpc.PredictorStub(channel).Predict for channel in channels]
+    return Target(calls, channels, ProcessCpu(server.get("server_pid")), pools)
 
 
 @dataclass
@@ -284,29 +312,26 @@ async def run(plan: dict) -> list[dict]:
     timeout = plan.get("timeout_s", 10.0)
     redis_cpu = ProcessCpu(plan["redis_pid"]) if plan.get("redis_pid") else None
     machine = MachineCpu()
-    targets: dict[str, Target] = {}
-    for name, server in plan["targets"].items():
-        channels = [
-            grpc.aio.insecure_channel(server["address"], options=CHANNEL_OPTIONS)
-            for _ in range(plan.get("connections", CONNECTIONS))
-        ]
-        predicts = [pb_grpc.PredictorStub(channel).Predict for channel in channels]
-        targets[name] = Target(predicts, channels, ProcessCpu(server.get("server_pid")))
+    connections = plan.get("connections", CONNECTIONS)
+    targets = {
+        name: _target(server, plan["model"], pools, connections)
+        for name, server in plan["targets"].items()
+    }
     try:
         warm = plan.get("warmup_requests", 50), plan.get("warmup_seconds", 2.0)
         for target in targets.values():  # connections, server-side caches, lazy imports
             callers = max(4, len(target.predicts))
-            for pool in pools.values():
+            for pool in target.pools.values():
                 await closed_loop(target.predicts, pool, callers, *warm, timeout)
         results = []
         measure = functools.partial(_measure, timeout=timeout, redis_cpu=redis_cpu, machine=machine)
         for step in plan["steps"]:
-            pool = pools[step["rows"]]
             # a plain step is a paired step of one server and one turn
             names = step.get("targets") or [step.get("target", next(iter(targets)))]
             turns = {name: (Recorder(), Spent()) for name in names}
             for name in paired_order(names, step.get("rounds", 1)):
                 rec, spent = turns[name]
+                pool = targets[name].pools[step["rows"]]
                 spent.add(await measure(step, targets[name], pool, rec=rec))
             shared = {k: v for k, v in step.items() if k != "targets"}
             for name, (rec, spent) in turns.items():

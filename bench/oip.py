@@ -29,9 +29,9 @@ from augur.api.v1 import predictor_pb2 as pb
 from augur.api.v1 import predictor_pb2_grpc as pb_grpc
 from augur.features.redis_server import EmbeddedRedis, free_port
 from augur.modelrepo.repository import ModelRepository
+from bench.mlserver import MLServer
 from examples.fraud.generate import Scale
 from examples.fraud.scaffold import scaffold
-from tests.mlserver_fixture import MLServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = Scale(users=400, merchants=80, transactions=8_000, days=30)

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.compare import AUGUR, CEILING, ECHO_FLOORS, ECHO_REDIS_FLOORS, FLOORS, THREADS
+from bench.compare import (
+    AUGUR,
+    CEILING,
+    ECHO_FLOORS,
+    ECHO_REDIS_FLOORS,
+    FLOORS,
+    MLSERVER,
+    THREADS,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,9 @@ class Profile:
     # bounded by a step's bounds over `rounds`: each server gets a main step's worth of load.
     paired: dict = field(default_factory=dict)
     rounds: int = 2
+    # Callers at which Augur must serve at least twice MLServer alone's predictions/s
+    # (the MLServer comparison's target; bench/goals.py)
+    mlserver_goal_callers: tuple[int, ...] = (16, 64)
 
     @property
     def rows(self) -> tuple[int, ...]:
@@ -80,6 +91,12 @@ BATCHING = (AUGUR, "batching", CEILING)
 PROCESSES = (AUGUR, "processes_2")
 
 
+def _model_server(rows: int, callers: tuple[int, ...]) -> tuple:
+    """Augur's Predict against MLServer alone serving the same model with the features in
+    the request (bench/model_server.py), at every closed-loop point of `rows`."""
+    return (AUGUR, MLSERVER), tuple((rows, c) for c in callers)
+
+
 def _floors(rows: tuple[int, ...], threads: bool = True) -> tuple:
     """One caller's Predict, as the run serves it (and with `threads` on a thread pool,
     too), against every candidate echo floor, at each request size."""
@@ -101,6 +118,7 @@ FRAUD = Profile(
         FLOORS: _floors((1, 100)),
         "batching": (BATCHING, ((1, 4), (1, 16), (1, 64))),
         "processes_2": (PROCESSES, ((1, 64), (100, 16), (100, 64))),
+        MLSERVER: _model_server(100, (1, 4, 16, 64)),
     },
 )
 # 250 features per row: a 100-row request costs Feast a few hundred ms, so 64 callers would
@@ -116,6 +134,7 @@ WIDE = Profile(
     paired={
         FLOORS: _floors((1, 100), threads=False),
         "batching": (BATCHING, ((1, 16), (1, 64))),
+        MLSERVER: _model_server(100, (1, 4, 16)),
     },
 )
 QUICK = Profile(
@@ -129,6 +148,8 @@ QUICK = Profile(
         FLOORS: _floors((1, 10)),
         "batching": (BATCHING, ((1, 4),)),
         "processes_2": (PROCESSES, ((1, 4),)),
+        MLSERVER: _model_server(10, (1, 4)),
     },
+    mlserver_goal_callers=(4,),
 )
 PROFILES = {"fraud": FRAUD, "wide": WIDE}

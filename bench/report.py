@@ -8,6 +8,7 @@ performance issue's targets, bench/plot.py draws the plot. Pure functions of the
 
 from __future__ import annotations
 
+from bench import model_server
 from bench.compare import (
     FLOORS,
     LABELS,
@@ -16,6 +17,7 @@ from bench.compare import (
     beside_feast,
     breakdown,
     load_point,
+    model_server_ratios,
     paired,
     ratio,
     variant_ratios,
@@ -62,6 +64,7 @@ def ratios(result: dict) -> dict:
         "inprocess": inproc,
         "breakdown": breakdown(result),
         "variants": variants,
+        "mlserver": model_server_ratios(result),
         "goals": goals(result),
     }
 
@@ -246,7 +249,7 @@ def markdown(result: dict) -> str:
                 f"| {label} | {server['ready_s']:.2f} s | {_rss(server['rss_ready_mb'])} "
                 f"| {_rss(server['rss_after_load_mb'])} | {_rss(server['rss_peak_mb'])} |"
             )
-    lines += _variant_lines(result)
+    lines += _variant_lines(result) + model_server.report_lines(result, _turns(result))
     m = result.get("materialization")
     if m:
         lines += [

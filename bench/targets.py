@@ -33,6 +33,7 @@ class ServerProcess:
     log: Path
     ready_s: float = 0.0
     rss_ready_mb: dict = field(default_factory=dict)
+    load: dict = field(default_factory=dict)  # more for the load generator: protocol, pools
 
     def rss_mb(self, peak: bool = False) -> dict[str, float]:
         """Resident memory of the server and each of its child processes, by pid, in MiB;
@@ -147,7 +148,7 @@ def load_plan(
     each server's CPU time (and Redis's, given its pid) as it goes."""
     return {
         "targets": {
-            name: {"address": server.address, "server_pid": server.process.pid}
+            name: {"address": server.address, "server_pid": server.process.pid, **server.load}
             for name, server in servers.items()
         },
         "model": model,

@@ -248,7 +248,7 @@ def pytest_collection_finish(session):
     """The MLServer tests' virtualenv (minutes to build on a fresh clone) installs while the
     tests before them run."""
     if any("test_remote_backends" in item.nodeid for item in session.items):
-        from tests.mlserver_fixture import install_in_background
+        from bench.mlserver import install_in_background
 
         install_in_background()
 

@@ -1,6 +1,10 @@
 """Seldon MLServer, a real Open Inference Protocol server nobody here wrote, serving a LightGBM
 model file: installed once into a virtualenv of its own (.venv-mlserver, reused while its pins
-are unchanged), started as a process on free loopback ports, stopped (or killed) by the test.
+are unchanged), started as a process on free loopback ports, stopped (or killed) by its user.
+The benchmark's MLServer-alone baseline and the remote-backend tests both start it from here.
+
+    python -m bench.mlserver      (build the virtualenv now; the harness and tests build it
+                                   on first use otherwise)
 
 The pins: mlserver 1.7.1 starts only with uvloop 0.21 beside it (0.23 fails with "no current
 event loop"); its dependencies (pydantic, fastapi, ...) stay out of Augur's own environment.
@@ -8,6 +12,7 @@ event loop"); its dependencies (pydantic, fastapi, ...) stay out of Augur's own 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -16,86 +21,90 @@ import time
 from pathlib import Path
 
 import grpc
-import pytest
 
 from augur.features.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-mlserver"
 PACKAGES = ("mlserver==1.7.1", "mlserver-lightgbm==1.7.1", "uvloop==0.21.0")
-_STAMP = VENV / ".installed"
 _INSTALL_TIMEOUT_S = 900
 _WANTED = "\n".join(PACKAGES)
 _installing: threading.Thread | None = None
 _failed: list[str] = []  # why the background install failed
 
 
-def install_in_background() -> None:
-    """Start building the virtualenv (minutes on a fresh clone) while other tests run; the
-    MLServer tests wait for it (conftest starts it when they are collected)."""
+class MLServerUnavailable(Exception):
+    """The virtualenv could not be built (no index, no wheels): one line saying why."""
+
+
+def install_in_background(venv: Path = VENV) -> None:
+    """Start building the virtualenv (minutes on a fresh clone) while other work runs;
+    `mlserver_bin` waits for it."""
     global _installing
-    if _installing is not None or _installed():
+    if _installing is not None or _installed(venv):
         return
 
     def install() -> None:
         try:
-            _install()
-        except _InstallFailed as e:
+            _install(venv)
+        except MLServerUnavailable as e:
             _failed.append(str(e))
 
     _installing = threading.Thread(target=install, name="mlserver-install", daemon=True)
     _installing.start()
 
 
-def mlserver_bin() -> Path:
-    """The `mlserver` command of the cached virtualenv, built on first use; the test is
-    skipped, saying why, only if installing itself fails (no index, no wheels)."""
+def mlserver_bin(venv: Path = VENV) -> Path:
+    """The `mlserver` command of the cached virtualenv, built on first use; raises
+    MLServerUnavailable, saying why in one line, only if installing itself fails."""
     if _installing is not None:
         _installing.join()
-    if not _installed():
-        try:
-            if not _failed:
-                _install()
-        except _InstallFailed as e:
-            _failed.append(str(e))
-        if _failed:
-            pytest.skip(_failed[0])
-    return VENV / "bin" / "mlserver"
+    if _failed:
+        raise MLServerUnavailable(_failed[0])
+    if not _installed(venv):
+        _install(venv)
+    return venv / "bin" / "mlserver"
 
 
-class _InstallFailed(Exception):
-    pass
+def _installed(venv: Path) -> bool:
+    stamp = venv / ".installed"
+    return stamp.is_file() and stamp.read_text() == _WANTED
 
 
-def _installed() -> bool:
-    return _STAMP.is_file() and _STAMP.read_text() == _WANTED
-
-
-def _install() -> None:
-    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    steps = [
-        [sys.executable, "-m", "venv", "--clear", str(VENV)],
-        [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", *PACKAGES],
-    ]
-    for step in steps:
-        try:
-            done = subprocess.run(
-                step, capture_output=True, text=True, timeout=_INSTALL_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise _InstallFailed(
-                f"cannot install MLServer ({' '.join(PACKAGES)}) with {python}: {e}"
-            ) from None
-        if done.returncode != 0:
-            raise _InstallFailed(
-                f"cannot install MLServer ({' '.join(PACKAGES)}): {' '.join(step[-3:])} "
-                f"failed: {(done.stderr or done.stdout)[-800:]}"
-            )
-    _STAMP.write_text(_WANTED)
+def _install(venv: Path) -> None:
+    """Build `venv` under a lock beside it: the test session's background install and a
+    benchmark run started meanwhile must not both rebuild the same folder."""
+    what = f"cannot install MLServer ({' '.join(PACKAGES)})"
+    try:
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(venv.with_name(venv.name + ".lock"), "w")  # noqa: SIM115 (held below)
+    except OSError as e:
+        raise MLServerUnavailable(f"{what}: {e}") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed(venv):  # built by whoever held the lock before
+            return
+        steps = [
+            [sys.executable, "-m", "venv", "--clear", str(venv)],
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *PACKAGES],
+        ]
+        for step in steps:
+            try:
+                done = subprocess.run(
+                    step, capture_output=True, text=True, timeout=_INSTALL_TIMEOUT_S, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise MLServerUnavailable(f"{what}: {e}") from None
+            if done.returncode != 0:
+                said = [ln.strip() for ln in (done.stderr or done.stdout).splitlines()]
+                last = next((ln for ln in reversed(said) if ln), "no output")
+                raise MLServerUnavailable(f"{what}: {' '.join(step[2:4])} failed: {last}")
+        (venv / ".installed").write_text(_WANTED)
 
 
 class MLServer:
-    """`mlserver start` on a folder holding one LightGBM model, served as `name`."""
+    """`mlserver start` on a folder holding one LightGBM model, served as `name`, in the
+    server process itself (`parallel_workers: 0`, one core, as Augur's one process)."""
 
     START_TIMEOUT_S = 90.0
 
@@ -143,7 +152,11 @@ class MLServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def wait_ready(self) -> None:
@@ -182,3 +195,14 @@ class MLServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def main() -> None:
+    try:
+        print(f"MLServer ready: {mlserver_bin()}")
+    except MLServerUnavailable as e:
+        raise SystemExit(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()
