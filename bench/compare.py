@@ -142,7 +142,7 @@ def variant_ratios(result: dict) -> list[dict]:
     comparison."""
     out = []
     comparisons = (result.get("paired") or {}).get("comparisons", {})
-    for comparison in comparisons:
+    for comparison in (c for c in comparisons if c != MLSERVER):  # another server, not Augur
         # the floors' comparison holds one variant: Augur on a thread pool; batching's also
         # the ceiling server, its bound
         names = [THREADS] if comparison == FLOORS else [comparison, CEILING]

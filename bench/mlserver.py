@@ -37,10 +37,11 @@ class MLServerUnavailable(Exception):
     """The virtualenv could not be built (no index, no wheels): one line saying why."""
 
 
-def install_in_background(venv: Path = VENV) -> None:
+def install_in_background(venv: Path | None = None) -> None:
     """Start building the virtualenv (minutes on a fresh clone) while other work runs;
     `mlserver_bin` waits for it."""
     global _installing
+    venv = venv or VENV
     if _installing is not None or _installed(venv):
         return
 
@@ -54,9 +55,10 @@ def install_in_background(venv: Path = VENV) -> None:
     _installing.start()
 
 
-def mlserver_bin(venv: Path = VENV) -> Path:
-    """The `mlserver` command of the cached virtualenv, built on first use; raises
-    MLServerUnavailable, saying why in one line, only if installing itself fails."""
+def mlserver_bin(venv: Path | None = None) -> Path:
+    """The `mlserver` command of the cached virtualenv (VENV unless `venv`), built on first
+    use; raises MLServerUnavailable, saying why in one line, only if installing fails."""
+    venv = venv or VENV
     if _installing is not None:
         _installing.join()
     if _failed:

@@ -246,8 +246,9 @@ def client(server):
 
 def pytest_collection_finish(session):
     """The MLServer tests' virtualenv (minutes to build on a fresh clone) installs while the
-    tests before them run."""
-    if any("test_remote_backends" in item.nodeid for item in session.items):
+    tests before them run (the benchmark's quick run waits for it too, on its lock)."""
+    users = ("test_remote_backends", "test_bench_smoke")
+    if any(name in item.nodeid for item in session.items for name in users):
         from bench.mlserver import install_in_background
 
         install_in_background()

@@ -14,10 +14,11 @@ import pytest
 
 from augur.api.v1 import predictor_pb2 as pb
 from augur.client import encode_entities
-from bench import report
-from bench.compare import ECHO_FLOORS, ECHO_REDIS_FLOORS, fastest
+from bench import harness, mlserver, report
+from bench.compare import ECHO_FLOORS, ECHO_REDIS_FLOORS, MLSERVER, fastest
 from bench.inprocess import floor_replies
 from bench.load import paired_order
+from bench.profiles import QUICK
 from bench.timing import timed_together
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,3 +301,46 @@ def test_the_batching_comparison_counts_each_servers_reads(tmp_path):
     assert 0 < by_server["ceiling"]["reads_per_call"] < 0.01
     assert "| ceiling |" in batching.table(rows)
     assert not list(tmp_path.iterdir())  # the scenario folder is gone
+
+
+@pytest.mark.slow
+def test_augur_is_compared_with_mlserver_alone_at_every_closed_loop_point(quick_run):
+    result, out, _ = quick_run
+    if result["skipped"].get(MLSERVER):  # no index or no wheels here: the run said why
+        pytest.skip(result["skipped"][MLSERVER])
+    entries = result["paired"]["comparisons"][MLSERVER]
+    assert sorted((s["rows"], s["concurrency"], s["target"]) for s in entries) == sorted(
+        (10, callers, server) for callers in (1, 4) for server in ("augur", MLSERVER)
+    )
+    assert all(s["ok"] > 0 and s["errors"] == {} for s in entries), entries
+    # both sides of each call cost the load generator alike (prebuilt messages, one stack)
+    for callers in (1, 4):
+        pair = report.paired(result, MLSERVER)[(10, callers)]
+        client = [pair[t]["client_cpu_ms_per_req"] for t in ("augur", MLSERVER)]
+        assert max(client) <= 5 * min(client), client
+    assert result["paired"]["servers"][MLSERVER]["ready_s"] > 0
+    goals = {g["goal"]: g for g in result["ratios"]["goals"]}
+    goal = goals["Predict 10 rows, 4 callers: predictions/s / MLServer alone's"]
+    point = report.paired(result, MLSERVER)[(10, 4)]
+    rows_per_s = point["augur"]["rows_per_s"] / point[MLSERVER]["rows_per_s"]
+    assert goal["value"] == pytest.approx(rows_per_s) and goal["bound"] == 2 and goal["at_least"]
+    table = (out / "fraud-quick.md").read_text()
+    assert "### Augur against MLServer alone" in table
+    assert "| Predict 10 rows, 4 callers: predictions/s / MLServer alone's |" in table
+
+
+def test_a_run_where_mlserver_cannot_be_installed_says_why_in_one_line_and_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "a-file").write_text("")  # no virtualenv can be made beneath a file
+    monkeypatch.setattr(mlserver, "VENV", tmp_path / "a-file" / ".venv-mlserver")
+
+    profile, skipped = harness._without_unavailable(QUICK, began=0.0)
+
+    assert MLSERVER in QUICK.paired and MLSERVER not in profile.paired
+    assert set(profile.paired) == set(QUICK.paired) - {MLSERVER}
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 2 and "MLServer-alone baseline skipped: cannot install" in said[1]
+    assert "\n" not in skipped[MLSERVER] and "mlserver==1.7.1" in skipped[MLSERVER]
+    lines = report.model_server.report_lines({"skipped": skipped}, turns="")
+    assert lines == ["", f"MLServer alone: not measured in this run ({skipped[MLSERVER]})."]
