@@ -149,12 +149,12 @@ class ModelMetrics:
         self.assemble.observe(assembled - read)
         self.inference.observe(done - assembled)
         self.rows.inc(len(rows.values))
-        count = int(rows.missing.sum())
-        if count:
-            self.missing.inc(count)
-        count = int(rows.stale.sum())
-        if count:
-            self.stale.inc(count)
+        # count_nonzero first: a numpy sum sets up a reduction (~2 us), and most calls have
+        # nothing missing or stale
+        if np.count_nonzero(rows.missing):
+            self.missing.inc(int(rows.missing.sum()))
+        if np.count_nonzero(rows.stale):
+            self.stale.inc(int(rows.stale.sum()))
         ages.sample(plan.service, plan.views, rows.event_ts)
 
 
