@@ -48,7 +48,7 @@ def test_one_row_calls_from_several_threads_all_get_their_own_rows_scores(model)
     wrong: list[int] = []
 
     def caller(offset: int) -> None:
-        for round_ in range(5):
+        for _ in range(5):
             for i in range(offset, len(rows), 4):
                 if not np.array_equal(runtime.predict(rows[i : i + 1])[0], expected[i]):
                     wrong.append(i)
