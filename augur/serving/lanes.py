@@ -110,22 +110,23 @@ class ModelLane:
                 split = not version and bool(entities)
                 score, counted = lanes.scorer.score, self._counted
                 with _RowsInFlight(counted, n):
-                    scored = Scored.joined(
-                        [  # a large call in chunks, other calls running between them
-                            score(
-                                route,
-                                model,
-                                chunks.entities_of(entities, rows),
-                                chunks.arrays_of(extra, rows),
-                                deadline,
-                                split,
-                                counted,
-                            )
-                            for rows in chunks.slices(n, lanes.turns)
-                        ]
-                        if n > chunks.CHUNK_ROWS
-                        else [score(route, model, entities, extra, deadline, split, counted)]
-                    )
+                    if n <= chunks.CHUNK_ROWS:
+                        scored = score(route, model, entities, extra, deadline, split, counted)
+                    else:  # a large call in chunks, other calls running between them
+                        scored = Scored.joined(
+                            [
+                                score(
+                                    route,
+                                    model,
+                                    chunks.entities_of(entities, rows),
+                                    chunks.arrays_of(extra, rows),
+                                    deadline,
+                                    split,
+                                    counted,
+                                )
+                                for rows in chunks.slices(n, lanes.turns)
+                            ]
+                        )
                 if marks is not None:
                     marks.scored = scored
                 return scored

@@ -66,10 +66,12 @@ class ServingModel:
     # are its service's columns in order): a slice copies in a fraction of fancy indexing's time
     _store_to: slice | np.ndarray = field(init=False, repr=False, compare=False)
     _store_from: slice | np.ndarray = field(init=False, repr=False, compare=False)
+    _n_inputs: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_store_to", _as_slice(self.store_inputs))
         object.__setattr__(self, "_store_from", _as_slice(self.store_columns))
+        object.__setattr__(self, "_n_inputs", len(self.version.features))
 
     def infer(self, batch: np.ndarray, deadline: float | None) -> np.ndarray:
         """Scores of an assembled batch; `deadline` (monotonic) bounds a remote model's
@@ -88,7 +90,7 @@ class ServingModel:
 
     def assemble(self, rows: FeatureRows, request: Mapping[str, np.ndarray]) -> np.ndarray:
         """The float32 batch in the model's feature order."""
-        batch = np.empty((len(rows.values), self.n_inputs), np.float32)
+        batch = np.empty((len(rows.values), self._n_inputs), np.float32)
         batch[:, self._store_to] = rows.values[:, self._store_from]
         for name, position in self.request_inputs:
             batch[:, position] = request[name]
