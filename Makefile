@@ -61,6 +61,7 @@ clean-demo:
 bench: $(STAMP)
 	$(BIN)/python -m bench.harness --scenario fraud
 	$(BIN)/python -m bench.harness --scenario wide
+	$(BIN)/python -m bench.profile_predict --scenario fraud
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.faults

@@ -17,6 +17,7 @@ from augur.features.resp import DeadlineTimeout
 from augur.features.typed_read import TypedRows
 from augur.serving import metrics
 from augur.serving.errors import deadline_exceeded
+from augur.serving.metric_children import ValueChild
 from augur.serving.routing import Route
 
 # The share of a call's remaining time its read may take: the rest is kept for scoring and
@@ -26,6 +27,8 @@ _READ_SHARE = 0.8
 
 
 _NOTHING_LOST = PartialRead()
+# set on every read while the circuit is closed: one step, not prometheus_client's checks
+_BREAKER_OPEN = ValueChild(metrics.BREAKER_OPEN)
 
 
 class GuardedReader:
@@ -94,7 +97,7 @@ class GuardedReader:
             return FeatureRows.unavailable(plan, len(next(iter(entities.values())))), True
         finally:
             if breaker.state == "closed":
-                metrics.BREAKER_OPEN.set(0)
+                _BREAKER_OPEN.set(0)
 
     def read_typed(
         self, plan: ReadPlan, entities: Mapping[str, list], deadline: float | None
@@ -122,4 +125,4 @@ class GuardedReader:
             raise
         finally:
             if breaker.state == "closed":
-                metrics.BREAKER_OPEN.set(0)
+                _BREAKER_OPEN.set(0)

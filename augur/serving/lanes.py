@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 
 import grpc
@@ -110,23 +109,24 @@ class ModelLane:
                 # the canary may answer rows of a call naming no version (and naming entities)
                 split = not version and bool(entities)
                 score, counted = lanes.scorer.score, self._counted
-                with _rows_in_flight(counted, n):
-                    scored = Scored.joined(
-                        [  # a large call in chunks, other calls running between them
-                            score(
-                                route,
-                                model,
-                                chunks.entities_of(entities, rows),
-                                chunks.arrays_of(extra, rows),
-                                deadline,
-                                split,
-                                counted,
-                            )
-                            for rows in chunks.slices(n, lanes.turns)
-                        ]
-                        if n > chunks.CHUNK_ROWS
-                        else [score(route, model, entities, extra, deadline, split, counted)]
-                    )
+                with _RowsInFlight(counted, n):
+                    if n <= chunks.CHUNK_ROWS:
+                        scored = score(route, model, entities, extra, deadline, split, counted)
+                    else:  # a large call in chunks, other calls running between them
+                        scored = Scored.joined(
+                            [
+                                score(
+                                    route,
+                                    model,
+                                    chunks.entities_of(entities, rows),
+                                    chunks.arrays_of(extra, rows),
+                                    deadline,
+                                    split,
+                                    counted,
+                                )
+                                for rows in chunks.slices(n, lanes.turns)
+                            ]
+                        )
                 if marks is not None:
                     marks.scored = scored
                 return scored
@@ -137,7 +137,7 @@ class ModelLane:
                 arrival.withdraw()
                 raise
             call = Call(entities, extra, n, deadline, route)
-            with _rows_in_flight(self._counted, n):
+            with _RowsInFlight(self._counted, n):
                 scored = arrival.submit(call)
             if marks is not None:
                 marks.queued, marks.scored = call.queued, scored
@@ -198,13 +198,20 @@ class ModelLane:
         batcher.slo = slo
 
 
-@contextmanager
-def _rows_in_flight(counted: metrics.ModelMetrics, rows: int) -> Iterator[None]:
-    counted.rows_in_flight.inc(rows)
-    try:
-        yield
-    finally:
-        counted.rows_in_flight.dec(rows)
+class _RowsInFlight:
+    """Counts a call's rows in flight while its block runs (a class: contextlib's generator
+    costs some 2 us a call more)."""
+
+    __slots__ = ("_gauge", "_rows")
+
+    def __init__(self, counted: metrics.ModelMetrics, rows: int) -> None:
+        self._gauge, self._rows = counted.rows_in_flight, rows
+
+    def __enter__(self) -> None:
+        self._gauge.inc(self._rows)
+
+    def __exit__(self, *exc: object) -> None:
+        self._gauge.dec(self._rows)
 
 
 class Lanes:

@@ -110,7 +110,7 @@ class Route:
         arms instead."""
         if entities is not None and self.experiment is not None:
             return self.experiment.score(self.stable, rows, extra, batch, entities, deadline)
-        mask = None if entities is None else self.canary_rows(entities)
+        mask = None if entities is None or self.canary is None else self.canary_rows(entities)
         if mask is None or not mask.any():
             scores = model.infer(batch, deadline)
             if mask is not None and self.guard is not None:

@@ -43,7 +43,10 @@ class Scored:
 
     @property
     def versions(self) -> list[str]:
-        return sorted(set(self.row_versions))
+        versions = self.row_versions
+        if len(versions) == 1:  # a one-row call: no set to build
+            return list(versions)
+        return sorted(set(versions))
 
     @classmethod
     def joined(cls, parts: list[Scored]) -> Scored:
