@@ -268,7 +268,8 @@ def test_work_run_off_thread_leaves_the_pool_to_other_calls(pool):
 
 def test_a_ranked_hub_runs_ready_calls_by_their_tenants_priority_unranked_first():
     """With tenants, the ready call of the highest priority runs next (first ready first
-    within a priority), and a call whose tenant is not known yet before any tenant's."""
+    within a priority), a call whose tenant is not known yet before any tenant's, and a call
+    of the highest priority goes on without letting any other go first."""
     hub = RankedHub(SimpleQueue())
     ran: list[str] = []
 
@@ -276,19 +277,32 @@ def test_a_ranked_hub_runs_ready_calls_by_their_tenants_priority_unranked_first(
         if priority is None:
             hub.park()  # a call reading its request: no tenant yet
         else:
-            hub.rank(priority)  # parks: calls of higher priority ready go first
+            hub.rank(priority)  # parks, unless no call ranks above it
         ran.append(name)
+        hub.take_turn()  # between its read and its model call: the same, again
+        ran.append(name + " scored")
 
-    calls = [("low", 0), ("high", 10), ("low-later", 0), ("unranked", None), ("middle", 5)]
+    calls = [("high", 10), ("low", 0), ("low-later", 0), ("unranked", None), ("middle", 5)]
     parked = {}
     for name, priority in calls:
         parked[name] = greenlet.greenlet(call)
-        parked[name].switch(name, priority)  # each parks: back here, the hub's greenlet
-    assert hub.parked == 5 and ran == []
+        parked[name].switch(name, priority)  # back here, the hub's greenlet, once it parks
+    assert ran == ["high", "high scored"] and hub.parked == 4
     hub.resume(parked["unranked"])  # its request came: it goes on, before any tenant's call
     while hub.run_turn():
         pass
-    assert ran == ["unranked", "high", "middle", "low", "low-later"]
+    assert ran == [
+        "high",
+        "high scored",
+        "unranked",
+        "unranked scored",
+        "middle",
+        "middle scored",  # nothing above it was ready: its turn went on at once
+        "low",
+        "low-later",
+        "low scored",
+        "low-later scored",
+    ]
     assert hub.parked == 0
 
 

@@ -72,6 +72,9 @@ _CLOSE_QUIET_S = 0.02
 # of its calls: what has arrived is taken before the next turn, so that a call of a higher
 # priority is seen and run next, but a stream of arrivals cannot hold the turns off.
 _EVENTS_PER_TURN = 64
+# ...and the turns it runs at most before it goes back to the loop's other duties (deferred
+# work due, a stop asked for), as arrivals taken between turns may keep calls ready for ever.
+_TURNS_PER_PASS = 64
 
 
 def _hub() -> Hub | None:
@@ -308,6 +311,10 @@ class GreenPool(futures.Executor):
             elif not _run_turns(hub, events):
                 hub.drain()
                 return
+            elif hub.ready:  # turns left at its bound: the work due first, then more turns
+                if deferred:
+                    hub.run_deferred(time.perf_counter())
+                continue
             if deferred:
                 hub.run_deferred(time.perf_counter())  # what waited out its delay
             if readers or deferred:
@@ -351,9 +358,12 @@ def _run_turns(hub: RankedHub, events: grpc_patch.ServerEvents) -> bool:
     """The ranked polling thread's turns: run ready calls, highest priority first, and between
     two turns take the events that have arrived and look at the parked reads' sockets, so that
     a call of higher priority that became ready meanwhile runs next, before the rest of the
-    lower priority's calls. False once the server has shut down."""
+    lower priority's calls; at most `_TURNS_PER_PASS` turns. False once the server has shut
+    down."""
     readers = hub.readers
-    while hub.run_turn():
+    for _ in range(_TURNS_PER_PASS):
+        if not hub.run_turn():
+            break
         for _ in range(_EVENTS_PER_TURN):
             event = events.look()
             if event is None:

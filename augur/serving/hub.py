@@ -214,21 +214,27 @@ class RankedHub(Hub):
     def __init__(self, queue: SimpleQueue) -> None:
         super().__init__(queue)
         self._ready = RunQueue()  # type: ignore[assignment]
+        self._top = -_UNRANKED  # the highest priority ranked so far
 
     def rank(self, priority: int) -> None:
         """The calling call is of a tenant of `priority`: from now on it runs after the ready
-        calls of higher priority, which it lets go first now (its turn so far was unranked)."""
+        calls of higher priority, which it lets go first now (its turn so far was unranked);
+        a call of the highest priority seen goes on, as nothing would go before it."""
         me = greenlet.getcurrent()
         me.rank = priority
+        if priority >= self._top:  # no call ranks above it: it goes on
+            self._top = priority
+            return
         self._ready.append(me)
         self.park()
 
     def take_turn(self) -> None:
         """A point in a ranked call's work (between its read and its model call) where the
-        calls of higher priority that became ready meanwhile go first; an unranked call goes
-        on. So a flooding tenant's call holds the thread for half its work at a time."""
+        calls of higher priority that became ready meanwhile go first; an unranked call, or one
+        of the highest priority, goes on. So a flooding tenant's call holds the thread for
+        half its work at a time."""
         me = greenlet.getcurrent()
-        if hasattr(me, "rank"):
+        if getattr(me, "rank", self._top) < self._top:
             self._ready.append(me)
             self.park()
 
