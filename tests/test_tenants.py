@@ -121,7 +121,7 @@ def test_a_flood_from_one_tenant_leaves_anothers_goodput_as_it_was_alone(
     # The issue also asks for the p99 within 10% of solo. It is not reached: the serving
     # thread now runs the victim's calls before the flood's (hub.RankedHub), but it cannot
     # interrupt a flood call's turn, and the victim needs the thread at three points of each
-    # call; measured here about 1.5-2.5x solo (4-8x with turns in arrival order), the floor
+    # call; measured here about 1.2-2.2x solo (2.5-9x with turns in arrival order), the floor
     # being about one flood turn (0.7-1 ms at p90-p99) per point (docs/slo.md). Printed, not
     # asserted.
 
