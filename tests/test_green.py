@@ -14,7 +14,7 @@ import pytest
 from augur.serving import grpc_patch
 from augur.serving.batcher import Batcher, Call
 from augur.serving.green import GreenCondition, GreenPool, off_thread
-from augur.serving.hub import Hub
+from augur.serving.hub import Hub, RankedHub
 
 
 @pytest.fixture
@@ -264,6 +264,46 @@ def test_work_run_off_thread_leaves_the_pool_to_other_calls(pool):
     assert waiting.result(timeout=10) == "augur-green-work"
     with pytest.raises(ZeroDivisionError):
         pool.submit(off_thread, lambda: 1 / 0).result(timeout=10)
+
+
+def test_a_ranked_hub_runs_ready_calls_by_their_tenants_priority_unranked_first():
+    """With tenants, the ready call of the highest priority runs next (first ready first
+    within a priority), a call whose tenant is not known yet before any tenant's, and a call
+    of the highest priority goes on without letting any other go first."""
+    hub = RankedHub(SimpleQueue())
+    ran: list[str] = []
+
+    def call(name: str, priority: int | None) -> None:
+        if priority is None:
+            hub.park()  # a call reading its request: no tenant yet
+        else:
+            hub.rank(priority)  # parks, unless no call ranks above it
+        ran.append(name)
+        hub.take_turn()  # between its read and its model call: the same, again
+        ran.append(name + " scored")
+
+    calls = [("high", 10), ("low", 0), ("low-later", 0), ("unranked", None), ("middle", 5)]
+    parked = {}
+    for name, priority in calls:
+        parked[name] = greenlet.greenlet(call)
+        parked[name].switch(name, priority)  # back here, the hub's greenlet, once it parks
+    assert ran == ["high", "high scored"] and hub.parked == 4
+    hub.resume(parked["unranked"])  # its request came: it goes on, before any tenant's call
+    while hub.run_turn():
+        pass
+    assert ran == [
+        "high",
+        "high scored",
+        "unranked",
+        "unranked scored",
+        "middle",
+        "middle scored",  # nothing above it was ready: its turn went on at once
+        "low",
+        "low-later",
+        "low scored",
+        "low-later scored",
+    ]
+    assert hub.parked == 0
 
 
 def test_a_hub_resumes_a_read_once_its_socket_is_readable_timed_out_or_closed():

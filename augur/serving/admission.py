@@ -107,6 +107,10 @@ class Admission:
         configured. RequestError RESOURCE_EXHAUSTED when it cannot be served in time, too
         many calls (or too many of its tenant's) are here, or a call of higher priority took
         its place; DEADLINE_EXCEEDED when its deadline passes while it waits."""
+        if tenant is not None:
+            hub = self._turns.parking()
+            if hub is not None:  # from here on its turns go by its tenant's priority
+                hub.rank(tenant.priority)
         now = time.monotonic()
         with self._lock:
             fair = self._fair

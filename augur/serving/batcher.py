@@ -67,6 +67,12 @@ class Parking(Protocol):
     def cancel(self, key: object) -> None:
         """Forget the work deferred under `key`."""
 
+    def rank(self, priority: int) -> None:
+        """The calling call is of a tenant of `priority` (a hub may run higher ones first)."""
+
+    def take_turn(self) -> None:
+        """Let calls of higher priority than the calling call's go first (a ranked hub)."""
+
 
 class Turns(Protocol):
     def parking(self) -> Parking | None:

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import greenlet
 
 from augur.serving import grpc_patch
-from augur.serving.hub import STOP, Hub
+from augur.serving.hub import STOP, Hub, RankedHub
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +68,13 @@ _CLOSE_MATCH_S = 0.2
 # before the stop sends its next call within it (a millisecond or two on a loaded box), and
 # gRPC's core would cancel that call, not refuse it, once its shutdown has begun.
 _CLOSE_QUIET_S = 0.02
+# With tenants (a ranked pool), the events the polling thread takes at most between two turns
+# of its calls: what has arrived is taken before the next turn, so that a call of a higher
+# priority is seen and run next, but a stream of arrivals cannot hold the turns off.
+_EVENTS_PER_TURN = 64
+# ...and the turns it runs at most before it goes back to the loop's other duties (deferred
+# work due, a stop asked for), as arrivals taken between turns may keep calls ready for ever.
+_TURNS_PER_PASS = 64
 
 
 def _hub() -> Hub | None:
@@ -168,9 +175,11 @@ class GreenCondition(threading.Condition):
 class GreenPool(futures.Executor):
     """An executor for `grpc.server`: with `threads` 0, the server's polling thread runs the
     calls (one pool per server); else `threads` hubs of their own, calls handed to them in
-    turn. `waiting` is how its calls wait, for the collaborators that wait for them."""
+    turn. `waiting` is how its calls wait, for the collaborators that wait for them.
+    `ranked` (tenants configured): calls run by their tenant's priority (hub.RankedHub), and
+    the polling thread takes what has arrived between any two turns."""
 
-    def __init__(self, threads: int, name: str = "augur-green") -> None:
+    def __init__(self, threads: int, name: str = "augur-green", ranked: bool = False) -> None:
         patched = grpc_patch.install(GreenCondition)  # hub threads park request waits too
         if not patched:
             log.warning(
@@ -179,6 +188,7 @@ class GreenPool(futures.Executor):
             )
         self.runs_polling_loop = threads == 0 and patched
         self.waiting = GreenWaiting()
+        self._hub_type = RankedHub if ranked else Hub
         # a hub's queue each; on the polling thread one, and no thread of the pool's own
         self._queues: list[SimpleQueue] = [SimpleQueue() for _ in range(max(threads, 1))]
         self._turn = 0
@@ -190,7 +200,9 @@ class GreenPool(futures.Executor):
         self._closed = threading.Event()
         self._idle = False
         self._threads = [
-            threading.Thread(target=_work, args=(queue,), name=f"{name}_{i}", daemon=True)
+            threading.Thread(
+                target=_work, args=(self._hub_type, queue), name=f"{name}_{i}", daemon=True
+            )
             for i, queue in enumerate(self._queues)
             if not self.runs_polling_loop
         ]
@@ -285,15 +297,24 @@ class GreenPool(futures.Executor):
             self._closed.set()  # whoever waits for stop_taking_calls waits no longer
 
     def _poll(self, events: grpc_patch.ServerEvents) -> None:
-        _local.hub = hub = Hub(self._queues[0])
+        _local.hub = hub = self._hub_type(self._queues[0])
         hub.polls_sockets = True
         deferred, readers = hub.deferred, hub.readers
+        ranked = isinstance(hub, RankedHub)
         sockets_due = 0.0
         while True:
             if self._closing and not self._take_arrived_and_close(events):
                 hub.drain()
                 return
-            hub.run_pending()
+            if not ranked:
+                hub.run_pending()
+            elif not _run_turns(hub, events):
+                hub.drain()
+                return
+            elif hub.ready:  # turns left at its bound: the work due first, then more turns
+                if deferred:
+                    hub.run_deferred(time.perf_counter())
+                continue
             if deferred:
                 hub.run_deferred(time.perf_counter())  # what waited out its delay
             if readers or deferred:
@@ -333,6 +354,28 @@ class GreenPool(futures.Executor):
             event = None
 
 
-def _work(queue: SimpleQueue) -> None:
-    _local.hub = hub = Hub(queue)
+def _run_turns(hub: RankedHub, events: grpc_patch.ServerEvents) -> bool:
+    """The ranked polling thread's turns: run ready calls, highest priority first, and between
+    two turns take the events that have arrived and look at the parked reads' sockets, so that
+    a call of higher priority that became ready meanwhile runs next, before the rest of the
+    lower priority's calls; at most `_TURNS_PER_PASS` turns. False once the server has shut
+    down."""
+    readers = hub.readers
+    for _ in range(_TURNS_PER_PASS):
+        if not hub.run_turn():
+            break
+        for _ in range(_EVENTS_PER_TURN):
+            event = events.look()
+            if event is None:
+                break
+            if not events.handle(event):
+                return False
+            event = None  # as gRPC's loop: let go of the event before polling again
+        if readers:
+            hub.poll_sockets(0.0)
+    return True
+
+
+def _work(hub_type: type[Hub], queue: SimpleQueue) -> None:
+    _local.hub = hub = hub_type(queue)  # built here: its greenlet is this thread's
     hub.loop()

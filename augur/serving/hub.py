@@ -1,11 +1,14 @@
 """One thread's loop over the calls it runs as greenlets (the `Hub`): a call that waits parks,
 and the thread takes the next call; the work parked calls wait for (their batch) runs once no
-call is on its way, or when it is due. The green pool (augur/serving/green.py) runs hubs;
+call is on its way, or when it is due. With tenants, a `RankedHub` runs its ready calls by
+their tenant's priority (`RunQueue`). The green pool (augur/serving/green.py) runs hubs;
 nothing here knows gRPC.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import select
 import socket
@@ -21,6 +24,9 @@ import greenlet
 log = logging.getLogger(__name__)
 STOP = object()  # queued by the pool's shutdown: the hub answers what waits, then ends
 _RESUME = object()
+# The rank of a call whose tenant is not known yet (a call just taken, or reading its request):
+# those turns are short and say whose call it is, so they go before any tenant's.
+_UNRANKED = 1 << 30
 # How long the hub waits on its parked reads' sockets at shutdown before looking again.
 _DRAIN_POLL_S = 0.05
 
@@ -63,6 +69,14 @@ class Hub:
     def wake(self, waiter: greenlet.greenlet) -> None:
         """From any thread: let a call parked on this hub go on."""
         self._queue.put((_RESUME, waiter))
+
+    def rank(self, priority: int) -> None:
+        """The calling call is of a tenant of `priority`: a plain hub runs its calls in the
+        order they became ready, whoever they are for (a `RankedHub` does not)."""
+
+    def take_turn(self) -> None:
+        """A ranked call's point to let calls of higher priority go first: none on a plain
+        hub."""
 
     def wait_readable(self, sock: socket.socket) -> None:
         """Park the calling call until `sock` has something to read; TimeoutError once the
@@ -189,6 +203,80 @@ class Hub:
                 del self.deferred[key]
                 # a greenlet of its own: work that waits for Redis parks, as a call does
                 greenlet.greenlet(_run_work, parent=self.greenlet).switch(run)
+
+
+class RankedHub(Hub):
+    """A hub whose ready calls run by their tenant's priority, highest first (in the order
+    they became ready within one priority): a call of a flooding tenant of lower priority
+    waits while a call of a higher one is ready. A call runs unranked (before any tenant's)
+    until `rank` names its priority. The pool builds it only where tenants are configured."""
+
+    def __init__(self, queue: SimpleQueue) -> None:
+        super().__init__(queue)
+        self._ready = RunQueue()  # type: ignore[assignment]
+        self._top = -_UNRANKED  # the highest priority ranked so far
+
+    def rank(self, priority: int) -> None:
+        """The calling call is of a tenant of `priority`: from now on it runs after the ready
+        calls of higher priority, which it lets go first now (its turn so far was unranked);
+        a call of the highest priority seen goes on, as nothing would go before it."""
+        me = greenlet.getcurrent()
+        me.rank = priority
+        if priority >= self._top:  # no call ranks above it: it goes on
+            self._top = priority
+            return
+        self._ready.append(me)
+        self.park()
+
+    def take_turn(self) -> None:
+        """A point in a ranked call's work (between its read and its model call) where the
+        calls of higher priority that became ready meanwhile go first; an unranked call, or one
+        of the highest priority, goes on. So a flooding tenant's call holds the thread for
+        half its work at a time."""
+        me = greenlet.getcurrent()
+        if getattr(me, "rank", self._top) < self._top:
+            self._ready.append(me)
+            self.park()
+
+    def run_turn(self) -> bool:
+        """Start the calls queued (each parks at once, for its request, or goes on as woken),
+        then run the ready call of highest priority until it parks; False when none was
+        ready."""
+        queue = self._queue
+        while True:
+            try:
+                item = queue.get_nowait()
+            except Empty:
+                break
+            if item is not STOP:  # on the polling thread the server's stop ends the loop
+                self._take(item)
+        if not self._ready:
+            return False
+        self._ready.popleft().switch()
+        return True
+
+
+class RunQueue:
+    """Ready calls by rank (a greenlet's `rank`, the priority of its tenant; unranked first),
+    first ready first within a rank: the deque operations a hub uses, on a heap."""
+
+    __slots__ = ("_heap", "_order")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, greenlet.greenlet]] = []
+        self._order = itertools.count()
+
+    def append(self, call: greenlet.greenlet) -> None:
+        heapq.heappush(self._heap, (-getattr(call, "rank", _UNRANKED), next(self._order), call))
+
+    def popleft(self) -> greenlet.greenlet:
+        return heapq.heappop(self._heap)[2]
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
 
 def _run_work(run: Callable[[], None]) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from augur.features.reader import FeatureRows
 from augur.features.waiting import BLOCKING, Waiting
 from augur.serving import chunks, metrics
-from augur.serving.batcher import Call
+from augur.serving.batcher import Call, Turns
 from augur.serving.errors import deadline_exceeded
 from augur.serving.feature_log import FeatureLog
 from augur.serving.feature_read import GuardedReader
@@ -94,8 +94,12 @@ class Scorer:
         trip: Trip,
         waiting: Waiting = BLOCKING,
         feature_log: FeatureLog | None = None,
+        ranked: Turns | None = None,
     ) -> None:
         self.features = features
+        # with tenants, the pool's turns: a call lets calls of higher priority that became
+        # ready during its read go before its model call (None: no tenants, one check)
+        self._ranked = ranked
         self.feature_log = feature_log or FeatureLog()  # starts its writer on a first sample
         self._waiting = waiting  # where a large model call runs (chunks.OFF_THREAD_ROWS)
         self.shadow = shadow
@@ -120,6 +124,10 @@ class Scorer:
             rows, degraded = self.features.read(model.plan, entities, deadline, route)
         else:  # an OIP call that gave the features themselves: nothing to read
             rows, degraded = given_rows(model.plan, extra), False
+        if self._ranked is not None:  # (its wait counts in the read stage)
+            hub = self._ranked.parking()
+            if hub is not None:
+                hub.take_turn()
         t1 = time.perf_counter()
         if deadline is not None and time.monotonic() > deadline:
             counted.late.inc()

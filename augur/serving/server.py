@@ -131,8 +131,9 @@ def start(config: Config, span_exporter: Any = None) -> RunningServer:
     # reads of a green pool's own hub threads (only the polling thread watches sockets).
     pool: futures.Executor
     reads: Waiting = BLOCKING
-    if green:
-        pool = GreenPool(threads, "augur-grpc")
+    table = tenants.table_of(config.tenants)
+    if green:  # with tenants, calls take their turns by their tenant's priority
+        pool = GreenPool(threads, "augur-grpc", ranked=table is not None)
         waiting, turns = pool.waiting, pool.waiting
         if pool.on_polling_thread:
             reads = waiting
@@ -170,7 +171,7 @@ def start(config: Config, span_exporter: Any = None) -> RunningServer:
         turns=turns,
         waiting=waiting,
         tracing=traced,
-        tenants=tenants.table_of(config.tenants),
+        tenants=table,
     )
 
     limit = config.server.max_message_bytes

@@ -73,7 +73,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         self.max_rows = max_rows
         self.features = GuardedReader(reader, breaker)
         self.shadow = shadow or ShadowScorer()
-        scorer = Scorer(self.features, self.shadow, manager.trip, waiting)
+        ranked = turns if tenants is not None else None  # calls take turns by priority
+        scorer = Scorer(self.features, self.shadow, manager.trip, waiting, ranked=ranked)
         self.feature_log = scorer.feature_log  # the server writes what is left at its stop
         self.lanes = Lanes(
             scorer,
