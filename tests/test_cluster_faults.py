@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+from augur.features import cluster as cluster_module
 from augur.features.cluster import NodesDown, accepting_partial
 from augur.features.connection import RedisTimeouts, connect
 from augur.features.reader import OnlineReader
@@ -103,3 +104,57 @@ def test_killing_a_master_loses_no_call_and_its_replica_takes_over(
     assert counts["degraded"] > 0  # the dead master's rows got defaults, the rest served
     assert recovered_at is not None, counts
     np.testing.assert_array_equal(reader.read(plan, entities).values, expected)
+
+
+def test_a_range_read_on_its_master_for_want_of_a_replica_goes_back_to_it(
+    cluster_repo, redis_cluster, plan, monkeypatch
+):
+    """A replica paused past the node timeout: the cluster marks it failed and lists its range
+    without it, so a replica reader reads that range on the master; once it answers again and
+    is listed, the reader's next map retry puts those reads back on the replica."""
+    monkeypatch.setattr(cluster_module, "READ_MAP_RETRY_S", 0.2)
+    running = [n for n in redis_cluster.nodes if n.process and n.process.poll() is None]
+    seed = redis.Redis(running[0].host, running[0].port)  # a master may be dead: an earlier test
+    entry = next(e for e in seed.execute_command("CLUSTER", "SLOTS") if len(e) > 3)
+    master, replica_address = _node(entry[2]), _node(entry[3])
+    replica = next(n for n in running if (n.host, n.port) == replica_address)
+    others = [redis.Redis(n.host, n.port) for n in running if n is not replica]
+    users, merchants = _entities(cluster_repo, 100, seed=14)
+    entities = {"user_id": users, "merchant_id": merchants}
+    expected = _reader(cluster_repo).read(plan, entities).values
+
+    replica.process.send_signal(signal.SIGSTOP)
+    try:
+        _until(
+            lambda: not any(_listed(c, replica_address) for c in others),
+            "the paused replica marked failed",
+        )
+        store = connect(cluster_repo.address, read_from_replicas=True)
+        reader = OnlineReader(store)
+        np.testing.assert_array_equal(reader.read(plan, entities).values, expected)
+        assert master in store.read_slots.nodes and store.read_slots.on_masters >= 1
+    finally:
+        replica.process.send_signal(signal.SIGCONT)
+    _until(lambda: all(_listed(c, replica_address) for c in others), "the replica listed again")
+    _until(
+        lambda: reader.read(plan, entities) is not None and master not in store.read_slots.nodes,
+        "reads back on the replica",
+    )
+    assert replica_address in store.read_slots.nodes  # (a range whose master was killed above
+    # by the failover test has no replica left: on_masters may still count it)
+    np.testing.assert_array_equal(reader.read(plan, entities).values, expected)
+
+
+def _node(entry: list) -> tuple[str, int]:
+    return entry[0].decode(), int(entry[1])
+
+
+def _listed(client: redis.Redis, node: tuple[str, int]) -> bool:
+    return any(node in map(_node, e[3:]) for e in client.execute_command("CLUSTER", "SLOTS"))
+
+
+def _until(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        time.sleep(0.05)

@@ -29,6 +29,10 @@ from augur.features.waiting import BLOCKING, Waiting
 
 # After a node fails, how often the slot map is asked for again until a replica takes over.
 REFRESH_AFTER_FAILURE_S = 0.1
+# While a range is read on its master for want of a replica (the cluster lists none: failed,
+# or still syncing), how often the map is asked for again, so that reads return to the
+# replica once it is back rather than loading the master until the next MOVED.
+READ_MAP_RETRY_S = 5.0
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
 
@@ -121,8 +125,12 @@ class ClusterStore:
     @property
     def read_slots(self) -> SlotMap:
         """Where each slot is read: its master, or a replica of it (read_from_replicas)."""
-        if self._reads is None:
+        reads = self._reads
+        if reads is None:
             self.refresh()
+        elif reads.on_masters and time.monotonic() - self._refreshed_at >= READ_MAP_RETRY_S:
+            with contextlib.suppress(*_UNAVAILABLE, ValueError):
+                self.refresh()
         return self._reads
 
     def refresh(self, failed: frozenset[tuple[str, int]] = frozenset()) -> SlotMap:

@@ -27,6 +27,8 @@ class SlotMap:
 
     nodes: tuple[tuple[str, int], ...]
     owner_of: bytes  # SLOTS bytes
+    # Ranges read on their master for want of a replica (asked for replicas, none listed).
+    on_masters: int = 0
 
     @classmethod
     def from_slots_reply(
@@ -37,10 +39,12 @@ class SlotMap:
         marked it yet); the master where there is none."""
         nodes: list[tuple[str, int]] = []
         owner = np.full(SLOTS, 255, np.uint8)
+        on_masters = 0
         for entry in reply:
             lo, hi = entry[0], entry[1]
             # Processes spread over a range's replicas (a fixed pick per process).
             choices = [r for r in entry[3:] if _node(r) not in avoid] if replicas else []
+            on_masters += replicas and not choices
             choices = choices or entry[2:3]
             node = _node(choices[os.getpid() % len(choices)])
             if node not in nodes:
@@ -49,7 +53,7 @@ class SlotMap:
         if len(nodes) > 254:
             raise ValueError(f"a cluster of {len(nodes)} nodes to read: Augur reads up to 254")
         owner[owner == 255] = len(nodes)
-        return cls(tuple(nodes), owner.tobytes())
+        return cls(tuple(nodes), owner.tobytes(), on_masters)
 
     def node_of(self, key: bytes) -> int:
         return self.owner_of[key_slot(key)]

@@ -9,17 +9,21 @@ reads `window_s` and `max_rows` from it. Not the batcher (batcher.py), not admis
 The model of a batch policy (window w, cap B) at an arrival rate of r rows a second, with
 c(n) the p99 cost of running n rows (read, assemble, model call) fitted from recent batches:
 a batch takes what arrives while the one before it runs plus up to w more, n = r * (c(n) + w)
-rows. Under one row a batch, calls come mostly alone and queue only as the model fills
-(busy = r * c(1)): p99 = w + c(1) * (1 + busy / (1 - busy)). Between one row and B, greedy
-batching keeps itself stable - the busier the model, the larger its batches - and a call
-waits out at most the window and the batch running when it came, then its own: p99 =
-w + 2 c(n). At B the batches stop growing and queueing grows as r nears B / c(B), the
-policy's capacity. The choice: among policies whose p99 fits the objective and whose
-capacity keeps HEADROOM over the arrivals, the least p99 (at any load that is window 0, as
-a window only adds to a wait that greedy batching does not need); when none keeps up, the
-most capacity with no window. At one caller that is window 0: a batch never waits.
+rows, within [1, B]; its first call waits out the window or until the batch is full, and a
+call then waits for the batch running when it came and for its own: p99 = wait + 2 c(n), and
+past B queueing grows as r nears B / c(B), the policy's capacity.
+
+The choice, throughput first as the objective allows. On the green pool the serving thread
+that runs a batch is the one that receives the next calls, so without a window a batch runs
+with the few calls the thread has taken so far and the next ones queue behind it; a window
+(which closes early once no call is on its way, so a lone caller never waits it out) lets
+the thread take what is arriving and run it as one batch. Each row of a batch of n costs
+c(n) / n; among the policies whose p99 fits the objective (windows at most half of it, the
+rest left to the batch runs), those within 5% of the least cost a row, and of those the
+least p99. Under light load (one-row batches would keep the model busy under a quarter of
+the time) there is nothing to gain: no window. When nothing fits, the least cost a row.
 Observed p99 above the predicted (what the model leaves out: decode, the GIL) scales the
-predictions up, so the choice corrects itself.
+predicted batch costs up, so the choice corrects itself.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from dataclasses import dataclass
 
 TICK_S = 0.05  # how often the controller decides
 WINDOWS_US = (0, 100, 250, 500, 1000, 2000, 4000, 8000)  # windows it chooses among
-HEADROOM = 0.85  # a policy keeps up when the model is busy at most this share of the time
+WINDOW_SHARE = 0.5  # a window takes at most this share of the objective: the rest is runs
+LIGHT_BUSY = 0.25  # one-row batches keep the model busy under this share: nothing to batch
+SAME_COST = 1.05  # costs a row within this factor of the least are as good: least p99 then
 _DECAY = 0.95  # weight of past batches in the cost fit, per batch: a new version shows fast
 _RATE_DECAY = 0.5  # weight of the past rate per tick: a load step shows within a few ticks
 _LATENCIES = 512  # recent calls' latencies the observed p99 is taken over
@@ -51,6 +57,7 @@ class Policy:
     # p99 with no queueing beyond the running batch: what a call admitted under overload
     # sees (the excess waits in admission, or is refused there)
     floor_s: float
+    rows: float  # the rows a batch takes at this rate
 
 
 class BatchCost:
@@ -113,61 +120,59 @@ def predict(
 
 
 def _model(a: float, b: float, rate: float, window_s: float, cap: int) -> tuple:
-    """(p99, capacity, busy, floor) of a policy, batch cost A + B*n: plain floats, as a
-    decision weighs some sixty policies on the serving thread."""
+    """(p99, capacity, busy, floor, rows) of a policy, batch cost A + B*n: plain floats, as
+    a decision weighs some sixty policies on the serving thread."""
     full = a + b * cap
     capacity = cap / full
-    floor = window_s + 2.0 * full
-    # n = r * (c(n) + w), c linear: n = r (A + w) / (1 - r B)
+    # n = r * (c(n) + w), c linear: n = r (A + w) / (1 - r B), within [1, cap]
     grows = 1.0 - rate * b
     n = rate * (a + window_s) / grows if grows > 0 else math.inf
-    if n <= 1.0:  # light: calls mostly alone, queueing only as the model fills
-        c = a + b
-        busy = rate * c
-        p99 = math.inf if busy >= 1.0 else window_s + c * (1.0 + busy / (1.0 - busy))
-        return p99, capacity, busy, floor
+    n = min(max(n, 1.0), float(cap))
+    wait = min(window_s, (cap - 1) / rate) if rate > 0 else window_s  # a full batch closes
+    c = a + b * n
+    floor = wait + 2.0 * c
+    busy = rate * c / n
     if n < cap:  # batches take what came while the last ran: the running one, then its own
-        c = a + b * n
-        return window_s + 2.0 * c, capacity, rate * c / n, floor
+        return floor, capacity, busy, floor, n
     busy = rate / capacity  # full batches: queueing grows as they stop keeping up
-    p99 = math.inf if busy >= 1.0 else window_s + full * (2.0 + busy / (1.0 - busy))
-    return p99, capacity, busy, floor
+    p99 = math.inf if busy >= 1.0 else wait + full * (2.0 + busy / (1.0 - busy))
+    return p99, capacity, busy, floor, n
 
 
 def choose(
-    cost: BatchCost,
+    cost: BatchCost | tuple[float, float],
     rate_rows: float,
     objective_s: float,
     most_rows: int,
     windows_us: tuple[int, ...] = WINDOWS_US,
 ) -> Policy:
-    """The policy for an arrival rate: within the objective, keeping up, with least p99; if
-    none does, the most capacity (the objective cannot be held: serve what can be served)."""
+    """The policy for an arrival rate: among those within the objective, the least cost a row
+    (the most calls a second), then the least p99; if none is within it, the least cost a
+    row. `cost`: the fitted cost, or its p99 line (A, B)."""
     caps = [1]
     while caps[-1] * 2 < most_rows:
         caps.append(caps[-1] * 2)
     if most_rows > 1:
         caps.append(most_rows)
-    a, b = cost.p99_line()  # fitted once for all the policies weighed
-    keeping = None
+    a, b = cost.p99_line() if isinstance(cost, BatchCost) else cost  # fitted once for all
+    if rate_rows * (a + b) <= LIGHT_BUSY:  # calls mostly alone: a window only adds
+        return predict((a, b), rate_rows, 0.0, caps[-1])
+    fits, every = [], []
     for w_us in windows_us:
         w = w_us / 1e6
-        if w >= objective_s:
+        if w > WINDOW_SHARE * objective_s and w > 0:
             break
         for cap in caps:
-            p99, capacity, _, _ = _model(a, b, rate_rows, w, cap)
-            if p99 <= objective_s and rate_rows <= HEADROOM * capacity:
-                # least p99; ties to the shorter window (met first), then the larger cap
-                key = (round(p99, 6), -cap)
-                if keeping is None or key < keeping[0]:
-                    keeping = (key, w, cap)
-    if keeping is not None:
-        return predict((a, b), rate_rows, keeping[1], keeping[2])
-    # Nothing keeps up within the objective: the most capacity (the largest batch) and no
-    # window (a queue fills batches without one). A smaller cap would serve fewer calls and
-    # queue the rest longer in admission, which holds back or refuses what cannot finish by
-    # its deadline: throughput first, as no fixed window does better here.
-    return predict((a, b), rate_rows, 0.0, caps[-1])
+            p99, _, _, _, n = _model(a, b, rate_rows, w, cap)
+            # a row's cost, p99, then the shorter window and the larger cap
+            key = ((a + b * n) / n, p99, w, -cap)
+            every.append(key)
+            if p99 <= objective_s:
+                fits.append(key)
+    pool = fits or every
+    least = min(k[0] for k in pool)
+    _, _, w, cap = min((k for k in pool if k[0] <= SAME_COST * least), key=lambda k: k[1:])
+    return predict((a, b), rate_rows, w, -cap)
 
 
 class SloController:
@@ -186,7 +191,7 @@ class SloController:
         self._rate = 0.0  # rows a second, smoothed over ticks
         self._latencies: deque[float] = deque(maxlen=_LATENCIES)
         self._correction = 1.0  # observed over modelled p99, smoothed, at least 1
-        self._modelled_p99_s = 0.0  # the chosen policy's p99 before the correction
+        self._modelled_p99_s = 0.0  # the chosen policy's p99 at the uncorrected costs
         self._tick_at: float | None = None  # the clock of the last decision (the batcher's)
         self._gauges = gauges  # metrics.SloGauges, or None
 
@@ -220,10 +225,13 @@ class SloController:
             # what the model leaves out, measured: observed over modelled, at least 1
             ratio = min(max(self.observed_p99_s / self._modelled_p99_s, 1.0), _MOST_CORRECTION)
             self._correction = self._correction * 0.8 + ratio * 0.2
-        policy = choose(self._cost, self._rate, self.objective_s / self._correction, self.most_rows)
+        a, b = self._cost.p99_line()
+        k = self._correction  # batches cost what they measured, scaled by what it leaves out
+        policy = choose((a * k, b * k), self._rate, self.objective_s, self.most_rows)
         self.window_s, self.max_rows = policy.window_s, policy.max_rows
+        plain = predict((a, b), self._rate, policy.window_s, policy.max_rows)
         # overloaded (the excess waits in admission): what an admitted call sees
-        self._modelled_p99_s = policy.p99_s if policy.p99_s < math.inf else policy.floor_s
-        self.predicted_p99_s = self._modelled_p99_s * self._correction
+        self._modelled_p99_s = plain.p99_s if plain.p99_s < math.inf else plain.floor_s
+        self.predicted_p99_s = policy.p99_s if policy.p99_s < math.inf else policy.floor_s
         if self._gauges is not None:
             self._gauges.show(self)
