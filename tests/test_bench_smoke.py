@@ -344,3 +344,16 @@ def test_a_run_where_mlserver_cannot_be_installed_says_why_in_one_line_and_goes_
     assert "\n" not in skipped[MLSERVER] and "mlserver==1.7.1" in skipped[MLSERVER]
     lines = report.model_server.report_lines({"skipped": skipped}, turns="")
     assert lines == ["", f"MLServer alone: not measured in this run ({skipped[MLSERVER]})."]
+
+
+def test_versus_refuses_a_folder_that_is_not_a_checkout_naming_it(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.versus", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path} is not a checkout of Augur" in done.stderr
+    assert "Traceback" not in done.stderr
