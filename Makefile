@@ -12,7 +12,7 @@ help:
 	@echo "make test-grpc-latest  the serving tests again on the newest grpcio (CI runs it too)"
 	@echo "make proto  regenerate the gRPC stubs from augur/api/v1/*.proto and augur/api/oip/*.proto"
 	@echo "make lint   ruff"
-	@echo "make bench  Augur vs a Feast-based server, MLServer alone and the floors, fraud and wide, and the profile by stage (~10 min)"
+	@echo "make bench  Augur vs a Feast-based server, MLServer alone and the floors, fraud and wide, and the profile by stage (~12 min)"
 	@echo "make soak   fault and soak run: load while Redis stops, pauses, slows; 3x overload"
 
 $(STAMP): pyproject.toml setup.py augur/features/_native.c
