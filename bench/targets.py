@@ -117,12 +117,15 @@ def echo_command(
     return [sys.executable, "-m", "bench.echo_server", *port_args]
 
 
-def start(name: str, command: list[str], port: int, model: str, work: Path) -> ServerProcess:
-    """Start `command` and wait until health says `model` is SERVING."""
+def start(
+    name: str, command: list[str], port: int, model: str, work: Path, cwd: Path = ROOT
+) -> ServerProcess:
+    """Start `command` in `cwd` (first on a `python -m` server's sys.path: another checkout
+    serves its own augur there) and wait until health says `model` is SERVING."""
     log = work / f"{name}.log"
     began = time.perf_counter()
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     server = ServerProcess(name, process, f"127.0.0.1:{port}", log)
     try:
         wait_serving(server, model, timeout_s=240)

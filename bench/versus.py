@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -37,18 +36,13 @@ def run(before: Path, rounds: int, calls: int, quick: bool) -> list[dict]:
             scenario = scenarios.build("fraud", work, redis.address, quick)
             servers: dict[str, targets.ServerProcess] = {}
             try:
-                for name, root in ((f"Augur at {before}", before), ("Augur here", HERE)):
+                for key, name, root in (
+                    ("before", f"Augur at {before}", before),
+                    ("here", "Augur here", HERE),
+                ):
                     port = free_port()
-                    command = targets.augur_command(scenario, work / f"{port}.yaml", port, {})
-                    log = work / f"{port}.log"
-                    with open(log, "wb") as out:
-                        # the working directory comes first on sys.path: that checkout's augur
-                        process = subprocess.Popen(
-                            command, stdout=out, stderr=subprocess.STDOUT, cwd=root
-                        )
-                    server = targets.ServerProcess(name, process, f"127.0.0.1:{port}", log)
-                    servers[name] = server
-                    targets.wait_serving(server, scenario.model, timeout_s=240)
+                    command = targets.augur_command(scenario, work / f"{key}.yaml", port, {})
+                    servers[name] = targets.start(key, command, port, scenario.model, work, root)
                 for name, kind in ECHOES.items():
                     port = free_port()
                     command = targets.echo_command(scenario, port, None, kind, 1)
