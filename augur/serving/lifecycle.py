@@ -139,8 +139,12 @@ class ModelManager:
         """Poll the repository and refresh on any change, until `stop()`."""
         if interval_s <= 0 or self._watcher is not None:
             return
+        # The baseline is taken here, not when the thread first runs: a change made right
+        # after this returns (a repaired version) must differ from it, however late the
+        # thread is scheduled.
+        seen = self._fingerprint()
         self._watcher = threading.Thread(
-            target=self._watch, args=(interval_s,), name="augur-repo-watch", daemon=True
+            target=self._watch, args=(interval_s, seen), name="augur-repo-watch", daemon=True
         )
         self._watcher.start()
 
@@ -149,8 +153,7 @@ class ModelManager:
         if self._watcher is not None:
             self._watcher.join(5)
 
-    def _watch(self, interval_s: float) -> None:
-        seen = self._fingerprint()
+    def _watch(self, interval_s: float, seen: tuple) -> None:
         while not self._stop.wait(interval_s):
             now = self._fingerprint()
             if now != seen:
