@@ -313,7 +313,11 @@ def _cores(step: dict) -> str:
 
 
 def _compiled(compiler: str) -> str:
-    return "compiled with lleaves" if compiler == "lleaves" else "through LightGBM's predict"
+    if compiler == "auto":  # the default
+        return "as `compile: auto` runs it once busy: compiled with lleaves (the default)"
+    if compiler == "lleaves":
+        return "compiled with lleaves at load (`compile: lleaves`)"
+    return "through LightGBM's own predict (`compile: none`)"
 
 
 def _cpu_at_peak(result: dict) -> dict:

@@ -34,6 +34,9 @@ def run(before: Path, rounds: int, calls: int, quick: bool) -> list[dict]:
         work = Path(tmp)
         with EmbeddedRedis(data_dir=work / "redis") as redis:
             scenario = scenarios.build("fraud", work, redis.address, quick)
+            # this checkout's default (compile: auto) at its steady state; a checkout from
+            # before auto reads the same model.yaml as LightGBM's own predictor
+            scenarios.compile_ahead(scenario)
             servers: dict[str, targets.ServerProcess] = {}
             try:
                 for key, name, root in (

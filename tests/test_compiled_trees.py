@@ -167,8 +167,8 @@ def test_cache_defaults_to_a_folder_of_the_model_repository(repo, tmp_path):
 @pytest.mark.parametrize(
     ("model_yaml", "message"),
     [
-        ({"compile": "llvm"}, "compile must be one of none, lleaves, got 'llvm'"),
-        ({"compile": False}, "compile must be one of none, lleaves, got False"),
+        ({"compile": "llvm"}, "compile must be one of auto, none, lleaves, got 'llvm'"),
+        ({"compile": False}, "compile must be one of auto, none, lleaves, got False"),
         ({"kind": "torch", "compile": "lleaves"}, "applies to kind lightgbm only, not torch"),
         ({"device": "gpu"}, "device must be cpu, cuda or cuda:<index>, got 'gpu'"),
     ],

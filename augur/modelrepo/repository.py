@@ -325,7 +325,7 @@ class ModelRepository:
                 outputs=list(spec.outputs),
                 device=raw.get("device", spec.device),  # how it runs stays the operator's
             )
-            if spec.compile != "none":
+            if spec.compile != "auto":  # the default goes unwritten
                 raw.setdefault("compile", spec.compile)
             if spec.aliases and "aliases" not in raw:
                 raw["aliases"] = dict(spec.aliases)

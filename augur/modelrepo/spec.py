@@ -43,8 +43,10 @@ PLUGIN_GROUP = "augur.runtimes"
 # no artifact, and one version, named so, described wholly by model.yaml's `remote`.
 REMOTE = "remote"
 # `compile`: how a LightGBM model runs; "none" is LightGBM's own predict, "lleaves" native
-# code compiled from model.txt (augur/serving/runtimes/compiled_runtime.py)
-COMPILERS = ("none", "lleaves")
+# code compiled from model.txt at load (augur/serving/runtimes/compiled_runtime.py), "auto"
+# (the default) LightGBM's predict until the model is busy and its code is compiled aside
+# (tiered_runtime.py); for other kinds "auto" is "none"
+COMPILERS = ("auto", "none", "lleaves")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -128,7 +130,7 @@ class ModelSpec:
     # "unavailable" (answer UNAVAILABLE) or "serve_defaults" (score on declared defaults,
     # flagged `degraded`) when the online store cannot be read
     on_feature_store_error: str = "unavailable"
-    compile: str = "none"
+    compile: str = "auto"
     batching: BatchingSpec | None = None  # None: the server's batching settings
     experiment: ExperimentSpec | None = None
     logging: LoggingSpec | None = None  # None: model.yaml asks for no served-feature log
@@ -176,13 +178,13 @@ def parse_spec(name: str, raw: dict, path: Path) -> ModelSpec:
     device = raw.get("device", "cpu")
     if not isinstance(device, str) or not _DEVICE.match(device):
         raise RepositoryError(f"{path}: device must be cpu, cuda or cuda:<index>, got {device!r}")
-    compiler = raw.get("compile", "none")
-    compiler = "none" if compiler is None else compiler  # `compile:` left empty
+    compiler = raw.get("compile", "auto")
+    compiler = "auto" if compiler is None else compiler  # `compile:` left empty
     if compiler not in COMPILERS:
         raise RepositoryError(
             f"{path}: compile must be one of {', '.join(COMPILERS)}, got {compiler!r}"
         )
-    if compiler != "none" and kind != "lightgbm":
+    if compiler == "lleaves" and kind != "lightgbm":
         raise RepositoryError(
             f"{path}: compile: {compiler} applies to kind lightgbm only, not {kind}"
         )

@@ -13,26 +13,12 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from augur.serving.metric_children import HistogramChild, ValueChild
 
+# fmt: off
 _LATENCY = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.00075,
-    0.001,
-    0.0015,
-    0.002,
-    0.003,
-    0.005,
-    0.0075,
-    0.01,
-    0.02,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+    0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )
+# fmt: on
 
 REQUESTS = Counter(
     "augur_requests_total",
@@ -111,6 +97,13 @@ MODEL_LOADS = Counter(
 )
 MODELS_SERVING = Gauge(
     "augur_models_serving", "Models loaded and taking traffic", multiprocess_mode="max"
+)
+MODEL_COMPILED = Gauge(
+    "augur_model_compiled",
+    "1 where a compile: auto LightGBM version scores with lleaves' compiled forest in every "
+    "process, 0 while on LightGBM's own predictor (it compiles once the model is busy)",
+    ["model", "version"],
+    multiprocess_mode="livemin",
 )
 
 

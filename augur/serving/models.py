@@ -227,6 +227,7 @@ def load_model(
         _on_demand_views(plan, transforms),
     )
     _warm_up(model)
+    _watch_compile(runtime, name, resolved.version)
     log.info(
         "loaded model %s@%s (%s, %d inputs, device %s)",
         name,
@@ -254,6 +255,17 @@ def _on_demand_views(plan: ReadPlan, used: Mapping[str, Transform]) -> OnDemandV
     views = OnDemandViews()
     views.prepare(plan)
     return views
+
+
+def _watch_compile(runtime: Runtime, name: str, version: str) -> None:
+    """Export whether a `compile: auto` model scores with its compiled forest yet."""
+    from augur.serving.runtimes.tiered_runtime import TieredTreeRuntime
+
+    if not isinstance(runtime, TieredTreeRuntime):
+        return
+    gauge = metrics.MODEL_COMPILED.labels(name, version)
+    gauge.set(1 if runtime.compiled else 0)
+    runtime.on_compiled = lambda: gauge.set(1)
 
 
 def _warm_up(model: ServingModel) -> None:

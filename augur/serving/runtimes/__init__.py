@@ -29,7 +29,7 @@ class Runtime(Protocol):
 def load_runtime(
     version: ModelVersion, threads: int = 1, compile_cache: Path | None = None
 ) -> Runtime:
-    """`compile_cache`: where `compile: lleaves` models keep their native code; by default
+    """`compile_cache`: where compiled LightGBM models keep their native code; by default
     <model repository>/.compiled (server.compile_cache). Refuses, before any framework
     parses it, an artifact whose bytes differ from metadata.json's sha256, a file of the
     wrong kind and any pickle in the version's folder."""
@@ -37,12 +37,18 @@ def load_runtime(
     check_version_folder(version.path)
     kind, artifact = version.spec.kind, version.artifact
     check_artifact(kind, artifact)
+    cache = compile_cache or version.path.parent.parent / COMPILE_CACHE
+    # verify() has just matched the recorded sha256 to the artifact's bytes
+    sha256 = version.metadata["sha256"]
     if version.spec.compile == "lleaves":
         from augur.serving.runtimes.compiled_runtime import CompiledTreeRuntime
 
-        cache = compile_cache or version.path.parent.parent / COMPILE_CACHE
-        # verify() has just matched the recorded sha256 to the artifact's bytes
-        return CompiledTreeRuntime(artifact, version.metadata["sha256"], cache, threads)
+        return CompiledTreeRuntime(artifact, sha256, cache, threads)
+    if kind == "lightgbm" and version.spec.compile == "auto":
+        from augur.serving.runtimes.tiered_runtime import TieredTreeRuntime
+
+        label = f"model {version.spec.name}@{version.version}"
+        return TieredTreeRuntime(artifact, sha256, cache, threads, label)
     if kind == "lightgbm":
         from augur.serving.runtimes.lightgbm_runtime import LightGBMRuntime
 

@@ -1,0 +1,146 @@
+"""`compile: auto`, the default: a LightGBM model serves on LightGBM at once, compiles its
+forest in a child process once busy, and from then on scores through the compiled code,
+the same scores; where compiling cannot finish it stays on LightGBM and keeps serving."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from augur.client.client import PredictorClient
+from augur.modelrepo.repository import ModelRepository, ModelSpec
+from augur.serving.runtimes import load_runtime
+from augur.serving.runtimes.compiled_runtime import CompiledTreeRuntime
+from augur.serving.runtimes.lightgbm_runtime import LightGBMRuntime
+from augur.serving.runtimes.tiered_runtime import COMPILE_AFTER_ROWS, TieredTreeRuntime
+from augur.serving.server import start
+from tests.conftest import server_config
+from tests.lifecycle_helpers import publish_lightgbm_variant
+from tests.test_compiled_trees import N_FEATURES, _rows, _train
+
+
+def _publish(repo: ModelRepository, tmp_path, compiler: str | None = None):
+    booster = _train("binary", True)
+    path = tmp_path / "trees.txt"
+    booster.save_model(str(path))
+    spec = ModelSpec("trees", "lightgbm", "trees_service")
+    if compiler is not None:
+        spec = dataclasses.replace(spec, compile=compiler)
+    features = {"features": [f"f{i}" for i in range(N_FEATURES)]}
+    return booster, repo.publish(spec, path, features)
+
+
+def _until(done, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_auto_is_the_default_and_writes_nothing_into_model_yaml(tmp_path):
+    repo = ModelRepository(tmp_path / "models")
+    _, version = _publish(repo, tmp_path)
+    assert version.spec.compile == "auto"
+    assert "compile" not in (repo.root / "trees" / "model.yaml").read_text()
+
+
+def test_a_busy_model_moves_to_compiled_code_with_the_same_scores(tmp_path):
+    repo = ModelRepository(tmp_path / "models")
+    booster, version = _publish(repo, tmp_path)
+    cache = tmp_path / "cache"
+    runtime = load_runtime(version, compile_cache=cache)
+    assert isinstance(runtime, TieredTreeRuntime)
+    rows = _rows(1_000)
+    expected = booster.predict(rows).reshape(-1, 1).astype(np.float32)
+
+    scored = 0
+    while scored < COMPILE_AFTER_ROWS - len(rows):  # short of the threshold: no compile
+        np.testing.assert_array_equal(runtime.predict(rows), expected)
+        scored += len(rows)
+    time.sleep(0.5)
+    assert not runtime.compiled and not list(cache.glob("*/*.o"))
+
+    np.testing.assert_array_equal(runtime.predict(rows), expected)  # crosses it
+    _until(lambda: runtime.compiled)
+    assert runtime.predict.__self__.__class__ is CompiledTreeRuntime  # calls skip LightGBM
+    np.testing.assert_array_equal(runtime.predict(rows), expected)
+    one = _rows(1, seed=3)
+    expected_one = booster.predict(one).reshape(1, 1).astype(np.float32)
+    np.testing.assert_array_equal(runtime.predict(one), expected_one)
+
+    again = load_runtime(version, compile_cache=cache)  # a restart: compiled from the start
+    assert again.compiled
+    np.testing.assert_array_equal(again.predict(rows), expected)
+
+
+def test_compile_none_stays_on_lightgbm(tmp_path):
+    repo = ModelRepository(tmp_path / "models")
+    _, version = _publish(repo, tmp_path, "none")
+    assert isinstance(load_runtime(version, compile_cache=tmp_path / "cache"), LightGBMRuntime)
+    assert "compile: none" in (repo.root / "trees" / "model.yaml").read_text()
+
+
+def test_where_compiling_fails_the_model_stays_on_lightgbm_and_says_why(tmp_path, caplog):
+    repo = ModelRepository(tmp_path / "models")
+    booster, version = _publish(repo, tmp_path)
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")  # even root cannot mkdir
+    runtime = load_runtime(version, compile_cache=blocked)
+    rows = _rows(COMPILE_AFTER_ROWS)
+    expected = booster.predict(rows).reshape(-1, 1).astype(np.float32)
+
+    with caplog.at_level("WARNING", logger="augur.serving.runtimes.tiered_runtime"):
+        np.testing.assert_array_equal(runtime.predict(rows), expected)
+        _until(lambda: "stays on LightGBM" in caplog.text)
+    assert "not writable" in caplog.text and not runtime.compiled
+    np.testing.assert_array_equal(runtime.predict(rows), expected)
+
+
+def _compiled_gauge(model: str, version: str) -> float | None:
+    """The server runs in this process: its metrics are this registry's."""
+    return REGISTRY.get_sample_value("augur_model_compiled", {"model": model, "version": version})
+
+
+def test_a_served_model_compiles_under_traffic_and_answers_the_same(
+    fraud_repo, model_repo, tmp_path
+):
+    models = tmp_path / "models"
+    shutil.copytree(model_repo, models)
+    repo = ModelRepository(models)
+    small = publish_lightgbm_variant(repo, "fraud_lgbm", seed=5, tmp=tmp_path)  # 20 trees
+    spec = dataclasses.replace(small.spec, name="auto_trees", compile="auto", aliases={})
+    version = repo.publish(spec, small.artifact, small.metadata).version
+    config = server_config(fraud_repo, models)
+    config.server.compile_cache = str(tmp_path / "compiled")
+    users = [*range(500), 987_654]  # the last user is unknown: its features are missing
+    entities = {"user_id": users, "merchant_id": [u % 80 for u in users]}
+    amounts = {"amount": [float(5 + u % 90) for u in users]}
+
+    running = start(config)
+    try:
+        with PredictorClient(f"127.0.0.1:{running.port}", timeout=10) as client:
+            client.wait_ready(10)
+            before = client.predict("auto_trees", entities, amounts).scores
+            assert _compiled_gauge("auto_trees", version) == 0.0
+            for _ in range(COMPILE_AFTER_ROWS // len(users) + 1):
+                client.predict("auto_trees", entities, amounts)
+            _until(lambda: _compiled_gauge("auto_trees", version) == 1.0)
+            after = client.predict("auto_trees", entities, amounts).scores
+    finally:
+        running.stop()
+
+    np.testing.assert_array_equal(after, before)
+    assert list((tmp_path / "compiled" / small.metadata["sha256"]).glob("*.o"))
+
+
+@pytest.mark.parametrize("kind", ["torch", "xgboost"])
+def test_auto_means_none_for_other_kinds(tmp_path, kind):
+    from augur.modelrepo.spec import parse_spec
+
+    spec = parse_spec("m", {"kind": kind, "feature_service": "fs"}, tmp_path / "model.yaml")
+    assert spec.compile == "auto"  # accepted; load_runtime compiles LightGBM only
