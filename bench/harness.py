@@ -18,8 +18,8 @@ with Augur at the 100-row points; where its virtualenv cannot be built the run s
 one line and goes on without it. `--quick` is a tiny version for the smoke test.
 `--augur processes=2` sets an Augur server option for the run (any `server.*` option of
 augur.yaml). Augur serves the model as a user's model.yaml does by default (`compile: auto`:
-once busy, the forest compiled by lleaves; the run compiles it first, as the server would a
-few seconds into its traffic); `--compile none` measures LightGBM's own predictor instead.
+once busy, the forest compiled by lleaves; the scenario's build compiles it, as the server
+would a few seconds into its traffic); `--compile none` measures LightGBM's own predictor.
 """
 
 from __future__ import annotations
@@ -75,11 +75,6 @@ def run(
             _say(started, f"building the {name} scenario in {work}")
             scenario = scenarios.build(name, work, redis.address, quick)
             scenarios.set_compile(scenario, compile_model)
-            if compile_model == "auto":
-                _say(started, "compiling the model as a busy compile: auto server does")
-                took = scenarios.compile_ahead(scenario)
-                if took is not None:
-                    scenario.build_s["compile"] = took
             sizes = sorted(set(profile.rows) | set(profile.inprocess_repeats))
             pools = {  # sizes timed only in process need fewer distinct requests
                 n: scenarios.requests(scenario, n, profile.pool if n in profile.rows else 32)

@@ -10,7 +10,9 @@ from each checkout with the defaults (bench/targets.py's, as `make bench` does),
 synchronous 1-thread and `grpc.aio` echo floors; then bench/load.py alternates the four
 servers over `--rounds` turns of `--calls` one-caller calls each (A B C D, D C B A, ...).
 Prints one line per server: p50, p99, the server's CPU a call, and the p50 over the fastest
-echo's. Not part of `make bench`.
+echo's. The build compiles the model (bench/scenarios.py): this checkout serves it compiled,
+as `compile: auto` does once busy; a checkout from before auto, through LightGBM's predict.
+Not part of `make bench`.
 """
 
 from __future__ import annotations
@@ -34,9 +36,6 @@ def run(before: Path, rounds: int, calls: int, quick: bool) -> list[dict]:
         work = Path(tmp)
         with EmbeddedRedis(data_dir=work / "redis") as redis:
             scenario = scenarios.build("fraud", work, redis.address, quick)
-            # this checkout's default (compile: auto) at its steady state; a checkout from
-            # before auto reads the same model.yaml as LightGBM's own predictor
-            scenarios.compile_ahead(scenario)
             servers: dict[str, targets.ServerProcess] = {}
             try:
                 for key, name, root in (
