@@ -357,3 +357,21 @@ def test_versus_refuses_a_folder_that_is_not_a_checkout_naming_it(tmp_path):
     assert done.returncode == 2
     assert f"{tmp_path} is not a checkout of Augur" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_tenants_runs_its_three_cases_and_prints_their_ratios():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.tenants", "--rounds", "1", "--calls", "40",
+         "--flood-callers", "4"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][2:]
+    cases = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert cases == ["alone", "flood on the same server", "flood on another server"]
+    assert rows[0].endswith("| 1.00x |")  # alone against itself
+    for row in rows:  # every case answered the victim: a goodput above zero
+        assert float(row.split(" | ")[1].split(" ")[0]) > 0
