@@ -214,6 +214,11 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent:  # the parent died before prctl took effect
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        import lleaves  # noqa: F401 - only whether it can be
+    except ImportError as e:
+        print(f"lleaves cannot be imported ({e}); install it with `{INSTALL}`", file=sys.stderr)
+        return 3
     entry_dir = cache / sha256
     try:
         entry_dir.mkdir(parents=True, exist_ok=True)
