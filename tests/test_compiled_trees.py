@@ -210,19 +210,37 @@ def test_without_lleaves_the_load_fails_saying_what_to_install(
         load_model(ModelRepository(models), "fraud_lgbm", build_plans(fraud_repo.store))
 
 
-def test_served_compiled_model_answers_like_lightgbm(fraud_repo, model_repo, tmp_path):
+def serve_variants(fraud_repo, model_repo, tmp_path, compilers: dict[str, str]):
+    """A copy of the model repository with the fraud model's 20-tree variant published under
+    each name of `compilers` with its `compile`, and a server config for it whose compile
+    cache is tmp_path/compiled: (config, the variant, name -> version)."""
     models = tmp_path / "models"
     shutil.copytree(model_repo, models)
     repo = ModelRepository(models)
     small = publish_lightgbm_variant(repo, "fraud_lgbm", seed=5, tmp=tmp_path)  # 20 trees
-    for name, compiler in (("plain", "none"), ("compiled", "lleaves")):
+    versions = {}
+    for name, compiler in compilers.items():
         spec = dataclasses.replace(small.spec, name=name, compile=compiler, aliases={})
-        repo.publish(spec, small.artifact, small.metadata)
+        versions[name] = repo.publish(spec, small.artifact, small.metadata).version
     config = server_config(fraud_repo, models)
     config.server.compile_cache = str(tmp_path / "compiled")
-    users = [*range(300), 987_654]  # the last user is unknown: its features are missing
-    entities = {"user_id": users, "merchant_id": [u % 80 for u in users]}
-    amounts = {"amount": [float(5 + u % 90) for u in users]}
+    return config, small, versions
+
+
+def fraud_calls(n_users: int) -> tuple[dict, dict]:
+    """Entities and request features of n known users and one unknown (features missing)."""
+    users = [*range(n_users), 987_654]
+    return (
+        {"user_id": users, "merchant_id": [u % 80 for u in users]},
+        {"amount": [float(5 + u % 90) for u in users]},
+    )
+
+
+def test_served_compiled_model_answers_like_lightgbm(fraud_repo, model_repo, tmp_path):
+    compilers = {"plain": "none", "compiled": "lleaves"}
+    config, small, _ = serve_variants(fraud_repo, model_repo, tmp_path, compilers)
+    entities, amounts = fraud_calls(300)
+    users = entities["user_id"]
 
     running = start(config)
     try:

@@ -5,7 +5,6 @@ the same scores; where compiling cannot finish it stays on LightGBM and keeps se
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 
 import numpy as np
@@ -19,9 +18,7 @@ from augur.serving.runtimes.compiled_runtime import CompiledTreeRuntime
 from augur.serving.runtimes.lightgbm_runtime import LightGBMRuntime
 from augur.serving.runtimes.tiered_runtime import COMPILE_AFTER_ROWS, TieredTreeRuntime
 from augur.serving.server import start
-from tests.conftest import server_config
-from tests.lifecycle_helpers import publish_lightgbm_variant
-from tests.test_compiled_trees import N_FEATURES, _rows, _train
+from tests.test_compiled_trees import N_FEATURES, _rows, _train, fraud_calls, serve_variants
 
 
 def _publish(repo: ModelRepository, tmp_path, compiler: str | None = None):
@@ -109,17 +106,12 @@ def _compiled_gauge(model: str, version: str) -> float | None:
 def test_a_served_model_compiles_under_traffic_and_answers_the_same(
     fraud_repo, model_repo, tmp_path
 ):
-    models = tmp_path / "models"
-    shutil.copytree(model_repo, models)
-    repo = ModelRepository(models)
-    small = publish_lightgbm_variant(repo, "fraud_lgbm", seed=5, tmp=tmp_path)  # 20 trees
-    spec = dataclasses.replace(small.spec, name="auto_trees", compile="auto", aliases={})
-    version = repo.publish(spec, small.artifact, small.metadata).version
-    config = server_config(fraud_repo, models)
-    config.server.compile_cache = str(tmp_path / "compiled")
-    users = [*range(500), 987_654]  # the last user is unknown: its features are missing
-    entities = {"user_id": users, "merchant_id": [u % 80 for u in users]}
-    amounts = {"amount": [float(5 + u % 90) for u in users]}
+    config, small, versions = serve_variants(
+        fraud_repo, model_repo, tmp_path, {"auto_trees": "auto"}
+    )
+    version = versions["auto_trees"]
+    entities, amounts = fraud_calls(500)
+    users = entities["user_id"]
 
     running = start(config)
     try:
