@@ -136,3 +136,21 @@ def test_auto_means_none_for_other_kinds(tmp_path, kind):
 
     spec = parse_spec("m", {"kind": kind, "feature_service": "fs"}, tmp_path / "model.yaml")
     assert spec.compile == "auto"  # accepted; load_runtime compiles LightGBM only
+
+
+def test_an_entry_of_another_build_is_not_loaded_and_the_model_compiles_once_busy(tmp_path):
+    repo = ModelRepository(tmp_path / "models")
+    booster, version = _publish(repo, tmp_path)
+    cache = tmp_path / "cache"
+    stale = cache / version.metadata["sha256"] / "lleaves0.9-0123456789abcdef-00.o"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"code of an older lleaves, or another CPU")
+    runtime = load_runtime(version, compile_cache=cache)
+    assert not runtime.compiled
+
+    rows = _rows(COMPILE_AFTER_ROWS)
+    runtime.predict(rows)
+    _until(lambda: runtime.compiled)
+    expected = booster.predict(rows).reshape(-1, 1).astype(np.float32)
+    np.testing.assert_array_equal(runtime.predict(rows), expected)
+    assert stale.exists() and len(list(stale.parent.glob("*.o"))) == 2  # its own entry beside

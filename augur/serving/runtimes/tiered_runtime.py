@@ -54,8 +54,12 @@ class TieredTreeRuntime:
         self._start_lock = threading.Lock()
         self._started = False
         if has_entry(cache_dir, sha256):
-            self._started = True  # compiled before: take it now, or stay on LightGBM
-            self._take(self._load())
+            # compiled before: take it now. An entry of another build (lleaves, LLVM or the
+            # CPU changed) is not this build's: the version compiles once busy, as if new.
+            compiled = self._load(absent_ok=True)
+            if compiled is not None:
+                self._started = True
+                self._take(compiled)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         # Until the swap: count rows and keep the latest batch for the parity check. The
@@ -99,11 +103,16 @@ class TieredTreeRuntime:
             return
         self._take(self._load())
 
-    def _load(self) -> CompiledTreeRuntime | None:
+    def _load(self, absent_ok: bool = False) -> CompiledTreeRuntime | None:
         path, sha256, cache_dir, threads = self._source
         try:
             return CompiledTreeRuntime(path, sha256, cache_dir, threads, cached_only=True)
-        except Exception as e:  # any failure means: keep LightGBM
+        except LookupError:
+            if absent_ok:
+                return None
+            log.warning("%s stays on LightGBM's predictor: no compiled code", self.label)
+            return None
+        except Exception as e:  # any other failure means: keep LightGBM
             log.warning("%s stays on LightGBM's predictor: %s", self.label, e)
             return None
 
