@@ -154,3 +154,27 @@ def test_an_entry_of_another_build_is_not_loaded_and_the_model_compiles_once_bus
     expected = booster.predict(rows).reshape(-1, 1).astype(np.float32)
     np.testing.assert_array_equal(runtime.predict(rows), expected)
     assert stale.exists() and len(list(stale.parent.glob("*.o"))) == 2  # its own entry beside
+
+
+def test_augur_models_compile_fills_the_cache_a_server_then_starts_on(tmp_path, capsys):
+    from augur.cli.main import main
+
+    repo = ModelRepository(tmp_path / "models")
+    booster, version = _publish(repo, tmp_path)
+    config = tmp_path / "augur.yaml"
+    config.write_text(f"model_repo: {repo.root}\nserver: {{compile_cache: {tmp_path / 'c'}}}\n")
+
+    assert main(["models", "compile", "trees", "--config", str(config)]) == 0
+    assert f"trees@{version.version}: compiled in" in capsys.readouterr().out
+    assert main(["models", "compile", "trees", version.version, "--config", str(config)]) == 0
+    assert "already compiled" in capsys.readouterr().out
+    runtime = load_runtime(version, compile_cache=tmp_path / "c")
+    assert runtime.compiled  # from its first call
+    rows = _rows(100)
+    expected = booster.predict(rows).reshape(-1, 1).astype(np.float32)
+    np.testing.assert_array_equal(runtime.predict(rows), expected)
+
+    path = repo.root / "trees" / "model.yaml"
+    path.write_text(path.read_text().replace("kind: lightgbm", "kind: xgboost"))
+    assert main(["models", "compile", "trees", "--config", str(config)]) == 1
+    assert "trees is xgboost; only LightGBM compiles" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from augur.config import Config
@@ -85,6 +86,11 @@ def add_parser(sub) -> None:
     v.add_argument("model")
     v.add_argument("version", nargs="?", default="", help="omit (or --off) to end the shadow")
     v.add_argument("--off", action="store_true")
+    compile_help = "compile a LightGBM version with lleaves into the compile cache now: servers "
+    compile_help += "then start on it (compile: auto otherwise compiles it once a server is busy)"
+    v = verb("compile", compile_help, False)
+    v.add_argument("model")
+    v.add_argument("version", nargs="?", default="", help="default: the stable version")
     v = verb("rollback", "end the canary now; all traffic returns to stable")
     v.add_argument("model")
     v.add_argument("--reason", default="operator rollback")
@@ -98,6 +104,8 @@ def run(args, cfg: Config) -> int:
             return _list(repo)
         if args.verb == "publish":
             return _publish(repo, args)
+        if args.verb == "compile":
+            return _compile(repo, cfg, args)
         if args.verb == "promote" and not args.force and not _skew_allows(repo, cfg, args):
             return 1
         if getattr(args, "server", None):
@@ -276,6 +284,28 @@ def _publish(repo: ModelRepository, args) -> int:
         f"{version.metadata['sha256'][:12]}...); route traffic to it with `augur models "
         f"canary {args.model} {version.version} --weight 0.1` or `promote`"
     )
+    return 0
+
+
+def _compile(repo: ModelRepository, cfg: Config, args) -> int:
+    from augur.serving.runtimes import COMPILE_CACHE
+    from augur.serving.runtimes.compiled_runtime import CompiledTreeRuntime
+
+    version = repo.resolve(args.model, args.version)
+    if version.spec.kind != "lightgbm":
+        print(f"augur models compile: {args.model} is {version.spec.kind}; only LightGBM compiles")
+        return 1
+    version.verify()
+    cache = Path(cfg.server.compile_cache or repo.root / COMPILE_CACHE)
+    began = time.perf_counter()
+    try:
+        runtime = CompiledTreeRuntime(version.artifact, version.metadata["sha256"], cache)
+    except RuntimeError as e:  # lleaves is not installed
+        print(f"augur models compile: {e}")
+        return 1
+    done = "already compiled" if runtime.cache_hit else "compiled"
+    took = time.perf_counter() - began
+    print(f"{args.model}@{version.version}: {done} in {took:.1f} s, in {cache}")
     return 0
 
 
