@@ -5,7 +5,11 @@ the same scores; where compiling cannot finish it stays on LightGBM and keeps se
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +182,34 @@ def test_augur_models_compile_fills_the_cache_a_server_then_starts_on(tmp_path, 
     path.write_text(path.read_text().replace("kind: lightgbm", "kind: xgboost"))
     assert main(["models", "compile", "trees", "--config", str(config)]) == 1
     assert "trees is xgboost; only LightGBM compiles" in capsys.readouterr().out
+
+
+def test_a_process_that_exits_while_compiling_leaves_no_compile_behind(tmp_path):
+    repo = ModelRepository(tmp_path / "models")
+    _publish(repo, tmp_path)
+    cache = tmp_path / "cache"
+    script = f"""
+import numpy as np
+from augur.modelrepo.repository import ModelRepository
+from augur.serving.runtimes import load_runtime
+runtime = load_runtime(ModelRepository({str(repo.root)!r}).resolve("trees"),
+                       compile_cache=__import__("pathlib").Path({str(cache)!r}))
+runtime.predict(np.zeros(({COMPILE_AFTER_ROWS}, {N_FEATURES}), np.float32))
+"""  # and exits at once: the compile's child is still starting, before its PR_SET_PDEATHSIG
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[1], timeout=120, check=False
+    )
+    assert done.returncode == 0
+    left = [
+        pid
+        for pid in filter(str.isdigit, os.listdir("/proc"))
+        if str(cache).encode() in _cmdline(pid)
+    ]
+    assert not left, "a compile outlived the process that started it"
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""

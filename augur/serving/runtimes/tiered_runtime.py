@@ -15,6 +15,7 @@ one log line: compiling is an optimisation, never a reason to fail a model.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import subprocess
@@ -36,6 +37,28 @@ COMPILE_AFTER_ROWS = 5_000
 # Several times the compile of the largest forests we have timed (~6 s for 200 trees on a
 # shared core); past it the child is killed and the model stays on LightGBM.
 COMPILE_TIMEOUT_S = 600.0
+_FAILED = "%s stays on LightGBM's predictor: compiling failed (%s)"
+
+
+# Compiles running in child processes. At exit they are killed and waited for: a server
+# that stops leaves no process behind (PR_SET_PDEATHSIG, set by the child once started,
+# covers a server killed outright).
+_children: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+_closing = False
+
+
+def _stop_compiles() -> None:
+    global _closing
+    with _CHILDREN_LOCK:
+        _closing = True
+        running = list(_children)
+    for child in running:
+        child.kill()
+        child.wait()
+
+
+atexit.register(_stop_compiles)
 
 
 class TieredTreeRuntime:
@@ -90,16 +113,31 @@ class TieredTreeRuntime:
             str(os.getpid()),
         ]
         log.info("%s: compiling its forest with lleaves in a child process", self.label)
+        with _CHILDREN_LOCK:
+            if _closing:  # the process is exiting: it would never use the code
+                return
+            try:
+                child = subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                )
+            except OSError as e:
+                log.warning(_FAILED, self.label, e)
+                return
+            _children.add(child)
         try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log.warning("%s stays on LightGBM's predictor: compiling failed (%s)", self.label, e)
-            return
-        if done.returncode != 0:
-            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            log.warning("%s stays on LightGBM's predictor: compiling failed (%s)", self.label, why)
+            _, err = child.communicate(timeout=COMPILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            err = f"still compiling after {COMPILE_TIMEOUT_S:.0f} s"
+        finally:
+            with _CHILDREN_LOCK:
+                _children.discard(child)
+        if child.returncode != 0:
+            if _closing:  # killed by _stop_compiles: nothing failed
+                return
+            why = (err.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+            log.warning(_FAILED, self.label, why)
             return
         self._take(self._load())
 
