@@ -376,8 +376,7 @@ def _redis_cluster(args) -> int:
 
 
 def run() -> None:
-    """Console entry point. Always leaves through os._exit, skipping interpreter teardown,
-    where duckdb's bindings (loaded by Feast's offline store) print spurious leak reports."""
+    """Console entry point, leaving by os._exit: in teardown duckdb (Feast's) prints false leaks."""
     import logging
     import os
     import traceback
@@ -389,6 +388,8 @@ def run() -> None:
     except BaseException:
         traceback.print_exc()
         code = 1
+    if (compiling := sys.modules.get("augur.serving.runtimes.tiered_runtime")) is not None:
+        compiling.stop_compiles()  # os._exit runs no atexit hook: no compile outlives `augur`
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

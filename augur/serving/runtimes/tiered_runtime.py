@@ -42,13 +42,15 @@ _FAILED = "%s stays on LightGBM's predictor: compiling failed (%s)"
 
 # Compiles running in child processes. At exit they are killed and waited for: a server
 # that stops leaves no process behind (PR_SET_PDEATHSIG, set by the child once started,
-# covers a server killed outright).
+# covers a server killed outright). `augur` leaves through os._exit, which runs no atexit
+# hook: it calls stop_compiles itself.
 _children: set[subprocess.Popen] = set()
 _CHILDREN_LOCK = threading.Lock()
 _closing = False
 
 
-def _stop_compiles() -> None:
+def stop_compiles() -> None:
+    """Kill and wait for the compiles still running; start no more."""
     global _closing
     with _CHILDREN_LOCK:
         _closing = True
@@ -58,7 +60,7 @@ def _stop_compiles() -> None:
         child.wait()
 
 
-atexit.register(_stop_compiles)
+atexit.register(stop_compiles)
 
 
 class TieredTreeRuntime:
@@ -134,7 +136,7 @@ class TieredTreeRuntime:
             with _CHILDREN_LOCK:
                 _children.discard(child)
         if child.returncode != 0:
-            if _closing:  # killed by _stop_compiles: nothing failed
+            if _closing:  # killed by stop_compiles: nothing failed
                 return
             why = (err.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
             log.warning(_FAILED, self.label, why)
