@@ -239,8 +239,40 @@ def test_the_c_assembly_applies_ttl_and_defaults_like_numpy(fraud_repo, plan, n)
             assert x.missing.tolist() == y.missing.tolist()
             assert x.stale.tolist() == y.stale.tolist()
             assert x.distinct_keys == y.distinct_keys
+            # the C assembly's totals (what the metrics count) are the arrays' sums
+            assert x.totals is not None and y.totals is None
+            assert x.missing_and_stale() == (x.missing.sum(), x.stale.sum())
+            assert x.missing_and_stale() == y.missing_and_stale()
+            assert x.missing_and_stale()[0] > 0  # the unknown user's features are missing
             if clock is not None and enforce:
                 assert x.stale.sum() > 0  # the far-off clock did expire values
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(width=64) | st.integers(-(2**70), 2**70), max_size=40))
+def test_request_doubles_become_float32_or_name_the_first_that_cannot(values):
+    """float32s: the cast numpy makes when every value is finite and within float32's range,
+    else the index of the first that is not (NaN, infinities, and finite doubles that
+    float32 would round to infinity), whatever the numbers."""
+    limit = float(np.finfo(np.float32).max) + 2.0**103
+    doubles = [float(v) for v in values]
+    out = np.full(len(doubles), -1.0, np.float32)
+    bad = native.float32s(doubles, out, limit)
+    fails = [i for i, v in enumerate(doubles) if not abs(v) < limit]
+    assert bad == (fails[0] if fails else -1)
+    if not fails:
+        np.testing.assert_array_equal(out, np.array(doubles, np.float64).astype(np.float32))
+        assert np.isfinite(out).all()
+
+
+@needs_native
+def test_request_doubles_that_are_not_numbers_are_refused():
+    out = np.empty(2, np.float32)
+    with pytest.raises(TypeError):
+        native.float32s([1.0, "x"], out, 1e38)
+    with pytest.raises(ValueError):  # an output too small is refused, never overrun
+        native.float32s([1.0, 2.0, 3.0], out, 1e38)
 
 
 def test_a_server_without_the_c_loops_says_so_and_answers_the_same(

@@ -522,6 +522,7 @@ typedef struct {
     Py_buffer values, missing, stale, event, defaults;
     int held; /* how many of the five are held, in that order */
     Py_ssize_t n, width, n_views;
+    long long missing_total, stale_total; /* out_fill's sums: what the metrics count */
 } Out;
 
 static void out_release(Out *o) {
@@ -605,8 +606,10 @@ static int assemble_group(Out *o, const float *vals, Py_ssize_t vals_len, const 
     return 0;
 }
 
-/* Per row: missing values counted, and replaced by the declared defaults where given. */
+/* Per row: missing values counted, and replaced by the declared defaults where given; the
+ * read's totals of missing and stale values kept. */
 static void out_fill(Out *o) {
+    o->missing_total = o->stale_total = 0;
     const float *fill = o->held >= 5 ? o->defaults.buf : NULL;
     float *out = o->values.buf;
     int32_t *out_missing = o->missing.buf;
@@ -620,6 +623,8 @@ static void out_fill(Out *o) {
             }
         }
         out_missing[r] = gaps;
+        o->missing_total += gaps;
+        o->stale_total += ((const int32_t *)o->stale.buf)[r];
     }
 }
 
@@ -660,7 +665,7 @@ static PyObject *assemble(PyObject *self, PyObject *args) {
         if (failed) goto out;
     }
     out_fill(&o);
-    result = Py_NewRef(Py_None);
+    result = Py_BuildValue("LL", o.missing_total, o.stale_total);
 out:
     Py_XDECREF(fast);
     out_release(&o);
@@ -747,8 +752,9 @@ static PyObject *read_few(PyObject *self, PyObject *args) {
         views_release(views, got_views);
         if (failed) goto out;
     }
+    o.missing_total = o.stale_total = 0;
     if (p >= 0 && !fallbacks) out_fill(&o);
-    result = Py_BuildValue("nn", p, fallbacks);
+    result = Py_BuildValue("nnLL", p, fallbacks, o.missing_total, o.stale_total);
 out:
     Py_XDECREF(fast);
     out_release(&o);
@@ -947,6 +953,41 @@ out:
     return result;
 }
 
+/* ---- Request features ------------------------------------------------------------- */
+
+/* A request's doubles as float32, each checked first (a finite double past float32's range
+ * would reach the model as inf): one call where numpy took six, each paid cold per call. */
+static PyObject *float32s(PyObject *self, PyObject *args) {
+    PyObject *seq_obj, *out_obj;
+    double limit;
+    if (!PyArg_ParseTuple(args, "OOd", &seq_obj, &out_obj, &limit)) return NULL;
+    PyObject *fast = PySequence_Fast(seq_obj, "doubles: expected a sequence");
+    if (fast == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), bad = -1;
+    Py_buffer out;
+    if (get_buffer(out_obj, &out, 1, 4, n, "out") < 0) {
+        Py_DECREF(fast);
+        return NULL;
+    }
+    float *dst = out.buf;
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double v = PyFloat_AsDouble(items[i]);
+        if (v == -1.0 && PyErr_Occurred()) {
+            bad = -2;
+            break;
+        }
+        if (!(fabs(v) < limit)) {
+            bad = i;
+            break;
+        }
+        dst[i] = (float)v;
+    }
+    PyBuffer_Release(&out);
+    Py_DECREF(fast);
+    return bad == -2 ? NULL : PyLong_FromSsize_t(bad);
+}
+
 static PyMethodDef methods[] = {
     {"partition", partition, METH_VARARGS,
      "partition(payload, count, owner_of, nodes, owners) -> list of bytes: the `count` commands "
@@ -971,11 +1012,16 @@ static PyMethodDef methods[] = {
      "-2: a reply of another shape), and how many entities have bit 0 and bit 1 of flags."},
     {"read_few", read_few, METH_VARARGS,
      "read_few(buf, pos, groups, now, enforce_ttl, defaults, values, missing, stale, event_ts) "
-     "-> (end, fallbacks): decode_vectors and assemble for a read of a few rows, in one call."},
+     "-> (end, fallbacks, missing, stale): decode_vectors and assemble for a read of a few "
+     "rows, in one call; missing and stale: the totals of those arrays."},
     {"assemble", assemble, METH_VARARGS,
-     "assemble(groups, now, enforce_ttl, defaults, values, missing, stale, event_ts): the "
-     "request's rows from each group's distinct entities, TTL applied, gaps counted and "
-     "filled with defaults (None: left NaN)."},
+     "assemble(groups, now, enforce_ttl, defaults, values, missing, stale, event_ts) -> "
+     "(missing, stale): the request's rows from each group's distinct entities, TTL applied, "
+     "gaps counted and filled with defaults (None: left NaN); the totals of missing and stale."},
+    {"float32s", float32s, METH_VARARGS,
+     "float32s(doubles, out, limit) -> bad: a sequence of floats into out (float32, len(doubles)) "
+     "when every |value| < limit (NaN fails), else the index of the first that is not (-1: all "
+     "fit)."},
     {NULL, NULL, 0, NULL},
 };
 

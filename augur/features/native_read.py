@@ -99,9 +99,9 @@ class NativeRead:
         if isinstance(got, bytearray):
             values, missing, stale, event_ts = rows.outputs(plan, n)
             defaults = plan.defaults if plan.has_defaults else None
-            end, fallbacks = native.read_few(
+            end, fallbacks, *totals = native.read_few(
                 got, 0, spec, self._clock(), enforce_ttl, defaults, values, missing, stale, event_ts
             )
             if end == len(got) and not fallbacks:
-                return FeatureRows(values, missing, stale, event_ts, count)
+                return FeatureRows(values, missing, stale, event_ts, count, totals=tuple(totals))
         return self._python.read_few(entities, n, enforce_ttl, timeout_s)

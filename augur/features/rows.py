@@ -34,6 +34,16 @@ class FeatureRows:
     event_ts: np.ndarray  # float64 (n, views): the view's event time, NaN when absent
     distinct_keys: int  # distinct entity keys needed, after deduplication
     cache_hits: int = 0  # of those, served from the process-level row cache
+    # the sums of missing and stale where the C assembly kept them (None: sum the arrays)
+    totals: tuple[int, int] | None = None
+
+    def missing_and_stale(self) -> tuple[int, int]:
+        """How many values are missing among the rows, and how many of those were stale."""
+        if self.totals is not None:
+            return self.totals
+        # count_nonzero first: a sum sets up a reduction, and most reads have nothing missing
+        missing = int(self.missing.sum()) if np.count_nonzero(self.missing) else 0
+        return missing, int(self.stale.sum()) if np.count_nonzero(self.stale) else 0
 
     @classmethod
     def unavailable(cls, plan: ReadPlan, n: int) -> FeatureRows:
@@ -71,6 +81,17 @@ def outputs(plan: ReadPlan, n: int) -> tuple[np.ndarray, ...]:
     )
 
 
+_F32, _F64, _I64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64)
+
+
+def _as_c(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`array` as C-contiguous `dtype` for the C assembly, converted only where it is not
+    already (it usually is): a numpy call skipped is some microseconds of cold code a read."""
+    if array.dtype == dtype and array.flags.c_contiguous:
+        return array
+    return np.ascontiguousarray(array, dtype)
+
+
 def assemble_native(
     plan: ReadPlan,
     n: int,
@@ -84,16 +105,17 @@ def assemble_native(
     values, missing, stale, event_ts = outputs(plan, n)
     groups = [
         (
-            np.ascontiguousarray(fetch.vals, np.float32),
-            np.ascontiguousarray(fetch.ts, np.float64),
-            np.ascontiguousarray(inverse, np.int64),
+            _as_c(fetch.vals, _F32),
+            _as_c(fetch.ts, _F64),
+            _as_c(inverse, _I64),
             *group.native_assembly,
         )
         for group, (_, inverse), fetch in zip(plan.groups, work, fetches, strict=True)
     ]
     defaults = plan.defaults if plan.has_defaults else None
-    native.assemble(groups, now, enforce_ttl, defaults, values, missing, stale, event_ts)
-    return FeatureRows(values, missing, stale, event_ts, sum(len(k) for k, _ in work))
+    totals = native.assemble(groups, now, enforce_ttl, defaults, values, missing, stale, event_ts)
+    distinct = sum(len(k) for k, _ in work)
+    return FeatureRows(values, missing, stale, event_ts, distinct, totals=totals)
 
 
 def assemble(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from augur.api.v1 import predictor_pb2 as pb
+from augur.features.native import native
 from augur.features.odfv import request_values
 from augur.features.plan import ReadPlan
 from augur.serving.errors import invalid, shown
@@ -159,8 +160,15 @@ def _float32_column(name: str, raw: Sequence[float], n: int) -> np.ndarray:
     """Request feature `name`'s doubles as float32. Models take float32: a finite double
     beyond its range would reach them as inf (and come back as NaN scores), so it is
     refused like inf itself. Checked on the doubles (NaN fails the comparison too), so the
-    cast never overflows; a few values in Python, where numpy's calls would cost more."""
-    if n <= _CHECKED_IN_PYTHON:
+    cast never overflows; in one C call where the read path's loops are built (numpy's six
+    calls, their code cold on every call in a server, cost 20-30 us for 100 values), else a
+    few values in Python, where numpy's calls would cost more."""
+    if native is not None:
+        out = np.empty(n, np.float32)
+        bad = native.float32s(raw, out, _FLOAT32_LIMIT)
+        if bad < 0:
+            return out
+    elif n <= _CHECKED_IN_PYTHON:
         raw = list(raw)
         bad = next((i for i, v in enumerate(raw) if not abs(v) < _FLOAT32_LIMIT), None)
         if bad is None:
