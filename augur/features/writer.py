@@ -127,19 +127,26 @@ class OnlineWriter:
         seconds, nanos = micros // 1_000_000, (micros % 1_000_000) * 1000
         n = len(rows)
         keys = keys.take(rows)
-        args: list[Ragged | bytes] = [b"HSET", keys]
+        fields: list[Ragged | bytes] = []
         vector = np.empty((n, len(view.features)), np.float32)
         for j, (name, dtype) in enumerate(view.features):
             values, present = _column(chunk.column(name), dtype)
             values, present = values[rows], present[rows]
-            args += [feature_field(view.name, name), encode_column(values, present, dtype)]
+            fields += [feature_field(view.name, name), encode_column(values, present, dtype)]
             vector[:, j] = np.where(present, values.astype(np.float32), np.nan)
         stamps = encode_timestamps(seconds, nanos)
-        args += [
-            timestamp_field(view.name),
-            stamps,
+        # The vector and its stamp first: a new hash keeps its fields in the order written,
+        # and Redis finds an HMGET's fields by a walk from the first, so a read of these two
+        # (every Predict's) skips the view's feature fields (a sixth of Redis's CPU on the
+        # fraud benchmark's reads). Feast reads fields by name; the order is nothing to it.
+        args: list[Ragged | bytes] = [
+            b"HSET",
+            keys,
             vector_field(view.name),
             pack(view.layout, seconds, nanos, stamps.trimmed(), vector),
+            timestamp_field(view.name),
+            stamps,
+            *fields,
         ]
         commands = [args]
         if self._key_ttl:
