@@ -154,7 +154,6 @@ class GroupFetch:
         decoded in C; any other replies (Feast's fields, or a shape the C does not expect)
         parsed and decoded as `decode` does."""
         count = len(self.keys)
-        end, _ = native.scan(data, offset, count)
         if self.packed:
             group = self.group
             vals = np.empty((count, len(group.columns)), np.float32)
@@ -163,12 +162,13 @@ class GroupFetch:
             done, fallbacks, with_data = native.decode_vectors(
                 data, offset, count, group.native_views, len(group.columns), vals, ts, flags
             )
-            if done == end:
+            if done >= 0:  # all `count` replies, each of the expected shape: their end
                 self.vals, self.ts = vals, ts
                 if fallbacks:
                     self.fallback = np.flatnonzero(flags & 1)
                 self.fallbacks, self.with_data = fallbacks, with_data
-                return end
+                return done
+        end, _ = native.scan(data, offset, count)
         self.decode(parse(data, offset, end, count), 0)
         return end
 
