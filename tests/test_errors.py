@@ -141,6 +141,14 @@ def test_unknown_request_feature(client):
     assert error.details().startswith("request_features.tip:")
 
 
+def test_a_misnamed_request_feature_is_named(client):
+    """One column for the one wanted, under another name: the name given is the error (not
+    only the one missing)."""
+    error = _call(client, request_features={"amnt": pb.DoubleList(values=[1.0, 2.0])})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("request_features.amnt: not a request feature")
+
+
 def test_unknown_feature_service(client):
     with pytest.raises(grpc.RpcError) as caught:
         client.stub.GetOnlineFeatures(

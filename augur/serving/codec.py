@@ -139,21 +139,29 @@ def decode_entities(columns, plan: ReadPlan, max_rows: int, owner: str) -> tuple
 def decode_request_features(
     columns, wanted: Sequence[str], n: int, owner: str, as_float32: bool = True
 ) -> dict[str, np.ndarray]:
-    for name in columns:
-        if name not in wanted:
-            raise invalid(
-                f"request_features.{shown(name)}: not a request feature of {owner}; expected "
-                f"{', '.join(wanted) or 'none'}"
-            )
+    # Every wanted column is required, so as many columns as wanted leave no room for one
+    # not wanted unless one is missing: the usual call skips a walk of the protobuf map.
+    if len(columns) != len(wanted):
+        _refuse_unwanted(columns, wanted, owner)
     out = {}
     for name in wanted:
         if name not in columns:
+            _refuse_unwanted(columns, wanted, owner)
             raise invalid(f"request_features.{name}: missing; {owner} needs it for every row")
         values = columns[name].values
         if len(values) != n:
             raise invalid(f"request_features.{name}: {len(values)} values for {n} entity rows")
         out[name] = _float32_column(name, values, n) if as_float32 else list(values)
     return out
+
+
+def _refuse_unwanted(columns, wanted: Sequence[str], owner: str) -> None:
+    for name in columns:
+        if name not in wanted:
+            raise invalid(
+                f"request_features.{shown(name)}: not a request feature of {owner}; expected "
+                f"{', '.join(wanted) or 'none'}"
+            )
 
 
 def _float32_column(name: str, raw: Sequence[float], n: int) -> np.ndarray:
