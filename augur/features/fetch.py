@@ -95,14 +95,22 @@ class Fetcher:
         """`group`'s part of a read of `keys`, sending what this read takes it from."""
         return GroupFetch(group, keys, self.packed(group), self.hgetall(group))
 
-    def fetch(self, fetches: list[GroupFetch], timeout_s: float | None, raw: bool) -> None:
+    def fetch(
+        self,
+        fetches: list[GroupFetch],
+        timeout_s: float | None,
+        raw: bool,
+        replies: list | bytearray | None = None,
+    ) -> None:
         """Every group's replies, decoded into its fetch: one round trip, and a second for
         entities whose vectors are outdated. `raw`: the first round trip's replies are
-        decoded in C (augur.features._native) where their shape allows."""
+        decoded in C (augur.features._native) where their shape allows. `replies`: those of
+        the first round trip, made already (a read in one C call that found it could not)."""
         count = sum(len(f.keys) for f in fetches)
         if count:
-            payload = b"".join(f.payload() for f in fetches)
-            replies = self.trip(payload, count, timeout_s, raw=raw)
+            if replies is None:
+                payload = b"".join(f.payload() for f in fetches)
+                replies = self.trip(payload, count, timeout_s, raw=raw)
             offset = 0
             if isinstance(replies, bytearray):
                 for f in fetches:
