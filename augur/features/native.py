@@ -1,8 +1,8 @@
 """The read path's C loops (augur.features._native), when they were built.
 
 setup.py builds them where a C compiler is present; the install goes on without one. The
-reader reads through them when they are here (augur.features.native_read: a read of a few
-entities in one call, a larger one in a few), and through augur.features.python_read's
+reader reads through them when they are here (augur.features.native_read: a read's replies
+decoded and assembled in one call), and through augur.features.python_read's
 numpy, hiredis and Python-scalar paths otherwise: the same results
 (tests/test_differential.py checks both against Feast; tests/test_native.py checks the C
 functions one by one). `AUGUR_NATIVE=0` turns them off for a process.

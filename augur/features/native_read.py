@@ -1,10 +1,12 @@
 """The read path through augur.features._native's C loops: the same results as `PythonRead`.
 
 One `NativeRead` per plan. A read of a few rows is decoded and assembled in one C call
-(`read_few`), its commands from a template where it is one entity of int64 ids; a read of
-more rows is deduplicated, its commands built, its vectors decoded and its rows assembled in
-C, a call or two per group. What the C does not take (Feast's fields, outdated vectors,
-replies of another shape) goes to the Python path, the reference, which reads it again.
+(`read_few`), its commands from a template where it is one entity of int64 ids, its keys
+deduplicated in a dict; a read of more rows is deduplicated and its commands built in C per
+group, then decoded and assembled by the same one call. Replies that call does not take
+(an outdated vector, a reply of another shape) are decoded per group instead, Feast's fields
+read for the outdated entities; a few rows go to the Python path, the reference, which reads
+them again.
 """
 
 from __future__ import annotations
