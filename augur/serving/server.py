@@ -43,6 +43,7 @@ from augur.serving.servicer import PredictorServicer
 from augur.serving.servicer import add_to_server as add_predictor
 from augur.serving.supervisor import await_siblings, supervisor_pid
 from augur.serving.tracing import Tracing
+from augur.serving.wire import wire
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -221,6 +222,11 @@ def start(config: Config, span_exporter: Any = None) -> RunningServer:
         log.info(
             "reads run in numpy: augur.features._native is not built here (a C compiler at "
             "install time builds it) or AUGUR_NATIVE=0"
+        )
+    if wire is None:  # the same answers, some 30 us more a Predict
+        log.info(
+            "Predict's requests and answers go through protobuf's messages: "
+            "augur.serving._wire is not built here or AUGUR_NATIVE=0"
         )
     if isinstance(pool, GreenPool) and pool.on_polling_thread:
         handlers = "green pool on gRPC's polling thread"

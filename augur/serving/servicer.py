@@ -3,7 +3,9 @@ call to its lane (admit, decode, read features, score), encode the answer - and 
 turned into a status code and counted. The stages are the modules named below, each entered
 once; this file holds none of them. `add_to_server` registers it taking each request's bytes
 raw, parsed here after auth: grpcio's own parse of bad bytes logs a traceback and keeps
-memory (about 16 KB a call), before any interceptor has looked at the caller."""
+memory (about 16 KB a call), before any interceptor has looked at the caller. A Predict's
+request is read, and its answer written, in C where augur.serving.wire has it: the request
+is then a wire.WireRequest, which the codec reads as it reads the message."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from augur.serving.scoring import Scorer
 from augur.serving.shadow import ShadowScorer
 from augur.serving.tenants import TenantTable
 from augur.serving.tracing import StageMarks, Tracing
+from augur.serving.wire import parse_predict
 
 log = logging.getLogger(__name__)
 _OK = grpc.StatusCode.OK
@@ -236,5 +239,7 @@ def _count(method: str, model: str, version: str, code: grpc.StatusCode, started
 
 
 def add_to_server(servicer: PredictorServicer, server: grpc.Server) -> None:
-    """Register `augur.v1.Predictor`, each request parsed after auth (serving/parsing.py)."""
-    add_parsed(pb.DESCRIPTOR.services_by_name["Predictor"], pb, servicer, server)
+    """Register `augur.v1.Predictor`, each request parsed after auth (serving/parsing.py), a
+    Predict's by augur.serving.wire where it takes the bytes."""
+    service = pb.DESCRIPTOR.services_by_name["Predictor"]
+    add_parsed(service, pb, servicer, server, readers={"Predict": parse_predict})
