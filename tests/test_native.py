@@ -25,14 +25,16 @@ from augur.features.native import native
 from augur.features.packed import HEADER_BYTES
 from augur.features.reader import OnlineReader
 from augur.features.repo import build_plan
+from augur.serving.wire import wire
 
 needs_native = pytest.mark.skipif(native is None, reason="augur.features._native is not built")
 
 
-def test_the_c_loops_are_built_where_a_compiler_is():
+@pytest.mark.parametrize("built", [native, wire], ids=["read path", "Predict's wire codec"])
+def test_the_c_extensions_are_built_where_a_compiler_is(built):
     if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler here: the reader's numpy paths serve alone")
-    assert native is not None, "setup.py's optional extension failed to build: see pip's log"
+        pytest.skip("no C compiler here: the numpy and protobuf paths serve alone")
+    assert built is not None, "setup.py's optional extension failed to build: see pip's log"
 
 
 @needs_native
@@ -279,7 +281,8 @@ def test_a_server_without_the_c_loops_says_so_and_answers_the_same(
     fraud_repo, model_repo, client, servers
 ):
     """`augur serve` with AUGUR_NATIVE=0 (as on a machine without a compiler) logs that its
-    reads run in numpy, and answers what the C path answers, features and status included."""
+    reads run in numpy and its Predicts through protobuf's messages, and answers what the C
+    paths answer, features and status included."""
     process = servers.serve(fraud_repo, model_repo, env={**os.environ, "AUGUR_NATIVE": "0"})
     port = process.port
     rng = np.random.default_rng(3)
@@ -294,6 +297,7 @@ def test_a_server_without_the_c_loops_says_so_and_answers_the_same(
         output = process.communicate(timeout=30)[0].decode()
     want = client.predict("fraud_lgbm", entities, amounts, return_features=True)
     assert "reads run in numpy" in output
+    assert "Predict's requests and answers go through protobuf's messages" in output
     np.testing.assert_array_equal(got.features, want.features)
     np.testing.assert_array_equal(got.scores, want.scores)
     assert got.missing.tolist() == want.missing.tolist() and (want.missing > 0).any()

@@ -11,22 +11,11 @@ reads or refuses what this module does not take (any encoding but the usual one)
 
 from __future__ import annotations
 
-import os
-from types import ModuleType
 from typing import NamedTuple
 
+from augur.features.native import extension
 
-def _load() -> ModuleType | None:
-    if os.environ.get("AUGUR_NATIVE", "1") == "0":
-        return None
-    try:
-        from augur.serving import _wire
-    except ImportError:
-        return None
-    return _wire
-
-
-wire: ModuleType | None = _load()
+wire = extension("augur.serving._wire")
 
 
 class Options(NamedTuple):
