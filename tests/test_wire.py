@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from augur.api.v1 import predictor_pb2 as pb
-from augur.serving.codec import decode_entities, decode_request_features
+from augur.serving.codec import decode_entities, decode_request_features, predict_response
 from augur.serving.wire import Options, parse_predict, wire
 
 needs_wire = pytest.mark.skipif(wire is None, reason="augur.serving._wire is not built")
@@ -178,3 +178,17 @@ def test_an_answer_refuses_what_it_cannot_write():
         wire.predict_response("m", "v", -1, 1, np.zeros(1, np.float32), False)
     with pytest.raises((ValueError, BufferError)):  # not C-contiguous
         wire.predict_response("m", "v", 2, 1, np.zeros((2, 2), np.float32)[:, 0], False)
+
+
+@needs_wire
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8", ">f8", "<f2"])
+def test_the_codec_writes_in_c_only_what_c_writes_as_protobuf_would(dtype):
+    """Native float32/float64 scores go out as bytes; any other array as the message (the C
+    writer takes native floats only), and both read back as the same answer."""
+    scores = np.array([[0.25], [0.5]], dtype)
+    scored = SimpleNamespace(scores=scores, batch=np.zeros((2, 3)), degraded=False, rows=None)
+    got = predict_response("m", Options(), scored, ["v1"])
+    assert isinstance(got, bytes) == (dtype in ("<f4", "<f8"))
+    message = pb.PredictResponse.FromString(got) if isinstance(got, bytes) else got
+    assert (message.model, message.version, message.rows, message.outputs) == ("m", "v1", 2, 1)
+    assert list(message.scores) == [0.25, 0.5]

@@ -55,6 +55,7 @@ def predict_response(
         and len(versions) == 1
         and not (options.return_features or options.return_feature_status)
         and scores.dtype.char in "fd"
+        and scores.dtype.isnative
         and scores.flags.c_contiguous
     ):
         return wire.predict_response(
