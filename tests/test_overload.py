@@ -1,13 +1,23 @@
 """Overload over real gRPC on loopback: many callers on the default settings are queued and
 answered, never refused at a fixed count; under ten times the load every call is answered
 within its deadline; a 10k-row call does not hold a 1-row call behind it. Bounds are
-generous: the point is the outcome, not the timing."""
+generous: the point is the outcome, not the timing.
+
+The many callers run in a process of their own, as a service's callers do. In the server's
+own interpreter they took a third of its GIL (0.27 ms a call against the server's 0.49),
+which held its capacity at 320 callers to about their count over the 250 ms deadline: the
+queue then sat at the deadline, and whether half the calls made it was a coin toss
+(38-73% in runs of the same code)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,6 +30,7 @@ from bench.load import CHANNEL_OPTIONS, request
 from tests.conftest import server_config
 
 CONNECTIONS = 16
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _requests(rows: int, count: int = 32) -> list:
@@ -69,6 +80,24 @@ async def _callers(port: int, callers: int, calls: int, deadline_s: float) -> li
     return outcomes
 
 
+def _callers_elsewhere(port: int, callers: int, calls: int, deadline_s: float) -> list[tuple]:
+    """`_callers` run in a process of its own: (code, seconds) per call."""
+    run = (
+        "import asyncio, json, sys\n"
+        "from tests.test_overload import _callers\n"
+        "print(json.dumps(asyncio.run(_callers(*json.loads(sys.argv[1])))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", run, json.dumps([port, callers, calls, deadline_s])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [tuple(outcome) for outcome in json.loads(done.stdout)]
+
+
 @pytest.fixture(scope="module")
 def defaults_server(fraud_repo, model_repo):
     """A server on the default settings, but for max_rows (10k-row calls)."""
@@ -82,7 +111,7 @@ def defaults_server(fraud_repo, model_repo):
 
 
 def test_sixty_four_callers_on_the_defaults_are_all_served(defaults_server):
-    outcomes = asyncio.run(_callers(defaults_server.port, 64, 30, deadline_s=10.0))
+    outcomes = _callers_elsewhere(defaults_server.port, 64, 30, deadline_s=10.0)
     codes = Counter(code for code, _ in outcomes)
     assert codes == {"OK": 64 * 30}, codes
 
@@ -90,7 +119,7 @@ def test_sixty_four_callers_on_the_defaults_are_all_served(defaults_server):
 def test_under_ten_times_overload_every_call_is_answered_within_its_deadline(defaults_server):
     deadline_s, slack_s = 0.25, 0.5
     callers, calls = 320, 15  # ten times what the server serves at its best, here
-    outcomes = asyncio.run(_callers(defaults_server.port, callers, calls, deadline_s))
+    outcomes = _callers_elsewhere(defaults_server.port, callers, calls, deadline_s)
     assert len(outcomes) == callers * calls, "a call went unanswered"
     codes = Counter(code for code, _ in outcomes)
     # A call let in with little time left may spend its Redis read's budget (80% of what
