@@ -25,14 +25,25 @@ def _augur(*args: str, cwd: Path | None = None, timeout: float = 60) -> subproce
 
 
 def _start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*AUGUR, *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    """The command as a user starts it in a terminal, where Ctrl-C reaches it. A shell that
+    runs this suite in the background (`pytest &`) ignores SIGINT for it, and an ignored
+    signal stays ignored across exec: the command would never see the test's Ctrl-C. So the
+    child is started with SIGINT not ignored, as a foreground command has it."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # exec resets it to default
+    try:
+        return subprocess.Popen(
+            [*AUGUR, *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _read_until(process: subprocess.Popen, wanted: str, timeout: float = 60) -> str:
