@@ -66,6 +66,29 @@ def test_a_call_that_cannot_be_served_in_time_is_refused_at_once_saying_why():
     assert admission.queued == 0
 
 
+def test_a_call_arriving_with_less_time_left_than_calls_take_is_refused_not_computed():
+    admission = Admission("m", AdmissionPolicy(limit=4))
+    for _ in range(3):
+        admission.enter(None).leave(0.02)  # calls take 20 ms here, and none is computing
+    with pytest.raises(RequestError) as refused:
+        admission.enter(time.monotonic() + 0.005)  # 5 ms left: it would answer nobody
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "left of its deadline" in refused.value.message
+    assert admission.running == 0
+    with admission.enter(time.monotonic() + 0.05):  # with time for it, let in at once
+        assert admission.running == 1
+
+
+def test_a_large_call_just_answered_does_not_refuse_the_small_calls_after_it():
+    admission = Admission("m", AdmissionPolicy(limit=4))
+    for _ in range(5):
+        admission.enter(None).leave(0.001)  # small calls: 1 ms
+    admission.enter(None).leave(2.0)  # one large call: 2 s, and the smoothed latency jumps
+    # nothing computing: a small call with 20 ms left is served, as it would be in 1 ms
+    with admission.enter(time.monotonic() + 0.02):
+        assert admission.running == 1
+
+
 def test_a_queued_call_whose_deadline_passes_is_answered_deadline_exceeded():
     admission = Admission("m", AdmissionPolicy(limit=1))
     admission.enter(None)  # taken, and never left while the other waits

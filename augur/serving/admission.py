@@ -116,6 +116,7 @@ class Admission:
             fair = self._fair
             if tenant is None or fair is None:
                 if self.running < int(self.limit) and not self._queue:
+                    self._check_late(now, deadline)
                     self.running += 1
                     return Ticket(self, now)
             else:
@@ -126,6 +127,7 @@ class Admission:
                     and not fair.queued(tenant)
                     and fair.may_run(tenant, limit, now)
                 ):
+                    self._check_late(now, deadline)
                     self.running += 1
                     fair.running[tenant.index] += 1
                     return Ticket(self, now, tenant)
@@ -149,6 +151,29 @@ class Admission:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
             )
         return Ticket(self, time.monotonic(), tenant)
+
+    def _check_late(self, now: float, deadline: float | None) -> None:
+        """With the lock held: refuse a call that would be let in at once but has less time
+        left than a call takes now, which it would spend for nobody.
+
+        Under overload calls also queue in front of the server (in gRPC, before a handler
+        sees them), where admission's own queue cannot refuse them, and some arrive with
+        less time left than any call takes. What a call takes now is the smoothed latency,
+        but at most the no-load latency once for each call computing and this one: one large
+        call just answered lifts the smoothed latency, and must not refuse the small calls
+        after it. No more room than that is asked (as a queued call is asked, `_ROOM`): a
+        caller with a deadline of a few milliseconds is let in whenever it can be served."""
+        if deadline is None or self._latency <= 0.0:
+            return
+        takes = min(self._latency, (self.running + 1) * self._noload)
+        left = deadline - now
+        if left < takes:
+            raise RequestError(
+                f"model {self.name}: the call arrived with {max(left, 0.0) * 1e3:.1f} ms "
+                f"left of its deadline, and calls take about {takes * 1e3:.1f} ms now; retry "
+                f"with backoff or a longer deadline",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
 
     def _check_room(self, now: float, deadline: float | None, tenant: Tenant | None) -> None:
         """With the lock held: refuse a call that would overfill the model's queue (or its
@@ -235,10 +260,10 @@ class Admission:
             if self._latency <= 0.0
             else self._latency + _SMOOTHING * (latency_s - self._latency)
         )
-        if not self._adaptive:
-            return
         drifted = self._noload * (1 + _NOLOAD_DRIFT_PER_S * (now - self._noload_at))
         self._noload, self._noload_at = min(drifted, latency_s), now
+        if not self._adaptive:
+            return
         limit = self.limit
         # calls queued inside the model beyond what it serves at its no-load latency
         inside = limit * (1 - self._noload / self._latency) if self._latency > 0 else 0.0
