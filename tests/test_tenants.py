@@ -81,8 +81,10 @@ def _victim(stub) -> tuple[float, float]:
         calls.append(call)
     for call in calls:
         call.exception()  # until answered, or failed
-    while len(answers) < len(calls):  # gRPC runs the callbacks just after
+    settled = time.monotonic() + 5.0  # gRPC runs the callbacks just after
+    while len(answers) < len(calls) and time.monotonic() < settled:
         time.sleep(0.001)
+    assert len(answers) == len(calls), "a call's callback never ran"
     elapsed = time.perf_counter() - started
     latencies = [seconds for ok, seconds in answers if ok]
     return len(latencies) / elapsed, float(np.percentile(latencies, 99)) * 1e3
@@ -137,10 +139,9 @@ def test_a_flood_from_one_tenant_leaves_anothers_goodput_as_it_was_alone(
     # The issue also asks for the p99 within 10% of solo. It is not reached: the serving
     # thread now runs the victim's calls before the flood's (hub.RankedHub), but it cannot
     # interrupt a flood call's turn, and the victim needs the thread at three points of each
-    # call; measured here about 1.2-2.2x solo with calls sent one after another (2.5-9x with turns
-    # in arrival order), the floor
-    # being about one flood turn (0.7-1 ms at p90-p99) per point (docs/slo.md). Printed, not
-    # asserted.
+    # call; measured here about 1.2-2.2x solo with calls sent one after another (2.5-9x with
+    # turns in arrival order), the floor being about one flood turn (0.7-1 ms at p90-p99) per
+    # point (docs/slo.md). Printed, not asserted.
 
 
 def test_tenants_are_checked_and_calls_of_no_tenant_are_the_defaults():
