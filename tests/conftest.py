@@ -99,10 +99,18 @@ def cluster_repo(redis_cluster, tmp_path_factory) -> FraudRepo:
 
 @pytest.fixture(scope="session")
 def model_repo(fraud_repo: FraudRepo, tmp_path_factory) -> Path:
+    from augur.modelrepo.repository import ModelRepository
     from augur.pipelines.train import train
+    from augur.serving.probe import vet_once
 
     models = tmp_path_factory.mktemp("models")
     train(fraud_repo.path, models, fraud_repo.address, progress=False)
+    # Vetted once, as a first server start would: the copies tests make of this repository
+    # carry the verdicts, so their servers start without probing these versions again
+    # (tests/test_probe_verdicts.py copies it without them).
+    repo = ModelRepository(models)
+    for name in repo.names():
+        vet_once(repo.resolve(name))
     return models
 
 

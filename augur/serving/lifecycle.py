@@ -334,7 +334,7 @@ class ModelManager:
         """Probe one version ahead of _load: None when it passed, else what went wrong (a
         repository error is left for _load to find and report as it always does)."""
         try:
-            probe.vet(self.repo.resolve(*key), self.compile_cache, self.probe_timeout_s)
+            probe.vet_once(self.repo.resolve(*key), self.compile_cache, self.probe_timeout_s)
         except (probe.ProbeFailed, RepositoryError, OSError) as e:
             return e
         return None

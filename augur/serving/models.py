@@ -206,10 +206,11 @@ def load_model(
         )
     if probe_timeout_s is not None:
         try:
-            took = probe.vet(resolved, compile_cache, probe_timeout_s)
+            took = probe.vet_once(resolved, compile_cache, probe_timeout_s)
         except probe.ProbeFailed as e:
             raise ArtifactRejected(f"model {name}@{resolved.version}: {e}") from e
-        log.info("probed %s@%s in a child process in %.2fs", name, resolved.version, took)
+        if took is not None:
+            log.info("probed %s@%s in a child process in %.2fs", name, resolved.version, took)
     try:
         # the bytes the probe loaded: it checked them against resolved.metadata, as this does
         runtime = load_runtime(resolved, threads, compile_cache)

@@ -7,20 +7,38 @@ kind goes through the same load_runtime as the server, so the child refuses what
 with what went wrong (the signal or exit code, a timeout, the child's own error). The child
 checks the sha256, loads the artifact as the server would and scores a warm-up batch. It
 isolates crashes and hangs, not malice: the child runs with the server's permissions.
+
+`vet_once(version)` is what servers call: a probe that passed leaves a verdict in the
+compile cache (<model repository>/.compiled/vetted by default, shared by every replica that
+mounts the repository), keyed by everything the child's load depended on: the version's
+files, how model.yaml says to load them, the interpreter, the installed packages and
+Augur's runtimes. The same bytes on the same software load the same way, so a restart, a
+rolling update or a second process loads a vetted version without a child: a torch
+model's probe is most of its start (a fresh interpreter importing torch.export).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from augur.modelrepo.repository import ModelRepository, ModelVersion
-from augur.serving.runtimes import Runtime, load_runtime
+from augur.serving.runtimes import COMPILE_CACHE, Runtime, load_runtime
+
+log = logging.getLogger(__name__)
 
 # Long enough for `compile: lleaves` to compile a large forest in the child (the parent
 # then reads the compiled code from the cache); a probe that takes longer is a hang.
@@ -89,6 +107,79 @@ def vet(
             f"not metadata.json's {version.metadata.get('sha256')}: changed while probed"
         )
     return took
+
+
+def vet_once(
+    version: ModelVersion, compile_cache: Path | None = None, timeout_s: float = TIMEOUT_S
+) -> float | None:
+    """vet(), unless a probe of this version passed before with the same files and software:
+    then None, at once. A pass is recorded for the next time; a failure never is, so a bad
+    version is probed (and refused) wherever it is loaded."""
+    verdict = _verdict_path(version, compile_cache)
+    if verdict is not None and verdict.is_file():
+        log.info(
+            "%s@%s passed a probe before, same files and software: loading it without one",
+            version.spec.name,
+            version.version,
+        )
+        return None
+    took = vet(version, compile_cache, timeout_s)
+    if verdict is not None:
+        _record(verdict, version)
+    return took
+
+
+def _verdict_path(version: ModelVersion, compile_cache: Path | None) -> Path | None:
+    """Where a pass for exactly this version, loaded this way on this software, is kept;
+    None when the version's files cannot be read (the probe then says why)."""
+    digest = hashlib.sha256(_software().encode())
+    spec = version.spec
+    digest.update(repr((spec.kind, spec.compile, spec.device, spec.outputs)).encode())
+    try:
+        for path in sorted(version.path.iterdir()):
+            digest.update(path.name.encode() + b"\0")
+            if path == version.artifact:
+                # load_runtime refuses bytes other than these: no need to read them all
+                digest.update(str(version.metadata.get("sha256")).encode())
+            elif path.is_file():
+                digest.update(path.read_bytes())
+            else:
+                return None  # a folder in a version is refused by load_runtime; let it say so
+    except OSError:
+        return None
+    cache_dir = compile_cache or version.path.parent.parent / COMPILE_CACHE
+    return cache_dir / "vetted" / f"{digest.hexdigest()}.json"
+
+
+@cache
+def _software() -> str:
+    """The interpreter, every installed distribution's name and version (a framework's
+    upgrade changes its parser) and the source of Augur's runtimes and of this probe."""
+    installed = []
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        installed += [n for n in names if n.endswith((".dist-info", ".egg-info"))]
+    ours = Path(__file__).parent
+    sources = [ours / "probe.py", *sorted((ours / "runtimes").glob("*.py"))]
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+    return "\n".join([sys.version, platform.machine(), code, *sorted(installed)])
+
+
+def _record(verdict: Path, version: ModelVersion) -> None:
+    """Write the pass atomically; a read-only cache only costs the next start a probe."""
+    tmp = verdict.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    what = {"model": version.spec.name, "version": version.version, "vetted_at": time.time()}
+    try:
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(what | {"sha256": version.metadata.get("sha256")}))
+        os.replace(tmp, verdict)
+    except OSError as e:
+        log.info("%s@%s passed its probe; not recorded (%s)", what["model"], what["version"], e)
+        with contextlib.suppress(OSError):  # never written, or its folder is not one
+            tmp.unlink()
 
 
 def _exit(returncode: int) -> str:
