@@ -15,7 +15,7 @@ help:
 	@echo "make bench  Augur vs a Feast-based server, MLServer alone and the floors, fraud and wide, and the profile by stage (~12 min)"
 	@echo "make soak   fault and soak run: load while Redis stops, pauses, slows; 3x overload"
 
-$(STAMP): pyproject.toml setup.py augur/features/_native.c augur/serving/_wire.c
+$(STAMP): pyproject.toml setup.py augur/features/_native.c augur/serving/_wire.c augur/serving/_tally.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray,fleet,skew,oip,otel,runtimes]'
@@ -36,7 +36,7 @@ LATEST_STAMP := $(LATEST)/.installed
 GRPC_TESTS := tests/test_green.py tests/test_predict.py tests/test_batching.py \
 	tests/test_batcher.py tests/test_errors.py tests/test_shutdown.py
 
-$(LATEST_STAMP): pyproject.toml setup.py augur/features/_native.c augur/serving/_wire.c
+$(LATEST_STAMP): pyproject.toml setup.py augur/features/_native.c augur/serving/_wire.c augur/serving/_tally.c
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet -e '.[dev]'

@@ -1,5 +1,6 @@
-"""Builds augur.features._native, the read path's loops in C, and augur.serving._wire, a
-Predict call's bytes read and written in C, where a C compiler is present.
+"""Builds augur.features._native, the read path's loops in C, augur.serving._wire, a
+Predict call's bytes read and written in C, and augur.serving._tally, metric updates in one
+C call each, where a C compiler is present.
 
 Optional: without a compiler the install goes on, and the reader uses its numpy and hiredis
 paths instead (augur.features.native), the servicer protobuf's messages (augur.serving.wire).
@@ -16,6 +17,7 @@ setup(
         for name, source in (
             ("augur.features._native", "augur/features/_native.c"),
             ("augur.serving._wire", "augur/serving/_wire.c"),
+            ("augur.serving._tally", "augur/serving/_tally.c"),
         )
     ]
 )

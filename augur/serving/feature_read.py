@@ -17,7 +17,7 @@ from augur.features.resp import DeadlineTimeout
 from augur.features.typed_read import TypedRows
 from augur.serving import metrics
 from augur.serving.errors import deadline_exceeded
-from augur.serving.metric_children import ValueChild
+from augur.serving.metric_children import value_child
 from augur.serving.routing import Route
 
 # The share of a call's remaining time its read may take: the rest is kept for scoring and
@@ -28,7 +28,7 @@ _READ_SHARE = 0.8
 
 _NOTHING_LOST = PartialRead()
 # set on every read while the circuit is closed: one step, not prometheus_client's checks
-_BREAKER_OPEN = ValueChild(metrics.BREAKER_OPEN)
+_BREAKER_OPEN = value_child(metrics.BREAKER_OPEN)
 
 
 class GuardedReader:

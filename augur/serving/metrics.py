@@ -11,7 +11,7 @@ import time
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from augur.serving.metric_children import HistogramChild, ValueChild
+from augur.serving.metric_children import histogram_child, value_child
 
 # fmt: off
 _LATENCY = (
@@ -111,7 +111,7 @@ class ModelMetrics:
     """One model's label children, bound once, so that scoring a call looks up no labels."""
 
     def __init__(self, model: str):
-        histogram, count = HistogramChild, ValueChild  # updated in one step each
+        histogram, count = histogram_child, value_child  # updated in one step each
         self.queue = histogram(STAGE.labels(model, "queue"))  # batching on only
         self.features = histogram(STAGE.labels(model, "features"))
         self.assemble = histogram(STAGE.labels(model, "assemble"))
@@ -203,7 +203,7 @@ def call_outcome(method: str, model: str, version: str, code: str) -> tuple:
     bound = _calls.get(key)
     if bound is None:
         bound = _calls.setdefault(
-            key, (ValueChild(REQUESTS.labels(*key)), HistogramChild(LATENCY.labels(*key)))
+            key, (value_child(REQUESTS.labels(*key)), histogram_child(LATENCY.labels(*key)))
         )
     return bound
 
@@ -211,7 +211,7 @@ def call_outcome(method: str, model: str, version: str, code: str) -> tuple:
 def feature_age(view: str):
     bound = _views.get(view)
     if bound is None:
-        bound = _views.setdefault(view, FEATURE_AGE.labels(view))
+        bound = _views.setdefault(view, histogram_child(FEATURE_AGE.labels(view)))
     return bound
 
 

@@ -23,7 +23,7 @@ from augur.serving.routing import Route, Trip
 from augur.serving.shadow import ShadowScorer
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made on every call (augur/features/rows.py says why)
 class Scored:
     """What scoring produced for a set of rows: one call's, or a batch's before it splits."""
 
