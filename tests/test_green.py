@@ -35,6 +35,31 @@ def test_the_pool_runs_calls_and_reports_their_results_and_failures(pool):
         pool.submit(lambda: None)
 
 
+def test_a_calls_greenlet_runs_the_next_call_as_a_new_one_would(pool):
+    """A greenlet that ended its call runs a later one (a new greenlet per call cost an mmap
+    and a munmap), and that call starts as on a new greenlet: no context variable, no
+    attribute left by the call before."""
+    import contextvars
+
+    seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
+
+    def first() -> int:
+        me = greenlet.getcurrent()
+        seen.set("first call's")
+        me.rank = 3  # as a ranked hub marks a call
+        return id(me)
+
+    def second() -> tuple[int, str, bool]:
+        me = greenlet.getcurrent()
+        return id(me), seen.get(), hasattr(me, "rank")
+
+    ran_on = pool.submit(first).result(timeout=10)
+    again_on, value, ranked = pool.submit(second).result(timeout=10)
+    assert again_on == ran_on
+    assert value == ""
+    assert not ranked
+
+
 def test_a_call_waiting_on_a_condition_leaves_its_one_thread_to_the_next_call(pool):
     """On one thread, a call waiting for another call's notify would block it forever on a
     plain Condition; the green one parks it, and the thread runs the notifying call."""
