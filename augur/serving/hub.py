@@ -179,6 +179,7 @@ class Hub:
         while True:
             if _run_item(item) or len(idle) >= _IDLE_WORKERS:
                 return
+            item = None  # the call's request and gRPC state are not kept while it idles
             if me.__dict__:
                 me.__dict__.clear()
             idle.append(me)
