@@ -31,8 +31,9 @@ test: $(STAMP)
 # grpcio release, in a venv of their own, so that a change there shows the day it ships rather
 # than the day the pin moves. That venv sees .venv's packages after its own (a .pth file adds
 # them, as --system-site-packages adds the system's), so it installs only the newest grpcio
-# over them: a second install of everything took 2.3 of CI's 30 minutes. grpcio is upgraded
-# on every run. The one test deselected asserts the pinned version itself.
+# over them (with .venv's pip: a pip and setuptools of its own would hide .venv's), where a
+# second install of everything took 2.3 of CI's 30 minutes. grpcio is upgraded on every run.
+# The one test deselected asserts the pinned version itself.
 LATEST := .venv-grpc-latest
 LATEST_STAMP := $(LATEST)/.installed
 GRPC_TESTS := tests/test_green.py tests/test_predict.py tests/test_batching.py \
@@ -40,7 +41,7 @@ GRPC_TESTS := tests/test_green.py tests/test_predict.py tests/test_batching.py \
 
 $(LATEST_STAMP): $(STAMP)
 	rm -rf $(LATEST)
-	$(PYTHON) -m venv $(LATEST)
+	$(PYTHON) -m venv --without-pip $(LATEST)
 	$(LATEST)/bin/python -c 'import site, sys; print(f"import site; site.addsitedir({sys.argv[1]!r})")' \
 		"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		> "$$($(LATEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/augur-venv.pth"
@@ -50,7 +51,8 @@ $(LATEST_STAMP): $(STAMP)
 	touch $(LATEST_STAMP)
 
 test-grpc-latest: $(LATEST_STAMP)
-	$(LATEST)/bin/python -m pip install --quiet --upgrade grpcio grpcio-health-checking grpcio-reflection
+	$(BIN)/python -m pip --python $(LATEST)/bin/python install --quiet --upgrade \
+		grpcio grpcio-health-checking grpcio-reflection
 	@$(LATEST)/bin/python -c 'import grpc; print("grpcio", grpc.__version__)'
 	$(LATEST)/bin/python -m pytest -q $(GRPC_TESTS) \
 		--deselect tests/test_green.py::test_grpc_is_the_release_the_green_pool_was_checked_against
