@@ -39,13 +39,15 @@ LATEST_STAMP := $(LATEST)/.installed
 GRPC_TESTS := tests/test_green.py tests/test_predict.py tests/test_batching.py \
 	tests/test_batcher.py tests/test_errors.py tests/test_shutdown.py
 
+# `feast`, the one command the tests run beside their Python (examples/fraud/scaffold.py), is
+# copied to run on this venv's.
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
+
 $(LATEST_STAMP): $(STAMP)
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv --without-pip $(LATEST)
-	$(LATEST)/bin/python -c 'import site, sys; print(f"import site; site.addsitedir({sys.argv[1]!r})")' \
-		"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-		> "$$($(LATEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/augur-venv.pth"
-	# the one command the tests run beside their Python (examples/fraud/scaffold.py), on this one
+	echo "import site; site.addsitedir('$$($(BIN)/python -c '$(PURELIB)')')" \
+		> "$$($(LATEST)/bin/python -c '$(PURELIB)')/augur-venv.pth"
 	sed '1s|.*|#!$(CURDIR)/$(LATEST)/bin/python|' $(BIN)/feast > $(LATEST)/bin/feast
 	chmod +x $(LATEST)/bin/feast
 	touch $(LATEST_STAMP)
